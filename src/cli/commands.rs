@@ -1,0 +1,457 @@
+//! The four commands: resolve, call the store / convert, render.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::output::{human_size, short_time, table, Style};
+use super::{CliError, ConvertArgs, HealthArgs, ListArgs, MlxkArgs, Outcome, ShowArgs};
+use crate::convert::repair_index::{repair_index, Progress, RepairOptions};
+use crate::store::cache::{cache_root, HubCache};
+use crate::store::health::{self, HealthReport};
+use crate::store::spec::{self, open_snapshot, ResolvedModel};
+use crate::store::summary::{metadata, summarize};
+
+/// The cache, if it exists: workspace paths work without one.
+fn open_cache(args: &MlxkArgs) -> Result<Option<HubCache>, CliError> {
+    let root = cache_root(args.cache.as_deref());
+    if !root.exists() {
+        if args.cache.is_some() {
+            return Err(CliError::new(
+                "CommandError",
+                format!("cache directory {} does not exist", root.display()),
+            ));
+        }
+        tracing::debug!(root = %root.display(), "no Hugging Face cache");
+        return Ok(None);
+    }
+    Ok(Some(HubCache::open(&root)?))
+}
+
+fn require_cache(args: &MlxkArgs) -> Result<HubCache, CliError> {
+    open_cache(args)?.ok_or_else(|| {
+        CliError::new(
+            "CommandError",
+            format!(
+                "no Hugging Face cache at {} (set --cache, HF_HUB_CACHE or HF_HOME)",
+                cache_root(args.cache.as_deref()).display()
+            ),
+        )
+    })
+}
+
+/// Every cached model at its default snapshot, checked in parallel (header reads only).
+fn all_cached(cache: &HubCache) -> Result<Vec<(ResolvedModel, HealthReport)>, CliError> {
+    let repos = cache.repos()?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let chunk = repos.len().div_ceil(threads).max(1);
+    let mut out: Vec<(ResolvedModel, HealthReport)> = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = repos
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|repo| {
+                            let snapshot = repo.default_snapshot()?;
+                            match open_snapshot(cache, repo.clone(), snapshot) {
+                                Ok(m) => {
+                                    let r = health::check(&m);
+                                    Some((m, r))
+                                }
+                                Err(e) => {
+                                    tracing::warn!("{e}");
+                                    None
+                                }
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(v) = h.join() {
+                out.extend(v);
+            }
+        }
+    });
+    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(out)
+}
+
+pub fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
+    let style = Style::detect();
+    let Some(cache) = open_cache(args)? else {
+        return Ok(Outcome {
+            data: json!({"models": [], "count": 0}),
+            human: "No models (no Hugging Face cache found).\n".into(),
+            ok: true,
+            failure: None,
+        });
+    };
+    let pattern = a.pattern.as_deref().map(str::to_lowercase);
+    let models: Vec<_> = all_cached(&cache)?
+        .into_iter()
+        .filter(|(m, _)| pattern.as_ref().is_none_or(|p| m.name.to_lowercase().contains(p)))
+        .map(|(m, r)| summarize(&m, &r))
+        .filter(|s| a.all || s.framework == "MLX")
+        .collect();
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|s| {
+            let hash = s.hash.as_deref().unwrap_or("-");
+            let mut row = vec![
+                s.name.clone(),
+                if a.verbose { hash.to_string() } else { hash.chars().take(8).collect() },
+                human_size(s.size_bytes),
+                short_time(s.last_modified.as_deref()),
+                s.framework.to_string(),
+                s.model_type.to_string(),
+            ];
+            if a.health || a.verbose {
+                row.push(if s.health == "healthy" { style.green("healthy") } else { style.red("unhealthy") });
+            }
+            if a.verbose {
+                row.push(s.reason.clone());
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["NAME", "ID", "SIZE", "MODIFIED", "FRAMEWORK", "TYPE"];
+    if a.health || a.verbose {
+        header.push("HEALTH");
+    }
+    if a.verbose {
+        header.push("REASON");
+    }
+    let human = if models.is_empty() {
+        let scope = if a.all { "" } else { " MLX" };
+        format!("No{scope} models found in {}{}\n", cache.root().display(), if a.all { "" } else { " (--all shows every framework)" })
+    } else {
+        table(&header, &rows, style)
+    };
+    Ok(Outcome {
+        data: json!({"models": models, "count": models.len()}),
+        human,
+        ok: true,
+        failure: None,
+    })
+}
+
+pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
+    let style = Style::detect();
+    let cache = open_cache(args)?;
+    let model = spec::resolve(cache.as_ref(), &a.model)?;
+    let report = health::check(&model);
+    let summary = summarize(&model, &report);
+    let meta = metadata(report.config.as_ref());
+    let mut data = json!({
+        "model": summary,
+        "workspace_metadata": model.sentinel(),
+        "metadata": meta,
+    });
+    let mut human = String::new();
+    if a.config {
+        let config = report.config.as_ref().map(|c| Value::Object(c.raw.clone()));
+        let Some(config) = config else {
+            return Err(CliError::new("CommandError", format!("{}: config.json is missing or invalid", model.name)));
+        };
+        human = format!("{}\n", serde_json::to_string_pretty(&config).unwrap_or_default());
+        data["config"] = config;
+    } else if a.files {
+        let files: Vec<Value> = model
+            .files
+            .iter()
+            .map(|f| json!({"name": f.rel_path, "size": f.size(), "type": file_type(&f.rel_path), "present": f.readable().is_some()}))
+            .collect();
+        let rows: Vec<Vec<String>> = model
+            .files
+            .iter()
+            .map(|f| {
+                vec![
+                    f.rel_path.clone(),
+                    f.size().map(human_size).unwrap_or_else(|| style.red("missing")),
+                    file_type(&f.rel_path).to_string(),
+                ]
+            })
+            .collect();
+        human = table(&["FILE", "SIZE", "TYPE"], &rows, style);
+        data["files"] = Value::Array(files);
+    } else {
+        let s = &data["model"];
+        let field = |k: &str, v: String| format!("{:<20}{v}\n", format!("{k}:"));
+        let opt = |v: &Value| match v {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        human.push_str(&style.bold(&model.name));
+        human.push('\n');
+        match model.snapshot_sha() {
+            Some(sha) => human.push_str(&field("Snapshot", sha.to_string())),
+            None => human.push_str(&field("Path", model.dir().display().to_string())),
+        }
+        human.push_str(&field("Size", human_size(report.size_bytes)));
+        human.push_str(&field("Modified", short_time(s["last_modified"].as_str())));
+        human.push_str(&field("Framework", opt(&s["framework"])));
+        human.push_str(&field("Type", opt(&s["model_type"])));
+        human.push_str(&field("Capabilities", summary_caps(s)));
+        let health_text = if report.healthy() { style.green("healthy") } else { style.red("unhealthy") };
+        human.push_str(&field("Health", health_text));
+        for p in &report.problems {
+            human.push_str(&format!("  {} {}\n", style.yellow(p.code), p.message));
+        }
+        human.push_str(&field("Runtime compatible", format!("{} ({})", if summary_bool(s, "runtime_compatible") { "yes" } else { "no" }, opt(&s["reason"]))));
+        human.push_str(&field("Model type", opt(&data["metadata"]["model_type"])));
+        human.push_str(&field("Architecture", opt(&data["metadata"]["architecture"])));
+        if let Some(q) = data["metadata"]["quantization"].as_object() {
+            let parts: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", opt(v))).collect();
+            human.push_str(&field("Quantization", parts.join(", ")));
+        }
+        for (label, key) in [
+            ("Context length", "context_length"),
+            ("Vocab size", "vocab_size"),
+            ("Hidden size", "hidden_size"),
+            ("Attention heads", "num_attention_heads"),
+            ("Layers", "num_hidden_layers"),
+        ] {
+            human.push_str(&field(label, opt(&data["metadata"][key])));
+        }
+        if let Some(managed) = model.managed() {
+            human.push_str(&field("Workspace", if managed { "managed".into() } else { "unmanaged".into() }));
+            if let Some(sentinel) = model.sentinel() {
+                human.push_str(&field(
+                    "  Created",
+                    format!("{} by mlxk {} ({})", sentinel.created_at, sentinel.mlxk_version, sentinel.operation),
+                ));
+                if let Some(src) = &sentinel.source_repo {
+                    human.push_str(&field("  Source", format!("{src}{}", sentinel.source_revision.as_deref().map(|r| format!("@{r}")).unwrap_or_default())));
+                }
+            }
+        }
+    }
+    Ok(Outcome {
+        data,
+        human,
+        ok: true,
+        failure: None,
+    })
+}
+
+fn summary_caps(s: &Value) -> String {
+    s["capabilities"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+fn summary_bool(s: &Value, k: &str) -> bool {
+    s[k].as_bool().unwrap_or(false)
+}
+
+fn file_type(rel: &str) -> &'static str {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".bin") || name.ends_with(".npz") {
+        "weights"
+    } else if name == crate::store::INDEX_FILE {
+        "index"
+    } else if name.starts_with("tokenizer") || name == "special_tokens_map.json" || name == "vocab.json" || name == "merges.txt" {
+        "tokenizer"
+    } else if name == crate::store::SENTINEL_FILE {
+        "sentinel"
+    } else if name.ends_with(".json") || name.ends_with(".jinja") {
+        "config"
+    } else if name.ends_with(".md") {
+        "docs"
+    } else if name.ends_with(".py") {
+        "code"
+    } else {
+        "other"
+    }
+}
+
+fn health_entry(model: &ResolvedModel, report: &HealthReport) -> Value {
+    let mut v = json!({
+        "name": model.name,
+        "status": if report.healthy() { "healthy" } else { "unhealthy" },
+        "reason": report.reason(),
+        "problems": report.problems,
+        "framework": report.framework.as_str(),
+        "bytes_read": report.bytes_read,
+    });
+    if let Some(managed) = model.managed() {
+        v["managed"] = json!(managed);
+    }
+    if let Some(sha) = model.snapshot_sha() {
+        v["hash"] = json!(sha);
+    }
+    v
+}
+
+pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
+    let style = Style::detect();
+    let checked: Vec<(ResolvedModel, HealthReport)> = match &a.model {
+        Some(spec) => {
+            let cache = open_cache(args)?;
+            let model = spec::resolve(cache.as_ref(), spec)?;
+            let report = health::check(&model);
+            vec![(model, report)]
+        }
+        None => all_cached(&require_cache(args)?)?,
+    };
+    let mut healthy = Vec::new();
+    let mut unhealthy = Vec::new();
+    let mut human = String::new();
+    let mut bytes_read = 0;
+    for (model, report) in &checked {
+        bytes_read += report.bytes_read;
+        let mark = if report.healthy() { style.green("✓") } else { style.red("✗") };
+        let managed = match model.managed() {
+            Some(true) => " [managed workspace]",
+            Some(false) => " [unmanaged workspace]",
+            None => "",
+        };
+        if report.healthy() {
+            human.push_str(&format!("{mark} {}{managed}: healthy\n", model.name));
+            healthy.push(health_entry(model, report));
+        } else {
+            let n = report.problems.len();
+            human.push_str(&format!(
+                "{mark} {}{managed}: unhealthy ({n} problem{})\n",
+                model.name,
+                if n == 1 { "" } else { "s" }
+            ));
+            let mut last_hint = String::new();
+            for p in &report.problems {
+                human.push_str(&format!("    {:<26} {}\n", style.yellow(p.code), p.message));
+                if p.hint != last_hint {
+                    human.push_str(&format!("    {:<26} {}\n", "", style.dim(&format!("fix: {}", p.hint))));
+                    last_hint = p.hint.clone();
+                }
+            }
+            unhealthy.push(health_entry(model, report));
+        }
+    }
+    if checked.len() > 1 || checked.is_empty() {
+        human.push_str(&format!(
+            "\n{} models: {} healthy, {} unhealthy\n",
+            checked.len(),
+            healthy.len(),
+            unhealthy.len()
+        ));
+    }
+    let ok = unhealthy.is_empty();
+    let data = json!({
+        "healthy": healthy,
+        "unhealthy": unhealthy,
+        "summary": {
+            "total": checked.len(),
+            "healthy_count": healthy.len(),
+            "unhealthy_count": unhealthy.len(),
+            "bytes_read": bytes_read,
+        },
+    });
+    Ok(Outcome {
+        data,
+        human,
+        ok,
+        failure: (!ok).then(|| CliError::new("HealthCheckFailed", format!("{} of {} models unhealthy", unhealthy.len(), checked.len()))),
+    })
+}
+
+pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
+    let style = Style::detect();
+    let cache = open_cache(args)?;
+    let source = spec::resolve(cache.as_ref(), &a.source)?;
+    let opts = RepairOptions {
+        skip_health: a.skip_health,
+    };
+    let bar = progress_bar(args.json);
+    let mut on_progress = |p: Progress<'_>| {
+        if let Some(bar) = &bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!("{}/{} files {}", p.files_done, p.files_total, p.current));
+        }
+    };
+    let outcome = repair_index(&source, &a.target, cache.as_ref(), &opts, &mut on_progress);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = outcome?;
+    let target = display_path(&a.target);
+    let (health_status, health_reason, healthy) = match &outcome.health {
+        None => ("skipped", "health check skipped (--skip-health)".to_string(), true),
+        Some(r) if r.healthy() => ("healthy", r.reason(), true),
+        Some(r) => ("unhealthy", r.reason(), false),
+    };
+    let message = match &outcome.index {
+        Some(_) if outcome.repaired.is_empty() => format!("{} converted to {target}; its index was already right and was rewritten from the headers", source.name),
+        Some(_) => format!("{} converted to {target}; index rebuilt from the shard headers ({} problems fixed)", source.name, outcome.repaired.len()),
+        None => format!("{} converted to {target}; single-file model, no index needed", source.name),
+    };
+    let data = json!({
+        "source": source.name,
+        "target": target,
+        "mode": "repair-index",
+        "health_check": !a.skip_health,
+        "health_status": health_status,
+        "health_reason": health_reason,
+        "message": message,
+        "files_copied": outcome.copy.files,
+        "files_reflinked": outcome.copy.reflinked,
+        "bytes_copied": outcome.copy.bytes,
+        "index_written": outcome.index.is_some(),
+        "index_bytes_read": outcome.index_bytes_read,
+        "repairs": outcome.repaired,
+        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
+    });
+    let mut human = format!("{} {message}\n", style.green("✓"));
+    human.push_str(&format!(
+        "  {} files, {} ({} reflinked)\n",
+        outcome.copy.files,
+        human_size(outcome.copy.bytes),
+        outcome.copy.reflinked
+    ));
+    for p in &outcome.repaired {
+        human.push_str(&format!("  repaired: {} {}\n", style.yellow(p.code), p.message));
+    }
+    match &outcome.health {
+        Some(r) if r.healthy() => human.push_str(&format!("  health: {}\n", style.green("healthy"))),
+        Some(r) => {
+            human.push_str(&format!("  health: {}\n", style.red("unhealthy")));
+            for p in &r.problems {
+                human.push_str(&format!("    {} {}\n", style.yellow(p.code), p.message));
+            }
+        }
+        None => human.push_str("  health: skipped\n"),
+    }
+    Ok(Outcome {
+        data,
+        human,
+        ok: healthy,
+        failure: (!healthy).then(|| {
+            CliError::new(
+                "HealthCheckFailed",
+                format!("the workspace {target} was written but is unhealthy: {health_reason}"),
+            )
+        }),
+    })
+}
+
+fn display_path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A byte progress bar on stderr when it is a terminal (never with --json).
+fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}

@@ -1,0 +1,13 @@
+//! mlxk-fs: a Hugging Face model cache seen as ready-to-use MLX workspaces.
+//!
+//! The crate is layered one way: [`cli`] (and later the FUSE adapter) call into [`convert`] and
+//! [`store`]; `store` calls nobody. See docs/ARCHITECTURE.md.
+
+pub mod cli;
+pub mod convert;
+pub mod store;
+#[doc(hidden)]
+pub mod testkit;
+
+/// This crate's version, recorded in every sentinel it writes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

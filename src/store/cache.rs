@@ -1,0 +1,381 @@
+//! The Hugging Face hub cache on disk: where it is, its model repos, refs, snapshots, and the
+//! files a snapshot links to.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use super::error::StoreError;
+use super::files::{FileState, ModelFile};
+
+/// Where the cache is, in the order huggingface_hub looks: an explicit directory, then
+/// `HF_HUB_CACHE` (or its legacy spelling), then `$HF_HOME/hub`, then `$XDG_CACHE_HOME/huggingface/hub`,
+/// then `~/.cache/huggingface/hub`.
+pub fn cache_root(explicit: Option<&Path>) -> PathBuf {
+    cache_root_from(explicit, |k| std::env::var_os(k))
+}
+
+fn cache_root_from(explicit: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    if let Some(p) = explicit {
+        return expand_tilde(p);
+    }
+    let set = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = set("HF_HUB_CACHE").or_else(|| set("HUGGINGFACE_HUB_CACHE")) {
+        return expand_tilde(&p);
+    }
+    if let Some(home) = set("HF_HOME") {
+        return expand_tilde(&home).join("hub");
+    }
+    if let Some(xdg) = set("XDG_CACHE_HOME") {
+        return xdg.join("huggingface").join("hub");
+    }
+    home_dir().join(".cache").join("huggingface").join("hub")
+}
+
+pub(crate) fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `~` and `~/x` expanded against $HOME.
+pub fn expand_tilde(p: &Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => home_dir().join(rest),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// An opened cache directory.
+#[derive(Debug, Clone)]
+pub struct HubCache {
+    root: PathBuf,
+    /// The root with every symlink resolved: what "inside the cache" is checked against.
+    canonical_root: PathBuf,
+}
+
+/// One `models--org--name` directory.
+#[derive(Debug, Clone)]
+pub struct ModelRepo {
+    /// `org/name` (or `name` for repos without an org).
+    pub repo_id: String,
+    pub dir: PathBuf,
+}
+
+/// One downloaded commit of a repo.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub sha: String,
+    pub dir: PathBuf,
+    pub modified: SystemTime,
+}
+
+impl HubCache {
+    /// Opens the cache at `root`; it must be an existing directory.
+    pub fn open(root: &Path) -> Result<HubCache, StoreError> {
+        let canonical_root = fs::canonicalize(root).map_err(|source| StoreError::CacheUnreadable {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if !canonical_root.is_dir() {
+            return Err(StoreError::CacheNotADirectory {
+                path: root.to_path_buf(),
+            });
+        }
+        Ok(HubCache {
+            root: root.to_path_buf(),
+            canonical_root,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn canonical_root(&self) -> &Path {
+        &self.canonical_root
+    }
+
+    /// Whether `path` (which need not exist) lies inside the cache once every symlink of its
+    /// existing part is resolved.
+    pub fn contains(&self, path: &Path) -> bool {
+        canonicalize_lenient(path).starts_with(&self.canonical_root)
+    }
+
+    /// Every model repo, sorted by repo id. Datasets, spaces and stray entries are skipped.
+    pub fn repos(&self) -> Result<Vec<ModelRepo>, StoreError> {
+        let entries = fs::read_dir(&self.root).map_err(|source| StoreError::CacheUnreadable {
+            path: self.root.clone(),
+            source,
+        })?;
+        let mut repos = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(repo_id) = name.to_str().and_then(repo_id_from_dir_name) else {
+                continue;
+            };
+            if entry.path().is_dir() {
+                repos.push(ModelRepo {
+                    repo_id,
+                    dir: entry.path(),
+                });
+            }
+        }
+        repos.sort_by(|a, b| a.repo_id.cmp(&b.repo_id));
+        Ok(repos)
+    }
+
+    /// The repo with exactly this id, if cached.
+    pub fn repo(&self, repo_id: &str) -> Option<ModelRepo> {
+        let dir = self.root.join(dir_name_from_repo_id(repo_id));
+        dir.is_dir().then(|| ModelRepo {
+            repo_id: repo_id.to_string(),
+            dir,
+        })
+    }
+
+    /// Lists the files of a snapshot, subdirectories included, following each relative link
+    /// into blobs/. A link that leaves the cache is reported and never followed; a dangling
+    /// link is a missing file (an `.incomplete` blob beside its target is noticed).
+    pub fn snapshot_files(&self, snapshot: &Snapshot) -> Result<Vec<ModelFile>, StoreError> {
+        let mut files = Vec::new();
+        self.walk_snapshot(&snapshot.dir, "", &mut files, 0)?;
+        files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+        Ok(files)
+    }
+
+    fn walk_snapshot(&self, dir: &Path, prefix: &str, out: &mut Vec<ModelFile>, depth: usize) -> Result<(), StoreError> {
+        // HF snapshots mirror repo trees, which are shallow; the bound guards against loops.
+        if depth > 32 {
+            return Ok(());
+        }
+        let entries = fs::read_dir(dir).map_err(|source| StoreError::CacheUnreadable {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not UTF-8");
+                continue;
+            };
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            if meta.is_dir() {
+                self.walk_snapshot(&path, &rel, out, depth + 1)?;
+            } else if meta.file_type().is_symlink() {
+                out.push(self.follow_link(&path, rel));
+            } else if meta.is_file() {
+                // Caches on filesystems without symlinks hold plain copies.
+                out.push(ModelFile::present(rel, path.clone(), path, &meta));
+            }
+        }
+        Ok(())
+    }
+
+    fn follow_link(&self, link: &Path, rel: String) -> ModelFile {
+        let target = match fs::read_link(link) {
+            Ok(t) => t,
+            Err(_) => return ModelFile::missing(rel, link.to_path_buf(), None, false),
+        };
+        let parent = link.parent().unwrap_or(Path::new("/"));
+        let joined = normalize_lexically(&parent.join(&target));
+        // Checked lexically first, so a link pointing outside is never even stat'ed.
+        let lexically_inside = joined.starts_with(&self.root) || joined.starts_with(&self.canonical_root);
+        if !lexically_inside {
+            return ModelFile {
+                rel_path: rel,
+                path: link.to_path_buf(),
+                state: FileState::EscapesCache { target },
+            };
+        }
+        match fs::canonicalize(link) {
+            Ok(resolved) if !resolved.starts_with(&self.canonical_root) => ModelFile {
+                rel_path: rel,
+                path: link.to_path_buf(),
+                state: FileState::EscapesCache { target },
+            },
+            Ok(resolved) => match fs::metadata(&resolved) {
+                Ok(meta) if meta.is_file() => ModelFile::present(rel, link.to_path_buf(), resolved, &meta),
+                _ => ModelFile::missing(rel, link.to_path_buf(), Some(target), false),
+            },
+            Err(_) => {
+                let mut incomplete = joined.clone().into_os_string();
+                incomplete.push(".incomplete");
+                let incomplete = Path::new(&incomplete).exists();
+                ModelFile::missing(rel, link.to_path_buf(), Some(target), incomplete)
+            }
+        }
+    }
+}
+
+impl ModelRepo {
+    /// Every snapshot, newest first.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.dir.join("snapshots")) {
+            for entry in entries.flatten() {
+                let Some(sha) = entry.file_name().to_str().map(str::to_string) else { continue };
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    out.push(Snapshot {
+                        sha,
+                        dir: entry.path(),
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| a.sha.cmp(&b.sha)));
+        out
+    }
+
+    /// Every ref (`main`, `pr/5`, tags) and the sha it names.
+    pub fn refs(&self) -> BTreeMap<String, String> {
+        let mut refs = BTreeMap::new();
+        collect_refs(&self.dir.join("refs"), "", &mut refs, 0);
+        refs
+    }
+
+    /// The snapshot `refs/main` names, else the newest one.
+    pub fn default_snapshot(&self) -> Option<Snapshot> {
+        let snapshots = self.snapshots();
+        if let Some(sha) = self.refs().get("main") {
+            if let Some(s) = snapshots.iter().find(|s| &s.sha == sha) {
+                return Some(s.clone());
+            }
+            tracing::debug!(repo = %self.repo_id, %sha, "refs/main names a snapshot that is not downloaded; using the newest");
+        }
+        snapshots.into_iter().next()
+    }
+
+    /// The org part of the repo id (empty for org-less repos such as `gpt2`).
+    pub fn org(&self) -> &str {
+        self.repo_id.split_once('/').map(|(o, _)| o).unwrap_or("")
+    }
+}
+
+fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, depth: usize) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let path = entry.path();
+        if path.is_dir() && depth < 8 {
+            collect_refs(&path, &key, out, depth + 1);
+        } else if let Ok(text) = fs::read_to_string(&path) {
+            let sha = text.trim();
+            if !sha.is_empty() && sha.len() <= 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.insert(key, sha.to_string());
+            }
+        }
+    }
+}
+
+/// `models--org--name` -> `org/name`; `None` for anything that is not a model repo.
+pub fn repo_id_from_dir_name(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("models--")?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(match rest.split_once("--") {
+        Some((org, model)) if !org.is_empty() && !model.is_empty() => format!("{org}/{model}"),
+        _ => rest.to_string(),
+    })
+}
+
+/// `org/name` -> `models--org--name`.
+pub fn dir_name_from_repo_id(repo_id: &str) -> String {
+    format!("models--{}", repo_id.replace('/', "--"))
+}
+
+/// `.` and `..` removed without touching the filesystem.
+pub fn normalize_lexically(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Canonicalizes the longest existing prefix of `path` and appends the rest, so a path that
+/// does not exist yet is judged by where it would be created. Symlinks in the existing part
+/// are resolved before any `..` after them is applied, as the kernel would.
+pub fn canonicalize_lenient(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let components: Vec<Component> = absolute.components().collect();
+    let mut split = components.len();
+    let mut base = None;
+    while split > 0 {
+        let prefix: PathBuf = components[..split].iter().collect();
+        if let Ok(c) = fs::canonicalize(&prefix) {
+            base = Some(c);
+            break;
+        }
+        split -= 1;
+    }
+    let mut out = base.unwrap_or_else(|| PathBuf::from("/"));
+    for c in &components[split..] {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::Normal(part) => out.push(part),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn cache_root_precedence() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(*v))
+        };
+        assert_eq!(cache_root_from(Some(Path::new("/x")), env(&[("HF_HUB_CACHE", "/y")])), PathBuf::from("/x"));
+        assert_eq!(cache_root_from(None, env(&[("HF_HUB_CACHE", "/y"), ("HF_HOME", "/h")])), PathBuf::from("/y"));
+        assert_eq!(cache_root_from(None, env(&[("HUGGINGFACE_HUB_CACHE", "/l")])), PathBuf::from("/l"));
+        assert_eq!(cache_root_from(None, env(&[("HF_HOME", "/h")])), PathBuf::from("/h/hub"));
+        assert_eq!(cache_root_from(None, env(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/h")])), PathBuf::from("/h/hub"));
+        assert_eq!(cache_root_from(None, env(&[("XDG_CACHE_HOME", "/c")])), PathBuf::from("/c/huggingface/hub"));
+    }
+
+    #[test]
+    fn repo_dir_names() {
+        assert_eq!(repo_id_from_dir_name("models--mlx-community--Qwen3-4bit").as_deref(), Some("mlx-community/Qwen3-4bit"));
+        assert_eq!(repo_id_from_dir_name("models--gpt2").as_deref(), Some("gpt2"));
+        assert_eq!(repo_id_from_dir_name("datasets--x--y"), None);
+        assert_eq!(repo_id_from_dir_name("models--"), None);
+        assert_eq!(dir_name_from_repo_id("a/b"), "models--a--b");
+    }
+
+    #[test]
+    fn lenient_canonicalization_of_missing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = fs::canonicalize(dir.path()).unwrap();
+        std::os::unix::fs::symlink(&real, real.join("link")).unwrap();
+        fs::create_dir(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(real.join("sub"), real.join("sublink")).unwrap();
+        assert_eq!(canonicalize_lenient(&real.join("link/new/c")), real.join("new/c"));
+        // `..` after a symlink climbs from the link's target, not from the link.
+        assert_eq!(canonicalize_lenient(&real.join("sublink/../x")), real.join("x"));
+        assert_eq!(canonicalize_lenient(&real.join("sublink/../sub/y/../z")), real.join("sub/z"));
+    }
+}

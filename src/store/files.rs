@@ -1,0 +1,140 @@
+//! A model directory's files, wherever they live: a cache snapshot (links into blobs/) or a
+//! workspace (plain files).
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One file of a model directory.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    /// Path relative to the model directory, `/`-separated.
+    pub rel_path: String,
+    /// The path as it stands in the model directory (a link, in a snapshot).
+    pub path: PathBuf,
+    pub state: FileState,
+}
+
+#[derive(Debug, Clone)]
+pub enum FileState {
+    /// Readable content at `resolved` (the blob, for a snapshot link).
+    Present {
+        resolved: PathBuf,
+        size: u64,
+        modified: SystemTime,
+    },
+    /// A link whose target does not exist; `incomplete` when the blob is still `.incomplete`.
+    Missing {
+        target: Option<PathBuf>,
+        incomplete: bool,
+    },
+    /// A snapshot link pointing outside the cache: never followed.
+    EscapesCache { target: PathBuf },
+}
+
+impl ModelFile {
+    pub fn present(rel_path: String, path: PathBuf, resolved: PathBuf, meta: &fs::Metadata) -> ModelFile {
+        ModelFile {
+            rel_path,
+            path,
+            state: FileState::Present {
+                resolved,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            },
+        }
+    }
+
+    pub fn missing(rel_path: String, path: PathBuf, target: Option<PathBuf>, incomplete: bool) -> ModelFile {
+        ModelFile {
+            rel_path,
+            path,
+            state: FileState::Missing { target, incomplete },
+        }
+    }
+
+    /// The path to open for reading, when the content is there.
+    pub fn readable(&self) -> Option<&Path> {
+        match &self.state {
+            FileState::Present { resolved, .. } => Some(resolved),
+            _ => None,
+        }
+    }
+
+    pub fn size(&self) -> Option<u64> {
+        match &self.state {
+            FileState::Present { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+
+    pub fn modified(&self) -> Option<SystemTime> {
+        match &self.state {
+            FileState::Present { modified, .. } => Some(*modified),
+            _ => None,
+        }
+    }
+
+    /// The file name (last path component).
+    pub fn name(&self) -> &str {
+        self.rel_path.rsplit('/').next().unwrap_or(&self.rel_path)
+    }
+
+    /// Top-level file (not in a subdirectory).
+    pub fn is_top_level(&self) -> bool {
+        !self.rel_path.contains('/')
+    }
+}
+
+/// Reads a whole small file, bounded by `limit` bytes, counting what was read.
+pub fn read_bounded(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut buf = Vec::new();
+    file.take(limit).read_to_end(&mut buf)?;
+    *bytes_read += buf.len() as u64;
+    Ok(buf)
+}
+
+/// Lists a workspace directory's files recursively (symlinks followed, `.git` skipped).
+pub fn workspace_files(dir: &Path) -> io::Result<Vec<ModelFile>> {
+    let mut out = Vec::new();
+    walk_workspace(dir, "", &mut out, 0)?;
+    out.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    Ok(out)
+}
+
+fn walk_workspace(dir: &Path, prefix: &str, out: &mut Vec<ModelFile>, depth: usize) -> io::Result<()> {
+    if depth > 32 {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not UTF-8");
+            continue;
+        };
+        if name == ".git" {
+            continue;
+        }
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let path = entry.path();
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk_workspace(&path, &rel, out, depth + 1)?,
+            Ok(meta) if meta.is_file() => {
+                let resolved = if entry.file_type()?.is_symlink() {
+                    fs::canonicalize(&path).unwrap_or_else(|_| path.clone())
+                } else {
+                    path.clone()
+                };
+                out.push(ModelFile::present(rel, path, resolved, &meta));
+            }
+            Ok(_) => {} // sockets, fifos: not model files
+            Err(_) => {
+                let target = fs::read_link(&path).ok();
+                out.push(ModelFile::missing(rel, path, target, false));
+            }
+        }
+    }
+    Ok(())
+}
