@@ -96,6 +96,11 @@ pub fn open_workspace(dir: &Path) -> Result<ResolvedModel, StoreError> {
     if !dir.is_dir() {
         return Err(StoreError::PathNotFound { path: dir.to_path_buf() });
     }
+    // Absolute, so that a sentinel's provenance and messages mean the same from any cwd.
+    let dir = &std::fs::canonicalize(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let files = workspace_files(dir).map_err(|source| StoreError::Io {
         path: dir.to_path_buf(),
         source,

@@ -1,0 +1,166 @@
+//! Shared helpers of the integration tests: a real fixture cache, the `mlxk` binary, and a
+//! full-tree fingerprint of a directory (content, mode, mtime, link targets).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+impl Fixture {
+    /// The full catalogue of `mlxk_fs::testkit::fixture_cache` in a fresh temp dir.
+    pub fn new() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = tmp.path().join("hub");
+        mlxk_fs::testkit::fixture_cache(&cache).expect("fixture cache");
+        Fixture { tmp, cache }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// Runs `mlxk --cache <cache> args...` with no HF variables inherited.
+    pub fn mlxk(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--cache", self.cache.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        mlxk(&all, &[])
+    }
+
+    /// `mlxk --cache <cache> args...` run from `cwd` (for relative paths).
+    pub fn mlxk_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        let mut all = vec!["--cache", self.cache.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let mut cmd = base_command(&all, &[]);
+        cmd.current_dir(cwd);
+        cmd.output().expect("run mlxk")
+    }
+
+    /// `mlxk --json ...`, returning (exit code, parsed envelope).
+    pub fn json(&self, args: &[&str]) -> (i32, Value) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.mlxk(&all);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+}
+
+pub fn mlxk(args: &[&str], env: &[(&str, &str)]) -> Output {
+    base_command(args, env).output().expect("run mlxk")
+}
+
+fn base_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk"));
+    cmd.args(args)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HUGGINGFACE_HUB_CACHE")
+        .env_remove("HF_HOME")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// What a path is, without following links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File { sha256: String, mode: u32, mtime_ns: i128, size: u64 },
+    Dir { mode: u32, mtime_ns: i128 },
+    Link { target: PathBuf, mtime_ns: i128 },
+}
+
+/// Fingerprint of every entry under `root` (lstat: links are recorded, not followed).
+pub fn tree_state(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+    let meta = fs::symlink_metadata(dir).expect("lstat");
+    out.insert(
+        dir.strip_prefix(root).unwrap_or(dir).to_path_buf(),
+        Node::Dir { mode: meta.mode(), mtime_ns: mtime_ns(&meta) },
+    );
+    for entry in fs::read_dir(dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        let m = fs::symlink_metadata(&path).expect("lstat");
+        if m.file_type().is_symlink() {
+            out.insert(rel, Node::Link { target: fs::read_link(&path).expect("readlink"), mtime_ns: mtime_ns(&m) });
+        } else if m.is_dir() {
+            walk(root, &path, out);
+        } else {
+            out.insert(
+                rel,
+                Node::File { sha256: sha256_file(&path), mode: m.mode(), mtime_ns: mtime_ns(&m), size: m.len() },
+            );
+        }
+    }
+}
+
+/// Hashes a file; sparse files are read through (they are small in these tests).
+pub fn sha256_file(path: &Path) -> String {
+    let bytes = fs::read(path).expect("read");
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn snapshot_dir(cache: &Path, repo_id: &str) -> PathBuf {
+    let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let sha = fs::read_to_string(repo.join("refs/main")).expect("refs/main");
+    repo.join("snapshots").join(sha.trim())
+}
+
+/// The codes of every problem of the (single) model in a `health --json` envelope.
+pub fn problem_codes(v: &Value) -> Vec<String> {
+    let entries = v["data"]["unhealthy"].as_array().into_iter().flatten().chain(v["data"]["healthy"].as_array().into_iter().flatten());
+    entries
+        .flat_map(|e| e["problems"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["code"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Python of the peer venv (scripts/peers.sh), or a loud SKIP (a failure under MLXK_REQUIRE_PEERS=1).
+pub fn peer_python(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MLXK_PEER_PYTHON").map(PathBuf::from).filter(|p| p.exists()) {
+        return Some(p);
+    }
+    let msg = format!(
+        "SKIP {test}: the Python peers (mlx, mlx-lm, safetensors) are not available; \
+         run scripts/test.sh, or set MLXK_PEER_PYTHON to the python of `scripts/peers.sh`"
+    );
+    if std::env::var("MLXK_REQUIRE_PEERS").as_deref() == Ok("1") {
+        panic!("{msg} (MLXK_REQUIRE_PEERS=1 makes this a failure)");
+    }
+    eprintln!("\n========== {msg} ==========\n");
+    None
+}
