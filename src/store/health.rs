@@ -121,6 +121,8 @@ struct Checker<'m> {
     model: &'m ResolvedModel,
     problems: Vec<Problem>,
     bytes_read: u64,
+    /// Whole contents of the small files already read (by the LFS sniff), so no file is read twice.
+    small_files: BTreeMap<String, Vec<u8>>,
 }
 
 impl<'m> Checker<'m> {
@@ -129,7 +131,17 @@ impl<'m> Checker<'m> {
             model,
             problems: Vec::new(),
             bytes_read: 0,
+            small_files: BTreeMap::new(),
         }
+    }
+
+    /// A file's content (at most `limit` bytes), read once per check.
+    fn read(&mut self, f: &ModelFile, limit: u64) -> std::io::Result<Vec<u8>> {
+        if let Some(bytes) = self.small_files.get(&f.rel_path) {
+            return Ok(bytes.iter().take(limit as usize).copied().collect());
+        }
+        let path = f.readable().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        read_bounded(path, limit, &mut self.bytes_read)
     }
 
     fn push(&mut self, code: &'static str, file: Option<&str>, message: String, hint: String) {
@@ -246,7 +258,9 @@ impl<'m> Checker<'m> {
             FileState::Present { resolved, size, .. } => {
                 if *size <= LFS_POINTER_MAX && *size >= LFS_POINTER_PREFIX.len() as u64 {
                     if let Ok(head) = read_bounded(resolved, LFS_POINTER_MAX, &mut self.bytes_read) {
-                        if head.starts_with(LFS_POINTER_PREFIX) {
+                        let is_pointer = head.starts_with(LFS_POINTER_PREFIX);
+                        self.small_files.insert(f.rel_path.clone(), head);
+                        if is_pointer {
                             lfs_pointers.push(f.rel_path.clone());
                             self.push(
                                 "lfs_pointer",
@@ -274,8 +288,8 @@ impl<'m> Checker<'m> {
             }
             return None;
         };
-        let path = file.readable()?;
-        let bytes = match read_bounded(path, 16 * 1024 * 1024, &mut self.bytes_read) {
+        file.readable()?;
+        let bytes = match self.read(file, 16 * 1024 * 1024) {
             Ok(b) => b,
             Err(e) => {
                 self.push("config_invalid", Some("config.json"), format!("config.json: cannot read ({e})"), "check the file's permissions".into());
@@ -424,8 +438,11 @@ impl<'m> Checker<'m> {
         if lfs_pointers.iter().any(|p| p == INDEX_FILE) {
             return (None, rebuilt);
         }
-        let Some(path) = index_file.readable() else { return (None, rebuilt) };
-        let parsed = read_bounded(path, 256 * 1024 * 1024, &mut self.bytes_read)
+        if index_file.readable().is_none() {
+            return (None, rebuilt);
+        }
+        let parsed = self
+            .read(index_file, 256 * 1024 * 1024)
             .map_err(|e| e.to_string())
             .and_then(|b| WeightIndex::parse(&b));
         let on_disk = match parsed {
@@ -596,10 +613,14 @@ impl<'m> Checker<'m> {
             return;
         };
         let (Some(path), Some(size)) = (tok.readable(), tok.size()) else { return };
-        if size <= LFS_POINTER_MAX && read_first(path, LFS_POINTER_PREFIX.len(), &mut 0).is_ok_and(|h| h == LFS_POINTER_PREFIX) {
+        if self.small_files.get(&tok.rel_path).is_some_and(|b| b.starts_with(LFS_POINTER_PREFIX)) {
             return; // reported as lfs_pointer
         }
-        let valid = if size <= TOKENIZER_FULL_PARSE_MAX {
+        let valid = if let Some(bytes) = self.small_files.get(&tok.rel_path) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else if size <= TOKENIZER_FULL_PARSE_MAX {
             match std::fs::File::open(path) {
                 Ok(f) => {
                     self.bytes_read += size;
@@ -629,8 +650,8 @@ impl<'m> Checker<'m> {
         if self.model.repo_id().is_some_and(|r| r.starts_with("mlx-community/")) {
             return Framework::Mlx;
         }
-        if let Some(readme) = self.top("README.md").and_then(ModelFile::readable) {
-            if let Ok(text) = read_bounded(readme, 64 * 1024, &mut self.bytes_read) {
+        if let Some(readme) = self.top("README.md").filter(|f| f.readable().is_some()) {
+            if let Ok(text) = self.read(readme, 64 * 1024) {
                 if readme_declares_mlx(&String::from_utf8_lossy(&text)) {
                     return Framework::Mlx;
                 }
