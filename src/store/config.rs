@@ -19,7 +19,9 @@ pub struct QuantizationConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LayerQuantization {
     pub bits: u32,
-    pub group_size: u32,
+    /// mlx-lm's mixed recipes write `null`: the default group size applies.
+    #[serde(default)]
+    pub group_size: Option<u32>,
     #[serde(default)]
     pub mode: Option<String>,
 }
@@ -187,7 +189,8 @@ mod tests {
     fn quantization_overrides_and_defaults() {
         let c = ModelConfig::parse(
             br#"{"model_type":"llama","quantization":{"group_size":64,"bits":4,"mode":"affine",
-                "model.layers.0.mlp.gate_proj":{"group_size":64,"bits":8},"lm_head":false}}"#,
+                "model.layers.0.mlp.gate_proj":{"group_size":64,"bits":8},"lm_head":false,
+                "model.embed_tokens":{"group_size":null,"bits":3,"mode":"affine"}}}"#,
         )
         .unwrap();
         let q = c.quantization().unwrap();
@@ -197,6 +200,8 @@ mod tests {
         assert_eq!(q.bits_for("model.layers.0.mlp.gate_proj"), Some(8));
         assert_eq!(q.bits_for("model.layers.1.mlp.gate_proj"), Some(4));
         assert_eq!(q.bits_for("lm_head"), None);
+        // mixed recipes write a null group size
+        assert_eq!(q.bits_for("model.embed_tokens"), Some(3));
     }
 
     #[test]

@@ -205,9 +205,11 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     cache.add_model("meta-test/Llama-tiny", "v1", &llama_model_files(&orig, 3, true, "pt"))?;
 
     // mlx-vlm 624: the converted model's 4 shards with the bf16 source's 10-shard index copied over.
-    let vl = LlamaSpec { model_type: "qwen2", layers: 4, quantization: Some((4, 64)), seed: 7, ..base.clone() };
+    // The tensors are Llama's (no q/k/v biases), so the model type says llama: the repaired
+    // workspace must load in mlx-lm, which checks every parameter.
+    let vl = LlamaSpec { layers: 4, quantization: Some((4, 64)), seed: 7, ..base.clone() };
     let mut files = llama_model_files(&vl, 4, true, "mlx");
-    let source = LlamaSpec { model_type: "qwen2", layers: 4, dtype: WeightDtype::BF16, seed: 7, ..base.clone() };
+    let source = LlamaSpec { layers: 4, dtype: WeightDtype::BF16, seed: 7, ..base.clone() };
     let source_files = llama_model_files(&source, 10, true, "pt");
     let source_index = source_files.iter().find(|(n, _)| n == INDEX_FILE).map(|(_, b)| b.clone()).unwrap_or_default();
     replace(&mut files, INDEX_FILE, source_index);
