@@ -11,12 +11,21 @@ use mlxk_fs::testkit::{fixture_cache, llama_model_files, FixtureCache, LlamaSpec
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["demo", dir] => fixture_cache(&PathBuf::from(dir)).map(|_| ()),
         ["many", dir, n] => many(&PathBuf::from(dir), n.parse().unwrap_or(200)),
         ["sparse", dir, shards, bytes] => FixtureCache::create(&PathBuf::from(dir)).and_then(|c| {
-            c.add_sparse_model("bench/sparse-sharded", shards.parse().unwrap_or(64), bytes.parse().unwrap_or(1 << 30))
-                .map(|_| ())
+            c.add_sparse_model(
+                "bench/sparse-sharded",
+                shards.parse().unwrap_or(64),
+                bytes.parse().unwrap_or(1 << 30),
+            )
+            .map(|_| ())
         }),
         _ => {
             eprintln!("usage: fixture_cache demo <dir> | many <dir> <models> | sparse <dir> <shards> <bytes-per-shard>");
@@ -41,7 +50,11 @@ fn many(dir: &std::path::Path, n: usize) -> std::io::Result<()> {
             ..LlamaSpec::default()
         };
         let shards = 1 + i % 4;
-        cache.add_model(&format!("mlx-community/bench-model-{i:04}"), "v1", &llama_model_files(&spec, shards, true, "mlx"))?;
+        cache.add_model(
+            &format!("mlx-community/bench-model-{i:04}"),
+            "v1",
+            &llama_model_files(&spec, shards, true, "mlx"),
+        )?;
     }
     Ok(())
 }

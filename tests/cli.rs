@@ -9,8 +9,18 @@ use serde_json::Value;
 fn health_reports_every_broken_variant_with_its_code_and_a_fix() {
     let fx = Fixture::new();
     let cases: &[(&str, &[&str])] = &[
-        ("broken/missing-shard", &["index_shard_missing", "index_key_extra", "index_total_size_mismatch"]),
-        ("broken/unlisted-shard", &["index_shard_unlisted", "index_key_wrong_shard"]),
+        (
+            "broken/missing-shard",
+            &[
+                "index_shard_missing",
+                "index_key_extra",
+                "index_total_size_mismatch",
+            ],
+        ),
+        (
+            "broken/unlisted-shard",
+            &["index_shard_unlisted", "index_key_wrong_shard"],
+        ),
         ("broken/truncated-shard", &["shard_truncated"]),
         ("broken/corrupt-header", &["shard_header_invalid"]),
         ("broken/absurd-header", &["shard_header_too_large"]),
@@ -35,11 +45,17 @@ fn health_reports_every_broken_variant_with_its_code_and_a_fix() {
         want.sort();
         assert_eq!(codes, want, "{repo}: {v:#}");
         for p in v["data"]["unhealthy"][0]["problems"].as_array().unwrap() {
-            assert!(!p["hint"].as_str().unwrap().is_empty(), "{repo}: every problem has a fix: {p}");
+            assert!(
+                !p["hint"].as_str().unwrap().is_empty(),
+                "{repo}: every problem has a fix: {p}"
+            );
             let msg = p["message"].as_str().unwrap();
             if let Some(file) = p["file"].as_str() {
                 // The message names the file (or, for per-key index problems, the index).
-                assert!(msg.contains(file) || msg.contains("model.safetensors.index.json"), "{repo}: {msg} / {file}");
+                assert!(
+                    msg.contains(file) || msg.contains("model.safetensors.index.json"),
+                    "{repo}: {msg} / {file}"
+                );
             }
         }
         // Human mode says the same.
@@ -58,13 +74,18 @@ fn health_on_the_624_fixture_lists_each_mismatch_and_the_repair() {
     let fx = Fixture::new();
     let (code, v) = fx.json(&["health", "mlx-community/Qwen2.5-VL-tiny-4bit"]);
     assert_eq!(code, 1);
-    let problems = v["data"]["unhealthy"][0]["problems"].as_array().unwrap().clone();
+    let problems = v["data"]["unhealthy"][0]["problems"]
+        .as_array()
+        .unwrap()
+        .clone();
     let missing: Vec<&str> = problems
         .iter()
         .filter(|p| p["code"] == "index_shard_missing")
         .map(|p| p["file"].as_str().unwrap())
         .collect();
-    let expected_missing: Vec<String> = (1..=10).map(|i| format!("model-{i:05}-of-00010.safetensors")).collect();
+    let expected_missing: Vec<String> = (1..=10)
+        .map(|i| format!("model-{i:05}-of-00010.safetensors"))
+        .collect();
     assert_eq!(missing, expected_missing);
     let unlisted: Vec<&str> = problems
         .iter()
@@ -72,9 +93,13 @@ fn health_on_the_624_fixture_lists_each_mismatch_and_the_repair() {
         .map(|p| p["file"].as_str().unwrap())
         .collect();
     assert_eq!(unlisted.len(), 4);
-    assert!(problems.iter().any(|p| p["code"] == "index_total_size_mismatch"));
+    assert!(problems
+        .iter()
+        .any(|p| p["code"] == "index_total_size_mismatch"));
     assert!(problems.iter().any(|p| p["code"] == "index_key_missing"));
-    assert!(problems.iter().any(|p| p["message"].as_str().unwrap().contains("#624")));
+    assert!(problems
+        .iter()
+        .any(|p| p["message"].as_str().unwrap().contains("#624")));
     for p in &problems {
         assert_eq!(
             p["hint"], "mlxk convert mlx-community/Qwen2.5-VL-tiny-4bit <output> --repair-index",
@@ -82,8 +107,16 @@ fn health_on_the_624_fixture_lists_each_mismatch_and_the_repair() {
         );
     }
     let human = stdout(&fx.mlxk(&["health", "Qwen2.5-VL-tiny-4bit"]));
-    assert!(human.contains("fix: mlxk convert mlx-community/Qwen2.5-VL-tiny-4bit <output> --repair-index"), "{human}");
-    assert!(human.contains("model-00007-of-00010.safetensors"), "{human}");
+    assert!(
+        human.contains(
+            "fix: mlxk convert mlx-community/Qwen2.5-VL-tiny-4bit <output> --repair-index"
+        ),
+        "{human}"
+    );
+    assert!(
+        human.contains("model-00007-of-00010.safetensors"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -102,7 +135,10 @@ fn health_of_healthy_models_and_of_the_whole_cache() {
         assert_eq!(v["status"], "success");
         assert_eq!(v["data"]["healthy"][0]["status"], "healthy");
         assert_eq!(v["data"]["healthy"][0]["name"], repo);
-        assert!(v["data"]["healthy"][0].get("managed").is_none(), "cache models are not workspaces");
+        assert!(
+            v["data"]["healthy"][0].get("managed").is_none(),
+            "cache models are not workspaces"
+        );
     }
     let (code, v) = fx.json(&["health"]);
     assert_eq!(code, 1);
@@ -111,7 +147,10 @@ fn health_of_healthy_models_and_of_the_whole_cache() {
     assert_eq!(s["healthy_count"], 8);
     assert_eq!(s["unhealthy_count"], 13);
     let human = stdout(&fx.mlxk(&["health"]));
-    assert!(human.contains("21 models: 8 healthy, 13 unhealthy"), "{human}");
+    assert!(
+        human.contains("21 models: 8 healthy, 13 unhealthy"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -123,8 +162,23 @@ fn list_shows_mlx_models_and_all_with_mlx_knife_fields() {
     assert_eq!(v["data"]["count"], models.len());
     assert!(models.iter().all(|m| m["framework"] == "MLX"), "{v:#}");
     assert!(!models.iter().any(|m| m["name"] == "meta-test/Llama-tiny"));
-    let m = models.iter().find(|m| m["name"] == "mlx-community/Llama-tiny-4bit").unwrap();
-    for key in ["name", "hash", "size_bytes", "last_modified", "framework", "model_type", "capabilities", "health", "runtime_compatible", "reason", "cached"] {
+    let m = models
+        .iter()
+        .find(|m| m["name"] == "mlx-community/Llama-tiny-4bit")
+        .unwrap();
+    for key in [
+        "name",
+        "hash",
+        "size_bytes",
+        "last_modified",
+        "framework",
+        "model_type",
+        "capabilities",
+        "health",
+        "runtime_compatible",
+        "reason",
+        "cached",
+    ] {
         assert!(m.get(key).is_some(), "model object lacks `{key}`: {m}");
     }
     assert_eq!(m["hash"].as_str().unwrap().len(), 40);
@@ -133,30 +187,71 @@ fn list_shows_mlx_models_and_all_with_mlx_knife_fields() {
     assert_eq!(m["runtime_compatible"], true);
     assert_eq!(m["model_type"], "chat");
     assert_eq!(m["cached"], true);
-    let broken = models.iter().find(|m| m["name"] == "mlx-community/Qwen2.5-VL-tiny-4bit").unwrap();
+    let broken = models
+        .iter()
+        .find(|m| m["name"] == "mlx-community/Qwen2.5-VL-tiny-4bit")
+        .unwrap();
     assert_eq!(broken["health"], "unhealthy");
     assert_eq!(broken["runtime_compatible"], false);
-    assert!(broken["reason"].as_str().unwrap().contains("does not exist"), "{broken}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{broken}"
+    );
 
     let (_, all) = fx.json(&["list", "--all"]);
-    let names: Vec<&str> = all["data"]["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names.len(), 21);
     assert!(names.contains(&"meta-test/Llama-tiny") && names.contains(&"TheBloke/tiny-GGUF"));
-    let gguf = all["data"]["models"].as_array().unwrap().iter().find(|m| m["name"] == "TheBloke/tiny-GGUF").unwrap();
+    let gguf = all["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "TheBloke/tiny-GGUF")
+        .unwrap();
     assert_eq!(gguf["framework"], "GGUF");
-    let pt = all["data"]["models"].as_array().unwrap().iter().find(|m| m["name"] == "meta-test/Llama-tiny").unwrap();
+    let pt = all["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "meta-test/Llama-tiny")
+        .unwrap();
     assert_eq!(pt["framework"], "PyTorch");
 
     let (_, filtered) = fx.json(&["list", "--all", "TINY-4bit"]);
-    let names: Vec<&str> = filtered["data"]["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["mlx-community/Llama-tiny-4bit", "mlx-community/Qwen2.5-VL-tiny-4bit"]);
+    let names: Vec<&str> = filtered["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "mlx-community/Llama-tiny-4bit",
+            "mlx-community/Qwen2.5-VL-tiny-4bit"
+        ]
+    );
 
     let out = fx.mlxk(&["list", "--health"]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     let header = text.lines().next().unwrap();
-    assert!(header.starts_with("NAME") && header.contains("FRAMEWORK") && header.contains("HEALTH"), "{text}");
-    let row = text.lines().find(|l| l.starts_with("mlx-community/Llama-tiny-f16 ")).unwrap();
+    assert!(
+        header.starts_with("NAME") && header.contains("FRAMEWORK") && header.contains("HEALTH"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("mlx-community/Llama-tiny-f16 "))
+        .unwrap();
     assert!(row.contains("healthy") && row.contains(" KB"), "{row}");
     // Columns are aligned: every row's second column starts where the header's does.
     let id_col = header.find("ID").unwrap();
@@ -170,14 +265,21 @@ fn list_shows_mlx_models_and_all_with_mlx_knife_fields() {
 fn list_without_a_cache_is_empty_not_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().to_str().unwrap();
-    let out = common::mlxk(&["--json", "list"], &[("HOME", home), ("XDG_CACHE_HOME", home)]);
+    let out = common::mlxk(
+        &["--json", "list"],
+        &[("HOME", home), ("XDG_CACHE_HOME", home)],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["data"]["count"], 0);
     // An explicit --cache that does not exist is an error, named.
     let out = common::mlxk(&["--cache", "/nonexistent/hub", "list"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/nonexistent/hub"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/hub"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -213,8 +315,13 @@ fn show_model_files_and_config() {
     let (_, v) = fx.json(&["show", "mlx-community/Llama-tiny-f16", "--files"]);
     let files = v["data"]["files"].as_array().unwrap();
     let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"model-00001-of-00002.safetensors") && names.contains(&"tokenizer.json"));
-    let shard = files.iter().find(|f| f["name"] == "model-00001-of-00002.safetensors").unwrap();
+    assert!(
+        names.contains(&"model-00001-of-00002.safetensors") && names.contains(&"tokenizer.json")
+    );
+    let shard = files
+        .iter()
+        .find(|f| f["name"] == "model-00001-of-00002.safetensors")
+        .unwrap();
     assert_eq!(shard["type"], "weights");
     assert!(shard["size"].as_u64().unwrap() > 1000);
 
@@ -225,7 +332,15 @@ fn show_model_files_and_config() {
     assert_eq!(parsed["hidden_size"], 64);
 
     let text = stdout(&fx.mlxk(&["show", "mlx-community/Llama-tiny-4bit"]));
-    for needle in ["Framework:", "MLX", "Quantization:", "bits=4", "Health:", "healthy", "Layers:"] {
+    for needle in [
+        "Framework:",
+        "MLX",
+        "Quantization:",
+        "bits=4",
+        "Health:",
+        "healthy",
+        "Layers:",
+    ] {
         assert!(text.contains(needle), "lacks {needle}:\n{text}");
     }
     let text = stdout(&fx.mlxk(&["show", "broken/incomplete-download", "--files"]));
@@ -243,20 +358,36 @@ fn resolution_errors_are_typed() {
     assert_eq!(code, 1);
     assert_eq!(v["error"]["type"], "model_not_found");
     let suggestions = v["error"]["suggestions"].as_array().unwrap();
-    assert!(suggestions.iter().any(|s| s == "mlx-community/Llama-tiny-f16"), "{v:#}");
+    assert!(
+        suggestions
+            .iter()
+            .any(|s| s == "mlx-community/Llama-tiny-f16"),
+        "{v:#}"
+    );
     let out = fx.mlxk(&["show", "Llama-tiny"]);
-    assert!(stderr(&out).contains("matches 5 models"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("matches 5 models"),
+        "{}",
+        stderr(&out)
+    );
     let (code, v) = fx.json(&["show", "test-org/Multi-snap@nope"]);
     assert_eq!(code, 1);
     assert_eq!(v["error"]["type"], "revision_not_found");
-    assert!(v["error"]["message"].as_str().unwrap().contains("dev"), "lists the refs: {v:#}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("dev"),
+        "lists the refs: {v:#}"
+    );
     let (code, v) = fx.json(&["show", "./no/such/dir"]);
     assert_eq!(code, 1);
     assert_eq!(v["error"]["type"], "model_not_found");
     // Usage errors exit 2.
     assert_eq!(fx.mlxk(&["show"]).status.code(), Some(2));
     assert_eq!(fx.mlxk(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(fx.mlxk(&["convert", "a", "b"]).status.code(), Some(2), "a mode is required");
+    assert_eq!(
+        fx.mlxk(&["convert", "a", "b"]).status.code(),
+        Some(2),
+        "a mode is required"
+    );
 }
 
 #[test]

@@ -27,46 +27,82 @@ fn python(py: &Path, args: &[&str]) -> String {
 }
 
 fn script(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 #[test]
 fn repaired_624_index_equals_pythons_and_mlx_lm_loads_the_workspace() {
-    let Some(py) = common::peer_python("repaired_624_index_equals_pythons_and_mlx_lm_loads_the_workspace") else {
+    let Some(py) =
+        common::peer_python("repaired_624_index_equals_pythons_and_mlx_lm_loads_the_workspace")
+    else {
         return;
     };
     let fx = Fixture::new();
     let ws = fx.path("ws-624");
-    let out = fx.mlxk(&["convert", "mlx-community/Qwen2.5-VL-tiny-4bit", ws.to_str().unwrap(), "--repair-index"]);
+    let out = fx.mlxk(&[
+        "convert",
+        "mlx-community/Qwen2.5-VL-tiny-4bit",
+        ws.to_str().unwrap(),
+        "--repair-index",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
     let derived = python(&py, &[&script("derive_index.py"), ws.to_str().unwrap()]);
     let ours = fs::read_to_string(ws.join(INDEX_FILE)).unwrap();
-    assert_eq!(ours, derived, "the repaired index differs from the one Python's safetensors derives");
+    assert_eq!(
+        ours, derived,
+        "the repaired index differs from the one Python's safetensors derives"
+    );
 
     // The real loader: same greedy tokens from the repaired workspace as from the cache snapshot.
     let snap = snapshot_dir(&fx.cache, "mlx-community/Qwen2.5-VL-tiny-4bit");
-    let from_ws = python(&py, &[&script("load_generate.py"), ws.to_str().unwrap(), "8"]);
-    let from_cache = python(&py, &[&script("load_generate.py"), snap.to_str().unwrap(), "8"]);
+    let from_ws = python(
+        &py,
+        &[&script("load_generate.py"), ws.to_str().unwrap(), "8"],
+    );
+    let from_cache = python(
+        &py,
+        &[&script("load_generate.py"), snap.to_str().unwrap(), "8"],
+    );
     assert_eq!(from_ws, from_cache);
     assert_eq!(serde_json::from_str::<Vec<u32>>(&from_ws).unwrap().len(), 8);
 }
 
 #[test]
 fn rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes() {
-    let Some(py) = common::peer_python("rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes") else {
+    let Some(py) =
+        common::peer_python("rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes")
+    else {
         return;
     };
     let fx = Fixture::new();
     let src = snapshot_dir(&fx.cache, "meta-test/Llama-tiny");
     for (name, extra) in [
-        ("mlx-q4", vec!["-q", "--q-bits", "4", "--q-group-size", "64"]),
-        ("mlx-q8-g32", vec!["-q", "--q-bits", "8", "--q-group-size", "32"]),
+        (
+            "mlx-q4",
+            vec!["-q", "--q-bits", "4", "--q-group-size", "64"],
+        ),
+        (
+            "mlx-q8-g32",
+            vec!["-q", "--q-bits", "8", "--q-group-size", "32"],
+        ),
         ("mlx-mixed", vec!["-q", "--quant-predicate", "mixed_3_6"]),
         ("mlx-f16", vec!["--dtype", "float16"]),
     ] {
         let mlx_out = fx.path(name);
-        let mut args = vec!["-m", "mlx_lm", "convert", "--hf-path", src.to_str().unwrap(), "--mlx-path", mlx_out.to_str().unwrap()];
+        let mut args = vec![
+            "-m",
+            "mlx_lm",
+            "convert",
+            "--hf-path",
+            src.to_str().unwrap(),
+            "--mlx-path",
+            mlx_out.to_str().unwrap(),
+        ];
         args.extend(extra);
         python(&py, &args);
         let reference = fs::read(mlx_out.join(INDEX_FILE)).unwrap();
@@ -75,7 +111,12 @@ fn rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes() {
         let (code, _) = fx.json(&["health", mlx_out.to_str().unwrap()]);
         assert_eq!(code, 1, "{name}: the broken index is noticed");
         let ws = fx.path(&format!("{name}-repaired"));
-        let out = fx.mlxk(&["convert", mlx_out.to_str().unwrap(), ws.to_str().unwrap(), "--repair-index"]);
+        let out = fx.mlxk(&[
+            "convert",
+            mlx_out.to_str().unwrap(),
+            ws.to_str().unwrap(),
+            "--repair-index",
+        ]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
         let ours = fs::read(ws.join(INDEX_FILE)).unwrap();
         assert_eq!(

@@ -20,22 +20,42 @@ fn cache(fx: &Fixture) -> HubCache {
 fn bare_names_prefer_mlx_community_then_a_unique_substring() {
     let fx = Fixture::new();
     let c = cache(&fx);
-    assert_eq!(resolve(Some(&c), "Llama-tiny-f16").unwrap().name, "mlx-community/Llama-tiny-f16");
-    assert_eq!(resolve(Some(&c), "llama-TINY-F16").unwrap().name, "mlx-community/Llama-tiny-f16");
+    assert_eq!(
+        resolve(Some(&c), "Llama-tiny-f16").unwrap().name,
+        "mlx-community/Llama-tiny-f16"
+    );
+    assert_eq!(
+        resolve(Some(&c), "llama-TINY-F16").unwrap().name,
+        "mlx-community/Llama-tiny-f16"
+    );
     // Exact org/name wins even though it is a substring of other names.
-    assert_eq!(resolve(Some(&c), "meta-test/Llama-tiny").unwrap().name, "meta-test/Llama-tiny");
-    assert_eq!(resolve(Some(&c), "tiny-GGUF").unwrap().name, "TheBloke/tiny-GGUF");
+    assert_eq!(
+        resolve(Some(&c), "meta-test/Llama-tiny").unwrap().name,
+        "meta-test/Llama-tiny"
+    );
+    assert_eq!(
+        resolve(Some(&c), "tiny-GGUF").unwrap().name,
+        "TheBloke/tiny-GGUF"
+    );
     match resolve(Some(&c), "Llama-tiny") {
         Err(StoreError::AmbiguousMatch { matches, .. }) => assert_eq!(matches.len(), 5),
         other => panic!("expected ambiguity, got {other:?}"),
     }
     match resolve(Some(&c), "broken") {
-        Err(StoreError::AmbiguousMatch { matches, .. }) => assert!(matches.iter().all(|m| m.starts_with("broken/"))),
+        Err(StoreError::AmbiguousMatch { matches, .. }) => {
+            assert!(matches.iter().all(|m| m.starts_with("broken/")))
+        }
         other => panic!("expected ambiguity, got {other:?}"),
     }
-    assert!(matches!(resolve(Some(&c), "zzz-unknown"), Err(StoreError::ModelNotFound { .. })));
+    assert!(matches!(
+        resolve(Some(&c), "zzz-unknown"),
+        Err(StoreError::ModelNotFound { .. })
+    ));
     // Datasets are not models.
-    assert!(matches!(resolve(Some(&c), "someone/data"), Err(StoreError::ModelNotFound { .. })));
+    assert!(matches!(
+        resolve(Some(&c), "someone/data"),
+        Err(StoreError::ModelNotFound { .. })
+    ));
 }
 
 #[test]
@@ -44,17 +64,47 @@ fn refs_main_wins_over_the_newest_snapshot_and_revisions_resolve() {
     let c = cache(&fx);
     let old = fake_sha("test-org/Multi-snap@old");
     let new = fake_sha("test-org/Multi-snap@new");
-    assert_eq!(resolve(Some(&c), "test-org/Multi-snap").unwrap().snapshot_sha(), Some(old.as_str()));
-    assert_eq!(resolve(Some(&c), "test-org/Multi-snap@dev").unwrap().snapshot_sha(), Some(new.as_str()));
-    assert_eq!(resolve(Some(&c), "test-org/Multi-snap@main").unwrap().snapshot_sha(), Some(old.as_str()));
-    assert_eq!(resolve(Some(&c), &format!("Multi-snap@{}", &new[..7])).unwrap().snapshot_sha(), Some(new.as_str()));
     assert_eq!(
-        resolve(Some(&c), &format!("test-org/Multi-snap@{}", new.to_uppercase())).unwrap().snapshot_sha(),
+        resolve(Some(&c), "test-org/Multi-snap")
+            .unwrap()
+            .snapshot_sha(),
+        Some(old.as_str())
+    );
+    assert_eq!(
+        resolve(Some(&c), "test-org/Multi-snap@dev")
+            .unwrap()
+            .snapshot_sha(),
+        Some(new.as_str())
+    );
+    assert_eq!(
+        resolve(Some(&c), "test-org/Multi-snap@main")
+            .unwrap()
+            .snapshot_sha(),
+        Some(old.as_str())
+    );
+    assert_eq!(
+        resolve(Some(&c), &format!("Multi-snap@{}", &new[..7]))
+            .unwrap()
+            .snapshot_sha(),
+        Some(new.as_str())
+    );
+    assert_eq!(
+        resolve(
+            Some(&c),
+            &format!("test-org/Multi-snap@{}", new.to_uppercase())
+        )
+        .unwrap()
+        .snapshot_sha(),
         Some(new.as_str())
     );
     // Without refs/main: the newest snapshot by mtime.
     let a = fake_sha("test-org/No-refs@a");
-    assert_eq!(resolve(Some(&c), "test-org/No-refs").unwrap().snapshot_sha(), Some(a.as_str()));
+    assert_eq!(
+        resolve(Some(&c), "test-org/No-refs")
+            .unwrap()
+            .snapshot_sha(),
+        Some(a.as_str())
+    );
     assert!(matches!(
         resolve(Some(&c), "test-org/Multi-snap@0000000"),
         Err(StoreError::RevisionNotFound { .. })
@@ -66,7 +116,10 @@ fn an_ambiguous_sha_prefix_lists_the_candidates() {
     let tmp = tempfile::tempdir().unwrap();
     let fc = FixtureCache::create(&tmp.path().join("hub")).unwrap();
     let files = llama_model_files(&LlamaSpec::default(), 1, true, "mlx");
-    for sha in ["abc1000000000000000000000000000000000000", "abc2000000000000000000000000000000000000"] {
+    for sha in [
+        "abc1000000000000000000000000000000000000",
+        "abc2000000000000000000000000000000000000",
+    ] {
         for (rel, bytes) in &files {
             let etag = fc.write_blob("o/m", bytes).unwrap();
             fc.link("o/m", sha, rel, &etag).unwrap();
@@ -78,10 +131,19 @@ fn an_ambiguous_sha_prefix_lists_the_candidates() {
         Err(StoreError::AmbiguousRevision { matches, .. }) => assert_eq!(matches.len(), 2),
         other => panic!("expected ambiguity, got {other:?}"),
     }
-    assert_eq!(find_revision(&repo, "abc2").unwrap().sha, "abc2000000000000000000000000000000000000");
+    assert_eq!(
+        find_revision(&repo, "abc2").unwrap().sha,
+        "abc2000000000000000000000000000000000000"
+    );
     // A nested file links with deeper ../ and is followed.
     let etag = fc.write_blob("o/m", b"nested").unwrap();
-    fc.link("o/m", "abc1000000000000000000000000000000000000", "sub/dir/n.txt", &etag).unwrap();
+    fc.link(
+        "o/m",
+        "abc1000000000000000000000000000000000000",
+        "sub/dir/n.txt",
+        &etag,
+    )
+    .unwrap();
     let m = resolve(Some(&c), "o/m@abc1").unwrap();
     let f = m.file("sub/dir/n.txt").unwrap();
     assert_eq!(fs::read(f.readable().unwrap()).unwrap(), b"nested");
@@ -102,7 +164,10 @@ fn directories_resolve_as_workspaces_and_snapshot_paths_as_cache_models() {
     assert_eq!(m.managed(), Some(false));
     // Without a cache at all, paths still work and names do not.
     assert!(resolve(None, ws.to_str().unwrap()).is_ok());
-    assert!(matches!(resolve(None, "Llama-tiny-f16"), Err(StoreError::ModelNotFound { .. })));
+    assert!(matches!(
+        resolve(None, "Llama-tiny-f16"),
+        Err(StoreError::ModelNotFound { .. })
+    ));
 }
 
 /// 64 shards whose headers describe 1 GiB of data each, held as sparse holes: health and the
@@ -119,7 +184,11 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
         .files
         .iter()
         .filter(|f| f.rel_path.ends_with(".safetensors"))
-        .map(|f| mlxk_fs::store::read_header(f.readable().unwrap(), &f.rel_path).unwrap().bytes_read())
+        .map(|f| {
+            mlxk_fs::store::read_header(f.readable().unwrap(), &f.rel_path)
+                .unwrap()
+                .bytes_read()
+        })
         .sum();
     let small_files: u64 = model
         .files
@@ -130,15 +199,34 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
     let report = check(&model);
     assert!(report.healthy(), "{:?}", report.problems);
     assert_eq!(report.shards.len(), 64);
-    assert_eq!(report.size_bytes, header_bytes + 64 * (1 << 30) + small_files);
+    assert_eq!(
+        report.size_bytes,
+        header_bytes + 64 * (1 << 30) + small_files
+    );
     // Headers, plus config.json and the index read whole; not one byte of tensor data.
-    assert_eq!(report.bytes_read, header_bytes + small_files, "health read more than headers");
+    assert_eq!(
+        report.bytes_read,
+        header_bytes + small_files,
+        "health read more than headers"
+    );
     assert!(report.bytes_read < 64 * 1024);
 
     // The CLI reports the same accounting.
-    let out = common::mlxk(&["--cache", fc.root.to_str().unwrap(), "--json", "health", "big/sparse"], &[]);
+    let out = common::mlxk(
+        &[
+            "--cache",
+            fc.root.to_str().unwrap(),
+            "--json",
+            "health",
+            "big/sparse",
+        ],
+        &[],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["data"]["summary"]["bytes_read"], header_bytes + small_files);
+    assert_eq!(
+        v["data"]["summary"]["bytes_read"],
+        header_bytes + small_files
+    );
 
     // Repair-index on a 64-shard model with small holes (the copy itself must read the data):
     // the rebuild reads exactly the headers of the 64 copies.
@@ -148,7 +236,14 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
     let model = resolve(Some(&c2), "big/sparse").unwrap();
     let header_bytes: u64 = check(&model).shards.iter().map(|s| s.bytes_read()).sum();
     let target = tmp.path().join("ws");
-    let outcome = repair_index(&model, &target, Some(&c2), &RepairOptions::default(), &mut |_| {}).unwrap();
+    let outcome = repair_index(
+        &model,
+        &target,
+        Some(&c2),
+        &RepairOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(outcome.index_bytes_read, header_bytes);
     assert_eq!(outcome.index.as_ref().unwrap().weight_map.len(), 64);
     assert!(outcome.health.unwrap().healthy());
@@ -171,19 +266,37 @@ fn a_convert_that_fails_after_creating_the_target_removes_what_it_wrote() {
 
     let created = fx.path("new/deeper/ws");
     let mut seen = Vec::new();
-    let err = repair_index(&model, &created, Some(&c), &RepairOptions::default(), &mut |p| {
-        seen.push(p.current.to_string())
-    })
+    let err = repair_index(
+        &model,
+        &created,
+        Some(&c),
+        &RepairOptions::default(),
+        &mut |p| seen.push(p.current.to_string()),
+    )
     .unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
-    assert!(!fx.path("new").exists(), "directories this call created are removed");
+    assert!(
+        !fx.path("new").exists(),
+        "directories this call created are removed"
+    );
     assert!(!seen.is_empty(), "progress was reported");
 
     let existing = fx.path("existing-empty");
     fs::create_dir(&existing).unwrap();
-    assert!(repair_index(&model, &existing, Some(&c), &RepairOptions::default(), &mut |_| {}).is_err());
+    assert!(repair_index(
+        &model,
+        &existing,
+        Some(&c),
+        &RepairOptions::default(),
+        &mut |_| {}
+    )
+    .is_err());
     assert!(existing.is_dir(), "a directory the user made stays");
-    assert_eq!(fs::read_dir(&existing).unwrap().count(), 0, "and is empty again");
+    assert_eq!(
+        fs::read_dir(&existing).unwrap().count(),
+        0,
+        "and is empty again"
+    );
     let _ = Path::new(INDEX_FILE);
 }
 
@@ -198,7 +311,8 @@ fn an_interrupted_convert_is_reported_by_health() {
         fs::copy(&p, ws.join(p.file_name().unwrap())).unwrap();
     }
     // What a convert killed mid-copy leaves: the sentinel, still marked in progress.
-    let mut s = mlxk_fs::store::Sentinel::new("convert", Some("repair-index"), Some("x/y".into()), None);
+    let mut s =
+        mlxk_fs::store::Sentinel::new("convert", Some("repair-index"), Some("x/y".into()), None);
     s.convert_state = Some(mlxk_fs::store::Sentinel::IN_PROGRESS.into());
     s.write_atomic(&ws).unwrap();
     let report = check(&open_workspace(&ws).unwrap());

@@ -44,7 +44,9 @@ fn require_cache(args: &MlxkArgs) -> Result<HubCache, CliError> {
 /// Every cached model at its default snapshot, checked in parallel (header reads only).
 fn all_cached(cache: &HubCache) -> Result<Vec<(ResolvedModel, HealthReport)>, CliError> {
     let repos = cache.repos()?;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
     let chunk = repos.len().div_ceil(threads).max(1);
     let mut out: Vec<(ResolvedModel, HealthReport)> = Vec::new();
     std::thread::scope(|s| {
@@ -93,7 +95,11 @@ pub fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
     let pattern = a.pattern.as_deref().map(str::to_lowercase);
     let models: Vec<_> = all_cached(&cache)?
         .into_iter()
-        .filter(|(m, _)| pattern.as_ref().is_none_or(|p| m.name.to_lowercase().contains(p)))
+        .filter(|(m, _)| {
+            pattern
+                .as_ref()
+                .is_none_or(|p| m.name.to_lowercase().contains(p))
+        })
         .map(|(m, r)| summarize(&m, &r))
         .filter(|s| a.all || s.framework == "MLX")
         .collect();
@@ -103,14 +109,22 @@ pub fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
             let hash = s.hash.as_deref().unwrap_or("-");
             let mut row = vec![
                 s.name.clone(),
-                if a.verbose { hash.to_string() } else { hash.chars().take(8).collect() },
+                if a.verbose {
+                    hash.to_string()
+                } else {
+                    hash.chars().take(8).collect()
+                },
                 human_size(s.size_bytes),
                 short_time(s.last_modified.as_deref()),
                 s.framework.to_string(),
                 s.model_type.to_string(),
             ];
             if a.health || a.verbose {
-                row.push(if s.health == "healthy" { style.green("healthy") } else { style.red("unhealthy") });
+                row.push(if s.health == "healthy" {
+                    style.green("healthy")
+                } else {
+                    style.red("unhealthy")
+                });
             }
             if a.verbose {
                 row.push(s.reason.clone());
@@ -127,7 +141,15 @@ pub fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
     }
     let human = if models.is_empty() {
         let scope = if a.all { "" } else { " MLX" };
-        format!("No{scope} models found in {}{}\n", cache.root().display(), if a.all { "" } else { " (--all shows every framework)" })
+        format!(
+            "No{scope} models found in {}{}\n",
+            cache.root().display(),
+            if a.all {
+                ""
+            } else {
+                " (--all shows every framework)"
+            }
+        )
     } else {
         table(&header, &rows, style)
     };
@@ -155,9 +177,15 @@ pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
     if a.config {
         let config = report.config.as_ref().map(|c| Value::Object(c.raw.clone()));
         let Some(config) = config else {
-            return Err(CliError::new("CommandError", format!("{}: config.json is missing or invalid", model.name)));
+            return Err(CliError::new(
+                "CommandError",
+                format!("{}: config.json is missing or invalid", model.name),
+            ));
         };
-        human = format!("{}\n", serde_json::to_string_pretty(&config).unwrap_or_default());
+        human = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&config).unwrap_or_default()
+        );
         data["config"] = config;
     } else if a.files {
         let files: Vec<Value> = model
@@ -171,7 +199,9 @@ pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
             .map(|f| {
                 vec![
                     f.rel_path.clone(),
-                    f.size().map(human_size).unwrap_or_else(|| style.red("missing")),
+                    f.size()
+                        .map(human_size)
+                        .unwrap_or_else(|| style.red("missing")),
                     file_type(&f.rel_path).to_string(),
                 ]
             })
@@ -197,14 +227,32 @@ pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
         human.push_str(&field("Framework", opt(&s["framework"])));
         human.push_str(&field("Type", opt(&s["model_type"])));
         human.push_str(&field("Capabilities", summary_caps(s)));
-        let health_text = if report.healthy() { style.green("healthy") } else { style.red("unhealthy") };
+        let health_text = if report.healthy() {
+            style.green("healthy")
+        } else {
+            style.red("unhealthy")
+        };
         human.push_str(&field("Health", health_text));
         for p in &report.problems {
             human.push_str(&format!("  {} {}\n", style.yellow(p.code), p.message));
         }
-        human.push_str(&field("Runtime compatible", format!("{} ({})", if summary_bool(s, "runtime_compatible") { "yes" } else { "no" }, opt(&s["reason"]))));
+        human.push_str(&field(
+            "Runtime compatible",
+            format!(
+                "{} ({})",
+                if summary_bool(s, "runtime_compatible") {
+                    "yes"
+                } else {
+                    "no"
+                },
+                opt(&s["reason"])
+            ),
+        ));
         human.push_str(&field("Model type", opt(&data["metadata"]["model_type"])));
-        human.push_str(&field("Architecture", opt(&data["metadata"]["architecture"])));
+        human.push_str(&field(
+            "Architecture",
+            opt(&data["metadata"]["architecture"]),
+        ));
         if let Some(q) = data["metadata"]["quantization"].as_object() {
             let parts: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", opt(v))).collect();
             human.push_str(&field("Quantization", parts.join(", ")));
@@ -219,14 +267,34 @@ pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
             human.push_str(&field(label, opt(&data["metadata"][key])));
         }
         if let Some(managed) = model.managed() {
-            human.push_str(&field("Workspace", if managed { "managed".into() } else { "unmanaged".into() }));
+            human.push_str(&field(
+                "Workspace",
+                if managed {
+                    "managed".into()
+                } else {
+                    "unmanaged".into()
+                },
+            ));
             if let Some(sentinel) = model.sentinel() {
                 human.push_str(&field(
                     "  Created",
-                    format!("{} by mlxk {} ({})", sentinel.created_at, sentinel.mlxk_version, sentinel.operation),
+                    format!(
+                        "{} by mlxk {} ({})",
+                        sentinel.created_at, sentinel.mlxk_version, sentinel.operation
+                    ),
                 ));
                 if let Some(src) = &sentinel.source_repo {
-                    human.push_str(&field("  Source", format!("{src}{}", sentinel.source_revision.as_deref().map(|r| format!("@{r}")).unwrap_or_default())));
+                    human.push_str(&field(
+                        "  Source",
+                        format!(
+                            "{src}{}",
+                            sentinel
+                                .source_revision
+                                .as_deref()
+                                .map(|r| format!("@{r}"))
+                                .unwrap_or_default()
+                        ),
+                    ));
                 }
             }
         }
@@ -242,7 +310,12 @@ pub fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
 fn summary_caps(s: &Value) -> String {
     s["capabilities"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -252,11 +325,19 @@ fn summary_bool(s: &Value, k: &str) -> bool {
 
 fn file_type(rel: &str) -> &'static str {
     let name = rel.rsplit('/').next().unwrap_or(rel);
-    if name.ends_with(".safetensors") || name.ends_with(".gguf") || name.ends_with(".bin") || name.ends_with(".npz") {
+    if name.ends_with(".safetensors")
+        || name.ends_with(".gguf")
+        || name.ends_with(".bin")
+        || name.ends_with(".npz")
+    {
         "weights"
     } else if name == crate::store::INDEX_FILE {
         "index"
-    } else if name.starts_with("tokenizer") || name == "special_tokens_map.json" || name == "vocab.json" || name == "merges.txt" {
+    } else if name.starts_with("tokenizer")
+        || name == "special_tokens_map.json"
+        || name == "vocab.json"
+        || name == "merges.txt"
+    {
         "tokenizer"
     } else if name == crate::store::SENTINEL_FILE {
         "sentinel"
@@ -306,7 +387,11 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
     let mut bytes_read = 0;
     for (model, report) in &checked {
         bytes_read += report.bytes_read;
-        let mark = if report.healthy() { style.green("✓") } else { style.red("✗") };
+        let mark = if report.healthy() {
+            style.green("✓")
+        } else {
+            style.red("✗")
+        };
         let managed = match model.managed() {
             Some(true) => " [managed workspace]",
             Some(false) => " [unmanaged workspace]",
@@ -326,7 +411,11 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
             for p in &report.problems {
                 human.push_str(&format!("    {:<26} {}\n", style.yellow(p.code), p.message));
                 if p.hint != last_hint {
-                    human.push_str(&format!("    {:<26} {}\n", "", style.dim(&format!("fix: {}", p.hint))));
+                    human.push_str(&format!(
+                        "    {:<26} {}\n",
+                        "",
+                        style.dim(&format!("fix: {}", p.hint))
+                    ));
                     last_hint = p.hint.clone();
                 }
             }
@@ -356,7 +445,12 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
         data,
         human,
         ok,
-        failure: (!ok).then(|| CliError::new("HealthCheckFailed", format!("{} of {} models unhealthy", unhealthy.len(), checked.len()))),
+        failure: (!ok).then(|| {
+            CliError::new(
+                "HealthCheckFailed",
+                format!("{} of {} models unhealthy", unhealthy.len(), checked.len()),
+            )
+        }),
     })
 }
 
@@ -372,7 +466,10 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
         if let Some(bar) = &bar {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_done);
-            bar.set_message(format!("{}/{} files {}", p.files_done, p.files_total, p.current));
+            bar.set_message(format!(
+                "{}/{} files {}",
+                p.files_done, p.files_total, p.current
+            ));
         }
     };
     let outcome = repair_index(&source, &a.target, cache.as_ref(), &opts, &mut on_progress);
@@ -382,7 +479,11 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
     let outcome = outcome?;
     let target = display_path(&a.target);
     let (health_status, health_reason, healthy) = match &outcome.health {
-        None => ("skipped", "health check skipped (--skip-health)".to_string(), true),
+        None => (
+            "skipped",
+            "health check skipped (--skip-health)".to_string(),
+            true,
+        ),
         Some(r) if r.healthy() => ("healthy", r.reason(), true),
         Some(r) => ("unhealthy", r.reason(), false),
     };
@@ -415,10 +516,16 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
         outcome.copy.reflinked
     ));
     for p in &outcome.repaired {
-        human.push_str(&format!("  repaired: {} {}\n", style.yellow(p.code), p.message));
+        human.push_str(&format!(
+            "  repaired: {} {}\n",
+            style.yellow(p.code),
+            p.message
+        ));
     }
     match &outcome.health {
-        Some(r) if r.healthy() => human.push_str(&format!("  health: {}\n", style.green("healthy"))),
+        Some(r) if r.healthy() => {
+            human.push_str(&format!("  health: {}\n", style.green("healthy")))
+        }
         Some(r) => {
             human.push_str(&format!("  health: {}\n", style.red("unhealthy")));
             for p in &r.problems {
@@ -450,8 +557,10 @@ fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     Some(bar)
 }

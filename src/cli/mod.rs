@@ -114,7 +114,8 @@ impl CliError {
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> CliError {
         let extra = match &e {
-            StoreError::AmbiguousMatch { matches, .. } | StoreError::AmbiguousRevision { matches, .. } => {
+            StoreError::AmbiguousMatch { matches, .. }
+            | StoreError::AmbiguousRevision { matches, .. } => {
                 json!({ "matches": matches })
             }
             StoreError::ModelNotFound { suggestions, .. } => json!({ "suggestions": suggestions }),
@@ -171,7 +172,9 @@ pub fn mlxk_main() -> ExitCode {
         Ok(outcome) => {
             if args.json {
                 match (&outcome.failure, outcome.ok) {
-                    (Some(f), false) => output::print_error(name, f.kind, &f.message, &f.extra, outcome.data),
+                    (Some(f), false) => {
+                        output::print_error(name, f.kind, &f.message, &f.extra, outcome.data)
+                    }
                     _ => output::print_success(name, outcome.data),
                 }
             } else {

@@ -148,7 +148,14 @@ mod tests {
     #[test]
     fn tables_align_and_ignore_colour_codes() {
         let style = Style { color: true };
-        let t = table(&["A", "B"], &[vec![style.red("xx"), "1".into()], vec!["y".into(), "2".into()]], Style { color: false });
+        let t = table(
+            &["A", "B"],
+            &[
+                vec![style.red("xx"), "1".into()],
+                vec!["y".into(), "2".into()],
+            ],
+            Style { color: false },
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "A   B");
         assert_eq!(lines[1], "\x1b[31mxx\x1b[0m  1");

@@ -19,13 +19,19 @@ pub enum ConvertError {
     #[error("target {target} is inside the Hugging Face cache ({cache}); the cache is never written: choose a directory outside it")]
     TargetInsideCache { target: PathBuf, cache: PathBuf },
     #[error("target {target} is inside the source model directory {source_dir}: choose a directory outside it")]
-    TargetInsideSource { target: PathBuf, source_dir: PathBuf },
+    TargetInsideSource {
+        target: PathBuf,
+        source_dir: PathBuf,
+    },
     #[error("target {target} exists and is not empty: choose a new directory or empty it")]
     TargetNotEmpty { target: PathBuf },
     #[error("target {target} exists and is not a directory")]
     TargetNotDirectory { target: PathBuf },
     #[error("source {source_name} cannot be converted: {}", describe(.problems))]
-    SourceUnusable { source_name: String, problems: Vec<Problem> },
+    SourceUnusable {
+        source_name: String,
+        problems: Vec<Problem>,
+    },
     #[error("{path}: {what}: {source}")]
     Io {
         path: PathBuf,
@@ -55,7 +61,9 @@ impl ConvertError {
         match self {
             ConvertError::TargetInsideCache { .. } => "target_in_cache",
             ConvertError::TargetInsideSource { .. } => "target_in_source",
-            ConvertError::TargetNotEmpty { .. } | ConvertError::TargetNotDirectory { .. } => "target_exists",
+            ConvertError::TargetNotEmpty { .. } | ConvertError::TargetNotDirectory { .. } => {
+                "target_exists"
+            }
             ConvertError::SourceUnusable { .. } => "source_unhealthy",
             _ => "CommandError",
         }

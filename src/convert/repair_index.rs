@@ -101,7 +101,12 @@ pub fn repair_index(
     }
 }
 
-fn check_target(src: &ResolvedModel, dst: &Path, target: &Path, cache: Option<&HubCache>) -> Result<(), ConvertError> {
+fn check_target(
+    src: &ResolvedModel,
+    dst: &Path,
+    target: &Path,
+    cache: Option<&HubCache>,
+) -> Result<(), ConvertError> {
     if let Some(cache) = cache {
         if target.starts_with(cache.canonical_root()) {
             return Err(ConvertError::TargetInsideCache {
@@ -183,10 +188,14 @@ fn undo(target: &Path, created: Option<&Path>) {
 
 fn source_identity(src: &ResolvedModel) -> (Option<String>, Option<String>) {
     match &src.location {
-        ModelLocation::Cache { repo, snapshot } => (Some(repo.repo_id.clone()), Some(snapshot.sha.clone())),
+        ModelLocation::Cache { repo, snapshot } => {
+            (Some(repo.repo_id.clone()), Some(snapshot.sha.clone()))
+        }
         ModelLocation::Workspace { dir, sentinel, .. } => match sentinel {
             Some(s) => (
-                s.source_repo.clone().or_else(|| Some(dir.display().to_string())),
+                s.source_repo
+                    .clone()
+                    .or_else(|| Some(dir.display().to_string())),
                 s.source_revision.clone(),
             ),
             None => (Some(dir.display().to_string()), None),
@@ -202,7 +211,12 @@ fn fill_target(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<RepairOutcome, ConvertError> {
     let (source_repo, source_revision) = source_identity(src);
-    let mut sentinel = Sentinel::new("convert", Some("repair-index"), source_repo, source_revision);
+    let mut sentinel = Sentinel::new(
+        "convert",
+        Some("repair-index"),
+        source_repo,
+        source_revision,
+    );
     sentinel.convert_state = Some(Sentinel::IN_PROGRESS.to_string());
     sentinel.write_atomic(target)?;
 
@@ -249,13 +263,18 @@ fn fill_target(
             .iter()
             .map(|name| read_header_counted(&target.join(name), name, &mut index_bytes_read))
             .collect::<Result<Vec<ShardHeader>, _>>()?;
-        let quantization = source_health.config.as_ref().and_then(ModelConfig::quantization);
+        let quantization = source_health
+            .config
+            .as_ref()
+            .and_then(ModelConfig::quantization);
         let index = rebuild_index(&shards, quantization.as_ref())?;
         let path = target.join(INDEX_FILE);
-        write_file_atomic(&path, index.to_json_string().as_bytes()).map_err(|source| ConvertError::Io {
-            path,
-            what: "cannot write the index",
-            source,
+        write_file_atomic(&path, index.to_json_string().as_bytes()).map_err(|source| {
+            ConvertError::Io {
+                path,
+                what: "cannot write the index",
+                source,
+            }
         })?;
         Some(index)
     } else {

@@ -16,7 +16,10 @@ pub fn cache_root(explicit: Option<&Path>) -> PathBuf {
     cache_root_from(explicit, |k| std::env::var_os(k))
 }
 
-fn cache_root_from(explicit: Option<&Path>, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+fn cache_root_from(
+    explicit: Option<&Path>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> PathBuf {
     if let Some(p) = explicit {
         return expand_tilde(p);
     }
@@ -75,10 +78,11 @@ pub struct Snapshot {
 impl HubCache {
     /// Opens the cache at `root`; it must be an existing directory.
     pub fn open(root: &Path) -> Result<HubCache, StoreError> {
-        let canonical_root = fs::canonicalize(root).map_err(|source| StoreError::CacheUnreadable {
-            path: root.to_path_buf(),
-            source,
-        })?;
+        let canonical_root =
+            fs::canonicalize(root).map_err(|source| StoreError::CacheUnreadable {
+                path: root.to_path_buf(),
+                source,
+            })?;
         if !canonical_root.is_dir() {
             return Err(StoreError::CacheNotADirectory {
                 path: root.to_path_buf(),
@@ -146,7 +150,13 @@ impl HubCache {
         Ok(files)
     }
 
-    fn walk_snapshot(&self, dir: &Path, prefix: &str, out: &mut Vec<ModelFile>, depth: usize) -> Result<(), StoreError> {
+    fn walk_snapshot(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        out: &mut Vec<ModelFile>,
+        depth: usize,
+    ) -> Result<(), StoreError> {
         // HF snapshots mirror repo trees, which are shallow; the bound guards against loops.
         if depth > 32 {
             return Ok(());
@@ -160,9 +170,15 @@ impl HubCache {
                 tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not UTF-8");
                 continue;
             };
-            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
             let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.is_dir() {
                 self.walk_snapshot(&path, &rel, out, depth + 1)?;
             } else if meta.file_type().is_symlink() {
@@ -183,7 +199,8 @@ impl HubCache {
         let parent = link.parent().unwrap_or(Path::new("/"));
         let joined = normalize_lexically(&parent.join(&target));
         // Checked lexically first, so a link pointing outside is never even stat'ed.
-        let lexically_inside = joined.starts_with(&self.root) || joined.starts_with(&self.canonical_root);
+        let lexically_inside =
+            joined.starts_with(&self.root) || joined.starts_with(&self.canonical_root);
         if !lexically_inside {
             return ModelFile {
                 rel_path: rel,
@@ -198,7 +215,9 @@ impl HubCache {
                 state: FileState::EscapesCache { target },
             },
             Ok(resolved) => match fs::metadata(&resolved) {
-                Ok(meta) if meta.is_file() => ModelFile::present(rel, link.to_path_buf(), resolved, &meta),
+                Ok(meta) if meta.is_file() => {
+                    ModelFile::present(rel, link.to_path_buf(), resolved, &meta)
+                }
                 _ => ModelFile::missing(rel, link.to_path_buf(), Some(target), false),
             },
             Err(_) => {
@@ -217,7 +236,9 @@ impl ModelRepo {
         let mut out = Vec::new();
         if let Ok(entries) = fs::read_dir(self.dir.join("snapshots")) {
             for entry in entries.flatten() {
-                let Some(sha) = entry.file_name().to_str().map(str::to_string) else { continue };
+                let Some(sha) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
                 let Ok(meta) = entry.metadata() else { continue };
                 if meta.is_dir() {
                     out.push(Snapshot {
@@ -258,10 +279,18 @@ impl ModelRepo {
 }
 
 fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, depth: usize) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let key = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let path = entry.path();
         if path.is_dir() && depth < 8 {
             collect_refs(&path, &key, out, depth + 1);
@@ -347,20 +376,49 @@ mod tests {
     #[test]
     fn cache_root_precedence() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(*v))
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(*v))
+            }
         };
-        assert_eq!(cache_root_from(Some(Path::new("/x")), env(&[("HF_HUB_CACHE", "/y")])), PathBuf::from("/x"));
-        assert_eq!(cache_root_from(None, env(&[("HF_HUB_CACHE", "/y"), ("HF_HOME", "/h")])), PathBuf::from("/y"));
-        assert_eq!(cache_root_from(None, env(&[("HUGGINGFACE_HUB_CACHE", "/l")])), PathBuf::from("/l"));
-        assert_eq!(cache_root_from(None, env(&[("HF_HOME", "/h")])), PathBuf::from("/h/hub"));
-        assert_eq!(cache_root_from(None, env(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/h")])), PathBuf::from("/h/hub"));
-        assert_eq!(cache_root_from(None, env(&[("XDG_CACHE_HOME", "/c")])), PathBuf::from("/c/huggingface/hub"));
+        assert_eq!(
+            cache_root_from(Some(Path::new("/x")), env(&[("HF_HUB_CACHE", "/y")])),
+            PathBuf::from("/x")
+        );
+        assert_eq!(
+            cache_root_from(None, env(&[("HF_HUB_CACHE", "/y"), ("HF_HOME", "/h")])),
+            PathBuf::from("/y")
+        );
+        assert_eq!(
+            cache_root_from(None, env(&[("HUGGINGFACE_HUB_CACHE", "/l")])),
+            PathBuf::from("/l")
+        );
+        assert_eq!(
+            cache_root_from(None, env(&[("HF_HOME", "/h")])),
+            PathBuf::from("/h/hub")
+        );
+        assert_eq!(
+            cache_root_from(None, env(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/h")])),
+            PathBuf::from("/h/hub")
+        );
+        assert_eq!(
+            cache_root_from(None, env(&[("XDG_CACHE_HOME", "/c")])),
+            PathBuf::from("/c/huggingface/hub")
+        );
     }
 
     #[test]
     fn repo_dir_names() {
-        assert_eq!(repo_id_from_dir_name("models--mlx-community--Qwen3-4bit").as_deref(), Some("mlx-community/Qwen3-4bit"));
-        assert_eq!(repo_id_from_dir_name("models--gpt2").as_deref(), Some("gpt2"));
+        assert_eq!(
+            repo_id_from_dir_name("models--mlx-community--Qwen3-4bit").as_deref(),
+            Some("mlx-community/Qwen3-4bit")
+        );
+        assert_eq!(
+            repo_id_from_dir_name("models--gpt2").as_deref(),
+            Some("gpt2")
+        );
         assert_eq!(repo_id_from_dir_name("datasets--x--y"), None);
         assert_eq!(repo_id_from_dir_name("models--"), None);
         assert_eq!(dir_name_from_repo_id("a/b"), "models--a--b");
@@ -373,9 +431,18 @@ mod tests {
         std::os::unix::fs::symlink(&real, real.join("link")).unwrap();
         fs::create_dir(real.join("sub")).unwrap();
         std::os::unix::fs::symlink(real.join("sub"), real.join("sublink")).unwrap();
-        assert_eq!(canonicalize_lenient(&real.join("link/new/c")), real.join("new/c"));
+        assert_eq!(
+            canonicalize_lenient(&real.join("link/new/c")),
+            real.join("new/c")
+        );
         // `..` after a symlink climbs from the link's target, not from the link.
-        assert_eq!(canonicalize_lenient(&real.join("sublink/../x")), real.join("x"));
-        assert_eq!(canonicalize_lenient(&real.join("sublink/../sub/y/../z")), real.join("sub/z"));
+        assert_eq!(
+            canonicalize_lenient(&real.join("sublink/../x")),
+            real.join("x")
+        );
+        assert_eq!(
+            canonicalize_lenient(&real.join("sublink/../sub/y/../z")),
+            real.join("sub/z")
+        );
     }
 }

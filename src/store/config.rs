@@ -39,7 +39,10 @@ impl QuantizationConfig {
 
     pub fn from_value(value: &Value) -> Option<QuantizationConfig> {
         let obj = value.as_object()?;
-        let as_u32 = |v: Option<&Value>| v.and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+        let as_u32 = |v: Option<&Value>| {
+            v.and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+        };
         let mut overrides = BTreeMap::new();
         for (k, v) in obj {
             match v {
@@ -80,7 +83,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Parses config.json bytes; the error says what is wrong in words a user can act on.
     pub fn parse(bytes: &[u8]) -> Result<ModelConfig, String> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
         match value {
             Value::Object(raw) if !raw.is_empty() => Ok(ModelConfig { raw }),
             Value::Object(_) => Err("is an empty JSON object".to_string()),
@@ -121,7 +125,9 @@ impl ModelConfig {
 
     /// The raw quantization block as JSON, for display.
     pub fn quantization_value(&self) -> Option<&Value> {
-        self.raw.get("quantization").or_else(|| self.raw.get("quantization_config"))
+        self.raw
+            .get("quantization")
+            .or_else(|| self.raw.get("quantization_config"))
     }
 
     pub fn has_vision(&self) -> bool {
@@ -159,25 +165,143 @@ impl ModelConfig {
 /// Model types mlx-lm 0.32.2 can load: its `mlx_lm/models/*.py` modules plus the names its
 /// `MODEL_REMAPPING` maps onto them (generated from the installed package).
 pub const MLX_LM_MODEL_TYPES: &[&str] = &[
-    "Klear", "afm7", "afmoe", "apertus", "baichuan_m1", "bailing_hybrid", "bailing_moe",
-    "bailing_moe_linear", "bailing_moe_v3", "bitnet", "cohere", "cohere2", "dbrx", "deepseek",
-    "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v41", "deepseek_v41_text", "dots1",
-    "ernie4_5", "ernie4_5_moe", "exaone", "exaone4", "exaone_moe", "falcon_h1", "falcon_mamba",
-    "gear", "gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma4", "gemma4_text",
-    "gemma4_unified", "glm", "glm4", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "gpt2",
-    "gpt_bigcode", "gpt_neox", "gpt_oss", "gptj", "granite", "granitemoe", "granitemoehybrid",
-    "helium", "hunyuan", "hunyuan_v1_dense", "internlm2", "internlm3", "iquestcoder",
-    "iquestloopcoder", "jamba", "joyai_llm_flash", "kimi_k2", "kimi_k25", "kimi_k3", "kimi_linear",
-    "kimi_vl", "laguna", "lfm2", "lfm2-vl", "lfm2_moe", "lille-130m", "llama", "llama4",
-    "llama4_text", "llava", "longcat_flash", "longcat_flash_ngram", "mamba", "mamba2", "mellum",
-    "mimo", "mimo_v2_flash", "minicpm", "minicpm3", "minimax", "minimax_m2", "minimax_m3_vl",
-    "ministral3", "mistral", "mistral3", "mistral4", "mixtral", "muse_glimmer", "muse_spark",
-    "nanbeige", "nanochat", "nemotron", "nemotron-nas", "nemotron_h", "olmo", "olmo2", "olmo3",
-    "olmo_hybrid", "olmoe", "openelm", "phi", "phi-msft", "phi3", "phi3small", "phimoe",
-    "phixtral", "pixtral", "plamo", "plamo2", "plamo3", "prism_hadamard_qwen35", "qwen", "qwen2",
-    "qwen2_5_vl", "qwen2_moe", "qwen2_vl", "qwen3", "qwen3_5", "qwen3_5_moe", "qwen3_moe",
-    "qwen3_next", "qwen3_vl", "qwen3_vl_moe", "recurrent_gemma", "rwkv7", "seed_oss", "smollm3",
-    "solar_open", "spark2_5", "stablelm", "starcoder2", "step3p5", "talkie", "telechat3", "xverse",
+    "Klear",
+    "afm7",
+    "afmoe",
+    "apertus",
+    "baichuan_m1",
+    "bailing_hybrid",
+    "bailing_moe",
+    "bailing_moe_linear",
+    "bailing_moe_v3",
+    "bitnet",
+    "cohere",
+    "cohere2",
+    "dbrx",
+    "deepseek",
+    "deepseek_v2",
+    "deepseek_v3",
+    "deepseek_v32",
+    "deepseek_v41",
+    "deepseek_v41_text",
+    "dots1",
+    "ernie4_5",
+    "ernie4_5_moe",
+    "exaone",
+    "exaone4",
+    "exaone_moe",
+    "falcon_h1",
+    "falcon_mamba",
+    "gear",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "gemma3n",
+    "gemma4",
+    "gemma4_text",
+    "gemma4_unified",
+    "glm",
+    "glm4",
+    "glm4_moe",
+    "glm4_moe_lite",
+    "glm_moe_dsa",
+    "gpt2",
+    "gpt_bigcode",
+    "gpt_neox",
+    "gpt_oss",
+    "gptj",
+    "granite",
+    "granitemoe",
+    "granitemoehybrid",
+    "helium",
+    "hunyuan",
+    "hunyuan_v1_dense",
+    "internlm2",
+    "internlm3",
+    "iquestcoder",
+    "iquestloopcoder",
+    "jamba",
+    "joyai_llm_flash",
+    "kimi_k2",
+    "kimi_k25",
+    "kimi_k3",
+    "kimi_linear",
+    "kimi_vl",
+    "laguna",
+    "lfm2",
+    "lfm2-vl",
+    "lfm2_moe",
+    "lille-130m",
+    "llama",
+    "llama4",
+    "llama4_text",
+    "llava",
+    "longcat_flash",
+    "longcat_flash_ngram",
+    "mamba",
+    "mamba2",
+    "mellum",
+    "mimo",
+    "mimo_v2_flash",
+    "minicpm",
+    "minicpm3",
+    "minimax",
+    "minimax_m2",
+    "minimax_m3_vl",
+    "ministral3",
+    "mistral",
+    "mistral3",
+    "mistral4",
+    "mixtral",
+    "muse_glimmer",
+    "muse_spark",
+    "nanbeige",
+    "nanochat",
+    "nemotron",
+    "nemotron-nas",
+    "nemotron_h",
+    "olmo",
+    "olmo2",
+    "olmo3",
+    "olmo_hybrid",
+    "olmoe",
+    "openelm",
+    "phi",
+    "phi-msft",
+    "phi3",
+    "phi3small",
+    "phimoe",
+    "phixtral",
+    "pixtral",
+    "plamo",
+    "plamo2",
+    "plamo3",
+    "prism_hadamard_qwen35",
+    "qwen",
+    "qwen2",
+    "qwen2_5_vl",
+    "qwen2_moe",
+    "qwen2_vl",
+    "qwen3",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_moe",
+    "qwen3_next",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "recurrent_gemma",
+    "rwkv7",
+    "seed_oss",
+    "smollm3",
+    "solar_open",
+    "spark2_5",
+    "stablelm",
+    "starcoder2",
+    "step3p5",
+    "talkie",
+    "telechat3",
+    "xverse",
     "youtu_llm",
 ];
 
@@ -206,14 +330,21 @@ mod tests {
 
     #[test]
     fn config_errors_are_worded() {
-        assert!(ModelConfig::parse(b"{").unwrap_err().contains("not valid JSON"));
+        assert!(ModelConfig::parse(b"{")
+            .unwrap_err()
+            .contains("not valid JSON"));
         assert!(ModelConfig::parse(b"{}").unwrap_err().contains("empty"));
-        assert!(ModelConfig::parse(b"[1]").unwrap_err().contains("not a JSON object"));
+        assert!(ModelConfig::parse(b"[1]")
+            .unwrap_err()
+            .contains("not a JSON object"));
     }
 
     #[test]
     fn text_config_fields_are_found() {
-        let c = ModelConfig::parse(br#"{"model_type":"gemma3","text_config":{"hidden_size":8,"vocab_size":3}}"#).unwrap();
+        let c = ModelConfig::parse(
+            br#"{"model_type":"gemma3","text_config":{"hidden_size":8,"vocab_size":3}}"#,
+        )
+        .unwrap();
         assert_eq!(c.hidden_size(), Some(8));
         assert_eq!(c.vocab_size(), Some(3));
     }

@@ -14,7 +14,10 @@ pub enum StoreError {
     #[error("the Hugging Face cache path {path} is not a directory")]
     CacheNotADirectory { path: PathBuf },
     #[error("no model matches `{spec}`{}", suggestion_text(.suggestions))]
-    ModelNotFound { spec: String, suggestions: Vec<String> },
+    ModelNotFound {
+        spec: String,
+        suggestions: Vec<String>,
+    },
     #[error("`{spec}` matches {} models: {}; name one exactly", .matches.len(), .matches.join(", "))]
     AmbiguousMatch { spec: String, matches: Vec<String> },
     #[error("{repo} has no snapshot or ref `{rev}`{}", available_text(.available))]
@@ -61,14 +64,16 @@ impl StoreError {
     /// The machine-readable error type of the JSON envelope.
     pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::ModelNotFound { .. } | StoreError::PathNotFound { .. } | StoreError::NoSnapshot { .. } => {
-                "model_not_found"
+            StoreError::ModelNotFound { .. }
+            | StoreError::PathNotFound { .. }
+            | StoreError::NoSnapshot { .. } => "model_not_found",
+            StoreError::AmbiguousMatch { .. } | StoreError::AmbiguousRevision { .. } => {
+                "ambiguous_match"
             }
-            StoreError::AmbiguousMatch { .. } | StoreError::AmbiguousRevision { .. } => "ambiguous_match",
             StoreError::RevisionNotFound { .. } => "revision_not_found",
-            StoreError::CacheUnreadable { .. } | StoreError::CacheNotADirectory { .. } | StoreError::Io { .. } => {
-                "CommandError"
-            }
+            StoreError::CacheUnreadable { .. }
+            | StoreError::CacheNotADirectory { .. }
+            | StoreError::Io { .. } => "CommandError",
         }
     }
 }

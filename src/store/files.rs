@@ -34,7 +34,12 @@ pub enum FileState {
 }
 
 impl ModelFile {
-    pub fn present(rel_path: String, path: PathBuf, resolved: PathBuf, meta: &fs::Metadata) -> ModelFile {
+    pub fn present(
+        rel_path: String,
+        path: PathBuf,
+        resolved: PathBuf,
+        meta: &fs::Metadata,
+    ) -> ModelFile {
         ModelFile {
             rel_path,
             path,
@@ -46,7 +51,12 @@ impl ModelFile {
         }
     }
 
-    pub fn missing(rel_path: String, path: PathBuf, target: Option<PathBuf>, incomplete: bool) -> ModelFile {
+    pub fn missing(
+        rel_path: String,
+        path: PathBuf,
+        target: Option<PathBuf>,
+        incomplete: bool,
+    ) -> ModelFile {
         ModelFile {
             rel_path,
             path,
@@ -104,7 +114,12 @@ pub fn workspace_files(dir: &Path) -> io::Result<Vec<ModelFile>> {
     Ok(out)
 }
 
-fn walk_workspace(dir: &Path, prefix: &str, out: &mut Vec<ModelFile>, depth: usize) -> io::Result<()> {
+fn walk_workspace(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<ModelFile>,
+    depth: usize,
+) -> io::Result<()> {
     if depth > 32 {
         return Ok(());
     }
@@ -117,7 +132,11 @@ fn walk_workspace(dir: &Path, prefix: &str, out: &mut Vec<ModelFile>, depth: usi
         if name == ".git" {
             continue;
         }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let path = entry.path();
         match fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => walk_workspace(&path, &rel, out, depth + 1)?,

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::config::{ModelConfig, MLX_LM_MODEL_TYPES};
 use super::files::{read_bounded, FileState, ModelFile};
-use super::index::{compare, rebuild_index, IndexDifference, RebuildError, WeightIndex, INDEX_FILE};
+use super::index::{
+    compare, rebuild_index, IndexDifference, RebuildError, WeightIndex, INDEX_FILE,
+};
 use super::safetensors::{read_header_counted, HeaderError, ShardHeader};
 use super::spec::{ModelLocation, ResolvedModel};
 
@@ -84,11 +86,19 @@ impl HealthReport {
             return (false, self.reason());
         }
         if self.framework != Framework::Mlx {
-            return (false, format!("framework is {}, not MLX", self.framework.as_str()));
+            return (
+                false,
+                format!("framework is {}, not MLX", self.framework.as_str()),
+            );
         }
         match self.config.as_ref().and_then(ModelConfig::model_type) {
-            Some(t) if MLX_LM_MODEL_TYPES.contains(&t) => (true, "ready to run with mlx-lm".to_string()),
-            Some(t) => (false, format!("model_type `{t}` is not supported by mlx-lm")),
+            Some(t) if MLX_LM_MODEL_TYPES.contains(&t) => {
+                (true, "ready to run with mlx-lm".to_string())
+            }
+            Some(t) => (
+                false,
+                format!("model_type `{t}` is not supported by mlx-lm"),
+            ),
             None => (false, "config.json has no model_type".to_string()),
         }
     }
@@ -140,7 +150,9 @@ impl<'m> Checker<'m> {
         if let Some(bytes) = self.small_files.get(&f.rel_path) {
             return Ok(bytes.iter().take(limit as usize).copied().collect());
         }
-        let path = f.readable().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+        let path = f
+            .readable()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
         read_bounded(path, limit, &mut self.bytes_read)
     }
 
@@ -177,10 +189,14 @@ impl<'m> Checker<'m> {
         }
         let config = self.check_config(&files);
         let shards = self.check_weights(&files, &lfs_pointers);
-        let (on_disk_index, rebuilt_index) = self.check_index(&files, &shards, config.as_ref(), &lfs_pointers);
+        let (on_disk_index, rebuilt_index) =
+            self.check_index(&files, &shards, config.as_ref(), &lfs_pointers);
         self.check_tokenizer();
         if let Some(c) = &config {
-            if c.has_vision() && self.top("preprocessor_config.json").is_none() && self.top("processor_config.json").is_none() {
+            if c.has_vision()
+                && self.top("preprocessor_config.json").is_none()
+                && self.top("processor_config.json").is_none()
+            {
                 self.push(
                     "processor_config_missing",
                     Some("preprocessor_config.json"),
@@ -190,7 +206,8 @@ impl<'m> Checker<'m> {
             }
         }
         if let ModelLocation::Workspace {
-            sentinel_error: Some(e), ..
+            sentinel_error: Some(e),
+            ..
         } = &self.model.location
         {
             self.push(
@@ -227,18 +244,26 @@ impl<'m> Checker<'m> {
 
     fn check_file_state(&mut self, f: &ModelFile, lfs_pointers: &mut Vec<String>) {
         match &f.state {
-            FileState::Missing { incomplete: true, .. } => {
+            FileState::Missing {
+                incomplete: true, ..
+            } => {
                 let hint = self.redownload_hint();
                 self.push(
                     "download_incomplete",
                     Some(&f.rel_path),
-                    format!("{}: download incomplete (its blob is still .incomplete)", f.rel_path),
+                    format!(
+                        "{}: download incomplete (its blob is still .incomplete)",
+                        f.rel_path
+                    ),
                     hint,
                 );
             }
             FileState::Missing { target, .. } => {
                 let hint = self.redownload_hint();
-                let to = target.as_ref().map(|t| format!(" -> {}", t.display())).unwrap_or_default();
+                let to = target
+                    .as_ref()
+                    .map(|t| format!(" -> {}", t.display()))
+                    .unwrap_or_default();
                 self.push(
                     "file_missing",
                     Some(&f.rel_path),
@@ -251,13 +276,18 @@ impl<'m> Checker<'m> {
                 self.push(
                     "link_escapes_cache",
                     Some(&f.rel_path),
-                    format!("{}: link leaves the cache ({}); not followed", f.rel_path, target.display()),
+                    format!(
+                        "{}: link leaves the cache ({}); not followed",
+                        f.rel_path,
+                        target.display()
+                    ),
                     hint,
                 );
             }
             FileState::Present { resolved, size, .. } => {
                 if *size <= LFS_POINTER_MAX && *size >= LFS_POINTER_PREFIX.len() as u64 {
-                    if let Ok(head) = read_bounded(resolved, LFS_POINTER_MAX, &mut self.bytes_read) {
+                    if let Ok(head) = read_bounded(resolved, LFS_POINTER_MAX, &mut self.bytes_read)
+                    {
                         let is_pointer = head.starts_with(LFS_POINTER_PREFIX);
                         self.small_files.insert(f.rel_path.clone(), head);
                         if is_pointer {
@@ -292,7 +322,12 @@ impl<'m> Checker<'m> {
         let bytes = match self.read(file, 16 * 1024 * 1024) {
             Ok(b) => b,
             Err(e) => {
-                self.push("config_invalid", Some("config.json"), format!("config.json: cannot read ({e})"), "check the file's permissions".into());
+                self.push(
+                    "config_invalid",
+                    Some("config.json"),
+                    format!("config.json: cannot read ({e})"),
+                    "check the file's permissions".into(),
+                );
                 return None;
             }
         };
@@ -338,18 +373,30 @@ impl<'m> Checker<'m> {
         }
         let mut shards = Vec::new();
         for f in weights {
-            let (Some(path), Some(size)) = (f.readable(), f.size()) else { continue };
+            let (Some(path), Some(size)) = (f.readable(), f.size()) else {
+                continue;
+            };
             if lfs_pointers.contains(&f.rel_path) {
                 continue;
             }
             if size == 0 {
-                self.push("weights_empty", Some(&f.rel_path), format!("{}: empty weight file", f.rel_path), self.redownload_hint());
+                self.push(
+                    "weights_empty",
+                    Some(&f.rel_path),
+                    format!("{}: empty weight file", f.rel_path),
+                    self.redownload_hint(),
+                );
                 continue;
             }
             if f.name().ends_with(".gguf") {
                 if let Ok(head) = read_first(path, 4, &mut self.bytes_read) {
                     if head != b"GGUF" {
-                        self.push("gguf_invalid", Some(&f.rel_path), format!("{}: not a GGUF file (bad magic)", f.rel_path), self.redownload_hint());
+                        self.push(
+                            "gguf_invalid",
+                            Some(&f.rel_path),
+                            format!("{}: not a GGUF file (bad magic)", f.rel_path),
+                            self.redownload_hint(),
+                        );
                     }
                 }
                 continue;
@@ -392,7 +439,9 @@ impl<'m> Checker<'m> {
             HeaderError::HeaderTooLarge { .. } => "shard_header_too_large",
             HeaderError::TrailingBytes { .. } => "shard_trailing_bytes",
             HeaderError::Io { .. } => "file_unreadable",
-            HeaderError::TooSmall { .. } | HeaderError::HeaderPastEnd { .. } | HeaderError::Corrupt { .. } => "shard_header_invalid",
+            HeaderError::TooSmall { .. }
+            | HeaderError::HeaderPastEnd { .. }
+            | HeaderError::Corrupt { .. } => "shard_header_invalid",
         };
         // The error's own text starts with the absolute path; the report names files relative
         // to the model directory.
@@ -429,7 +478,10 @@ impl<'m> Checker<'m> {
                 self.push(
                     "index_missing",
                     Some(INDEX_FILE),
-                    format!("Safetensors index missing for sharded model ({} shards, no {INDEX_FILE})", st_files.len()),
+                    format!(
+                        "Safetensors index missing for sharded model ({} shards, no {INDEX_FILE})",
+                        st_files.len()
+                    ),
                     self.repair_hint(),
                 );
             }
@@ -448,12 +500,22 @@ impl<'m> Checker<'m> {
         let on_disk = match parsed {
             Ok(i) => i,
             Err(why) => {
-                self.push("index_invalid", Some(INDEX_FILE), format!("{INDEX_FILE}: {why}"), self.repair_hint());
+                self.push(
+                    "index_invalid",
+                    Some(INDEX_FILE),
+                    format!("{INDEX_FILE}: {why}"),
+                    self.repair_hint(),
+                );
                 return (None, rebuilt);
             }
         };
         if on_disk.weight_map.is_empty() {
-            self.push("index_empty", Some(INDEX_FILE), format!("{INDEX_FILE}: weight_map is empty"), self.repair_hint());
+            self.push(
+                "index_empty",
+                Some(INDEX_FILE),
+                format!("{INDEX_FILE}: weight_map is empty"),
+                self.repair_hint(),
+            );
             return (Some(on_disk), rebuilt);
         }
         let sizes: Vec<(String, u64)> = st_files
@@ -473,12 +535,17 @@ impl<'m> Checker<'m> {
                 for n in &named {
                     if !present.contains(n) && !files.iter().any(|f| f.rel_path == *n) {
                         let keys = on_disk.weight_map.values().filter(|s| s == n).count();
-                        diffs.push(IndexDifference::ShardMissing { shard: n.to_string(), keys });
+                        diffs.push(IndexDifference::ShardMissing {
+                            shard: n.to_string(),
+                            keys,
+                        });
                     }
                 }
                 for n in &present {
                     if !named.contains(n) {
-                        diffs.push(IndexDifference::ShardUnlisted { shard: n.to_string() });
+                        diffs.push(IndexDifference::ShardUnlisted {
+                            shard: n.to_string(),
+                        });
                     }
                 }
                 self.report_index_differences(&diffs, &sizes);
@@ -498,7 +565,8 @@ impl<'m> Checker<'m> {
         for d in diffs {
             match d {
                 IndexDifference::ShardMissing { shard, keys } => {
-                    let foreign_set = set_of(shard).is_some_and(|m| !present_sets.is_empty() && !present_sets.contains(&m));
+                    let foreign_set = set_of(shard)
+                        .is_some_and(|m| !present_sets.is_empty() && !present_sets.contains(&m));
                     let why = if foreign_set {
                         " (index/shard mismatch: the index comes from another conversion, the mlx-vlm #624 defect)"
                     } else {
@@ -517,13 +585,17 @@ impl<'m> Checker<'m> {
                     format!("{shard} exists but {INDEX_FILE} does not name it"),
                     hint.clone(),
                 ),
-                IndexDifference::KeyMissing { key, shard } => missing_keys.push(format!("{key} ({shard})")),
+                IndexDifference::KeyMissing { key, shard } => {
+                    missing_keys.push(format!("{key} ({shard})"))
+                }
                 IndexDifference::KeyExtra { key, .. } => extra_keys.push(key.clone()),
                 IndexDifference::KeyWrongShard {
                     key,
                     index_shard,
                     actual_shard,
-                } => wrong_shard.push(format!("{key} (index: {index_shard}, header: {actual_shard})")),
+                } => wrong_shard.push(format!(
+                    "{key} (index: {index_shard}, header: {actual_shard})"
+                )),
                 IndexDifference::TotalSizeMismatch {
                     on_disk,
                     rebuilt,
@@ -552,13 +624,30 @@ impl<'m> Checker<'m> {
             self.push(
                 code,
                 Some(INDEX_FILE),
-                format!("{INDEX_FILE}: {} {} {what}: {}{more}", items.len(), plural_tensor(items.len()), examples.join(", ")),
+                format!(
+                    "{INDEX_FILE}: {} {} {what}: {}{more}",
+                    items.len(),
+                    plural_tensor(items.len()),
+                    examples.join(", ")
+                ),
                 hint.clone(),
             );
         };
-        grouped("index_key_missing", "in the shards but absent from the index", missing_keys);
-        grouped("index_key_extra", "in the index but in no shard header", extra_keys);
-        grouped("index_key_wrong_shard", "mapped to the wrong shard", wrong_shard);
+        grouped(
+            "index_key_missing",
+            "in the shards but absent from the index",
+            missing_keys,
+        );
+        grouped(
+            "index_key_extra",
+            "in the index but in no shard header",
+            extra_keys,
+        );
+        grouped(
+            "index_key_wrong_shard",
+            "mapped to the wrong shard",
+            wrong_shard,
+        );
     }
 
     /// `model-NNNNN-of-MMMMM.safetensors` files must agree on MMMMM and be complete.
@@ -588,7 +677,11 @@ impl<'m> Checker<'m> {
                 self.push(
                     "shard_set_incomplete",
                     missing.first().map(String::as_str),
-                    format!("sharded set incomplete: {} of {m} shards missing ({})", missing.len(), missing.join(", ")),
+                    format!(
+                        "sharded set incomplete: {} of {m} shards missing ({})",
+                        missing.len(),
+                        missing.join(", ")
+                    ),
                     self.redownload_hint(),
                 );
             }
@@ -601,7 +694,9 @@ impl<'m> Checker<'m> {
         }
         let Some(tok) = self.top("tokenizer.json") else {
             // A SentencePiece or tiktoken model is a complete tokenizer too.
-            let alternative = ["tokenizer.model", "tiktoken.model", "vocab.json"].iter().any(|n| self.top(n).is_some());
+            let alternative = ["tokenizer.model", "tiktoken.model", "vocab.json"]
+                .iter()
+                .any(|n| self.top(n).is_some());
             if !alternative {
                 self.push(
                     "tokenizer_missing",
@@ -612,8 +707,14 @@ impl<'m> Checker<'m> {
             }
             return;
         };
-        let (Some(path), Some(size)) = (tok.readable(), tok.size()) else { return };
-        if self.small_files.get(&tok.rel_path).is_some_and(|b| b.starts_with(LFS_POINTER_PREFIX)) {
+        let (Some(path), Some(size)) = (tok.readable(), tok.size()) else {
+            return;
+        };
+        if self
+            .small_files
+            .get(&tok.rel_path)
+            .is_some_and(|b| b.starts_with(LFS_POINTER_PREFIX))
+        {
             return; // reported as lfs_pointer
         }
         let valid = if let Some(bytes) = self.small_files.get(&tok.rel_path) {
@@ -643,11 +744,22 @@ impl<'m> Checker<'m> {
         }
     }
 
-    fn detect_framework(&mut self, files: &[&ModelFile], shards: &[ShardHeader], config: Option<&ModelConfig>) -> Framework {
-        if shards.iter().any(|s| s.format() == Some("mlx")) || config.is_some_and(|c| c.quantization_value().is_some()) {
+    fn detect_framework(
+        &mut self,
+        files: &[&ModelFile],
+        shards: &[ShardHeader],
+        config: Option<&ModelConfig>,
+    ) -> Framework {
+        if shards.iter().any(|s| s.format() == Some("mlx"))
+            || config.is_some_and(|c| c.quantization_value().is_some())
+        {
             return Framework::Mlx;
         }
-        if self.model.repo_id().is_some_and(|r| r.starts_with("mlx-community/")) {
+        if self
+            .model
+            .repo_id()
+            .is_some_and(|r| r.starts_with("mlx-community/"))
+        {
             return Framework::Mlx;
         }
         if let Some(readme) = self.top("README.md").filter(|f| f.readable().is_some()) {
@@ -660,7 +772,10 @@ impl<'m> Checker<'m> {
         if files.iter().any(|f| f.name().ends_with(".gguf")) {
             return Framework::Gguf;
         }
-        if files.iter().any(|f| f.name().ends_with(".safetensors") || f.name().ends_with(".bin")) {
+        if files
+            .iter()
+            .any(|f| f.name().ends_with(".safetensors") || f.name().ends_with(".bin"))
+        {
             return Framework::PyTorch;
         }
         Framework::Unknown
@@ -693,7 +808,8 @@ fn structurally_json_object(path: &Path, size: u64, bytes_read: &mut u64) -> Res
     let mut head = [0u8; 64];
     let n = f.read(&mut head).map_err(|e| e.to_string())?;
     let tail_len = 64.min(size);
-    f.seek(SeekFrom::End(-(tail_len as i64))).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::End(-(tail_len as i64)))
+        .map_err(|e| e.to_string())?;
     let mut tail = vec![0u8; tail_len as usize];
     f.read_exact(&mut tail).map_err(|e| e.to_string())?;
     *bytes_read += n as u64 + tail_len;
@@ -725,7 +841,11 @@ fn readme_declares_mlx(text: &str) -> bool {
         }
         if let Some(v) = t.strip_prefix("tags:") {
             let v = v.trim();
-            if v.starts_with('[') && v.trim_matches(['[', ']']).split(',').any(|x| x.trim().trim_matches(['"', '\'']) == "mlx") {
+            if v.starts_with('[')
+                && v.trim_matches(['[', ']'])
+                    .split(',')
+                    .any(|x| x.trim().trim_matches(['"', '\'']) == "mlx")
+            {
                 return true;
             }
             in_tags = v.is_empty();
@@ -750,7 +870,10 @@ mod tests {
 
     #[test]
     fn shard_names() {
-        assert_eq!(parse_shard_name("model-00002-of-00004.safetensors"), Some((2, 4)));
+        assert_eq!(
+            parse_shard_name("model-00002-of-00004.safetensors"),
+            Some((2, 4))
+        );
         assert_eq!(parse_shard_name("model.safetensors"), None);
     }
 
@@ -759,7 +882,9 @@ mod tests {
         assert!(readme_declares_mlx("---\nlibrary_name: mlx\n---\n# x"));
         assert!(readme_declares_mlx("---\ntags:\n- text\n- mlx\n---\n"));
         assert!(readme_declares_mlx("---\ntags: [a, \"mlx\"]\n---\n"));
-        assert!(!readme_declares_mlx("---\ntags:\n- mlx-lm-ish\n---\nlibrary_name: mlx"));
+        assert!(!readme_declares_mlx(
+            "---\ntags:\n- mlx-lm-ish\n---\nlibrary_name: mlx"
+        ));
         assert!(!readme_declares_mlx("# library_name: mlx"));
     }
 }

@@ -84,7 +84,10 @@ fn ordered(a: String, b: String) -> (String, String) {
 }
 
 /// The module a quantized tensor belongs to, if `name` is one of its quantization companions.
-fn quantized_module<'a>(name: &'a str, all: &BTreeMap<&str, &super::safetensors::TensorMeta>) -> Option<&'a str> {
+fn quantized_module<'a>(
+    name: &'a str,
+    all: &BTreeMap<&str, &super::safetensors::TensorMeta>,
+) -> Option<&'a str> {
     let module = name
         .strip_suffix(".weight")
         .or_else(|| name.strip_suffix(".scales"))
@@ -134,7 +137,8 @@ impl WeightIndex {
 
     /// Parses an index file's bytes. Unknown metadata fields are ignored.
     pub fn parse(bytes: &[u8]) -> Result<WeightIndex, String> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
         let obj = value.as_object().ok_or("not a JSON object")?;
         let map = obj
             .get("weight_map")
@@ -312,15 +316,30 @@ mod tests {
 
     #[test]
     fn rebuild_is_sorted_and_sums_data_bytes() {
-        let a = shard("model-00001-of-00002.safetensors", &[("z.weight", Dtype::F16, &[4, 4])]);
-        let b = shard("model-00002-of-00002.safetensors", &[("a.weight", Dtype::F32, &[3])]);
+        let a = shard(
+            "model-00001-of-00002.safetensors",
+            &[("z.weight", Dtype::F16, &[4, 4])],
+        );
+        let b = shard(
+            "model-00002-of-00002.safetensors",
+            &[("a.weight", Dtype::F32, &[3])],
+        );
         let idx = rebuild_index(&[a, b], None).unwrap();
         assert_eq!(idx.total_size, 32 + 12);
         assert_eq!(idx.total_parameters, Some(16 + 3));
-        assert_eq!(idx.weight_map.keys().collect::<Vec<_>>(), vec!["a.weight", "z.weight"]);
+        assert_eq!(
+            idx.weight_map.keys().collect::<Vec<_>>(),
+            vec!["a.weight", "z.weight"]
+        );
         // order of the input does not matter
-        let a2 = shard("model-00001-of-00002.safetensors", &[("z.weight", Dtype::F16, &[4, 4])]);
-        let b2 = shard("model-00002-of-00002.safetensors", &[("a.weight", Dtype::F32, &[3])]);
+        let a2 = shard(
+            "model-00001-of-00002.safetensors",
+            &[("z.weight", Dtype::F16, &[4, 4])],
+        );
+        let b2 = shard(
+            "model-00002-of-00002.safetensors",
+            &[("a.weight", Dtype::F32, &[3])],
+        );
         assert_eq!(rebuild_index(&[b2, a2], None).unwrap(), idx);
     }
 
@@ -333,7 +352,7 @@ mod tests {
         let s = shard(
             "model.safetensors",
             &[
-                ("l.0.weight", Dtype::U32, &[8, 8]),  // 64 u32 = 512 4-bit params
+                ("l.0.weight", Dtype::U32, &[8, 8]), // 64 u32 = 512 4-bit params
                 ("l.0.scales", Dtype::F16, &[8, 1]),
                 ("l.0.biases", Dtype::F16, &[8, 1]),
                 ("l.0.bias", Dtype::F16, &[8]),
@@ -349,8 +368,14 @@ mod tests {
 
     #[test]
     fn a_key_in_two_shards_names_both() {
-        let a = shard("model-00002-of-00002.safetensors", &[("k", Dtype::F16, &[1])]);
-        let b = shard("model-00001-of-00002.safetensors", &[("k", Dtype::F16, &[1])]);
+        let a = shard(
+            "model-00002-of-00002.safetensors",
+            &[("k", Dtype::F16, &[1])],
+        );
+        let b = shard(
+            "model-00001-of-00002.safetensors",
+            &[("k", Dtype::F16, &[1])],
+        );
         let e = rebuild_index(&[a, b], None).unwrap_err();
         assert_eq!(
             e,
@@ -381,16 +406,26 @@ mod tests {
     fn compare_lists_every_difference() {
         let rebuilt = rebuild_index(
             &[
-                shard("model-00001-of-00002.safetensors", &[("a", Dtype::F16, &[2]), ("b", Dtype::F16, &[2])]),
-                shard("model-00002-of-00002.safetensors", &[("c", Dtype::F16, &[2])]),
+                shard(
+                    "model-00001-of-00002.safetensors",
+                    &[("a", Dtype::F16, &[2]), ("b", Dtype::F16, &[2])],
+                ),
+                shard(
+                    "model-00002-of-00002.safetensors",
+                    &[("c", Dtype::F16, &[2])],
+                ),
             ],
             None,
         )
         .unwrap();
         let mut on_disk = rebuilt.clone();
         on_disk.weight_map.remove("a");
-        on_disk.weight_map.insert("b".into(), "model-00002-of-00002.safetensors".into());
-        on_disk.weight_map.insert("x".into(), "model-00003-of-00003.safetensors".into());
+        on_disk
+            .weight_map
+            .insert("b".into(), "model-00002-of-00002.safetensors".into());
+        on_disk
+            .weight_map
+            .insert("x".into(), "model-00003-of-00003.safetensors".into());
         on_disk.weight_map.remove("c");
         on_disk.total_size = 999;
         let sizes = vec![
@@ -398,17 +433,35 @@ mod tests {
             ("model-00002-of-00002.safetensors".to_string(), 499),
         ];
         let diffs = compare(&on_disk, &rebuilt, &sizes);
-        assert!(diffs.contains(&IndexDifference::ShardMissing { shard: "model-00003-of-00003.safetensors".into(), keys: 1 }));
-        assert!(diffs.contains(&IndexDifference::ShardUnlisted { shard: "model-00001-of-00002.safetensors".into() }));
-        assert!(diffs.contains(&IndexDifference::KeyMissing { key: "a".into(), shard: "model-00001-of-00002.safetensors".into() }));
-        assert!(diffs.contains(&IndexDifference::KeyMissing { key: "c".into(), shard: "model-00002-of-00002.safetensors".into() }));
+        assert!(diffs.contains(&IndexDifference::ShardMissing {
+            shard: "model-00003-of-00003.safetensors".into(),
+            keys: 1
+        }));
+        assert!(diffs.contains(&IndexDifference::ShardUnlisted {
+            shard: "model-00001-of-00002.safetensors".into()
+        }));
+        assert!(diffs.contains(&IndexDifference::KeyMissing {
+            key: "a".into(),
+            shard: "model-00001-of-00002.safetensors".into()
+        }));
+        assert!(diffs.contains(&IndexDifference::KeyMissing {
+            key: "c".into(),
+            shard: "model-00002-of-00002.safetensors".into()
+        }));
         assert!(diffs.contains(&IndexDifference::KeyWrongShard {
             key: "b".into(),
             index_shard: "model-00002-of-00002.safetensors".into(),
             actual_shard: "model-00001-of-00002.safetensors".into()
         }));
-        assert!(diffs.contains(&IndexDifference::KeyExtra { key: "x".into(), shard: "model-00003-of-00003.safetensors".into() }));
-        assert!(diffs.contains(&IndexDifference::TotalSizeMismatch { on_disk: 999, rebuilt: 12, file_size_convention: true }));
+        assert!(diffs.contains(&IndexDifference::KeyExtra {
+            key: "x".into(),
+            shard: "model-00003-of-00003.safetensors".into()
+        }));
+        assert!(diffs.contains(&IndexDifference::TotalSizeMismatch {
+            on_disk: 999,
+            rebuilt: 12,
+            file_size_convention: true
+        }));
         assert_eq!(diffs.len(), 7);
         assert!(compare(&rebuilt, &rebuilt, &sizes).is_empty());
     }

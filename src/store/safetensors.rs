@@ -268,7 +268,10 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
         let p = write(dir.path(), "m.safetensors", &file_with_header(h, 9));
         let e = read_header(&p, "m.safetensors").unwrap_err();
-        assert!(matches!(e, HeaderError::TrailingBytes { extra: 5, .. }), "{e}");
+        assert!(
+            matches!(e, HeaderError::TrailingBytes { extra: 5, .. }),
+            "{e}"
+        );
     }
 
     #[test]
@@ -291,12 +294,12 @@ mod tests {
     fn corrupt_headers_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]"#,            // bad JSON
-            r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#,          // unknown dtype
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,          // shape vs bytes
-            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,          // gap
-            r#"[1,2,3]"#,                                                         // not an object
-            r#"{"a":"X"}"#,                                                       // not UTF-8 (patched below)
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]"#, // bad JSON
+            r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#, // unknown dtype
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, // shape vs bytes
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, // gap
+            r#"[1,2,3]"#,                                              // not an object
+            r#"{"a":"X"}"#,                                            // not UTF-8 (patched below)
         ];
         for (i, h) in cases.iter().enumerate() {
             let mut bytes = file_with_header(h, 8);
@@ -308,7 +311,12 @@ mod tests {
             let p = write(dir.path(), &name, &bytes);
             let e = read_header(&p, &name).unwrap_err();
             assert!(
-                matches!(e, HeaderError::Corrupt { .. } | HeaderError::Truncated { .. } | HeaderError::TrailingBytes { .. }),
+                matches!(
+                    e,
+                    HeaderError::Corrupt { .. }
+                        | HeaderError::Truncated { .. }
+                        | HeaderError::TrailingBytes { .. }
+                ),
                 "case {i}: {e}"
             );
             assert!(e.to_string().contains(&name));

@@ -49,7 +49,12 @@ pub enum SentinelError {
 
 impl Sentinel {
     /// A new managed sentinel stamped with this crate's version and the current time.
-    pub fn new(operation: &str, mode: Option<&str>, source_repo: Option<String>, source_revision: Option<String>) -> Sentinel {
+    pub fn new(
+        operation: &str,
+        mode: Option<&str>,
+        source_repo: Option<String>,
+        source_revision: Option<String>,
+    ) -> Sentinel {
         Sentinel {
             mlxk_version: crate::VERSION.to_string(),
             created_at: iso8601(SystemTime::now()),
@@ -65,7 +70,8 @@ impl Sentinel {
 
     /// Parses and validates sentinel bytes: a JSON object with the required fields.
     pub fn parse(bytes: &[u8]) -> Result<Sentinel, String> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
         if !value.is_object() {
             return Err("not a JSON object".into());
         }
@@ -106,12 +112,12 @@ impl Sentinel {
     /// Writes the sentinel into `dir` atomically: temp file in the same directory, fsync,
     /// rename, fsync of the directory. A crash leaves either no sentinel or a whole one.
     pub fn write_atomic(&self, dir: &Path) -> Result<(), SentinelError> {
-        write_file_atomic(&dir.join(SENTINEL_FILE), self.to_json_string().as_bytes()).map_err(|source| {
-            SentinelError::Write {
+        write_file_atomic(&dir.join(SENTINEL_FILE), self.to_json_string().as_bytes()).map_err(
+            |source| SentinelError::Write {
                 path: dir.join(SENTINEL_FILE),
                 source,
-            }
-        })
+            },
+        )
     }
 }
 
@@ -146,15 +152,28 @@ mod tests {
     #[test]
     fn round_trip_keeps_unknown_fields() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Sentinel::new("convert", Some("repair-index"), Some("a/b".into()), Some("abc".into()));
-        s.extra.insert("quantization".into(), serde_json::json!({"bits": 4}));
+        let mut s = Sentinel::new(
+            "convert",
+            Some("repair-index"),
+            Some("a/b".into()),
+            Some("abc".into()),
+        );
+        s.extra
+            .insert("quantization".into(), serde_json::json!({"bits": 4}));
         s.write_atomic(dir.path()).unwrap();
         let back = Sentinel::read(dir.path()).unwrap().unwrap();
         assert_eq!(back, s);
-        assert!(back.created_at.ends_with('Z') && back.created_at.len() == 20, "{}", back.created_at);
+        assert!(
+            back.created_at.ends_with('Z') && back.created_at.len() == 20,
+            "{}",
+            back.created_at
+        );
         assert_eq!(back.mlxk_version, crate::VERSION);
         // No temp file left behind.
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(SENTINEL_FILE)]);
     }
 
@@ -166,7 +185,9 @@ mod tests {
         write_file_atomic(&p, b"second").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"second");
         // A temp file that cannot be created leaves the old content intact.
-        let blocker = dir.path().join(format!(".f.json.tmp-{}", std::process::id()));
+        let blocker = dir
+            .path()
+            .join(format!(".f.json.tmp-{}", std::process::id()));
         fs::write(&blocker, b"x").unwrap();
         assert!(write_file_atomic(&p, b"third").is_err());
         assert_eq!(fs::read(&p).unwrap(), b"second");
@@ -175,9 +196,15 @@ mod tests {
 
     #[test]
     fn invalid_sentinels_are_explained() {
-        assert!(Sentinel::parse(b"{").unwrap_err().contains("not valid JSON"));
-        assert!(Sentinel::parse(b"[]").unwrap_err().contains("not a JSON object"));
-        assert!(Sentinel::parse(br#"{"managed": true}"#).unwrap_err().contains("missing field"));
+        assert!(Sentinel::parse(b"{")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(Sentinel::parse(b"[]")
+            .unwrap_err()
+            .contains("not a JSON object"));
+        assert!(Sentinel::parse(br#"{"managed": true}"#)
+            .unwrap_err()
+            .contains("missing field"));
         let dir = tempfile::tempdir().unwrap();
         assert!(Sentinel::read(dir.path()).unwrap().is_none());
         fs::write(dir.path().join(SENTINEL_FILE), b"{").unwrap();

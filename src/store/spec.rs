@@ -64,7 +64,9 @@ impl ResolvedModel {
     pub fn managed(&self) -> Option<bool> {
         match &self.location {
             ModelLocation::Cache { .. } => None,
-            ModelLocation::Workspace { sentinel, .. } => Some(sentinel.as_ref().is_some_and(|s| s.managed)),
+            ModelLocation::Workspace { sentinel, .. } => {
+                Some(sentinel.as_ref().is_some_and(|s| s.managed))
+            }
         }
     }
 
@@ -82,7 +84,11 @@ impl ResolvedModel {
 }
 
 /// Opens one cache snapshot as a model.
-pub fn open_snapshot(cache: &HubCache, repo: ModelRepo, snapshot: Snapshot) -> Result<ResolvedModel, StoreError> {
+pub fn open_snapshot(
+    cache: &HubCache,
+    repo: ModelRepo,
+    snapshot: Snapshot,
+) -> Result<ResolvedModel, StoreError> {
     let files = cache.snapshot_files(&snapshot)?;
     Ok(ResolvedModel {
         name: repo.repo_id.clone(),
@@ -94,7 +100,9 @@ pub fn open_snapshot(cache: &HubCache, repo: ModelRepo, snapshot: Snapshot) -> R
 /// Opens a directory as a workspace (managed or not).
 pub fn open_workspace(dir: &Path) -> Result<ResolvedModel, StoreError> {
     if !dir.is_dir() {
-        return Err(StoreError::PathNotFound { path: dir.to_path_buf() });
+        return Err(StoreError::PathNotFound {
+            path: dir.to_path_buf(),
+        });
     }
     // Absolute, so that a sentinel's provenance and messages mean the same from any cwd.
     let dir = &std::fs::canonicalize(dir).map_err(|source| StoreError::Io {
@@ -158,9 +166,11 @@ pub fn resolve(cache: Option<&HubCache>, spec: &str) -> Result<ResolvedModel, St
     let repo = find_repo(cache, name)?;
     let snapshot = match rev {
         Some(rev) => find_revision(&repo, rev)?,
-        None => repo.default_snapshot().ok_or_else(|| StoreError::NoSnapshot {
-            repo: repo.repo_id.clone(),
-        })?,
+        None => repo
+            .default_snapshot()
+            .ok_or_else(|| StoreError::NoSnapshot {
+                repo: repo.repo_id.clone(),
+            })?,
     };
     open_snapshot(cache, repo, snapshot)
 }
@@ -172,13 +182,16 @@ fn snapshot_of_path(cache: &HubCache, path: &Path) -> Result<Option<ResolvedMode
         return Ok(None);
     };
     let mut parts = rest.iter().filter_map(|p| p.to_str());
-    let (Some(repo_dir), Some("snapshots"), Some(sha)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(repo_dir), Some("snapshots"), Some(sha)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Ok(None);
     };
     let Some(repo_id) = super::cache::repo_id_from_dir_name(repo_dir) else {
         return Ok(None);
     };
-    let Some(repo) = cache.repo(&repo_id) else { return Ok(None) };
+    let Some(repo) = cache.repo(&repo_id) else {
+        return Ok(None);
+    };
     let Some(snapshot) = repo.snapshots().into_iter().find(|s| s.sha == sha) else {
         return Ok(None);
     };
@@ -198,11 +211,17 @@ pub fn find_repo(cache: &HubCache, name: &str) -> Result<ModelRepo, StoreError> 
     }
     if !name.contains('/') {
         let in_default = format!("{DEFAULT_ORG}/{lower}");
-        if let Some(r) = repos.iter().find(|r| r.repo_id.to_lowercase() == in_default) {
+        if let Some(r) = repos
+            .iter()
+            .find(|r| r.repo_id.to_lowercase() == in_default)
+        {
             return Ok(r.clone());
         }
     }
-    let hits: Vec<&ModelRepo> = repos.iter().filter(|r| r.repo_id.to_lowercase().contains(&lower)).collect();
+    let hits: Vec<&ModelRepo> = repos
+        .iter()
+        .filter(|r| r.repo_id.to_lowercase().contains(&lower))
+        .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(StoreError::ModelNotFound {
@@ -227,7 +246,10 @@ pub fn find_revision(repo: &ModelRepo, rev: &str) -> Result<Snapshot, StoreError
     }
     let lower = rev.to_lowercase();
     let hits: Vec<&Snapshot> = if lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        snapshots.iter().filter(|s| s.sha.starts_with(&lower)).collect()
+        snapshots
+            .iter()
+            .filter(|s| s.sha.starts_with(&lower))
+            .collect()
     } else {
         vec![]
     };
@@ -263,5 +285,9 @@ fn closest<'a>(name: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
         .filter(|(s, _)| *s > 0.7)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-    scored.into_iter().take(3).map(|(_, id)| id.to_string()).collect()
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, id)| id.to_string())
+        .collect()
 }

@@ -69,9 +69,17 @@ pub fn summarize(model: &ResolvedModel, report: &HealthReport) -> ModelSummary {
         framework: report.framework.as_str(),
         model_type: kind,
         capabilities,
-        health: if report.healthy() { "healthy" } else { "unhealthy" },
+        health: if report.healthy() {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
         runtime_compatible,
-        reason: if report.healthy() { runtime_reason } else { report.reason() },
+        reason: if report.healthy() {
+            runtime_reason
+        } else {
+            report.reason()
+        },
         cached: matches!(model.location, ModelLocation::Cache { .. }),
         managed: model.managed(),
         path: match &model.location {
@@ -125,7 +133,10 @@ fn has_chat_template(model: &ResolvedModel) -> bool {
     if model.file("chat_template.jinja").is_some() || model.file("chat_template.json").is_some() {
         return true;
     }
-    let Some(path) = model.file("tokenizer_config.json").and_then(|f| f.readable()) else {
+    let Some(path) = model
+        .file("tokenizer_config.json")
+        .and_then(|f| f.readable())
+    else {
         return false;
     };
     read_bounded(path, 16 * 1024 * 1024, &mut 0)

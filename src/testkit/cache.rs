@@ -29,7 +29,9 @@ fn hex(bytes: &[u8]) -> String {
 impl FixtureCache {
     pub fn create(root: &Path) -> io::Result<FixtureCache> {
         fs::create_dir_all(root)?;
-        Ok(FixtureCache { root: root.to_path_buf() })
+        Ok(FixtureCache {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn repo_dir(&self, repo_id: &str) -> PathBuf {
@@ -60,7 +62,13 @@ impl FixtureCache {
     }
 
     /// A snapshot link with an arbitrary target (for broken layouts).
-    pub fn link_raw(&self, repo_id: &str, sha: &str, rel: &str, target: &str) -> io::Result<PathBuf> {
+    pub fn link_raw(
+        &self,
+        repo_id: &str,
+        sha: &str,
+        rel: &str,
+        target: &str,
+    ) -> io::Result<PathBuf> {
         let link = self.snapshot_dir(repo_id, sha).join(rel);
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent)?;
@@ -71,14 +79,24 @@ impl FixtureCache {
     }
 
     /// Writes a whole snapshot and points `refs/main` at it.
-    pub fn add_model(&self, repo_id: &str, label: &str, files: &[(String, Vec<u8>)]) -> io::Result<String> {
+    pub fn add_model(
+        &self,
+        repo_id: &str,
+        label: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> io::Result<String> {
         let sha = self.add_snapshot(repo_id, label, files)?;
         self.set_ref(repo_id, "main", &sha)?;
         Ok(sha)
     }
 
     /// Writes a snapshot without touching refs.
-    pub fn add_snapshot(&self, repo_id: &str, label: &str, files: &[(String, Vec<u8>)]) -> io::Result<String> {
+    pub fn add_snapshot(
+        &self,
+        repo_id: &str,
+        label: &str,
+        files: &[(String, Vec<u8>)],
+    ) -> io::Result<String> {
         let sha = fake_sha(&format!("{repo_id}@{label}"));
         fs::create_dir_all(self.snapshot_dir(repo_id, &sha))?;
         for (rel, bytes) in files {
@@ -103,7 +121,12 @@ impl FixtureCache {
 
     /// A model of `shards` shards whose headers describe `bytes_per_shard` bytes of data each,
     /// held as sparse holes: a health check that read tensor data would read them all.
-    pub fn add_sparse_model(&self, repo_id: &str, shards: usize, bytes_per_shard: u64) -> io::Result<String> {
+    pub fn add_sparse_model(
+        &self,
+        repo_id: &str,
+        shards: usize,
+        bytes_per_shard: u64,
+    ) -> io::Result<String> {
         let sha = fake_sha(&format!("{repo_id}@sparse"));
         fs::create_dir_all(self.snapshot_dir(repo_id, &sha))?;
         let mut weight_map = serde_json::Map::new();
@@ -111,7 +134,11 @@ impl FixtureCache {
             let name = super::model::shard_name(i, shards);
             let tensor = format!("model.layers.{i}.mlp.weight");
             let header = sparse_shard(&tensor, bytes_per_shard);
-            let etag = format!("{}{:08x}", &hex(&Sha256::digest(&header))[..56], bytes_per_shard);
+            let etag = format!(
+                "{}{:08x}",
+                &hex(&Sha256::digest(&header))[..56],
+                bytes_per_shard
+            );
             let blob = self.repo_dir(repo_id).join("blobs").join(&etag);
             fs::create_dir_all(blob.parent().unwrap_or(&self.root))?;
             let mut f = File::create(&blob)?;
@@ -129,7 +156,9 @@ impl FixtureCache {
         let index = crate::store::index::to_python_json(&index);
         let etag = self.write_blob(repo_id, index.as_bytes())?;
         self.link(repo_id, &sha, INDEX_FILE, &etag)?;
-        let config = serde_json::to_vec(&serde_json::json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))?;
+        let config = serde_json::to_vec(
+            &serde_json::json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}),
+        )?;
         let etag = self.write_blob(repo_id, &config)?;
         self.link(repo_id, &sha, "config.json", &etag)?;
         self.set_ref(repo_id, "main", &sha)?;
@@ -143,7 +172,10 @@ fn replace(files: &mut Vec<(String, Vec<u8>)>, name: &str, bytes: Vec<u8>) {
 }
 
 fn remove(files: &mut Vec<(String, Vec<u8>)>, name: &str) -> Vec<u8> {
-    let pos = files.iter().position(|(n, _)| n == name).unwrap_or(usize::MAX);
+    let pos = files
+        .iter()
+        .position(|(n, _)| n == name)
+        .unwrap_or(usize::MAX);
     if pos == usize::MAX {
         return Vec::new();
     }
@@ -157,25 +189,58 @@ fn mlx_readme(base: &str) -> Vec<u8> {
 /// Every repo [`fixture_cache`] writes, with what it is for.
 pub const FIXTURE_REPOS: &[(&str, &str)] = &[
     ("mlx-community/Llama-tiny-f16", "healthy, 2 shards + index"),
-    ("mlx-community/Llama-tiny-bf16", "healthy, model.safetensors + index"),
-    ("mlx-community/Llama-tiny-f32", "healthy, model.safetensors, no index"),
-    ("mlx-community/Llama-tiny-4bit", "healthy, 4-bit quantized, 2 shards + index"),
-    ("meta-test/Llama-tiny", "healthy PyTorch-style original (bf16, 3 shards, format pt)"),
-    ("mlx-community/Qwen2.5-VL-tiny-4bit", "the mlx-vlm 624 defect: 4 shards, index of a 10-shard source"),
+    (
+        "mlx-community/Llama-tiny-bf16",
+        "healthy, model.safetensors + index",
+    ),
+    (
+        "mlx-community/Llama-tiny-f32",
+        "healthy, model.safetensors, no index",
+    ),
+    (
+        "mlx-community/Llama-tiny-4bit",
+        "healthy, 4-bit quantized, 2 shards + index",
+    ),
+    (
+        "meta-test/Llama-tiny",
+        "healthy PyTorch-style original (bf16, 3 shards, format pt)",
+    ),
+    (
+        "mlx-community/Qwen2.5-VL-tiny-4bit",
+        "the mlx-vlm 624 defect: 4 shards, index of a 10-shard source",
+    ),
     ("broken/missing-shard", "index names a shard that is absent"),
     ("broken/unlisted-shard", "a shard the index does not name"),
     ("broken/truncated-shard", "a shard cut short"),
     ("broken/corrupt-header", "a shard whose header is not JSON"),
-    ("broken/absurd-header", "a shard whose header length is 2^60"),
-    ("broken/lfs-pointer", "a Git LFS pointer instead of the weights"),
-    ("broken/incomplete-download", "a dangling link to an .incomplete blob"),
+    (
+        "broken/absurd-header",
+        "a shard whose header length is 2^60",
+    ),
+    (
+        "broken/lfs-pointer",
+        "a Git LFS pointer instead of the weights",
+    ),
+    (
+        "broken/incomplete-download",
+        "a dangling link to an .incomplete blob",
+    ),
     ("broken/no-index", "2 shards, no index"),
     ("broken/duplicate-key", "one tensor in two shards"),
     ("broken/escaping-link", "a snapshot link leaving the cache"),
-    ("broken/no-tokenizer", "tokenizer_config.json without tokenizer.json"),
+    (
+        "broken/no-tokenizer",
+        "tokenizer_config.json without tokenizer.json",
+    ),
     ("broken/bad-config", "config.json without model_type"),
-    ("test-org/Multi-snap", "two snapshots: refs/main the older, refs/dev the newer"),
-    ("test-org/No-refs", "two snapshots, no refs: the newest wins"),
+    (
+        "test-org/Multi-snap",
+        "two snapshots: refs/main the older, refs/dev the newer",
+    ),
+    (
+        "test-org/No-refs",
+        "two snapshots, no refs: the newest wins",
+    ),
     ("TheBloke/tiny-GGUF", "a GGUF repo"),
 ];
 
@@ -184,39 +249,95 @@ pub const FIXTURE_REPOS: &[(&str, &str)] = &[
 pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     let cache = FixtureCache::create(root)?;
     let base = LlamaSpec::default();
-    let f16 = LlamaSpec { seed: 2, ..base.clone() };
-    let q4 = LlamaSpec { quantization: Some((4, 64)), seed: 3, ..base.clone() };
+    let f16 = LlamaSpec {
+        seed: 2,
+        ..base.clone()
+    };
+    let q4 = LlamaSpec {
+        quantization: Some((4, 64)),
+        seed: 3,
+        ..base.clone()
+    };
 
     let mut files = llama_model_files(&f16, 2, true, "mlx");
     files.push(("README.md".into(), mlx_readme("meta-test/Llama-tiny")));
     cache.add_model("mlx-community/Llama-tiny-f16", "v1", &files)?;
 
-    let bf16 = LlamaSpec { dtype: WeightDtype::BF16, tie_embeddings: true, seed: 4, ..base.clone() };
-    cache.add_model("mlx-community/Llama-tiny-bf16", "v1", &llama_model_files(&bf16, 1, true, "mlx"))?;
+    let bf16 = LlamaSpec {
+        dtype: WeightDtype::BF16,
+        tie_embeddings: true,
+        seed: 4,
+        ..base.clone()
+    };
+    cache.add_model(
+        "mlx-community/Llama-tiny-bf16",
+        "v1",
+        &llama_model_files(&bf16, 1, true, "mlx"),
+    )?;
 
-    let f32 = LlamaSpec { dtype: WeightDtype::F32, seed: 5, ..base.clone() };
-    cache.add_model("mlx-community/Llama-tiny-f32", "v1", &llama_model_files(&f32, 1, false, "mlx"))?;
+    let f32 = LlamaSpec {
+        dtype: WeightDtype::F32,
+        seed: 5,
+        ..base.clone()
+    };
+    cache.add_model(
+        "mlx-community/Llama-tiny-f32",
+        "v1",
+        &llama_model_files(&f32, 1, false, "mlx"),
+    )?;
 
     let mut files = llama_model_files(&q4, 2, true, "mlx");
     files.push(("README.md".into(), mlx_readme("meta-test/Llama-tiny")));
     cache.add_model("mlx-community/Llama-tiny-4bit", "v1", &files)?;
 
-    let orig = LlamaSpec { dtype: WeightDtype::BF16, seed: 6, ..base.clone() };
-    cache.add_model("meta-test/Llama-tiny", "v1", &llama_model_files(&orig, 3, true, "pt"))?;
+    let orig = LlamaSpec {
+        dtype: WeightDtype::BF16,
+        seed: 6,
+        ..base.clone()
+    };
+    cache.add_model(
+        "meta-test/Llama-tiny",
+        "v1",
+        &llama_model_files(&orig, 3, true, "pt"),
+    )?;
 
     // mlx-vlm 624: the converted model's 4 shards with the bf16 source's 10-shard index copied over.
     // The tensors are Llama's (no q/k/v biases), so the model type says llama: the repaired
     // workspace must load in mlx-lm, which checks every parameter.
-    let vl = LlamaSpec { layers: 4, quantization: Some((4, 64)), seed: 7, ..base.clone() };
+    let vl = LlamaSpec {
+        layers: 4,
+        quantization: Some((4, 64)),
+        seed: 7,
+        ..base.clone()
+    };
     let mut files = llama_model_files(&vl, 4, true, "mlx");
-    let source = LlamaSpec { layers: 4, dtype: WeightDtype::BF16, seed: 7, ..base.clone() };
+    let source = LlamaSpec {
+        layers: 4,
+        dtype: WeightDtype::BF16,
+        seed: 7,
+        ..base.clone()
+    };
     let source_files = llama_model_files(&source, 10, true, "pt");
-    let source_index = source_files.iter().find(|(n, _)| n == INDEX_FILE).map(|(_, b)| b.clone()).unwrap_or_default();
+    let source_index = source_files
+        .iter()
+        .find(|(n, _)| n == INDEX_FILE)
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default();
     replace(&mut files, INDEX_FILE, source_index);
     files.push(("README.md".into(), mlx_readme("Qwen/Qwen2.5-VL-tiny")));
     cache.add_model("mlx-community/Qwen2.5-VL-tiny-4bit", "v1", &files)?;
 
-    let sharded = |seed| llama_model_files(&LlamaSpec { seed, ..base.clone() }, 3, true, "mlx");
+    let sharded = |seed| {
+        llama_model_files(
+            &LlamaSpec {
+                seed,
+                ..base.clone()
+            },
+            3,
+            true,
+            "mlx",
+        )
+    };
 
     let mut files = sharded(10);
     remove(&mut files, "model-00002-of-00003.safetensors");
@@ -224,8 +345,20 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
 
     // The index of a 2-shard split, beside 3 shards.
     let mut files = sharded(11);
-    let two = llama_model_files(&LlamaSpec { seed: 11, ..base.clone() }, 2, true, "mlx");
-    let stale: Vec<u8> = two.iter().find(|(n, _)| n == INDEX_FILE).map(|(_, b)| b.clone()).unwrap_or_default();
+    let two = llama_model_files(
+        &LlamaSpec {
+            seed: 11,
+            ..base.clone()
+        },
+        2,
+        true,
+        "mlx",
+    );
+    let stale: Vec<u8> = two
+        .iter()
+        .find(|(n, _)| n == INDEX_FILE)
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default();
     let stale = String::from_utf8_lossy(&stale).replace("-of-00002", "-of-00003");
     replace(&mut files, INDEX_FILE, stale.into_bytes());
     cache.add_model("broken/unlisted-shard", "v1", &files)?;
@@ -249,7 +382,15 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     files.push(("model-00003-of-00003.safetensors".into(), shard));
     cache.add_model("broken/absurd-header", "v1", &files)?;
 
-    let mut files = llama_model_files(&LlamaSpec { seed: 15, ..base.clone() }, 1, false, "mlx");
+    let mut files = llama_model_files(
+        &LlamaSpec {
+            seed: 15,
+            ..base.clone()
+        },
+        1,
+        false,
+        "mlx",
+    );
     let real = remove(&mut files, "model.safetensors");
     let pointer = format!(
         "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
@@ -259,24 +400,54 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     files.push(("model.safetensors".into(), pointer.into_bytes()));
     cache.add_model("broken/lfs-pointer", "v1", &files)?;
 
-    let mut files = llama_model_files(&LlamaSpec { seed: 16, ..base.clone() }, 1, false, "mlx");
+    let mut files = llama_model_files(
+        &LlamaSpec {
+            seed: 16,
+            ..base.clone()
+        },
+        1,
+        false,
+        "mlx",
+    );
     let real = remove(&mut files, "model.safetensors");
     let sha = cache.add_model("broken/incomplete-download", "v1", &files)?;
     let etag = hex(&Sha256::digest(&real));
     let blobs = cache.repo_dir("broken/incomplete-download").join("blobs");
-    fs::write(blobs.join(format!("{etag}.incomplete")), &real[..real.len() / 2])?;
-    cache.link("broken/incomplete-download", &sha, "model.safetensors", &etag)?;
+    fs::write(
+        blobs.join(format!("{etag}.incomplete")),
+        &real[..real.len() / 2],
+    )?;
+    cache.link(
+        "broken/incomplete-download",
+        &sha,
+        "model.safetensors",
+        &etag,
+    )?;
 
     let mut files = sharded(17);
-    let mut two = llama_model_files(&LlamaSpec { seed: 17, ..base.clone() }, 2, false, "mlx");
+    let mut two = llama_model_files(
+        &LlamaSpec {
+            seed: 17,
+            ..base.clone()
+        },
+        2,
+        false,
+        "mlx",
+    );
     files.retain(|(n, _)| !n.ends_with(".safetensors") && n != INDEX_FILE);
     files.extend(two.drain(..).filter(|(n, _)| n.ends_with(".safetensors")));
     cache.add_model("broken/no-index", "v1", &files)?;
 
     // One tensor in both shards.
-    let spec = LlamaSpec { seed: 18, ..base.clone() };
+    let spec = LlamaSpec {
+        seed: 18,
+        ..base.clone()
+    };
     let tensors = spec.tensors();
-    let dup = tensors.iter().find(|t| t.name == "model.norm.weight").cloned();
+    let dup = tensors
+        .iter()
+        .find(|t| t.name == "model.norm.weight")
+        .cloned();
     let mut split = super::model::split_into_shards(&tensors, 2);
     if let Some(d) = dup {
         let first_has = split[0].iter().any(|t| t.name == d.name);
@@ -292,40 +463,135 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
         .filter(|(n, _)| !n.ends_with(".safetensors"))
         .collect();
     for (name, ts) in &shards {
-        files.push((name.clone(), super::model::safetensors_bytes(ts, Some("mlx"))));
+        files.push((
+            name.clone(),
+            super::model::safetensors_bytes(ts, Some("mlx")),
+        ));
     }
-    files.push((INDEX_FILE.into(), super::model::index_json(&shards, None).into_bytes()));
+    files.push((
+        INDEX_FILE.into(),
+        super::model::index_json(&shards, None).into_bytes(),
+    ));
     cache.add_model("broken/duplicate-key", "v1", &files)?;
 
     // A link out of the cache, to a real file that must never be read.
-    let outside = root.parent().unwrap_or(root).join("outside-the-cache.safetensors");
-    let f32_files = llama_model_files(&LlamaSpec { seed: 19, ..base.clone() }, 1, false, "mlx");
+    let outside = root
+        .parent()
+        .unwrap_or(root)
+        .join("outside-the-cache.safetensors");
+    let f32_files = llama_model_files(
+        &LlamaSpec {
+            seed: 19,
+            ..base.clone()
+        },
+        1,
+        false,
+        "mlx",
+    );
     if let Some((_, bytes)) = f32_files.iter().find(|(n, _)| n == "model.safetensors") {
         fs::write(&outside, bytes)?;
     }
-    let files: Vec<_> = f32_files.into_iter().filter(|(n, _)| n != "model.safetensors").collect();
+    let files: Vec<_> = f32_files
+        .into_iter()
+        .filter(|(n, _)| n != "model.safetensors")
+        .collect();
     let sha = cache.add_model("broken/escaping-link", "v1", &files)?;
-    cache.link_raw("broken/escaping-link", &sha, "model.safetensors", "../../../../outside-the-cache.safetensors")?;
+    cache.link_raw(
+        "broken/escaping-link",
+        &sha,
+        "model.safetensors",
+        "../../../../outside-the-cache.safetensors",
+    )?;
 
-    let mut files = llama_model_files(&LlamaSpec { seed: 20, ..base.clone() }, 1, true, "mlx");
+    let mut files = llama_model_files(
+        &LlamaSpec {
+            seed: 20,
+            ..base.clone()
+        },
+        1,
+        true,
+        "mlx",
+    );
     remove(&mut files, "tokenizer.json");
     cache.add_model("broken/no-tokenizer", "v1", &files)?;
 
-    let mut files = llama_model_files(&LlamaSpec { seed: 21, ..base.clone() }, 1, true, "mlx");
-    replace(&mut files, "config.json", br#"{"hidden_size": 64, "num_hidden_layers": 2}"#.to_vec());
+    let mut files = llama_model_files(
+        &LlamaSpec {
+            seed: 21,
+            ..base.clone()
+        },
+        1,
+        true,
+        "mlx",
+    );
+    replace(
+        &mut files,
+        "config.json",
+        br#"{"hidden_size": 64, "num_hidden_layers": 2}"#.to_vec(),
+    );
     cache.add_model("broken/bad-config", "v1", &files)?;
 
     // Two snapshots: refs/main names the older one, refs/dev the newer.
-    let old = cache.add_snapshot("test-org/Multi-snap", "old", &llama_model_files(&LlamaSpec { seed: 22, ..base.clone() }, 1, true, "mlx"))?;
-    let new = cache.add_snapshot("test-org/Multi-snap", "new", &llama_model_files(&LlamaSpec { seed: 23, layers: 3, ..base.clone() }, 1, true, "mlx"))?;
+    let old = cache.add_snapshot(
+        "test-org/Multi-snap",
+        "old",
+        &llama_model_files(
+            &LlamaSpec {
+                seed: 22,
+                ..base.clone()
+            },
+            1,
+            true,
+            "mlx",
+        ),
+    )?;
+    let new = cache.add_snapshot(
+        "test-org/Multi-snap",
+        "new",
+        &llama_model_files(
+            &LlamaSpec {
+                seed: 23,
+                layers: 3,
+                ..base.clone()
+            },
+            1,
+            true,
+            "mlx",
+        ),
+    )?;
     cache.set_ref("test-org/Multi-snap", "main", &old)?;
     cache.set_ref("test-org/Multi-snap", "dev", &new)?;
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     cache.set_snapshot_mtime("test-org/Multi-snap", &old, t0)?;
     cache.set_snapshot_mtime("test-org/Multi-snap", &new, t0 + Duration::from_secs(3600))?;
 
-    let a = cache.add_snapshot("test-org/No-refs", "a", &llama_model_files(&LlamaSpec { seed: 24, ..base.clone() }, 1, true, "mlx"))?;
-    let b = cache.add_snapshot("test-org/No-refs", "b", &llama_model_files(&LlamaSpec { seed: 25, layers: 3, ..base.clone() }, 1, true, "mlx"))?;
+    let a = cache.add_snapshot(
+        "test-org/No-refs",
+        "a",
+        &llama_model_files(
+            &LlamaSpec {
+                seed: 24,
+                ..base.clone()
+            },
+            1,
+            true,
+            "mlx",
+        ),
+    )?;
+    let b = cache.add_snapshot(
+        "test-org/No-refs",
+        "b",
+        &llama_model_files(
+            &LlamaSpec {
+                seed: 25,
+                layers: 3,
+                ..base.clone()
+            },
+            1,
+            true,
+            "mlx",
+        ),
+    )?;
     cache.set_snapshot_mtime("test-org/No-refs", &a, t0 + Duration::from_secs(7200))?;
     cache.set_snapshot_mtime("test-org/No-refs", &b, t0)?;
 
@@ -335,7 +601,10 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     cache.add_model(
         "TheBloke/tiny-GGUF",
         "v1",
-        &[("tiny.Q4_0.gguf".into(), gguf), ("README.md".into(), b"# tiny GGUF\n".to_vec())],
+        &[
+            ("tiny.Q4_0.gguf".into(), gguf),
+            ("README.md".into(), b"# tiny GGUF\n".to_vec()),
+        ],
     )?;
 
     // Not models: ignored by every command.

@@ -8,5 +8,6 @@ pub mod model;
 
 pub use cache::{fake_sha, fixture_cache, FixtureCache, FIXTURE_REPOS};
 pub use model::{
-    llama_model_files, safetensors_bytes, sparse_shard, tokenizer_json, LlamaSpec, Rng, TensorSpec, WeightDtype,
+    llama_model_files, safetensors_bytes, sparse_shard, tokenizer_json, LlamaSpec, Rng, TensorSpec,
+    WeightDtype,
 };

@@ -214,26 +214,81 @@ impl LlamaSpec {
         let head_dim = self.hidden / self.heads;
         let kv = self.kv_heads * head_dim;
         let mut out = Vec::new();
-        let linear = |out: &mut Vec<TensorSpec>, name: String, rows: usize, cols: usize, rng: &mut Rng| {
-            self.push_matrix(out, &name, rows, cols, rng);
-        };
-        linear(&mut out, "model.embed_tokens".into(), self.vocab, self.hidden, &mut rng);
+        let linear =
+            |out: &mut Vec<TensorSpec>, name: String, rows: usize, cols: usize, rng: &mut Rng| {
+                self.push_matrix(out, &name, rows, cols, rng);
+            };
+        linear(
+            &mut out,
+            "model.embed_tokens".into(),
+            self.vocab,
+            self.hidden,
+            &mut rng,
+        );
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
-            linear(&mut out, format!("{p}.self_attn.q_proj"), self.hidden, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.self_attn.k_proj"), kv, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.self_attn.v_proj"), kv, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.self_attn.o_proj"), self.hidden, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.mlp.gate_proj"), self.intermediate, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.mlp.up_proj"), self.intermediate, self.hidden, &mut rng);
-            linear(&mut out, format!("{p}.mlp.down_proj"), self.hidden, self.intermediate, &mut rng);
+            linear(
+                &mut out,
+                format!("{p}.self_attn.q_proj"),
+                self.hidden,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.self_attn.k_proj"),
+                kv,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.self_attn.v_proj"),
+                kv,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.self_attn.o_proj"),
+                self.hidden,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.mlp.gate_proj"),
+                self.intermediate,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.mlp.up_proj"),
+                self.intermediate,
+                self.hidden,
+                &mut rng,
+            );
+            linear(
+                &mut out,
+                format!("{p}.mlp.down_proj"),
+                self.hidden,
+                self.intermediate,
+                &mut rng,
+            );
             for norm in ["input_layernorm", "post_attention_layernorm"] {
                 out.push(self.norm(format!("{p}.{norm}.weight")));
             }
         }
         out.push(self.norm("model.norm.weight".into()));
         if !self.tie_embeddings {
-            linear(&mut out, "lm_head".into(), self.vocab, self.hidden, &mut rng);
+            linear(
+                &mut out,
+                "lm_head".into(),
+                self.vocab,
+                self.hidden,
+                &mut rng,
+            );
         }
         out
     }
@@ -252,7 +307,14 @@ impl LlamaSpec {
         }
     }
 
-    fn push_matrix(&self, out: &mut Vec<TensorSpec>, module: &str, rows: usize, cols: usize, rng: &mut Rng) {
+    fn push_matrix(
+        &self,
+        out: &mut Vec<TensorSpec>,
+        module: &str,
+        rows: usize,
+        cols: usize,
+        rng: &mut Rng,
+    ) {
         match self.quantization {
             None => out.push(TensorSpec {
                 name: format!("{module}.weight"),
@@ -336,7 +398,12 @@ pub fn index_json(shards: &[(String, Vec<TensorSpec>)], quant_bits: Option<u32>)
 
 /// Every file of a tiny Llama model directory: config, tokenizer, generation config, shards
 /// (`n_shards`), and the index when `with_index`.
-pub fn llama_model_files(spec: &LlamaSpec, n_shards: usize, with_index: bool, format: &str) -> Vec<(String, Vec<u8>)> {
+pub fn llama_model_files(
+    spec: &LlamaSpec,
+    n_shards: usize,
+    with_index: bool,
+    format: &str,
+) -> Vec<(String, Vec<u8>)> {
     let tensors = spec.tensors();
     let shards: Vec<(String, Vec<TensorSpec>)> = split_into_shards(&tensors, n_shards)
         .into_iter()
@@ -350,8 +417,14 @@ pub fn llama_model_files(spec: &LlamaSpec, n_shards: usize, with_index: bool, fo
             pretty(&json!({"bos_token_id": 257, "eos_token_id": 258, "do_sample": false})),
         ),
         ("tokenizer.json".to_string(), tokenizer_json().into_bytes()),
-        ("tokenizer_config.json".to_string(), pretty(&tokenizer_config())),
-        ("special_tokens_map.json".to_string(), pretty(&json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))),
+        (
+            "tokenizer_config.json".to_string(),
+            pretty(&tokenizer_config()),
+        ),
+        (
+            "special_tokens_map.json".to_string(),
+            pretty(&json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})),
+        ),
     ];
     for (name, ts) in &shards {
         files.push((name.clone(), safetensors_bytes(ts, Some(format))));
@@ -382,7 +455,8 @@ fn tokenizer_config() -> Value {
 
 /// GPT-2's byte-to-unicode table: the symbols a byte-level BPE vocabulary is written in.
 fn byte_symbols() -> Vec<char> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     (0u32..256)
         .map(|b| {
@@ -446,11 +520,16 @@ mod tests {
     #[test]
     fn written_files_parse_with_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = LlamaSpec { quantization: Some((4, 32)), ..Default::default() };
+        let spec = LlamaSpec {
+            quantization: Some((4, 32)),
+            ..Default::default()
+        };
         for (name, bytes) in llama_model_files(&spec, 2, true, "mlx") {
             std::fs::write(dir.path().join(&name), bytes).unwrap();
         }
-        let h = crate::store::read_header(&dir.path().join("model-00001-of-00002.safetensors"), "x").unwrap();
+        let h =
+            crate::store::read_header(&dir.path().join("model-00001-of-00002.safetensors"), "x")
+                .unwrap();
         assert!(h.tensors.len() > 3);
         assert_eq!(h.format(), Some("mlx"));
     }

@@ -89,9 +89,20 @@ pub fn stderr(o: &Output) -> String {
 /// What a path is, without following links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    File { sha256: String, mode: u32, mtime_ns: i128, size: u64 },
-    Dir { mode: u32, mtime_ns: i128 },
-    Link { target: PathBuf, mtime_ns: i128 },
+    File {
+        sha256: String,
+        mode: u32,
+        mtime_ns: i128,
+        size: u64,
+    },
+    Dir {
+        mode: u32,
+        mtime_ns: i128,
+    },
+    Link {
+        target: PathBuf,
+        mtime_ns: i128,
+    },
 }
 
 /// Fingerprint of every entry under `root` (lstat: links are recorded, not followed).
@@ -109,20 +120,34 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
     let meta = fs::symlink_metadata(dir).expect("lstat");
     out.insert(
         dir.strip_prefix(root).unwrap_or(dir).to_path_buf(),
-        Node::Dir { mode: meta.mode(), mtime_ns: mtime_ns(&meta) },
+        Node::Dir {
+            mode: meta.mode(),
+            mtime_ns: mtime_ns(&meta),
+        },
     );
     for entry in fs::read_dir(dir).expect("read_dir") {
         let path = entry.expect("entry").path();
         let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
         let m = fs::symlink_metadata(&path).expect("lstat");
         if m.file_type().is_symlink() {
-            out.insert(rel, Node::Link { target: fs::read_link(&path).expect("readlink"), mtime_ns: mtime_ns(&m) });
+            out.insert(
+                rel,
+                Node::Link {
+                    target: fs::read_link(&path).expect("readlink"),
+                    mtime_ns: mtime_ns(&m),
+                },
+            );
         } else if m.is_dir() {
             walk(root, &path, out);
         } else {
             out.insert(
                 rel,
-                Node::File { sha256: sha256_file(&path), mode: m.mode(), mtime_ns: mtime_ns(&m), size: m.len() },
+                Node::File {
+                    sha256: sha256_file(&path),
+                    mode: m.mode(),
+                    mtime_ns: mtime_ns(&m),
+                    size: m.len(),
+                },
             );
         }
     }
@@ -131,7 +156,10 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
 /// Hashes a file; sparse files are read through (they are small in these tests).
 pub fn sha256_file(path: &Path) -> String {
     let bytes = fs::read(path).expect("read");
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn snapshot_dir(cache: &Path, repo_id: &str) -> PathBuf {
@@ -142,7 +170,11 @@ pub fn snapshot_dir(cache: &Path, repo_id: &str) -> PathBuf {
 
 /// The codes of every problem of the (single) model in a `health --json` envelope.
 pub fn problem_codes(v: &Value) -> Vec<String> {
-    let entries = v["data"]["unhealthy"].as_array().into_iter().flatten().chain(v["data"]["healthy"].as_array().into_iter().flatten());
+    let entries = v["data"]["unhealthy"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(v["data"]["healthy"].as_array().into_iter().flatten());
     entries
         .flat_map(|e| e["problems"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["code"].as_str().map(str::to_string))
@@ -151,7 +183,10 @@ pub fn problem_codes(v: &Value) -> Vec<String> {
 
 /// Python of the peer venv (scripts/peers.sh), or a loud SKIP (a failure under MLXK_REQUIRE_PEERS=1).
 pub fn peer_python(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MLXK_PEER_PYTHON").map(PathBuf::from).filter(|p| p.exists()) {
+    if let Some(p) = std::env::var_os("MLXK_PEER_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+    {
         return Some(p);
     }
     let msg = format!(

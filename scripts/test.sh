@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): provisions what the tests need, idempotently,
+# then runs formatting and lint checks and every test.
+#
+# Environment:
+#   MLXK_REQUIRE_PEERS=1  a missing Python peer (mlx, mlx-lm, safetensors) fails instead of skipping
+#   MLXK_REQUIRE_FUSE=1   a missing FUSE capability fails instead of skipping
+#   MLXK_PEER_VENV=DIR    where the peer venv lives (default: ~/.cache/mlxk-fs/peers-<pins hash>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python peers (scripts/peers.sh)"
+if py=$(scripts/peers.sh); then
+  export MLXK_PEER_PYTHON="$py"
+  echo "peer python: $MLXK_PEER_PYTHON"
+else
+  echo "!!!!!!!! SKIP: the Python peer venv could not be provisioned; peer tests will skip !!!!!!!!"
+  if [ "${MLXK_REQUIRE_PEERS:-0}" = 1 ]; then
+    echo "MLXK_REQUIRE_PEERS=1: failing" >&2
+    exit 1
+  fi
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --all-targets
