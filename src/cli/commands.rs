@@ -515,12 +515,17 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
         human_size(outcome.copy.bytes),
         outcome.copy.reflinked
     ));
+    // One line per kind of repair: a 624 index can have dozens of each.
+    let mut kinds: Vec<(&str, usize, &str)> = Vec::new();
     for p in &outcome.repaired {
-        human.push_str(&format!(
-            "  repaired: {} {}\n",
-            style.yellow(p.code),
-            p.message
-        ));
+        match kinds.iter_mut().find(|(code, _, _)| *code == p.code) {
+            Some(k) => k.1 += 1,
+            None => kinds.push((p.code, 1, &p.message)),
+        }
+    }
+    for (code, n, first) in kinds {
+        let count = if n > 1 { format!("{n}x ") } else { String::new() };
+        human.push_str(&format!("  repaired: {count}{} ({first})\n", style.yellow(code)));
     }
     match &outcome.health {
         Some(r) if r.healthy() => {
