@@ -524,8 +524,15 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
         }
     }
     for (code, n, first) in kinds {
-        let count = if n > 1 { format!("{n}x ") } else { String::new() };
-        human.push_str(&format!("  repaired: {count}{} ({first})\n", style.yellow(code)));
+        let count = if n > 1 {
+            format!("{n}x ")
+        } else {
+            String::new()
+        };
+        human.push_str(&format!(
+            "  repaired: {count}{} ({first})\n",
+            style.yellow(code)
+        ));
     }
     match &outcome.health {
         Some(r) if r.healthy() => {

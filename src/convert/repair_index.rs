@@ -108,7 +108,7 @@ fn check_target(
     cache: Option<&HubCache>,
 ) -> Result<(), ConvertError> {
     if let Some(cache) = cache {
-        if target.starts_with(cache.canonical_root()) {
+        if cache.contains(target) {
             return Err(ConvertError::TargetInsideCache {
                 target: dst.to_path_buf(),
                 cache: cache.root().to_path_buf(),

@@ -205,11 +205,6 @@ fn parse_header_json(json: &[u8]) -> Result<Metadata, String> {
     serde_json::from_str::<Metadata>(text).map_err(|e| e.to_string())
 }
 
-/// Human name of a dtype as it stands in headers (`F16`, `U32`, ...).
-pub fn dtype_name(dtype: Dtype) -> String {
-    dtype.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
