@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::fs;
+
 use common::{problem_codes, stderr, stdout, Fixture};
 use serde_json::Value;
 
@@ -417,4 +419,48 @@ fn workspaces_report_managed_and_unmanaged() {
     assert_eq!(code, 0);
     assert_eq!(v["data"]["model"]["name"], "mlx-community/Llama-tiny-f16");
     assert_eq!(v["data"]["model"]["cached"], true);
+}
+
+#[test]
+fn an_index_total_in_the_file_size_convention_is_noted_not_failed() {
+    let fx = Fixture::new();
+    let dir = fx.path("old-convention");
+    fs::create_dir(&dir).unwrap();
+    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
+    let mut file_sizes = 0;
+    for e in fs::read_dir(&snap).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        fs::copy(&p, dir.join(&name)).unwrap();
+        if name.ends_with(".safetensors") {
+            file_sizes += fs::metadata(&p).unwrap().len();
+        }
+    }
+    let mut index: Value =
+        serde_json::from_slice(&fs::read(dir.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    index["metadata"]["total_size"] = file_sizes.into();
+    fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let (code, v) = fx.json(&["health", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v:#}");
+    let notes = v["data"]["healthy"][0]["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0]["code"], "index_total_size_file_convention");
+    assert!(
+        stdout(&fx.mlxk(&["health", dir.to_str().unwrap()])).contains("older tools' convention")
+    );
+    // One byte off either convention is a real mismatch.
+    index["metadata"]["total_size"] = (file_sizes + 1).into();
+    fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let (code, v) = fx.json(&["health", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(problem_codes(&v), vec!["index_total_size_mismatch"]);
 }

@@ -358,6 +358,7 @@ fn health_entry(model: &ResolvedModel, report: &HealthReport) -> Value {
         "status": if report.healthy() { "healthy" } else { "unhealthy" },
         "reason": report.reason(),
         "problems": report.problems,
+        "notes": report.notes,
         "framework": report.framework.as_str(),
         "bytes_read": report.bytes_read,
     });
@@ -397,8 +398,13 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
             Some(false) => " [unmanaged workspace]",
             None => "",
         };
+        let notes: String = report
+            .notes
+            .iter()
+            .map(|n| format!("    {:<26} {}\n", style.dim("note"), n.message))
+            .collect();
         if report.healthy() {
-            human.push_str(&format!("{mark} {}{managed}: healthy\n", model.name));
+            human.push_str(&format!("{mark} {}{managed}: healthy\n{notes}", model.name));
             healthy.push(health_entry(model, report));
         } else {
             let n = report.problems.len();
@@ -419,6 +425,7 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
                     last_hint = p.hint.clone();
                 }
             }
+            human.push_str(&notes);
             unhealthy.push(health_entry(model, report));
         }
     }

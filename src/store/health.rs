@@ -52,6 +52,8 @@ impl Framework {
 #[derive(Debug, Clone)]
 pub struct HealthReport {
     pub problems: Vec<Problem>,
+    /// Things worth knowing that do not make the model unhealthy (e.g. an older convention).
+    pub notes: Vec<Problem>,
     pub framework: Framework,
     pub config: Option<ModelConfig>,
     /// Valid headers of the top-level safetensors files, by file name.
@@ -130,6 +132,7 @@ pub fn check(model: &ResolvedModel) -> HealthReport {
 struct Checker<'m> {
     model: &'m ResolvedModel,
     problems: Vec<Problem>,
+    notes: Vec<Problem>,
     bytes_read: u64,
     /// Whole contents of the small files already read (by the LFS sniff), so no file is read twice.
     small_files: BTreeMap<String, Vec<u8>>,
@@ -140,6 +143,7 @@ impl<'m> Checker<'m> {
         Checker {
             model,
             problems: Vec::new(),
+            notes: Vec::new(),
             bytes_read: 0,
             small_files: BTreeMap::new(),
         }
@@ -232,6 +236,7 @@ impl<'m> Checker<'m> {
         let framework = self.detect_framework(&files, &shards, config.as_ref());
         HealthReport {
             problems: self.problems,
+            notes: self.notes,
             framework,
             config,
             shards,
@@ -602,8 +607,16 @@ impl<'m> Checker<'m> {
                     file_size_convention,
                 } => {
                     if *file_size_convention {
-                        // Older tools summed file sizes; loaders accept it. Worth a note, not a failure.
-                        tracing::info!("{INDEX_FILE}: total_size {on_disk} follows the file-size convention of older tools (tensor bytes: {rebuilt})");
+                        // Older tools (mlx-knife 2.0.7, older mlx-lm) summed file sizes; loaders
+                        // accept it. Worth saying, not a failure.
+                        self.notes.push(Problem {
+                            code: "index_total_size_file_convention",
+                            file: Some(INDEX_FILE.to_string()),
+                            message: format!(
+                                "{INDEX_FILE}: total_size {on_disk} is the sum of the shard file sizes (older tools' convention); current tools write the tensor bytes, {rebuilt}"
+                            ),
+                            hint: format!("optional: {hint} writes the current convention"),
+                        });
                     } else {
                         self.push(
                             "index_total_size_mismatch",
