@@ -396,13 +396,7 @@ fn resolution_errors_are_typed() {
 fn workspaces_report_managed_and_unmanaged() {
     let fx = Fixture::new();
     // An unmanaged third-party directory: a copy of a snapshot's files.
-    let dir = fx.path("third-party");
-    std::fs::create_dir(&dir).unwrap();
-    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
-    for e in std::fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
+    let dir = fx.copy_of("mlx-community/Llama-tiny-f16", "third-party");
     let d = dir.to_str().unwrap();
     let (code, v) = fx.json(&["health", d]);
     assert_eq!(code, 0, "{v:#}");
@@ -415,6 +409,7 @@ fn workspaces_report_managed_and_unmanaged() {
     assert_eq!(problem_codes(&v), vec!["sentinel_invalid"]);
     assert_eq!(v["data"]["unhealthy"][0]["managed"], false);
     // A snapshot directory given as a path is that cache model.
+    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
     let (code, v) = fx.json(&["show", snap.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert_eq!(v["data"]["model"]["name"], "mlx-community/Llama-tiny-f16");
@@ -424,18 +419,13 @@ fn workspaces_report_managed_and_unmanaged() {
 #[test]
 fn an_index_total_in_the_file_size_convention_is_noted_not_failed() {
     let fx = Fixture::new();
-    let dir = fx.path("old-convention");
-    fs::create_dir(&dir).unwrap();
-    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
-    let mut file_sizes = 0;
-    for e in fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        fs::copy(&p, dir.join(&name)).unwrap();
-        if name.ends_with(".safetensors") {
-            file_sizes += fs::metadata(&p).unwrap().len();
-        }
-    }
+    let dir = fx.copy_of("mlx-community/Llama-tiny-f16", "old-convention");
+    let file_sizes: u64 = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
     let mut index: Value =
         serde_json::from_slice(&fs::read(dir.join("model.safetensors.index.json")).unwrap())
             .unwrap();

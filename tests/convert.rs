@@ -149,13 +149,7 @@ fn single_shard_models(fx: &Fixture) {
     );
 
     // A single shard with a stale index: the index is rebuilt.
-    let src = fx.path("stale-single");
-    fs::create_dir(&src).unwrap();
-    let snap = snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-bf16");
-    for e in fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
-    }
+    let src = fx.copy_of("mlx-community/Llama-tiny-bf16", "stale-single");
     let good = fs::read(src.join(INDEX_FILE)).unwrap();
     fs::write(
         src.join(INDEX_FILE),
@@ -243,13 +237,8 @@ fn sources_may_be_workspaces_and_third_party_directories(fx: &Fixture) {
     files_equal_to_source(&src, &out_dir, &[SENTINEL_FILE]);
 
     // A third-party directory with a subdirectory and no sentinel: source_repo is its path.
-    let src = fx.path("third-party");
+    let src = fx.copy_of("broken/no-index", "third-party");
     fs::create_dir_all(src.join("extras/nested")).unwrap();
-    let snap = snapshot_dir(&fx.cache, "broken/no-index");
-    for e in fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
-    }
     fs::write(src.join("extras/nested/notes.txt"), b"hello").unwrap();
     let before = tree_state(&src);
     // An empty existing target directory is accepted.

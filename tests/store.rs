@@ -252,13 +252,7 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
 #[test]
 fn a_convert_that_fails_after_creating_the_target_removes_what_it_wrote() {
     let fx = Fixture::new();
-    let src = fx.path("src");
-    fs::create_dir(&src).unwrap();
-    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
-    for e in fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
-    }
+    let src = fx.copy_of("mlx-community/Llama-tiny-f16", "src");
     let model = open_workspace(&src).unwrap();
     // A file vanishes between resolution and the copy.
     fs::remove_file(src.join("tokenizer.json")).unwrap();
@@ -303,13 +297,7 @@ fn a_convert_that_fails_after_creating_the_target_removes_what_it_wrote() {
 #[test]
 fn an_interrupted_convert_is_reported_by_health() {
     let fx = Fixture::new();
-    let ws = fx.path("half");
-    fs::create_dir(&ws).unwrap();
-    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f32");
-    for e in fs::read_dir(&snap).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, ws.join(p.file_name().unwrap())).unwrap();
-    }
+    let ws = fx.copy_of("mlx-community/Llama-tiny-f32", "half");
     // What a convert killed mid-copy leaves: the sentinel, still marked in progress.
     let mut s =
         mlxk_fs::store::Sentinel::new("convert", Some("repair-index"), Some("x/y".into()), None);

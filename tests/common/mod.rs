@@ -29,6 +29,18 @@ impl Fixture {
         self.tmp.path().join(rel)
     }
 
+    /// A plain directory `<tmp>/<name>` holding copies of a cached model's files: what a
+    /// third-party (unmanaged) model directory looks like.
+    pub fn copy_of(&self, repo_id: &str, name: &str) -> PathBuf {
+        let dir = self.path(name);
+        fs::create_dir_all(&dir).expect("mkdir");
+        for e in fs::read_dir(snapshot_dir(&self.cache, repo_id)).expect("snapshot") {
+            let p = e.expect("entry").path();
+            fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+        }
+        dir
+    }
+
     /// Runs `mlxk --cache <cache> args...` with no HF variables inherited.
     pub fn mlxk(&self, args: &[&str]) -> Output {
         let mut all = vec!["--cache", self.cache.to_str().expect("utf-8 path")];
