@@ -11,3 +11,5 @@ pub mod testkit;
 
 /// This crate's version, recorded in every sentinel it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(target_os = "linux")]
+pub mod fs;

@@ -1,6 +1,8 @@
 //! `mlxk`: clap definitions and human / JSON rendering. The work is done by `store` and `convert`.
 
 mod commands;
+#[cfg(target_os = "linux")]
+pub mod fs;
 pub mod output;
 
 use std::path::PathBuf;

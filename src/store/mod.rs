@@ -7,6 +7,7 @@ pub mod error;
 pub mod files;
 pub mod health;
 pub mod index;
+pub mod mounts;
 pub mod safetensors;
 pub mod sentinel;
 pub mod spec;

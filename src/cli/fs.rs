@@ -1,0 +1,297 @@
+//! `mlxk-fs`: mount / umount / status, rendered for humans or as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use super::output::{self, table, Style};
+use crate::fs::daemon::{self, MountOptions, Unmounted};
+use crate::store::cache::cache_root;
+use crate::store::mounts::{self, MountRecord};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mlxk-fs",
+    version,
+    about = "Present every model of a Hugging Face cache as a managed MLX workspace (FUSE)",
+    long_about = "Present every model of a Hugging Face cache as a managed MLX workspace.\n\n\
+        `mlxk-fs mount ~/mlx` shows every cached model as ~/mlx/<org>/<name>/ (the snapshot \
+        refs/main names; ~/mlx/<org>/<name>@<ref-or-sha>/ for any other): files served \
+        zero-copy from the cache (kernel FUSE passthrough), a synthesized .mlxk_workspace.json, \
+        and model.safetensors.index.json rebuilt from the shard headers (a differing cached \
+        index stays readable as model.safetensors.index.json.orig). The cache is never modified; \
+        the mount is read-only.",
+    after_help = "Unprivileged mounts need fusermount3 (Debian: apt install fuse3). Logs: RUST_LOG=debug, --log-file."
+)]
+pub struct MlxkFsArgs {
+    /// Print results as JSON (status / command / data / error).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: FsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FsCommand {
+    /// Mount the cache at MOUNTPOINT (in the background unless -f).
+    Mount(MountArgs),
+    /// Unmount (also clears a stale mount left by a killed daemon).
+    #[command(alias = "unmount")]
+    Umount(UmountArgs),
+    /// List active mounts: mountpoint, cache, pid, passthrough, counters; and stale ones.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// The Hugging Face hub cache (else HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Stay in the foreground (Ctrl-C unmounts).
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf when not root).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Serve reads from the daemon instead of kernel passthrough.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Where the daemon logs (RUST_LOG sets the level).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+}
+
+/// Entry point of the `mlxk-fs` binary.
+pub fn mlxk_fs_main() -> ExitCode {
+    let args = MlxkFsArgs::parse();
+    let log_file = match &args.command {
+        FsCommand::Mount(m) => m.log_file.clone(),
+        _ => None,
+    };
+    init_logging(log_file.as_deref());
+    let (name, result) = match &args.command {
+        FsCommand::Mount(m) => ("mount", mount(m)),
+        FsCommand::Umount(u) => ("umount", umount(u)),
+        FsCommand::Status => ("status", status()),
+    };
+    match result {
+        Ok((data, human)) => {
+            if args.json {
+                output::print_success(name, data);
+            } else {
+                print!("{human}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            daemon::report_error(&message);
+            if args.json {
+                output::print_error(name, "CommandError", &message, &json!({}), Value::Null);
+            } else {
+                eprintln!("mlxk-fs: {message}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(file: Option<&std::path::Path>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let opened = file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match opened {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+fn record_json(r: &MountRecord) -> Value {
+    serde_json::to_value(r).unwrap_or(Value::Null)
+}
+
+fn mount(m: &MountArgs) -> Result<(Value, String), String> {
+    let cache = std::path::absolute(cache_root(m.cache.as_deref())).map_err(|e| e.to_string())?;
+    if !cache.is_dir() {
+        return Err(format!(
+            "no Hugging Face cache at {} (set --cache, HF_HUB_CACHE or HF_HOME)",
+            cache.display()
+        ));
+    }
+    let log_file = match &m.log_file {
+        Some(p) => Some(std::path::absolute(p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if m.foreground {
+        let opts = MountOptions {
+            mountpoint: m.mountpoint.clone(),
+            cache,
+            allow_other: m.allow_other,
+            passthrough: !m.no_passthrough,
+            threads: m.threads,
+            log_file,
+        };
+        daemon::serve(&opts, |record| {
+            tracing::info!(mountpoint = %record.mountpoint.display(), passthrough = record.passthrough, "mounted");
+            daemon::report_ready(record);
+        })
+        .map_err(|e| e.to_string())?;
+        return Ok((json!({"unmounted": m.mountpoint}), String::new()));
+    }
+    // Fail fast on what the parent can see, with the same messages the daemon would give.
+    daemon::preflight(&m.mountpoint).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut child_args: Vec<String> = vec![
+        "mount".into(),
+        std::path::absolute(&m.mountpoint)
+            .map_err(|e| e.to_string())?
+            .display()
+            .to_string(),
+        "--foreground".into(),
+        "--cache".into(),
+        cache.display().to_string(),
+        "--threads".into(),
+        m.threads.to_string(),
+    ];
+    if m.allow_other {
+        child_args.push("--allow-other".into());
+    }
+    if m.no_passthrough {
+        child_args.push("--no-passthrough".into());
+    }
+    if let Some(l) = &log_file {
+        child_args.push("--log-file".into());
+        child_args.push(l.display().to_string());
+    }
+    let record = daemon::spawn_background(&exe, &child_args, log_file.as_deref())
+        .map_err(|e| e.to_string())?;
+    let human = format!(
+        "mounted {} (cache {}, pid {}, passthrough {})\n",
+        record.mountpoint.display(),
+        record.cache.display(),
+        record.pid,
+        if record.passthrough { "on" } else { "off" }
+    );
+    Ok((record_json(&record), human))
+}
+
+fn umount(u: &UmountArgs) -> Result<(Value, String), String> {
+    match daemon::unmount(&u.mountpoint).map_err(|e| e.to_string())? {
+        Unmounted::Daemon { pid } => Ok((
+            json!({"mountpoint": u.mountpoint, "pid": pid, "stale": false}),
+            format!(
+                "unmounted {} (daemon {pid} exited)\n",
+                u.mountpoint.display()
+            ),
+        )),
+        Unmounted::Detached => Ok((
+            json!({"mountpoint": u.mountpoint, "pid": null, "stale": true}),
+            format!("detached stale mount {}\n", u.mountpoint.display()),
+        )),
+    }
+}
+
+fn status() -> Result<(Value, String), String> {
+    let style = Style::detect();
+    let mut rows = Vec::new();
+    let mut entries = Vec::new();
+    for r in mounts::list() {
+        let alive = r.alive();
+        let mounted = daemon::is_mlxk_mount(&r.mountpoint);
+        let state = match (alive, mounted) {
+            (true, true) => "active",
+            (false, true) => "stale",
+            (true, false) => "starting",
+            (false, false) => "gone",
+        };
+        let counters: Value = if state == "active" {
+            std::fs::read(r.mountpoint.join(crate::fs::namespace::STATUS_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        if state == "gone" {
+            let _ = mounts::forget(&r.mountpoint);
+            continue;
+        }
+        let fix = (state == "stale").then(|| format!("mlxk-fs umount {}", r.mountpoint.display()));
+        rows.push(vec![
+            r.mountpoint.display().to_string(),
+            r.cache.display().to_string(),
+            r.pid.to_string(),
+            if r.passthrough {
+                "on".into()
+            } else {
+                "off".into()
+            },
+            if state == "active" {
+                style.green(state)
+            } else {
+                style.red(state)
+            },
+            counters
+                .get("opens")
+                .map(|o| format!("{o} opens, {} lookups", counters["lookups"]))
+                .unwrap_or_else(|| fix.clone().map(|f| format!("fix: {f}")).unwrap_or_default()),
+        ]);
+        let mut e = record_json(&r);
+        e["state"] = json!(state);
+        e["counters"] = counters;
+        e["fix"] = json!(fix);
+        entries.push(e);
+    }
+    for path in daemon::stale_mounts() {
+        if entries.iter().any(|e| e["mountpoint"] == json!(path)) {
+            continue;
+        }
+        let fix = format!("mlxk-fs umount {}", path.display());
+        rows.push(vec![
+            path.display().to_string(),
+            "?".into(),
+            "-".into(),
+            "-".into(),
+            style.red("stale"),
+            format!("fix: {fix}"),
+        ]);
+        entries.push(json!({"mountpoint": path, "state": "stale", "fix": fix}));
+    }
+    let human = if rows.is_empty() {
+        "no mlxk-fs mounts\n".to_string()
+    } else {
+        table(
+            &[
+                "MOUNTPOINT",
+                "CACHE",
+                "PID",
+                "PASSTHROUGH",
+                "STATE",
+                "ACTIVITY",
+            ],
+            &rows,
+            style,
+        )
+    };
+    Ok((json!({"mounts": entries, "count": entries.len()}), human))
+}

@@ -1,0 +1,362 @@
+//! Mounting and serving: preflight checks (stale mounts, double mounts), the FUSE session,
+//! signal handling for a clean unmount, the registry record and the cache watcher.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+
+use super::filesystem::MlxkFs;
+use super::namespace::Namespace;
+use crate::store::cache::HubCache;
+use crate::store::mounts::{self, MountRecord};
+use crate::store::sentinel::iso8601;
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub cache: PathBuf,
+    pub allow_other: bool,
+    pub passthrough: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("mountpoint {0} does not exist (create it first: mkdir -p {0})")]
+    MountpointMissing(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    MountpointNotDir(PathBuf),
+    #[error("{0} is a stale mount left by an mlxk-fs daemon that is gone (\"transport endpoint is not connected\"); clear it with `mlxk-fs umount {0}` (or `fusermount3 -uz {0}`), then mount again")]
+    StaleMount(PathBuf),
+    #[error("{path} is already an mlxk-fs mount (pid {pid}); `mlxk-fs umount {path}` first")]
+    AlreadyMounted { path: PathBuf, pid: u32 },
+    #[error("cannot open the cache: {0}")]
+    Cache(#[from] crate::store::StoreError),
+    #[error("cannot mount {path}: {source}{}", mount_hint(.source))]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn mount_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            " (unprivileged mounts need fusermount3: install Debian's `fuse3` package, or run as root)"
+        }
+        Some(libc::ENOENT) | Some(libc::ENODEV) => " (is the fuse kernel module loaded? /dev/fuse must exist)",
+        _ => "",
+    }
+}
+
+/// Whether `path` is a mountpoint of an mlxk-fs filesystem (per /proc/self/mountinfo).
+pub fn is_mlxk_mount(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-");
+        match (fields.get(4), sep.and_then(|i| fields.get(i + 1))) {
+            (Some(mp), Some(fstype)) => {
+                unescape_mountinfo(mp) == want
+                    && fstype.starts_with("fuse")
+                    && line.contains("mlxk-fs")
+            }
+            _ => false,
+        }
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Checks the mountpoint before mounting. Returns its canonical path.
+pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DaemonError> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(DaemonError::StaleMount(mountpoint.to_path_buf()));
+        }
+        Err(_) => return Err(DaemonError::MountpointMissing(mountpoint.to_path_buf())),
+        Ok(m) if !m.is_dir() => {
+            return Err(DaemonError::MountpointNotDir(mountpoint.to_path_buf()))
+        }
+        Ok(_) => {}
+    }
+    let canonical = std::fs::canonicalize(mountpoint)?;
+    if let Some(r) = mounts::find(&canonical).filter(MountRecord::alive) {
+        if is_mlxk_mount(&canonical) {
+            return Err(DaemonError::AlreadyMounted {
+                path: canonical,
+                pid: r.pid,
+            });
+        }
+    }
+    Ok(canonical)
+}
+
+/// Mounts and serves until unmounted (SIGINT / SIGTERM, `mlxk-fs umount`, or an unmount from
+/// outside). `on_ready` runs once the mount answers requests.
+pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result<(), DaemonError> {
+    let mountpoint = preflight(&opts.mountpoint)?;
+    let cache = HubCache::open(&opts.cache)?;
+    let cache_root = std::fs::canonicalize(cache.root())?;
+
+    // Signals are taken by one thread with sigwait; block them before any thread exists so
+    // that every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP); // ignored: a daemon outlives its terminal
+    signals.thread_block().map_err(io::Error::from)?;
+
+    let ns = Arc::new(Namespace::new(cache));
+    let fs = MlxkFs::new(ns.clone(), opts.passthrough);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("mlxk-fs".into()),
+        MountOption::Subtype("mlxk-fs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+
+    let mut session =
+        Session::new(fs, &mountpoint, &config).map_err(|source| DaemonError::Mount {
+            path: mountpoint.clone(),
+            source,
+        })?;
+    let mut unmounter = session.unmount_callable();
+    let _watcher = match super::watch::start(ns.clone(), session.notifier()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("cannot watch the cache for changes ({e}): new models appear within a second anyway");
+            None
+        }
+    };
+    std::thread::Builder::new()
+        .name("mlxk-fs-signals".into())
+        .spawn(move || loop {
+            match signals.wait() {
+                Ok(Signal::SIGHUP) => continue,
+                Ok(sig) => {
+                    tracing::info!(?sig, "unmounting");
+                    if let Err(e) = unmounter.unmount() {
+                        tracing::error!("unmount failed: {e}");
+                    }
+                    return;
+                }
+                Err(_) => return,
+            }
+        })?;
+
+    let record = MountRecord {
+        mountpoint: mountpoint.clone(),
+        cache: cache_root,
+        pid: std::process::id(),
+        passthrough: ns.passthrough.load(std::sync::atomic::Ordering::Relaxed),
+        started_at: iso8601(std::time::SystemTime::now()),
+        version: crate::VERSION.to_string(),
+        log_file: opts.log_file.clone(),
+    };
+    if let Err(e) = record.write() {
+        tracing::warn!("cannot write the mount registry record: {e}");
+    }
+    on_ready(&record);
+    let result = session.run();
+    let _ = record.remove();
+    result.map_err(DaemonError::Io)
+}
+
+/// Set in the environment of a daemon started by [`spawn_background`]: it then reports
+/// `READY <record>` or `ERROR <message>` on stdout, once, and detaches stdout.
+pub const READY_ENV: &str = "MLXK_FS_REPORT_READY";
+
+/// Reports readiness to a waiting parent (see [`READY_ENV`]), then points stdout at /dev/null.
+pub fn report_ready(record: &MountRecord) {
+    if std::env::var_os(READY_ENV).is_none() {
+        return;
+    }
+    let json = serde_json::to_string(record).unwrap_or_default();
+    report_line(&format!("READY {json}"));
+}
+
+/// Reports a failure to a waiting parent (see [`READY_ENV`]).
+pub fn report_error(message: &str) {
+    if std::env::var_os(READY_ENV).is_some() {
+        report_line(&format!("ERROR {}", message.replace('\n', " ")));
+    }
+}
+
+fn report_line(line: &str) {
+    use std::io::Write;
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
+/// Starts the daemon in the background (`exe mount --foreground ...`) and returns once the
+/// mount works, or with the daemon's own error when it does not.
+pub fn spawn_background(
+    exe: &Path,
+    args: &[String],
+    log_file: Option<&Path>,
+) -> Result<MountRecord, DaemonError> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let stderr = match log_file {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        // Its own process group: Ctrl-C in the shell that mounted must not unmount.
+        .process_group(0)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no pipe to the daemon"))?;
+    let mut line = String::new();
+    io::BufReader::new(stdout).read_line(&mut line)?;
+    if let Some(json) = line.trim_end().strip_prefix("READY ") {
+        return serde_json::from_str(json).map_err(|e| DaemonError::Io(io::Error::other(e)));
+    }
+    let status = child.wait()?;
+    let message = line
+        .trim_end()
+        .strip_prefix("ERROR ")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!("the mlxk-fs daemon exited ({status}) before the mount was ready")
+        });
+    Err(DaemonError::Io(io::Error::other(message)))
+}
+
+/// What `unmount` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The daemon was asked to unmount and exited.
+    Daemon { pid: u32 },
+    /// A stale or foreign mount was detached directly.
+    Detached,
+}
+
+/// Unmounts an mlxk-fs mount: asks its daemon (SIGTERM) and waits for it, or detaches a
+/// stale mount whose daemon is gone.
+pub fn unmount(mountpoint: &Path) -> Result<Unmounted, DaemonError> {
+    let stale =
+        matches!(std::fs::metadata(mountpoint), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    let canonical = if stale {
+        crate::store::cache::normalize_lexically(&std::path::absolute(mountpoint)?)
+    } else {
+        std::fs::canonicalize(mountpoint)?
+    };
+    if let Some(record) = mounts::find(&canonical).filter(MountRecord::alive) {
+        if !stale {
+            let pid = nix::unistd::Pid::from_raw(record.pid as i32);
+            nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(io::Error::from)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while record.alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if !is_mlxk_mount(&canonical) {
+                let _ = mounts::forget(&canonical);
+                return Ok(Unmounted::Daemon { pid: record.pid });
+            }
+        }
+    }
+    if !stale && !is_mlxk_mount(&canonical) {
+        let _ = mounts::forget(&canonical);
+        return Err(DaemonError::Io(io::Error::other(format!(
+            "{} is not an mlxk-fs mount",
+            canonical.display()
+        ))));
+    }
+    detach(&canonical)?;
+    let _ = mounts::forget(&canonical);
+    Ok(Unmounted::Detached)
+}
+
+/// Lazily detaches a mount: umount2(MNT_DETACH) as root, else `fusermount3 -uz`.
+fn detach(path: &Path) -> Result<(), DaemonError> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(path)
+                .status()
+                .map_err(|e| {
+                    io::Error::other(format!(
+                        "cannot run fusermount3 ({e}): install Debian's `fuse3` package"
+                    ))
+                })?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(DaemonError::Io(io::Error::other(format!(
+                    "fusermount3 -uz {} failed ({status})",
+                    path.display()
+                ))))
+            }
+        }
+        Err(e) => Err(DaemonError::Io(io::Error::from(e))),
+    }
+}
+
+/// mlxk-fs mounts in the mount table that no live daemon owns.
+pub fn stale_mounts() -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec![];
+    };
+    info.lines()
+        .filter(|l| {
+            l.contains(" - fuse.mlxk-fs ") || (l.contains(" - fuse ") && l.contains(" mlxk-fs "))
+        })
+        .filter_map(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        })
+        .filter(
+            |p| matches!(std::fs::metadata(p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+        )
+        .collect()
+}

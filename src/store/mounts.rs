@@ -1,0 +1,128 @@
+//! The mount registry: one JSON record per running `mlxk-fs` mount, so that `mlxk-fs status`
+//! can list mounts and `mlxk` can map a path inside a mount back to its cache.
+//!
+//! Records live in `$MLXK_FS_STATE_DIR`, else `$XDG_RUNTIME_DIR/mlxk-fs/mounts`, else
+//! `~/.local/state/mlxk-fs/mounts`. The daemon writes its record once the mount works and
+//! removes it when it ends; a record whose daemon is gone is stale.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::sentinel::write_file_atomic;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    /// Absolute, canonical mountpoint.
+    pub mountpoint: PathBuf,
+    /// The cache root being presented.
+    pub cache: PathBuf,
+    pub pid: u32,
+    pub passthrough: bool,
+    pub started_at: String,
+    pub version: String,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Where records are kept.
+pub fn registry_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MLXK_FS_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("mlxk-fs").join("mounts");
+    }
+    super::cache::home_dir().join(".local/state/mlxk-fs/mounts")
+}
+
+fn record_path(dir: &Path, mountpoint: &Path) -> PathBuf {
+    let digest = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{name}.json"))
+}
+
+impl MountRecord {
+    pub fn write(&self) -> io::Result<()> {
+        let dir = registry_dir();
+        fs::create_dir_all(&dir)?;
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_file_atomic(&record_path(&dir, &self.mountpoint), &json)
+    }
+
+    /// Removes this mount's record if it is still this daemon's.
+    pub fn remove(&self) -> io::Result<()> {
+        let path = record_path(&registry_dir(), &self.mountpoint);
+        match fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+        {
+            Some(r) if r.pid == self.pid => fs::remove_file(path),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn alive(&self) -> bool {
+        pid_alive(self.pid)
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence; EPERM still means the process exists.
+    matches!(
+        kill(Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    )
+}
+
+/// Every record, sorted by mountpoint. Unreadable records are skipped.
+pub fn list() -> Vec<MountRecord> {
+    let mut out: Vec<MountRecord> = fs::read_dir(registry_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    out.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+    out
+}
+
+/// The record of the mount at exactly `mountpoint`.
+pub fn find(mountpoint: &Path) -> Option<MountRecord> {
+    let path = record_path(&registry_dir(), mountpoint);
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Removes the record of `mountpoint` whatever daemon wrote it (for stale records).
+pub fn forget(mountpoint: &Path) -> io::Result<()> {
+    match fs::remove_file(record_path(&registry_dir(), mountpoint)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The live mount containing `path` and the path relative to its mountpoint.
+pub fn containing(path: &Path) -> Option<(MountRecord, PathBuf)> {
+    let canonical = super::cache::canonicalize_lenient(path);
+    list()
+        .into_iter()
+        .filter(MountRecord::alive)
+        .filter_map(|r| {
+            let rel = canonical.strip_prefix(&r.mountpoint).ok()?.to_path_buf();
+            Some((r, rel))
+        })
+        .max_by_key(|(r, _)| r.mountpoint.as_os_str().len())
+}
