@@ -352,6 +352,15 @@ fn file_type(rel: &str) -> &'static str {
     }
 }
 
+/// What mlxk-fs repaired in a mounted workspace (its virtual sentinel's `repairs`).
+fn mount_repairs(model: &ResolvedModel) -> Option<&Value> {
+    let sentinel = model.sentinel().filter(|s| s.operation == "mount")?;
+    sentinel
+        .extra
+        .get("repairs")
+        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+}
+
 fn health_entry(model: &ResolvedModel, report: &HealthReport) -> Value {
     let mut v = json!({
         "name": model.name,
@@ -364,6 +373,9 @@ fn health_entry(model: &ResolvedModel, report: &HealthReport) -> Value {
     });
     if let Some(managed) = model.managed() {
         v["managed"] = json!(managed);
+    }
+    if let Some(repairs) = mount_repairs(model) {
+        v["repairs"] = repairs.clone();
     }
     if let Some(sha) = model.snapshot_sha() {
         v["hash"] = json!(sha);
@@ -403,6 +415,14 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
             .iter()
             .map(|n| format!("    {:<26} {}\n", style.dim("note"), n.message))
             .collect();
+        let notes = match mount_repairs(model).and_then(Value::as_array) {
+            Some(r) => format!(
+                "{notes}    {:<26} {} problems of the cached index (see .mlxk_workspace.json; the original is model.safetensors.index.json.orig)\n",
+                style.dim("repaired by mlxk-fs"),
+                r.len()
+            ),
+            None => notes,
+        };
         if report.healthy() {
             human.push_str(&format!("{mark} {}{managed}: healthy\n{notes}", model.name));
             healthy.push(health_entry(model, report));

@@ -155,6 +155,7 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
             None
         }
     };
+    let signal_mountpoint = mountpoint.clone();
     std::thread::Builder::new()
         .name("mlxk-fs-signals".into())
         .spawn(move || loop {
@@ -163,7 +164,12 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
                 Ok(sig) => {
                     tracing::info!(?sig, "unmounting");
                     if let Err(e) = unmounter.unmount() {
-                        tracing::error!("unmount failed: {e}");
+                        // Busy (a file is still open): detach now; the session ends when the
+                        // last open file is closed. A signal must always end the mount.
+                        tracing::warn!("unmount failed ({e}); detaching lazily");
+                        if let Err(e) = detach(&signal_mountpoint) {
+                            tracing::error!("cannot detach {}: {e}", signal_mountpoint.display());
+                        }
                     }
                     return;
                 }

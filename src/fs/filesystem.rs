@@ -168,7 +168,14 @@ impl Filesystem for MlxkFs {
             return reply.error(Errno::ENOENT);
         };
         match self.ns.lookup(parent.0, name) {
-            Ok(info) => reply.entry(&Self::ttl(&info), &self.attr(&info), Generation(0)),
+            // The name can come to mean another inode (refs/main moves), so the entry is
+            // revalidated every second even when the inode's attributes never change.
+            Ok(info) => reply.entry_with_ttls(
+                &Self::ttl(&info),
+                &DIR_TTL,
+                &self.attr(&info),
+                Generation(0),
+            ),
             Err(e) => reply.error(to_errno(e)),
         }
     }
@@ -475,7 +482,7 @@ impl Filesystem for MlxkFs {
                 INodeNo(info.ino),
                 (i + 1) as u64,
                 name,
-                &Self::ttl(info),
+                &DIR_TTL,
                 &self.attr(info),
                 Generation(0),
             ) {

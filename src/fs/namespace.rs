@@ -158,8 +158,20 @@ impl Namespace {
     }
 
     /// Forgets the cached views of `repo` (its blobs, refs or snapshots changed).
-    pub fn invalidate_repo(&self, repo: &str) {
-        self.views.retain(|(r, _), _| r != repo);
+    /// Returns the root names the dropped views showed: their kernel entries must go too.
+    pub fn invalidate_repo(&self, repo: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        self.views.retain(|(r, _), v| {
+            if r == repo {
+                names.extend(v.root_names());
+                false
+            } else {
+                true
+            }
+        });
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn invalidate_all(&self) {

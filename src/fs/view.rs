@@ -148,6 +148,17 @@ impl ModelView {
         Some(out)
     }
 
+    /// Names at the model root, virtual ones included, without reading any header.
+    pub fn root_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .dirs
+            .get("")
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend([SENTINEL_FILE, INDEX_FILE, ORIG_INDEX_FILE].map(str::to_string));
+        names
+    }
+
     /// One entry of directory `rel`.
     pub fn lookup(&self, rel: &str, name: &str) -> Option<ViewEntry> {
         if rel.is_empty() {

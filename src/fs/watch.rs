@@ -59,8 +59,8 @@ fn run(
         }
         for repo in &repos {
             tracing::debug!(%repo, "cache changed");
-            ns.invalidate_repo(repo);
-            invalidate_kernel(ns, notifier, repo);
+            let names = ns.invalidate_repo(repo);
+            invalidate_kernel(ns, notifier, repo, &names);
         }
         let _ = notifier.inval_inode(INodeNo(ROOT_INO), 0, 0);
     }
@@ -73,12 +73,16 @@ fn repo_of(root: &Path, path: &Path) -> Option<String> {
 }
 
 /// Drops the kernel's cached entries and attributes for `repo` (errors mean "not cached").
-fn invalidate_kernel(ns: &Namespace, notifier: &Notifier, repo: &str) {
+fn invalidate_kernel(ns: &Namespace, notifier: &Notifier, repo: &str, names: &[String]) {
     let model = ns.known_ino(&NodeKey::Model {
         repo: repo.to_string(),
         rev: None,
     });
     if let Some(ino) = model {
+        // The names under the default view may now mean another snapshot's files.
+        for name in names {
+            let _ = notifier.inval_entry(INodeNo(ino), OsStr::new(name));
+        }
         let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
     }
     match repo.split_once('/') {

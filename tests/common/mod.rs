@@ -2,6 +2,8 @@
 //! full-tree fingerprint of a directory (content, mode, mtime, link targets).
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;

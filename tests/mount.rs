@@ -1,0 +1,573 @@
+//! A real FUSE mount of a fixture cache: what is read equals the blobs (passthrough and not),
+//! the 624 model is served repaired, every write path fails while the cache stays identical,
+//! the view follows the cache live, and the daemon's lifecycle (background, status, umount,
+//! SIGTERM, kill -9 and stale mounts, two mounts at once).
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::mount::{fuse_available, mlxk_fs, MountGuard};
+use common::{snapshot_dir, stdout, tree_state, Fixture};
+use mlxk_fs::store::{Sentinel, WeightIndex, INDEX_FILE, SENTINEL_FILE};
+use mlxk_fs::testkit::Rng;
+use serde_json::Value;
+
+const MODELS: &[&str] = &[
+    "mlx-community/Llama-tiny-f16",
+    "mlx-community/Llama-tiny-4bit",
+    "mlx-community/Qwen2.5-VL-tiny-4bit",
+    "meta-test/Llama-tiny",
+];
+
+fn mount(fx: &Fixture, name: &str, extra: &[&str]) -> MountGuard {
+    MountGuard::new(&fx.cache, &fx.path(name), &fx.path("state"), extra)
+}
+
+fn assert_reads_equal(m: &MountGuard, fx: &Fixture) {
+    let mut rng = Rng::new(7);
+    for repo in MODELS {
+        let snap = snapshot_dir(&fx.cache, repo);
+        for e in fs::read_dir(&snap).unwrap() {
+            let blob_path = e.unwrap().path();
+            let name = blob_path.file_name().unwrap().to_str().unwrap().to_string();
+            if name == INDEX_FILE {
+                continue; // served rebuilt; checked separately
+            }
+            let expected = fs::read(&blob_path).unwrap();
+            let mounted = m.path(&format!("{repo}/{name}"));
+            assert_eq!(
+                fs::metadata(&mounted).unwrap().len(),
+                expected.len() as u64,
+                "{repo}/{name} size"
+            );
+            assert_eq!(fs::read(&mounted).unwrap(), expected, "{repo}/{name}: read");
+            let f = File::open(&mounted).unwrap();
+            for _ in 0..16 {
+                let off = (rng.next_u64() % expected.len() as u64) as usize;
+                let len = ((rng.next_u64() % 8192) as usize).min(expected.len() - off);
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, off as u64).unwrap();
+                assert_eq!(
+                    buf,
+                    expected[off..off + len],
+                    "{repo}/{name}: pread at {off}+{len}"
+                );
+            }
+            let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+            assert_eq!(&map[..], &expected[..], "{repo}/{name}: mmap");
+        }
+    }
+}
+
+#[test]
+fn reads_equal_the_blobs_with_and_without_passthrough() {
+    if !fuse_available("reads_equal_the_blobs_with_and_without_passthrough") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, "mnt-pt", &[]);
+    assert_eq!(
+        m.record["passthrough"], true,
+        "passthrough is expected on this machine"
+    );
+    assert_reads_equal(&m, &fx);
+    let c = m.counters();
+    assert!(c["passthrough_opens"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["passthrough"], true);
+
+    let m2 = mount(&fx, "mnt-fallback", &["--no-passthrough"]);
+    assert_eq!(m2.record["passthrough"], false);
+    assert_reads_equal(&m2, &fx);
+    let c = m2.counters();
+    assert_eq!(c["passthrough_opens"], 0, "{c}");
+    assert!(
+        c["bytes_read"].as_u64().unwrap() > 100_000,
+        "the daemon served the reads: {c}"
+    );
+}
+
+#[test]
+fn the_624_model_is_served_as_a_repaired_managed_workspace() {
+    if !fuse_available("the_624_model_is_served_as_a_repaired_managed_workspace") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, "mnt", &[]);
+    let dir = m.path("mlx-community/Qwen2.5-VL-tiny-4bit");
+    let snap = snapshot_dir(&fx.cache, "mlx-community/Qwen2.5-VL-tiny-4bit");
+
+    let served = fs::read(dir.join(INDEX_FILE)).unwrap();
+    let index = WeightIndex::parse(&served).unwrap();
+    assert_eq!(index.shard_names().len(), 4);
+    assert_eq!(
+        fs::read(dir.join("model.safetensors.index.json.orig")).unwrap(),
+        fs::read(snap.join(INDEX_FILE)).unwrap()
+    );
+    // Byte-identical on every read, and equal to what convert --repair-index writes.
+    assert_eq!(fs::read(dir.join(INDEX_FILE)).unwrap(), served);
+    let ws = fx.path("ws");
+    let out = fx.mlxk(&[
+        "convert",
+        "mlx-community/Qwen2.5-VL-tiny-4bit",
+        ws.to_str().unwrap(),
+        "--repair-index",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(fs::read(ws.join(INDEX_FILE)).unwrap(), served);
+
+    let sentinel_bytes = fs::read(dir.join(SENTINEL_FILE)).unwrap();
+    assert_eq!(fs::read(dir.join(SENTINEL_FILE)).unwrap(), sentinel_bytes);
+    let sentinel = Sentinel::parse(&sentinel_bytes).unwrap();
+    assert!(sentinel.managed);
+    assert_eq!(sentinel.operation, "mount");
+    assert_eq!(
+        sentinel.source_repo.as_deref(),
+        Some("mlx-community/Qwen2.5-VL-tiny-4bit")
+    );
+    assert_eq!(
+        sentinel.source_revision.as_deref(),
+        snap.file_name().unwrap().to_str()
+    );
+    let repairs = sentinel.extra["repairs"].as_array().unwrap();
+    assert!(
+        repairs.iter().any(|r| r["code"] == "index_shard_missing"),
+        "{sentinel:?}"
+    );
+
+    // mlxk on the mounted path: healthy, managed, and it says what the mount repaired.
+    let (code, v) = fx.json(&["health", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["data"]["healthy"][0]["managed"], true);
+    assert!(
+        !v["data"]["healthy"][0]["repairs"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v:#}"
+    );
+    let human = stdout(&fx.mlxk(&["health", dir.to_str().unwrap()]));
+    assert!(human.contains("repaired by mlxk-fs"), "{human}");
+
+    // A healthy model: no .orig, the served index equals the cached one byte for byte.
+    let f16 = m.path("mlx-community/Llama-tiny-f16");
+    assert!(!f16.join("model.safetensors.index.json.orig").exists());
+    let cached =
+        fs::read(snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16").join(INDEX_FILE)).unwrap();
+    assert_eq!(fs::read(f16.join(INDEX_FILE)).unwrap(), cached);
+    let s = Sentinel::parse(&fs::read(f16.join(SENTINEL_FILE)).unwrap()).unwrap();
+    assert!(s.extra["repairs"].as_array().unwrap().is_empty());
+    // A single shard without an index gets none; a model with unreadable headers keeps its own.
+    assert!(!m
+        .path("mlx-community/Llama-tiny-f32")
+        .join(INDEX_FILE)
+        .exists());
+    let truncated = m.path("broken/truncated-shard");
+    let original =
+        fs::read(snapshot_dir(&fx.cache, "broken/truncated-shard").join(INDEX_FILE)).unwrap();
+    assert_eq!(fs::read(truncated.join(INDEX_FILE)).unwrap(), original);
+    let s = Sentinel::parse(&fs::read(truncated.join(SENTINEL_FILE)).unwrap()).unwrap();
+    assert!(s.extra["unrepaired"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["code"] == "shard_truncated"));
+    let (code, v) = fx.json(&["health", truncated.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(common::problem_codes(&v).contains(&"shard_truncated".to_string()));
+}
+
+#[test]
+fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
+    if !fuse_available("the_tree_lists_orgs_models_revisions_and_not_datasets") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, "mnt", &[]);
+    let mut orgs: Vec<String> = fs::read_dir(&m.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    orgs.sort();
+    assert_eq!(
+        orgs,
+        vec![
+            "TheBloke",
+            "broken",
+            "meta-test",
+            "mlx-community",
+            "test-org"
+        ]
+    );
+    let models: Vec<String> = fs::read_dir(m.path("test-org"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(models.len(), 2);
+    // Default = refs/main (2 layers); @dev and @<sha prefix> reach the other snapshot (3 layers).
+    let layers = |p: &Path| -> u64 {
+        let c: Value = serde_json::from_slice(&fs::read(p.join("config.json")).unwrap()).unwrap();
+        c["num_hidden_layers"].as_u64().unwrap()
+    };
+    assert_eq!(layers(&m.path("test-org/Multi-snap")), 2);
+    assert_eq!(layers(&m.path("test-org/Multi-snap@dev")), 3);
+    let new_sha = mlxk_fs::testkit::fake_sha("test-org/Multi-snap@new");
+    assert_eq!(
+        layers(&m.path(&format!("test-org/Multi-snap@{}", &new_sha[..8]))),
+        3
+    );
+    let s =
+        Sentinel::parse(&fs::read(m.path("test-org/Multi-snap@dev").join(SENTINEL_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(s.source_revision.as_deref(), Some(new_sha.as_str()));
+    assert!(!m.path("test-org/Multi-snap@nope").exists());
+    assert!(!m.path("someone").exists(), "datasets are not shown");
+    // Missing and escaping links are not served.
+    assert!(!m
+        .path("broken/incomplete-download/model.safetensors")
+        .exists());
+    assert!(!m.path("broken/escaping-link/model.safetensors").exists());
+    // statfs answers for the cache's filesystem.
+    let st = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
+    assert!(st.blocks() > 0);
+}
+
+/// Every write path fails with EROFS — also while the same file is open read-only with
+/// passthrough — and the cache's full-tree fingerprint is unchanged.
+#[test]
+fn every_write_path_fails_and_the_cache_is_unchanged() {
+    if !fuse_available("every_write_path_fails_and_the_cache_is_unchanged") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let m = mount(&fx, "mnt", &[]);
+    let dir = m.path("mlx-community/Llama-tiny-f16");
+    let shard = dir.join("model-00001-of-00002.safetensors");
+    // Held open read-only (with passthrough) during the whole battery.
+    let mut reader = File::open(&shard).unwrap();
+    let mut first = [0u8; 8];
+    reader.read_exact(&mut first).unwrap();
+
+    let erofs = |what: &str, r: std::io::Result<()>| {
+        let e = r.err().unwrap_or_else(|| panic!("{what} succeeded"));
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    for (what, opts) in [
+        ("O_WRONLY", OpenOptions::new().write(true).clone()),
+        ("O_RDWR", OpenOptions::new().read(true).write(true).clone()),
+        ("O_APPEND", OpenOptions::new().append(true).clone()),
+        (
+            "O_TRUNC",
+            OpenOptions::new().write(true).truncate(true).clone(),
+        ),
+        (
+            "O_RDONLY|O_TRUNC",
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_TRUNC)
+                .clone(),
+        ),
+        (
+            "O_CREAT existing",
+            OpenOptions::new().write(true).create(true).clone(),
+        ),
+    ] {
+        for target in [
+            &shard,
+            &dir.join("config.json"),
+            &dir.join(INDEX_FILE),
+            &dir.join(SENTINEL_FILE),
+        ] {
+            erofs(
+                &format!("{what} {}", target.display()),
+                opts.open(target).map(|_| ()),
+            );
+        }
+    }
+    erofs("create new", File::create(dir.join("new.txt")).map(|_| ()));
+    erofs(
+        "truncate",
+        nix::unistd::truncate(&shard, 0).map_err(std::io::Error::from),
+    );
+    erofs(
+        "chmod",
+        fs::set_permissions(&shard, std::os::unix::fs::PermissionsExt::from_mode(0o777)),
+    );
+    erofs("chown", std::os::unix::fs::chown(&shard, Some(1), Some(1)));
+    erofs(
+        "utimens",
+        File::open(&shard).and_then(|f| f.set_modified(std::time::SystemTime::UNIX_EPOCH)),
+    );
+    erofs("rename", fs::rename(&shard, dir.join("moved")));
+    erofs(
+        "rename dir",
+        fs::rename(&dir, m.path("mlx-community/renamed")),
+    );
+    erofs("unlink", fs::remove_file(&shard));
+    erofs("unlink virtual", fs::remove_file(dir.join(SENTINEL_FILE)));
+    erofs("mkdir", fs::create_dir(dir.join("sub")));
+    erofs("mkdir org", fs::create_dir(m.path("neworg")));
+    erofs("rmdir", fs::remove_dir(m.path("TheBloke/tiny-GGUF")));
+    erofs("symlink", std::os::unix::fs::symlink("x", dir.join("link")));
+    erofs("hard link", fs::hard_link(&shard, dir.join("hard")));
+    erofs(
+        "setxattr",
+        nix::sys::stat::stat(&shard)
+            .map(|_| ())
+            .map_err(std::io::Error::from)
+            .and_then(|_| {
+                let c = std::ffi::CString::new(shard.to_str().unwrap()).unwrap();
+                let name = std::ffi::CString::new("user.test").unwrap();
+                let r = unsafe {
+                    libc::setxattr(c.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                };
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }),
+    );
+    // MAP_SHARED + PROT_WRITE needs a writable fd, which cannot be had; a private writable map of
+    // the read-only fd is copy-on-write in memory and never reaches a file.
+    erofs(
+        "mmap shared writable",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&shard)
+            .map(|_| ()),
+    );
+    let ro = File::open(&shard).unwrap();
+    let mut private = unsafe { memmap2::MmapOptions::new().map_copy(&ro) }.unwrap();
+    private[0] ^= 0xff;
+    drop(private);
+    let shared_rw = unsafe { memmap2::MmapOptions::new().map_mut(&ro) };
+    assert!(
+        shared_rw.is_err(),
+        "a shared writable map of a read-only fd must fail"
+    );
+    // copy_file_range / fallocate need a writable fd in the mount: refused at open (above).
+    let outside = fx.path("out.bin");
+    fs::write(&outside, b"data").unwrap();
+    erofs(
+        "copy into mount",
+        fs::copy(&outside, dir.join("copied")).map(|_| ()),
+    );
+
+    // The reader still reads the original bytes.
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    let mut again = [0u8; 8];
+    reader.read_exact(&mut again).unwrap();
+    assert_eq!(first, again);
+    drop(reader);
+    drop(ro);
+    let c = m.counters();
+    assert!(c["write_attempts_refused"].as_u64().unwrap() >= 20, "{c}");
+    drop(m);
+    let after = tree_state(&fx.cache);
+    assert_eq!(before, after, "the cache changed");
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn models_pulled_or_removed_while_mounted_appear_and_disappear() {
+    if !fuse_available("models_pulled_or_removed_while_mounted_appear_and_disappear") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, "mnt", &[]);
+    let org = m.path("new-org");
+    assert!(!org.exists());
+    let listed = |p: &Path| -> Vec<String> {
+        fs::read_dir(p)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before_root = listed(&m.mountpoint);
+    // "Pull" a model: write it into the cache as huggingface_hub would.
+    let cache = mlxk_fs::testkit::FixtureCache {
+        root: fx.cache.clone(),
+    };
+    let files = mlxk_fs::testkit::llama_model_files(
+        &mlxk_fs::testkit::LlamaSpec::default(),
+        2,
+        true,
+        "mlx",
+    );
+    cache.add_model("new-org/Fresh-4bit", "v1", &files).unwrap();
+    wait_until("new org listed", Duration::from_secs(2), || {
+        listed(&m.mountpoint).contains(&"new-org".to_string())
+    });
+    wait_until("new model listed", Duration::from_secs(2), || {
+        listed(&org) == vec!["Fresh-4bit".to_string()]
+    });
+    assert!(org.join("Fresh-4bit/config.json").exists());
+    // A second model in an existing org.
+    cache
+        .add_model("mlx-community/Also-new", "v1", &files)
+        .unwrap();
+    wait_until("model in existing org", Duration::from_secs(2), || {
+        m.path("mlx-community/Also-new/config.json").exists()
+    });
+    // Remove it again.
+    fs::remove_dir_all(cache.repo_dir("new-org/Fresh-4bit")).unwrap();
+    wait_until("removed model gone", Duration::from_secs(2), || {
+        !org.join("Fresh-4bit").exists()
+    });
+    wait_until("root back to before", Duration::from_secs(2), || {
+        listed(&m.mountpoint) == before_root
+    });
+    // refs/main moves: the default view follows.
+    let repo = "test-org/Multi-snap";
+    let new_sha = mlxk_fs::testkit::fake_sha("test-org/Multi-snap@new");
+    let layers = || -> u64 {
+        fs::read(m.path(&format!("{repo}/config.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|c| c["num_hidden_layers"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(layers(), 2);
+    cache.set_ref(repo, "main", &new_sha).unwrap();
+    wait_until("refs/main followed", Duration::from_secs(2), || {
+        layers() == 3
+    });
+}
+
+#[test]
+fn daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts() {
+    if !fuse_available("daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts") {
+        return;
+    }
+    let fx = Fixture::new();
+    let state = fx.path("state");
+    let mp = fx.path("bg");
+    fs::create_dir_all(&mp).unwrap();
+    let cache = fx.cache.to_str().unwrap();
+    let mps = mp.to_str().unwrap();
+
+    // Background mount returns once the mount works.
+    let out = mlxk_fs(&state, &["mount", mps, "--cache", cache]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mp.join("mlx-community/Llama-tiny-f16/config.json").exists());
+    let out = mlxk_fs(&state, &["--json", "status"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["data"]["count"], 1, "{v:#}");
+    let entry = &v["data"]["mounts"][0];
+    assert_eq!(entry["state"], "active");
+    assert_eq!(entry["passthrough"], true);
+    assert_eq!(
+        entry["cache"],
+        fs::canonicalize(&fx.cache).unwrap().to_str().unwrap()
+    );
+    assert!(entry["counters"]["lookups"].as_u64().is_some(), "{entry}");
+    // Mounting the same place twice is refused.
+    let out = mlxk_fs(&state, &["mount", mps, "--cache", cache]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already an mlxk-fs mount"));
+    // A second mount of the same cache elsewhere works at the same time.
+    let mut second = MountGuard::new(&fx.cache, &fx.path("second"), &state, &[]);
+    assert_eq!(
+        fs::read(second.path("mlx-community/Llama-tiny-f16/config.json")).unwrap(),
+        fs::read(mp.join("mlx-community/Llama-tiny-f16/config.json")).unwrap()
+    );
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    assert_eq!(v["data"]["count"], 2);
+    // umount: the daemon exits and the record goes.
+    let out = mlxk_fs(&state, &["umount", mps]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!mp.join("mlx-community").exists());
+    // And it mounts again.
+    let out = mlxk_fs(&state, &["mount", mps, "--cache", cache]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(mp.join("mlx-community").exists());
+    assert_eq!(mlxk_fs(&state, &["umount", mps]).status.code(), Some(0));
+
+    // SIGTERM on a foreground daemon: clean unmount, exit 0, record removed.
+    let status = second.stop();
+    assert!(status.success(), "{status}");
+    assert!(!second.path("mlx-community").exists());
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    assert_eq!(v["data"]["count"], 0, "{v:#}");
+
+    // Unmounted from outside: the daemon notices and exits.
+    let mut outside = MountGuard::new(&fx.cache, &fx.path("outside"), &state, &[]);
+    nix::mount::umount2(&outside.mountpoint, nix::mount::MntFlags::empty()).unwrap();
+    let status = outside.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
+
+    // kill -9: a stale mount that status reports and mount refuses, both with the fix.
+    let mut killed = MountGuard::new(&fx.cache, &fx.path("killed"), &state, &[]);
+    let kp = killed.mountpoint.clone();
+    let mut child = killed.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let err = fs::metadata(kp.join("mlx-community")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    let stale = v["data"]["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["mountpoint"] == kp.to_str().unwrap())
+        .cloned()
+        .unwrap();
+    assert_eq!(stale["state"], "stale", "{v:#}");
+    assert!(stale["fix"].as_str().unwrap().contains("mlxk-fs umount"));
+    let human = stdout(&mlxk_fs(&state, &["status"]));
+    assert!(
+        human.contains("stale") && human.contains("fix: mlxk-fs umount"),
+        "{human}"
+    );
+    let out = mlxk_fs(&state, &["mount", kp.to_str().unwrap(), "--cache", cache]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stale mount") && err.contains("mlxk-fs umount"),
+        "{err}"
+    );
+    let out = mlxk_fs(&state, &["umount", kp.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::metadata(&kp).unwrap().is_dir());
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    assert_eq!(v["data"]["count"], 0, "{v:#}");
+
+    // Clear errors for a missing mountpoint.
+    let out = mlxk_fs(
+        &state,
+        &["mount", fx.path("nope").to_str().unwrap(), "--cache", cache],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
