@@ -126,3 +126,37 @@ fn rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes() {
         );
     }
 }
+
+/// The user's promise: mlx_lm.load on the mounted 624 model generates what it generates from the
+/// snapshot directory, and Python's json / safetensors agree with the served index.
+#[test]
+fn mlx_lm_loads_the_mounted_624_model() {
+    let Some(py) = common::peer_python("mlx_lm_loads_the_mounted_624_model") else {
+        return;
+    };
+    if !common::mount::fuse_available("mlx_lm_loads_the_mounted_624_model") {
+        return;
+    }
+    let fx = Fixture::new();
+    for extra in [&[][..], &["--no-passthrough"][..]] {
+        let m =
+            common::mount::MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), extra);
+        let dir = m.path("mlx-community/Qwen2.5-VL-tiny-4bit");
+        let derived = python(&py, &[&script("derive_index.py"), dir.to_str().unwrap()]);
+        let served = fs::read_to_string(dir.join(INDEX_FILE)).unwrap();
+        assert_eq!(
+            served, derived,
+            "{extra:?}: served index differs from Python's derivation"
+        );
+        let snap = snapshot_dir(&fx.cache, "mlx-community/Qwen2.5-VL-tiny-4bit");
+        let from_mount = python(
+            &py,
+            &[&script("load_generate.py"), dir.to_str().unwrap(), "8"],
+        );
+        let from_cache = python(
+            &py,
+            &[&script("load_generate.py"), snap.to_str().unwrap(), "8"],
+        );
+        assert_eq!(from_mount, from_cache, "{extra:?}");
+    }
+}

@@ -595,4 +595,19 @@ impl Filesystem for MlxkFs {
     ) {
         reply.error(self.refuse_write());
     }
+
+    /// Model files are not terminals or devices (Python asks isatty via TCGETS on every open).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
 }
