@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The main job on a demo cache this script builds itself: a healthy model and one with the
-# mlx-vlm #624 broken index, checked, repaired into a managed workspace, checked again, and the
-# cache proven unchanged.
+# mlx-vlm #624 broken index, checked, repaired into a managed workspace, checked again; then the
+# cache mounted with mlxk-fs, serving the repaired index; and the cache proven unchanged.
 #
 #   scripts/demo.sh [DIR]     (default: a fresh temporary directory, kept for you to explore)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet --bin mlxk --example fixture_cache
+cargo build --quiet --bin mlxk --bin mlxk-fs --example fixture_cache
 mlxk=$PWD/target/debug/mlxk
+mlxkfs=$PWD/target/debug/mlxk-fs
 demo=${1:-$(mktemp -d -t mlxk-demo.XXXXXX)}
 cache=$demo/hub
+"$mlxkfs" umount "$demo/mnt" >/dev/null 2>&1 || true
 rm -rf "$cache" "$demo/Qwen2.5-VL-tiny-4bit-fixed"
 target/debug/examples/fixture_cache demo "$cache"
 export HF_HUB_CACHE=$cache
@@ -28,6 +30,24 @@ run "$mlxk" convert mlx-community/Qwen2.5-VL-tiny-4bit "$demo/Qwen2.5-VL-tiny-4b
 run "$mlxk" health "$demo/Qwen2.5-VL-tiny-4bit-fixed"
 run "$mlxk" show "$demo/Qwen2.5-VL-tiny-4bit-fixed"
 run "$mlxk" convert mlx-community/Llama-tiny-f16 "$cache/models--x" --repair-index
+
+if [ -e /dev/fuse ]; then
+  mkdir -p "$demo/mnt"
+  export MLXK_FS_STATE_DIR=$demo/state
+  run "$mlxkfs" mount "$demo/mnt"
+  run ls "$demo/mnt" "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit"
+  run "$mlxk" health "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit"
+  printf '\nThe mount serves the same repaired index convert wrote: '
+  cmp "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit/model.safetensors.index.json" \
+      "$demo/Qwen2.5-VL-tiny-4bit-fixed/model.safetensors.index.json" && echo identical
+  run head -c 400 "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit/.mlxk_workspace.json"
+  echo
+  run sh -c "echo x > '$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit/config.json'"
+  run "$mlxkfs" status
+  run "$mlxkfs" umount "$demo/mnt"
+else
+  echo "(no /dev/fuse here: skipping the mount part of the demo)"
+fi
 
 after=$(fingerprint)
 printf '\nCache fingerprint before %s, after %s: ' "$before" "$after"

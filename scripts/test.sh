@@ -23,6 +23,24 @@ else
   fi
 fi
 
+step "FUSE: /dev/fuse and fuse3 (fusermount3)"
+if ! command -v fusermount3 >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null \
+      || echo "warning: could not install fuse3; mounts as root still work without it"
+  else
+    echo "warning: fusermount3 missing (Debian: apt install fuse3); unprivileged mounts will fail"
+  fi
+fi
+command -v fusermount3 >/dev/null 2>&1 && fusermount3 -V
+if [ ! -e /dev/fuse ]; then
+  echo "!!!!!!!! SKIP: /dev/fuse is missing; mount tests will skip !!!!!!!!"
+  if [ "${MLXK_REQUIRE_FUSE:-0}" = 1 ]; then
+    echo "MLXK_REQUIRE_FUSE=1: failing" >&2
+    exit 1
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
