@@ -3,6 +3,8 @@
 //! fixture_cache demo   <dir>                   the full catalogue (healthy + every broken variant)
 //! fixture_cache many   <dir> <models>          <models> healthy tiny models (benchmarks)
 //! fixture_cache sparse <dir> <shards> <bytes>  one model of <shards> sparse shards of <bytes> data each
+//! fixture_cache llama  <dir> <hidden> <layers> <intermediate> <vocab> <shards>
+//!                                               one random f16 Llama `bench/llama` (benchmarks)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +29,26 @@ fn main() -> ExitCode {
             )
             .map(|_| ())
         }),
+        ["llama", dir, hidden, layers, inter, vocab, shards] => {
+            let num = |s: &str| s.parse::<usize>().unwrap_or(0);
+            let spec = LlamaSpec {
+                hidden: num(hidden),
+                layers: num(layers),
+                intermediate: num(inter),
+                vocab: num(vocab),
+                heads: num(hidden) / 64,
+                kv_heads: (num(hidden) / 64 / 4).max(1),
+                ..LlamaSpec::default()
+            };
+            FixtureCache::create(&PathBuf::from(dir))
+                .and_then(|c| c.add_model("bench/llama", "v1", &llama_model_files(&spec, num(shards), true, "mlx")))
+                .map(|_| ())
+        }
         _ => {
-            eprintln!("usage: fixture_cache demo <dir> | many <dir> <models> | sparse <dir> <shards> <bytes-per-shard>");
+            eprintln!(
+                "usage: fixture_cache demo <dir> | many <dir> <models> | sparse <dir> <shards> <bytes-per-shard> \
+                 | llama <dir> <hidden> <layers> <intermediate> <vocab> <shards>"
+            );
             return ExitCode::from(2);
         }
     };
