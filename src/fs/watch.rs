@@ -40,6 +40,9 @@ fn run(
         let mut repos = BTreeSet::new();
         let mut rescan = false;
         let mut note = |ev: notify::Result<notify::Event>, repos: &mut BTreeSet<String>| match ev {
+            // Opens and closes (the daemon's own reads among them) change nothing; acting on
+            // them would drop the views and the kernel's page cache on every read.
+            Ok(ev) if ev.kind.is_access() => {}
             Ok(ev) => {
                 rescan |= ev.need_rescan();
                 for p in &ev.paths {
