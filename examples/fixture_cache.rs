@@ -41,7 +41,13 @@ fn main() -> ExitCode {
                 ..LlamaSpec::default()
             };
             FixtureCache::create(&PathBuf::from(dir))
-                .and_then(|c| c.add_model("bench/llama", "v1", &llama_model_files(&spec, num(shards), true, "mlx")))
+                .and_then(|c| {
+                    c.add_model(
+                        "bench/llama",
+                        "v1",
+                        &llama_model_files(&spec, num(shards), true, "mlx"),
+                    )
+                })
                 .map(|_| ())
         }
         _ => {

@@ -120,6 +120,44 @@ fn the_624_model_is_served_as_a_repaired_managed_workspace() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(fs::read(ws.join(INDEX_FILE)).unwrap(), served);
 
+    // convert with a mounted source reads the cache snapshot directly (provenance: the repo).
+    let ws2 = fx.path("ws-from-mount");
+    let state = fx.path("state");
+    let env = [("MLXK_FS_STATE_DIR", state.to_str().unwrap())];
+    let out = common::mlxk(
+        &[
+            "convert",
+            dir.to_str().unwrap(),
+            ws2.to_str().unwrap(),
+            "--repair-index",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(fs::read(ws2.join(INDEX_FILE)).unwrap(), served);
+    let s2 = Sentinel::read(&ws2).unwrap().unwrap();
+    assert_eq!(
+        s2.source_repo.as_deref(),
+        Some("mlx-community/Qwen2.5-VL-tiny-4bit")
+    );
+    assert_eq!(
+        s2.source_revision.as_deref(),
+        snap.file_name().unwrap().to_str()
+    );
+    assert!(!ws2.join("model.safetensors.index.json.orig").exists());
+    // The mount is never a target (it is read-only).
+    let target = m.path("mlx-community/x");
+    let out = common::mlxk(
+        &[
+            "convert",
+            dir.to_str().unwrap(),
+            target.to_str().unwrap(),
+            "--repair-index",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+
     let sentinel_bytes = fs::read(dir.join(SENTINEL_FILE)).unwrap();
     assert_eq!(fs::read(dir.join(SENTINEL_FILE)).unwrap(), sentinel_bytes);
     let sentinel = Sentinel::parse(&sentinel_bytes).unwrap();

@@ -239,7 +239,7 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
     let outcome = repair_index(
         &model,
         &target,
-        Some(&c2),
+        &[&c2],
         &RepairOptions::default(),
         &mut |_| {},
     )
@@ -263,7 +263,7 @@ fn a_convert_that_fails_after_creating_the_target_removes_what_it_wrote() {
     let err = repair_index(
         &model,
         &created,
-        Some(&c),
+        &[&c],
         &RepairOptions::default(),
         &mut |p| seen.push(p.current.to_string()),
     )
@@ -280,7 +280,7 @@ fn a_convert_that_fails_after_creating_the_target_removes_what_it_wrote() {
     assert!(repair_index(
         &model,
         &existing,
-        Some(&c),
+        &[&c],
         &RepairOptions::default(),
         &mut |_| {}
     )

@@ -484,7 +484,14 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
 pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
     let style = Style::detect();
     let cache = open_cache(args)?;
-    let source = spec::resolve(cache.as_ref(), &a.source)?;
+    // A model directory inside an mlxk-fs mount is read from its cache snapshot directly.
+    let source = match spec::resolve_mounted(Path::new(&a.source)) {
+        Some(m) => m,
+        None => spec::resolve(cache.as_ref(), &a.source)?,
+    };
+    // Neither the configured cache nor the one the source lives in may receive the output.
+    let source_cache = source_cache(&source);
+    let caches: Vec<&HubCache> = cache.iter().chain(source_cache.iter()).collect();
     let opts = RepairOptions {
         skip_health: a.skip_health,
     };
@@ -499,7 +506,7 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
             ));
         }
     };
-    let outcome = repair_index(&source, &a.target, cache.as_ref(), &opts, &mut on_progress);
+    let outcome = repair_index(&source, &a.target, &caches, &opts, &mut on_progress);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -584,6 +591,19 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
             )
         }),
     })
+}
+
+/// The cache a cache model lives in.
+fn source_cache(source: &ResolvedModel) -> Option<HubCache> {
+    if !matches!(source.location, crate::store::ModelLocation::Cache { .. }) {
+        return None;
+    }
+    let dir = source.dir();
+    // <cache>/models--x/snapshots/<sha>
+    dir.parent()?
+        .parent()?
+        .parent()
+        .and_then(|root| HubCache::open(root).ok())
 }
 
 fn display_path(p: &Path) -> String {

@@ -65,19 +65,19 @@ const BLOCKING: &[&str] = &[
 
 /// Converts `src` into a new managed workspace at `dst` with a rebuilt index.
 ///
-/// `dst` must not exist or be an empty directory, and must not resolve into the cache. The
+/// `dst` must not exist or be an empty directory, and must not resolve into any of `caches`. The
 /// sentinel is written first (marked in progress), then every source file is copied
 /// (reflink where possible), then the index, then the sentinel is marked complete. On error,
 /// whatever this call created is removed; `src` is never written.
 pub fn repair_index(
     src: &ResolvedModel,
     dst: &Path,
-    cache: Option<&HubCache>,
+    caches: &[&HubCache],
     opts: &RepairOptions,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<RepairOutcome, ConvertError> {
     let target = canonicalize_lenient(dst);
-    check_target(src, dst, &target, cache)?;
+    check_target(src, dst, &target, caches)?;
     let source_health = health::check(src);
     let blocking: Vec<Problem> = source_health
         .problems
@@ -105,9 +105,9 @@ fn check_target(
     src: &ResolvedModel,
     dst: &Path,
     target: &Path,
-    cache: Option<&HubCache>,
+    caches: &[&HubCache],
 ) -> Result<(), ConvertError> {
-    if let Some(cache) = cache {
+    for cache in caches {
         if cache.contains(target) {
             return Err(ConvertError::TargetInsideCache {
                 target: dst.to_path_buf(),

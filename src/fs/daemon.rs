@@ -90,11 +90,14 @@ fn unescape_mountinfo(s: &str) -> String {
 fn raise_readahead(mountpoint: &Path) {
     // The device number comes from mountinfo: a stat of the mountpoint would ask this very
     // daemon, whose request loop is not running yet.
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let want = mountpoint.to_string_lossy();
     let dev = info.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(4).map(|m| unescape_mountinfo(m)) == Some(want.to_string())).then(|| fields[2].to_string())
+        (fields.get(4).map(|m| unescape_mountinfo(m)) == Some(want.to_string()))
+            .then(|| fields[2].to_string())
     });
     if let Some(dev) = dev {
         let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");

@@ -303,6 +303,14 @@ impl Filesystem for MlxkFs {
                         }
                     }
                 }
+                // The daemon reads this blob front to back for sequential readers: ask for
+                // the larger readahead window.
+                let _ = nix::fcntl::posix_fadvise(
+                    &file,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+                );
                 self.handles.insert(
                     fh,
                     Handle::Blob {

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 
 use super::view::{ModelView, ViewEntry, VirtualFile};
 use crate::store::cache::{dir_name_from_repo_id, HubCache};
-use crate::store::spec::{find_revision, open_snapshot};
+use crate::store::spec::{find_revision, open_snapshot, split_rev};
 
 pub const ROOT_INO: u64 = 1;
 /// Hidden, unlisted file at the root with the daemon's counters (JSON).
@@ -506,13 +506,5 @@ impl Namespace {
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
         s
-    }
-}
-
-/// `name@rev` -> (`name`, Some(`rev`)).
-pub fn split_rev(name: &str) -> (&str, Option<&str>) {
-    match name.rsplit_once('@') {
-        Some((n, r)) if !n.is_empty() && !r.is_empty() => (n, Some(r)),
-        _ => (name, None),
     }
 }

@@ -291,3 +291,42 @@ fn closest<'a>(name: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
         .map(|(_, id)| id.to_string())
         .collect()
 }
+
+/// A model directory inside a live mlxk-fs mount (`<mount>/<org>/<name>[@rev]`), resolved to the
+/// cache snapshot it shows, so heavy work reads the cache directly instead of through FUSE.
+/// `None` for any other path.
+pub fn resolve_mounted(path: &Path) -> Option<ResolvedModel> {
+    let (record, rel) = super::mounts::containing(path)?;
+    let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    let cache = HubCache::open(&record.cache).ok()?;
+    // `<org>/<name>[@rev]`, or `<name>[@rev]` for repos without an org.
+    let (spec, depth) = match parts.as_slice() {
+        [org, name, ..]
+            if cache
+                .repo(&format!("{org}/{}", split_rev(name).0))
+                .is_some() =>
+        {
+            (format!("{org}/{name}"), 2)
+        }
+        [name, ..] if cache.repo(split_rev(name).0).is_some() => (name.to_string(), 1),
+        _ => return None,
+    };
+    if parts.len() != depth {
+        return None; // a file or subdirectory inside the model, not the model
+    }
+    let (repo_id, rev) = split_rev(&spec);
+    let repo = cache.repo(repo_id)?;
+    let snapshot = match rev {
+        Some(r) => find_revision(&repo, r).ok()?,
+        None => repo.default_snapshot()?,
+    };
+    open_snapshot(&cache, repo, snapshot).ok()
+}
+
+/// `name@rev` -> (`name`, Some(`rev`)).
+pub fn split_rev(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once('@') {
+        Some((n, r)) if !n.is_empty() && !r.is_empty() => (n, Some(r)),
+        _ => (name, None),
+    }
+}
