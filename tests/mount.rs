@@ -407,6 +407,25 @@ fn every_write_path_fails_and_the_cache_is_unchanged() {
     drop(ro);
     let c = m.counters();
     assert!(c["write_attempts_refused"].as_u64().unwrap() >= 20, "{c}");
+    // Defence in depth (root): the daemon sees the cache read-only, in its own namespace.
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(m.record["cache_read_only"], true);
+        let info = fs::read_to_string(format!("/proc/{}/mountinfo", m.pid())).unwrap();
+        let cache = fs::canonicalize(&fx.cache).unwrap();
+        let line = info
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == cache.to_str())
+            .unwrap_or_else(|| {
+                panic!("no bind mount of the cache in the daemon's namespace:\n{info}")
+            });
+        let opts = line.split(' ').nth(5).unwrap();
+        assert!(opts.split(',').any(|o| o == "ro"), "{line}");
+        assert!(
+            !info.contains(m.mountpoint.to_str().unwrap()),
+            "the daemon keeps no copy of the FUSE mount"
+        );
+    }
     drop(m);
     let after = tree_state(&fx.cache);
     assert_eq!(before, after, "the cache changed");
@@ -533,13 +552,16 @@ fn daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts() {
     let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
     assert_eq!(v["data"]["count"], 2);
     // umount: the daemon exits and the record goes.
-    let out = mlxk_fs(&state, &["umount", mps]);
+    let out = mlxk_fs(&state, &["--json", "umount", mps]);
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Not pinned by the second daemon's namespace: the session really ended.
+    assert_eq!(v["data"]["daemon_exited"], true, "{v:#}");
     assert!(!mp.join("mlx-community").exists());
     // And it mounts again.
     let out = mlxk_fs(&state, &["mount", mps, "--cache", cache]);

@@ -22,15 +22,17 @@ cleanup() {
 trap cleanup EXIT
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-read_mbps() { # file: MB/s of one sequential read (dd, 1 MiB blocks)
-  local t0 t1 bytes
+read_mbps() { # file [times]: MB/s of `times` back-to-back sequential reads (dd, 1 MiB blocks)
+  local t0 t1 bytes n=${2:-1}
   bytes=$(stat -L -c %s "$1")
-  t0=$(date +%s%N); dd if="$1" of=/dev/null bs=1M status=none; t1=$(date +%s%N)
-  echo $(( bytes * 1000 / (t1 - t0) ))
+  t0=$(date +%s%N)
+  for _ in $(seq "$n"); do dd if="$1" of=/dev/null bs=1M status=none; done
+  t1=$(date +%s%N)
+  echo $(( bytes * n * 1000 / (t1 - t0) ))
 }
 best() { sort -n | tail -1; }
 
-echo "mlxk-fs $(git rev-parse --short HEAD), $(uname -r), $(nproc) cores, runs=$runs (best of)"
+echo "mlxk-fs $(git rev-parse --short HEAD), $(uname -r), $(nproc) cores, runs=$runs (best of, rounds interleaved)"
 
 # 1. a ~2.1 GiB single-shard f16 Llama (hidden 2048, 22 layers) of random weights
 mkdir -p "$work/hub"
@@ -46,13 +48,24 @@ echo
 echo "### Sequential read, $(( size / 1048576 )) MiB shard, dd bs=1M"
 echo "| path | warm MB/s | ratio | cold MB/s | ratio |"
 echo "|---|---|---|---|---|"
+# Rounds interleave the three paths so that drift of this shared machine hits them alike.
+declare -A warm cold
+for f in "$shard" "$via_pt" "$via_nopt"; do cat "$f" >/dev/null; done
+for _ in $(seq "$runs"); do
+  for path in direct passthrough fallback; do
+    case $path in direct) f=$shard ;; passthrough) f=$via_pt ;; fallback) f=$via_nopt ;; esac
+    w=$(read_mbps "$f" 4); [ "$w" -gt "${warm[$path]:-0}" ] && warm[$path]=$w
+  done
+done
+for _ in $(seq "$runs"); do
+  for path in direct passthrough fallback; do
+    case $path in direct) f=$shard ;; passthrough) f=$via_pt ;; fallback) f=$via_nopt ;; esac
+    drop; c=$(read_mbps "$f"); [ "$c" -gt "${cold[$path]:-0}" ] && cold[$path]=$c
+  done
+done
 for path in direct passthrough fallback; do
-  case $path in direct) f=$shard ;; passthrough) f=$via_pt ;; fallback) f=$via_nopt ;; esac
-  warm=$(for _ in $(seq "$runs"); do cat "$f" >/dev/null; read_mbps "$f"; done | best)
-  cold=$(for _ in $(seq "$runs"); do drop; read_mbps "$f"; done | best)
-  [ "$path" = direct ] && { dw=$warm; dc=$cold; }
-  printf '| %s | %s | %s | %s | %s |\n' "$path" "$warm" "$(awk "BEGIN{printf \"%.2f\", $warm/$dw}")" \
-    "$cold" "$(awk "BEGIN{printf \"%.2f\", $cold/$dc}")"
+  printf '| %s | %s | %s | %s | %s |\n' "$path" "${warm[$path]}" "$(awk "BEGIN{printf \"%.2f\", ${warm[$path]}/${warm[direct]}}")" \
+    "${cold[$path]}" "$(awk "BEGIN{printf \"%.2f\", ${cold[$path]}/${cold[direct]}}")"
 done
 
 echo
@@ -71,8 +84,13 @@ snapdir=$(dirname "$shard")
 # One discarded run of each first, so both read from a warm page cache.
 "$py" "$work/load.py" "$snapdir" >/dev/null
 "$py" "$work/load.py" "$work/mnt-pt/bench/llama" >/dev/null
-snap_s=$(for _ in $(seq "$runs"); do "$py" "$work/load.py" "$snapdir"; done | sort -n | head -1)
-mnt_s=$(for _ in $(seq "$runs"); do "$py" "$work/load.py" "$work/mnt-pt/bench/llama"; done | sort -n | head -1)
+snap_all=(); mnt_all=()
+for _ in $(seq "$runs"); do
+  snap_all+=("$("$py" "$work/load.py" "$snapdir")")
+  mnt_all+=("$("$py" "$work/load.py" "$work/mnt-pt/bench/llama")")
+done
+snap_s=$(printf '%s\n' "${snap_all[@]}" | sort -n | head -1)
+mnt_s=$(printf '%s\n' "${mnt_all[@]}" | sort -n | head -1)
 echo "| source | seconds (best) |"
 echo "|---|---|"
 echo "| snapshot directory | $snap_s |"

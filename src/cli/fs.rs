@@ -197,12 +197,19 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
 
 fn umount(u: &UmountArgs) -> Result<(Value, String), String> {
     match daemon::unmount(&u.mountpoint).map_err(|e| e.to_string())? {
-        Unmounted::Daemon { pid } => Ok((
-            json!({"mountpoint": u.mountpoint, "pid": pid, "stale": false}),
-            format!(
-                "unmounted {} (daemon {pid} exited)\n",
-                u.mountpoint.display()
-            ),
+        Unmounted::Daemon { pid, exited } => Ok((
+            json!({"mountpoint": u.mountpoint, "pid": pid, "stale": false, "daemon_exited": exited}),
+            if exited {
+                format!(
+                    "unmounted {} (daemon {pid} exited)\n",
+                    u.mountpoint.display()
+                )
+            } else {
+                format!(
+                    "unmounted {} (daemon {pid} exits once the files it serves are closed)\n",
+                    u.mountpoint.display()
+                )
+            },
         )),
         Unmounted::Detached => Ok((
             json!({"mountpoint": u.mountpoint, "pid": null, "stale": true}),

@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::filesystem::MlxkFs;
 use super::namespace::Namespace;
+use super::sandbox::PrivateCache;
 use crate::store::cache::HubCache;
 use crate::store::mounts::{self, MountRecord};
 use crate::store::sentinel::iso8601;
@@ -77,7 +78,7 @@ pub fn is_mlxk_mount(path: &Path) -> bool {
     })
 }
 
-fn unescape_mountinfo(s: &str) -> String {
+pub(super) fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")
         .replace("\\012", "\n")
@@ -173,6 +174,24 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
         })?;
     raise_readahead(&mountpoint);
     let mut unmounter = session.unmount_callable();
+    // Still single-threaded here: the one moment the daemon can change mount namespace.
+    let sandbox = if nix::unistd::geteuid().is_root() {
+        match PrivateCache::enter(&cache_root, &mountpoint) {
+            Ok(p) => {
+                // fuser's own unmount would act in this namespace, where the mount is gone;
+                // consume it so that only the helper (below) ever unmounts.
+                let _ = unmounter.unmount();
+                Some(p)
+            }
+            Err(e) => {
+                tracing::warn!("cache not isolated behind a read-only bind mount ({e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let isolated = sandbox.is_some();
     let _watcher = match super::watch::start(ns.clone(), session.notifier()) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -188,7 +207,11 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
                 Ok(Signal::SIGHUP) => continue,
                 Ok(sig) => {
                     tracing::info!(?sig, "unmounting");
-                    if let Err(e) = unmounter.unmount() {
+                    if let Some(sandbox) = &sandbox {
+                        if let Err(e) = sandbox.detach_outside() {
+                            tracing::error!("cannot unmount {}: {e}", signal_mountpoint.display());
+                        }
+                    } else if let Err(e) = unmounter.unmount() {
                         // Busy (a file is still open): detach now; the session ends when the
                         // last open file is closed. A signal must always end the mount.
                         tracing::warn!("unmount failed ({e}); detaching lazily");
@@ -210,6 +233,7 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
         started_at: iso8601(std::time::SystemTime::now()),
         version: crate::VERSION.to_string(),
         log_file: opts.log_file.clone(),
+        cache_read_only: isolated,
     };
     if let Err(e) = record.write() {
         tracing::warn!("cannot write the mount registry record: {e}");
@@ -303,8 +327,9 @@ pub fn spawn_background(
 /// What `unmount` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unmounted {
-    /// The daemon was asked to unmount and exited.
-    Daemon { pid: u32 },
+    /// The daemon was asked to unmount; the mount is gone. `exited` is false while files it
+    /// serves are still open somewhere (it exits when they are closed).
+    Daemon { pid: u32, exited: bool },
     /// A stale or foreign mount was detached directly.
     Detached,
 }
@@ -325,11 +350,22 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted, DaemonError> {
             nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(io::Error::from)?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while record.alive() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                if !is_mlxk_mount(&canonical) {
+                    // Unmounted; give the daemon a moment to finish, no more.
+                    let grace = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                    while record.alive() && std::time::Instant::now() < grace {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             if !is_mlxk_mount(&canonical) {
                 let _ = mounts::forget(&canonical);
-                return Ok(Unmounted::Daemon { pid: record.pid });
+                return Ok(Unmounted::Daemon {
+                    pid: record.pid,
+                    exited: !record.alive(),
+                });
             }
         }
     }

@@ -10,5 +10,6 @@ pub mod daemon;
 mod errno;
 pub mod filesystem;
 pub mod namespace;
+mod sandbox;
 pub mod view;
 mod watch;

@@ -26,6 +26,9 @@ pub struct MountRecord {
     pub version: String,
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// The daemon reaches the cache through a read-only bind mount in its own namespace.
+    #[serde(default)]
+    pub cache_read_only: bool,
 }
 
 /// Where records are kept.
@@ -74,6 +77,15 @@ impl MountRecord {
 fn pid_alive(pid: u32) -> bool {
     use nix::sys::signal::kill;
     use nix::unistd::Pid;
+    // A zombie has exited; it only waits for its parent (or init) to reap it.
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
+            return false;
+        }
+    }
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
