@@ -246,6 +246,13 @@ fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(models.len(), 2);
+    // Laziness: listing the root and an org read no header.
+    for org in &orgs {
+        fs::read_dir(m.path(org)).unwrap().for_each(drop);
+    }
+    let c = m.counters();
+    assert_eq!(c["header_bytes_read"], 0, "{c}");
+    assert_eq!(c["models_viewed"], 0, "{c}");
     // Default = refs/main (2 layers); @dev and @<sha prefix> reach the other snapshot (3 layers).
     let layers = |p: &Path| -> u64 {
         let c: Value = serde_json::from_slice(&fs::read(p.join("config.json")).unwrap()).unwrap();
