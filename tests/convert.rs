@@ -133,13 +133,7 @@ fn repairs_the_624_model_into_a_healthy_managed_workspace(fx: &Fixture) {
 fn single_shard_models(fx: &Fixture) {
     // No index in the source, one shard: none is invented.
     let out_dir = fx.path("ws-f32");
-    let out = fx.mlxk(&[
-        "convert",
-        "mlx-community/Llama-tiny-f32",
-        out_dir.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = fx.repair("mlx-community/Llama-tiny-f32", out_dir.to_str().unwrap());
     assert!(!out_dir.join(INDEX_FILE).exists());
     assert!(stdout(&out).contains("no index needed"), "{}", stdout(&out));
     files_equal_to_source(
@@ -157,13 +151,7 @@ fn single_shard_models(fx: &Fixture) {
     )
     .unwrap();
     let out_dir = fx.path("ws-stale-single");
-    let out = fx.mlxk(&[
-        "convert",
-        src.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fx.repair(src.to_str().unwrap(), out_dir.to_str().unwrap());
     assert_eq!(
         fs::read(out_dir.join(INDEX_FILE)).unwrap(),
         good,
@@ -173,13 +161,7 @@ fn single_shard_models(fx: &Fixture) {
 
 fn already_correct_sharded_index_is_rewritten_identically(fx: &Fixture) {
     let out_dir = fx.path("ws-f16");
-    let out = fx.mlxk(&[
-        "convert",
-        "mlx-community/Llama-tiny-f16",
-        out_dir.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = fx.repair("mlx-community/Llama-tiny-f16", out_dir.to_str().unwrap());
     files_equal_to_source(
         &snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16"),
         &out_dir,
@@ -189,13 +171,7 @@ fn already_correct_sharded_index_is_rewritten_identically(fx: &Fixture) {
 
     // And the index of a model whose index is missing is created.
     let out_dir = fx.path("ws-no-index");
-    let out = fx.mlxk(&[
-        "convert",
-        "broken/no-index",
-        out_dir.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fx.repair("broken/no-index", out_dir.to_str().unwrap());
     let index = WeightIndex::parse(&fs::read(out_dir.join(INDEX_FILE)).unwrap()).unwrap();
     assert_eq!(
         index.shard_names(),
@@ -211,8 +187,7 @@ fn already_correct_sharded_index_is_rewritten_identically(fx: &Fixture) {
         ("broken/missing-shard", "ws-missing"),
     ] {
         let out_dir = fx.path(dir);
-        let out = fx.mlxk(&["convert", repo, out_dir.to_str().unwrap(), "--repair-index"]);
-        assert_eq!(out.status.code(), Some(0), "{repo}: {}", stderr(&out));
+        fx.repair(repo, out_dir.to_str().unwrap());
         let (code, _) = fx.json(&["health", out_dir.to_str().unwrap()]);
         assert_eq!(code, 0, "{repo}");
     }
@@ -222,13 +197,7 @@ fn sources_may_be_workspaces_and_third_party_directories(fx: &Fixture) {
     // A managed workspace as the source: its provenance is carried over, its sentinel is not copied.
     let src = fx.path("ws-624");
     let out_dir = fx.path("ws-624-again");
-    let out = fx.mlxk(&[
-        "convert",
-        src.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fx.repair(src.to_str().unwrap(), out_dir.to_str().unwrap());
     let s = Sentinel::read(&out_dir).unwrap().unwrap();
     assert_eq!(
         s.source_repo.as_deref(),

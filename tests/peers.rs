@@ -43,13 +43,7 @@ fn repaired_624_index_equals_pythons_and_mlx_lm_loads_the_workspace() {
     };
     let fx = Fixture::new();
     let ws = fx.path("ws-624");
-    let out = fx.mlxk(&[
-        "convert",
-        "mlx-community/Qwen2.5-VL-tiny-4bit",
-        ws.to_str().unwrap(),
-        "--repair-index",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    fx.repair("mlx-community/Qwen2.5-VL-tiny-4bit", ws.to_str().unwrap());
 
     let derived = python(&py, &[&script("derive_index.py"), ws.to_str().unwrap()]);
     let ours = fs::read_to_string(ws.join(INDEX_FILE)).unwrap();

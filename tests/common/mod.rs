@@ -59,6 +59,18 @@ impl Fixture {
         cmd.output().expect("run mlxk")
     }
 
+    /// `mlxk convert SRC DST --repair-index`, which must succeed.
+    pub fn repair(&self, src: &str, dst: &str) -> Output {
+        let out = self.mlxk(&["convert", src, dst, "--repair-index"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "convert {src} {dst}: {}",
+            stderr(&out)
+        );
+        out
+    }
+
     /// `mlxk --json ...`, returning (exit code, parsed envelope).
     pub fn json(&self, args: &[&str]) -> (i32, Value) {
         let mut all = vec!["--json"];
