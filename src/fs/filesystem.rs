@@ -30,6 +30,10 @@ const DIR_TTL: Duration = Duration::from_secs(1);
 /// A file inode is keyed by its snapshot sha: its content never changes.
 const FILE_TTL: Duration = Duration::from_secs(60);
 
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 enum Handle {
     /// A cache blob: read by the kernel itself (passthrough) or by pread here.
     Blob {
@@ -348,8 +352,13 @@ impl Filesystem for MlxkFs {
                     .fetch_add((end - start) as u64, Ordering::Relaxed);
                 reply.data(&bytes[start..end]);
             }
-            Handle::Blob { file, .. } => {
-                let mut buf = vec![0u8; size as usize];
+            Handle::Blob { file, .. } => READ_BUF.with(|buf| {
+                // One buffer per worker thread, reused: no allocation or zeroing per request.
+                let mut buf = buf.borrow_mut();
+                if buf.len() < size as usize {
+                    buf.resize(size as usize, 0);
+                }
+                let buf = &mut buf[..size as usize];
                 let mut filled = 0;
                 while filled < buf.len() {
                     match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -364,7 +373,7 @@ impl Filesystem for MlxkFs {
                     .bytes_read
                     .fetch_add(filled as u64, Ordering::Relaxed);
                 reply.data(&buf[..filled]);
-            }
+            }),
         }
     }
 
