@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 
 use super::view::{ModelView, ViewEntry, VirtualFile};
-use crate::store::cache::{dir_name_from_repo_id, HubCache};
+use crate::store::cache::{dir_name_from_repo_id, HubCache, ModelRepo, Snapshot};
 use crate::store::spec::{find_revision, open_snapshot, split_rev};
 
 pub const ROOT_INO: u64 = 1;
@@ -192,14 +192,7 @@ impl Namespace {
             None => repo_handle.default_snapshot().ok_or(NsError::NotFound)?,
             Some(r) => find_revision(&repo_handle, r).map_err(|_| NsError::NotFound)?,
         };
-        self.view_at(repo, &snapshot.sha).or_else(|_| {
-            let model = open_snapshot(&self.cache, repo_handle, snapshot)
-                .map_err(|_| NsError::Io(libc::EIO))?;
-            let view = Arc::new(ModelView::new(model));
-            self.views
-                .insert((repo.to_string(), view.sha.clone()), view.clone());
-            Ok(view)
-        })
+        self.cached_or_build(repo_handle, snapshot)
     }
 
     /// The view of a snapshot by sha, building it if needed.
@@ -213,11 +206,18 @@ impl Namespace {
             .into_iter()
             .find(|s| s.sha == sha)
             .ok_or(NsError::NotFound)?;
-        let model = open_snapshot(&self.cache, repo_handle, snapshot)
-            .map_err(|_| NsError::Io(libc::EIO))?;
+        self.cached_or_build(repo_handle, snapshot)
+    }
+
+    fn cached_or_build(&self, repo: ModelRepo, snapshot: Snapshot) -> NsResult<Arc<ModelView>> {
+        let key = (repo.repo_id.clone(), snapshot.sha.clone());
+        if let Some(v) = self.views.get(&key) {
+            return Ok(v.clone());
+        }
+        let model =
+            open_snapshot(&self.cache, repo, snapshot).map_err(|_| NsError::Io(libc::EIO))?;
         let view = Arc::new(ModelView::new(model));
-        self.views
-            .insert((repo.to_string(), sha.to_string()), view.clone());
+        self.views.insert(key, view.clone());
         Ok(view)
     }
 
