@@ -17,31 +17,40 @@ use mlxk_fs::store::{Sentinel, WeightIndex, INDEX_FILE, SENTINEL_FILE};
 use mlxk_fs::testkit::Rng;
 use serde_json::Value;
 
-const MODELS: &[&str] = &[
-    "mlx-community/Llama-tiny-f16",
-    "mlx-community/Llama-tiny-4bit",
-    "mlx-community/Qwen2.5-VL-tiny-4bit",
-    "meta-test/Llama-tiny",
-];
-
 fn mount(fx: &Fixture, name: &str, extra: &[&str]) -> MountGuard {
     MountGuard::new(&fx.cache, &fx.path(name), &fx.path("state"), extra)
 }
 
 fn assert_reads_equal(m: &MountGuard, fx: &Fixture) {
     let mut rng = Rng::new(7);
-    for repo in MODELS {
-        let snap = snapshot_dir(&fx.cache, repo);
+    let hub = mlxk_fs::store::HubCache::open(&fx.cache).unwrap();
+    let repos = hub.repos().unwrap();
+    let mut files = 0;
+    let cache_root = fs::canonicalize(&fx.cache).unwrap();
+    for repo in repos.iter().map(|r| r.repo_id.as_str()) {
+        // The default snapshot (refs/main, else the newest), as the mount shows it.
+        let snap = mlxk_fs::store::resolve(Some(&hub), repo)
+            .unwrap()
+            .dir()
+            .to_path_buf();
         for e in fs::read_dir(&snap).unwrap() {
             let blob_path = e.unwrap().path();
             let name = blob_path.file_name().unwrap().to_str().unwrap().to_string();
+            let mounted = m.path(&format!("{repo}/{name}"));
+            let inside = fs::canonicalize(&blob_path).is_ok_and(|p| p.starts_with(&cache_root));
+            let (true, Ok(expected)) = (inside, fs::read(&blob_path)) else {
+                // A dangling link, or one leaving the cache, is not served.
+                assert!(!mounted.exists(), "{repo}/{name} is served");
+                continue;
+            };
             if name == INDEX_FILE {
                 continue; // served rebuilt; checked separately
             }
-            let expected = fs::read(&blob_path).unwrap();
-            let mounted = m.path(&format!("{repo}/{name}"));
+            files += 1;
             assert_eq!(
-                fs::metadata(&mounted).unwrap().len(),
+                fs::metadata(&mounted)
+                    .unwrap_or_else(|e| panic!("{repo}/{name}: {e}"))
+                    .len(),
                 expected.len() as u64,
                 "{repo}/{name} size"
             );
@@ -62,6 +71,7 @@ fn assert_reads_equal(m: &MountGuard, fx: &Fixture) {
             assert_eq!(&map[..], &expected[..], "{repo}/{name}: mmap");
         }
     }
+    assert!(files > 80, "only {files} files compared");
 }
 
 #[test]
@@ -577,9 +587,14 @@ fn daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts() {
     assert_eq!(mlxk_fs(&state, &["umount", mps]).status.code(), Some(0));
 
     // SIGTERM on a foreground daemon: clean unmount, exit 0, record removed.
-    let status = second.stop();
+    let status = second.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{status}");
     assert!(!second.path("mlx-community").exists());
+    // SIGINT (Ctrl-C on a foreground mount) too.
+    let mut third = MountGuard::new(&fx.cache, &fx.path("third"), &state, &[]);
+    let status = third.stop(nix::sys::signal::Signal::SIGINT);
+    assert!(status.success(), "{status}");
+    assert!(!third.path("mlx-community").exists());
     let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
     assert_eq!(v["data"]["count"], 0, "{v:#}");
 

@@ -83,11 +83,11 @@ impl MountGuard {
             .expect("json")
     }
 
-    /// SIGTERM and wait: the daemon unmounts and exits 0.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
+    /// Sends `signal` and waits: on SIGTERM or SIGINT the daemon unmounts and exits 0.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+        nix::sys::signal::kill(pid, signal).expect("kill");
         child.wait().expect("wait")
     }
 }
