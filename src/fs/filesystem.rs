@@ -102,6 +102,17 @@ impl MlxkFs {
         }
     }
 
+    /// A directory's entries, `.` and `..` first (both with the directory's own attributes).
+    fn listing(&self, ino: u64) -> Result<Vec<(String, NodeInfo)>, Errno> {
+        let this = self.ns.getattr(ino).map_err(to_errno)?;
+        let entries = self.ns.readdir(ino).map_err(to_errno)?;
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        all.push((".".to_string(), this.clone()));
+        all.push(("..".to_string(), this));
+        all.extend(entries);
+        Ok(all)
+    }
+
     fn refuse_write(&self) -> Errno {
         self.ns
             .counters
@@ -448,24 +459,17 @@ impl Filesystem for MlxkFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.ns.readdir(ino.0) {
+        let entries = match self.listing(ino.0) {
             Ok(e) => e,
-            Err(e) => return reply.error(to_errno(e)),
+            Err(e) => return reply.error(e),
         };
-        let dots = [
-            (ino.0, FileType::Directory, "."),
-            (ino.0, FileType::Directory, ".."),
-        ];
-        let all = dots.into_iter().chain(entries.iter().map(|(name, info)| {
+        for (i, (name, info)) in entries.iter().enumerate().skip(offset as usize) {
             let kind = if info.kind == Kind::Dir {
                 FileType::Directory
             } else {
                 FileType::RegularFile
             };
-            (info.ino, kind, name.as_str())
-        }));
-        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+            if reply.add(INodeNo(info.ino), (i + 1) as u64, kind, name) {
                 break;
             }
         }
@@ -480,21 +484,11 @@ impl Filesystem for MlxkFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.ns.readdir(ino.0) {
+        let entries = match self.listing(ino.0) {
             Ok(e) => e,
-            Err(e) => return reply.error(to_errno(e)),
+            Err(e) => return reply.error(e),
         };
-        let this = match self.ns.getattr(ino.0) {
-            Ok(i) => i,
-            Err(e) => return reply.error(to_errno(e)),
-        };
-        let dots = [(".".to_string(), this.clone()), ("..".to_string(), this)];
-        for (i, (name, info)) in dots
-            .iter()
-            .chain(entries.iter())
-            .enumerate()
-            .skip(offset as usize)
-        {
+        for (i, (name, info)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(info.ino),
                 (i + 1) as u64,
