@@ -2,6 +2,7 @@
 //! Sources are only ever read; nothing here opens a cache file for writing.
 
 pub mod copy;
+pub mod quant;
 pub mod repair_index;
 
 use std::io;

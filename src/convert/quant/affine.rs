@@ -1,0 +1,191 @@
+//! Affine quantization (`mode="affine"`), bit-exact with MLX's CPU kernel: per group of
+//! `group_size` consecutive values, a scale and a bias such that `x ≈ q * scale + bias` with
+//! `q` in `0..2^bits`. All arithmetic in f32 with MLX's exact operation order (no FMA, no
+//! reciprocal); scale and bias are stored rounded to the input dtype, the codes use them unrounded.
+
+use super::pack::{pack_row, unpack_at};
+use super::FloatDtype;
+
+/// Bit widths MLX supports in affine mode.
+pub const AFFINE_BITS: &[u32] = &[1, 2, 3, 4, 5, 6, 8];
+/// Group sizes MLX supports in affine mode.
+pub const AFFINE_GROUPS: &[usize] = &[32, 64, 128];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affine {
+    pub bits: u32,
+    pub group_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AffineError {
+    #[error("affine quantization supports bits {AFFINE_BITS:?}, not {0}")]
+    Bits(u32),
+    #[error("affine quantization supports group sizes {AFFINE_GROUPS:?}, not {0}")]
+    GroupSize(usize),
+    #[error("the last dimension ({cols}) is not divisible by the group size {group_size}")]
+    NotDivisible { cols: usize, group_size: usize },
+}
+
+/// `std::max` of C++: `(a < b) ? b : a` (a NaN `b` is skipped; of +0/-0 the first stays).
+#[inline]
+fn cpp_max(a: f32, b: f32) -> f32 {
+    if a < b {
+        b
+    } else {
+        a
+    }
+}
+
+/// `std::min` of C++: `(b < a) ? b : a`.
+#[inline]
+fn cpp_min(a: f32, b: f32) -> f32 {
+    if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+impl Affine {
+    pub fn new(bits: u32, group_size: usize) -> Result<Affine, AffineError> {
+        if !AFFINE_BITS.contains(&bits) {
+            return Err(AffineError::Bits(bits));
+        }
+        if !AFFINE_GROUPS.contains(&group_size) {
+            return Err(AffineError::GroupSize(group_size));
+        }
+        Ok(Affine { bits, group_size })
+    }
+
+    /// Checks that rows of `cols` values can be quantized.
+    pub fn check_cols(&self, cols: usize) -> Result<(), AffineError> {
+        if cols % self.group_size != 0 {
+            return Err(AffineError::NotDivisible {
+                cols,
+                group_size: self.group_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// u32 words per row of `cols` values.
+    pub fn words_per_row(&self, cols: usize) -> usize {
+        cols * self.bits as usize / 32
+    }
+
+    /// Quantizes one row. `words` receives `cols * bits / 32` packed words; `scales` and
+    /// `biases` (one per group) receive the stored values, already rounded to `dtype`.
+    /// `codes` is scratch space.
+    pub fn quantize_row(
+        &self,
+        row: &[f32],
+        dtype: FloatDtype,
+        words: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
+        codes: &mut Vec<u8>,
+    ) {
+        let n_bins = ((1u32 << self.bits) - 1) as f32;
+        let eps = 1e-7f32;
+        codes.clear();
+        codes.resize(row.len(), 0);
+        for (g, group) in row.chunks_exact(self.group_size).enumerate() {
+            let mut w_max = f32::NEG_INFINITY;
+            let mut w_min = f32::INFINITY;
+            for &x in group {
+                w_max = cpp_max(w_max, x);
+                w_min = cpp_min(w_min, x);
+            }
+            let (scale, bias) = if self.bits == 1 {
+                (cpp_max(w_max - w_min, eps), w_min)
+            } else {
+                let mask = w_min.abs() > w_max.abs();
+                let mut scale = cpp_max((w_max - w_min) / n_bins, eps);
+                if !mask {
+                    scale = -scale;
+                }
+                let edge = if mask { w_min } else { w_max };
+                let q0 = (edge / scale).round_ties_even();
+                if q0 != 0.0 {
+                    (edge / q0, edge)
+                } else {
+                    (scale, 0.0)
+                }
+            };
+            let out = &mut codes[g * self.group_size..(g + 1) * self.group_size];
+            for (c, &x) in out.iter_mut().zip(group) {
+                let q = ((x - bias) / scale).round_ties_even();
+                // NaN gives 0, as the C++ clamp's comparisons do.
+                *c = if q > 0.0 { q.min(n_bins) as u8 } else { 0 };
+            }
+            scales[g] = dtype.round(scale);
+            biases[g] = dtype.round(bias);
+        }
+        pack_row(codes, self.bits, words);
+    }
+
+    /// Dequantizes one row: `T(T(q * scale) + bias)`, two roundings to the scales' dtype.
+    pub fn dequantize_row(
+        &self,
+        words: &[u32],
+        scales: &[f32],
+        biases: &[f32],
+        dtype: FloatDtype,
+        out: &mut [f32],
+    ) {
+        for (i, o) in out.iter_mut().enumerate() {
+            let g = i / self.group_size;
+            let q = unpack_at(words, self.bits, i) as f32;
+            *o = dtype.round(dtype.round(q * scales[g]) + biases[g]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quantize(x: &[f32], a: Affine, dtype: FloatDtype) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
+        let mut words = vec![0; a.words_per_row(x.len())];
+        let groups = x.len() / a.group_size;
+        let (mut s, mut b) = (vec![0.0; groups], vec![0.0; groups]);
+        a.quantize_row(x, dtype, &mut words, &mut s, &mut b, &mut Vec::new());
+        (words, s, b)
+    }
+
+    #[test]
+    fn all_zero_and_constant_groups() {
+        let a = Affine::new(4, 32).unwrap();
+        let (w, s, b) = quantize(&[0.0; 32], a, FloatDtype::F16);
+        assert!(w.iter().all(|&x| x == 0));
+        assert_eq!(half::f16::from_f32(s[0]).to_bits(), 0x8002, "dtype(-1e-7)");
+        assert_eq!(b[0], 0.0);
+        let (w, _, b) = quantize(&[0.75; 32], a, FloatDtype::F32);
+        assert!(w.iter().all(|&x| x == 0));
+        assert_eq!(b[0], 0.75);
+    }
+
+    #[test]
+    fn round_trip_is_close_and_nan_gives_code_zero() {
+        let a = Affine::new(8, 64).unwrap();
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) / 10.0).collect();
+        let (w, s, b) = quantize(&x, a, FloatDtype::F32);
+        assert!(s[0] < 0.0 || s[0] > 0.0);
+        let mut y = vec![0.0; 64];
+        a.dequantize_row(&w, &s, &b, FloatDtype::F32, &mut y);
+        for (u, v) in x.iter().zip(&y) {
+            assert!((u - v).abs() <= s[0].abs() / 2.0 + 1e-6, "{u} vs {v}");
+        }
+        x[5] = f32::NAN;
+        let (w, _, _) = quantize(&x, a, FloatDtype::F32);
+        assert_eq!(unpack_at(&w, 8, 5), 0);
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        assert_eq!(Affine::new(7, 64), Err(AffineError::Bits(7)));
+        assert_eq!(Affine::new(4, 48), Err(AffineError::GroupSize(48)));
+        assert!(Affine::new(4, 64).unwrap().check_cols(100).is_err());
+    }
+}

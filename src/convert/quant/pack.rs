@@ -1,0 +1,70 @@
+//! Packing of `bits`-wide codes into u32 words: each row is one little-endian,
+//! least-significant-bit-first bit stream (element i occupies stream bits [i*bits, (i+1)*bits)).
+
+/// Packs `codes` (each < 2^bits) of one row into `out` (`codes.len() * bits / 32` words).
+pub fn pack_row(codes: &[u8], bits: u32, out: &mut [u32]) {
+    debug_assert_eq!(codes.len() * bits as usize, out.len() * 32);
+    out.iter_mut().for_each(|w| *w = 0);
+    let mut bit = 0usize;
+    for &c in codes {
+        let word = bit / 32;
+        let shift = bit % 32;
+        out[word] |= u32::from(c) << shift;
+        if shift + bits as usize > 32 {
+            out[word + 1] |= u32::from(c) >> (32 - shift);
+        }
+        bit += bits as usize;
+    }
+}
+
+/// The code of element `i` of a packed row.
+#[inline]
+pub fn unpack_at(words: &[u32], bits: u32, i: usize) -> u32 {
+    let bit = i * bits as usize;
+    let word = bit / 32;
+    let shift = bit % 32;
+    let mask = (1u64 << bits) - 1;
+    let mut v = u64::from(words[word]) >> shift;
+    if shift + bits as usize > 32 {
+        v |= u64::from(words[word + 1]) << (32 - shift);
+    }
+    (v & mask) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_bit_example_from_the_reference() {
+        let codes: Vec<u8> = [
+            0u8, 7, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3,
+            4, 5, 6, 7,
+        ]
+        .to_vec();
+        let mut out = vec![0u32; 3];
+        pack_row(&codes, 3, &mut out);
+        assert_eq!(out[0], 0x88fa_c6b8);
+    }
+
+    #[test]
+    fn round_trip_every_width() {
+        for bits in [1u32, 2, 3, 4, 5, 6, 8] {
+            let n = 64usize;
+            let codes: Vec<u8> = (0..n).map(|i| ((i * 7 + 3) % (1 << bits)) as u8).collect();
+            let mut words = vec![0u32; n * bits as usize / 32];
+            pack_row(&codes, bits, &mut words);
+            for (i, &c) in codes.iter().enumerate() {
+                assert_eq!(
+                    unpack_at(&words, bits, i),
+                    u32::from(c),
+                    "bits {bits} element {i}"
+                );
+            }
+        }
+        // 4-bit: element 0 is bits 0-3 of word 0, element 1 bits 4-7.
+        let mut w = [0u32; 1];
+        pack_row(&[1, 2, 0, 0, 0, 0, 0, 0], 4, &mut w);
+        assert_eq!(w[0], 0x21);
+    }
+}

@@ -1,0 +1,19 @@
+"""mx.quantize / mx.dequantize (affine) on the CPU for every tensor of a safetensors file,
+every bits in {1,2,3,4,5,6,8} and group size in {32,64,128}; results saved as safetensors."""
+import sys
+
+import mlx.core as mx
+
+mx.set_default_device(mx.cpu)
+src, dst = sys.argv[1], sys.argv[2]
+out = {}
+for name, x in mx.load(src).items():
+    for bits in (1, 2, 3, 4, 5, 6, 8):
+        for group in (32, 64, 128):
+            w, s, b = mx.quantize(x, group_size=group, bits=bits)
+            key = f"{name}.b{bits}.g{group}"
+            out[key + ".weight"] = w
+            out[key + ".scales"] = s
+            out[key + ".biases"] = b
+            out[key + ".deq"] = mx.dequantize(w, s, b, group_size=group, bits=bits)
+mx.save_safetensors(dst, out)
