@@ -3,6 +3,7 @@
 //! the streaming convert that uses them is built on top.
 
 pub mod affine;
+pub mod fp;
 pub mod pack;
 
 use half::{bf16, f16};
