@@ -84,6 +84,13 @@ fn quantize_and_dequantize_match_mlx_bit_for_bit() {
     );
     let bytes = std::fs::read(&dst).unwrap();
     let oracle = SafeTensors::deserialize(&bytes).unwrap();
+    let theirs = |key: &str, part: &str| {
+        oracle
+            .tensor(&format!("{key}.{part}"))
+            .unwrap()
+            .data()
+            .to_vec()
+    };
 
     let mut compared = 0;
     for (name, (fd, x)) in &widened {
@@ -121,18 +128,11 @@ fn quantize_and_dequantize_match_mlx_bit_for_bit() {
                     fd.narrow(v, &mut b);
                     b
                 };
-                let theirs = |part: &str| {
-                    oracle
-                        .tensor(&format!("{key}.{part}"))
-                        .unwrap()
-                        .data()
-                        .to_vec()
-                };
-                assert_eq!(word_bytes, theirs("weight"), "{key}: packed codes");
-                assert_eq!(narrow(&scales), theirs("scales"), "{key}: scales");
-                assert_eq!(narrow(&biases), theirs("biases"), "{key}: biases");
+                assert_eq!(word_bytes, theirs(&key, "weight"), "{key}: packed codes");
+                assert_eq!(narrow(&scales), theirs(&key, "scales"), "{key}: scales");
+                assert_eq!(narrow(&biases), theirs(&key, "biases"), "{key}: biases");
                 // NaN inputs dequantize to a number on both sides; compare all bytes.
-                assert_eq!(narrow(&deq), theirs("deq"), "{key}: dequantized");
+                assert_eq!(narrow(&deq), theirs(&key, "deq"), "{key}: dequantized");
                 compared += 1;
             }
         }
@@ -156,16 +156,9 @@ fn quantize_and_dequantize_match_mlx_bit_for_bit() {
                     &mut codes,
                 );
             }
-            let theirs = |part: &str| {
-                oracle
-                    .tensor(&format!("{key}.{part}"))
-                    .unwrap()
-                    .data()
-                    .to_vec()
-            };
-            assert_eq!(scales, theirs("scales"), "{key}: scales");
+            assert_eq!(scales, theirs(&key, "scales"), "{key}: scales");
             let word_bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let want = theirs("weight");
+            let want = theirs(&key, "weight");
             let row_bytes = wpr * 4;
             for r in 0..ROWS {
                 // Known gap: for f32 inputs MLX turns the elements of a NaN-holding group into

@@ -71,10 +71,8 @@ impl MlxkFs {
     }
 
     fn attr(&self, info: &NodeInfo) -> FileAttr {
-        let (kind, nlink) = match info.kind {
-            Kind::Dir => (FileType::Directory, 2),
-            Kind::File => (FileType::RegularFile, 1),
-        };
+        let nlink = if info.kind == Kind::Dir { 2 } else { 1 };
+        let kind = file_type(info.kind);
         FileAttr {
             ino: INodeNo(info.ino),
             size: info.size,
@@ -140,6 +138,13 @@ impl MlxkFs {
         map.insert(ino, Arc::downgrade(&id));
         map.retain(|_, w| w.strong_count() > 0);
         Ok(id)
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
     }
 }
 
@@ -464,12 +469,12 @@ impl Filesystem for MlxkFs {
             Err(e) => return reply.error(e),
         };
         for (i, (name, info)) in entries.iter().enumerate().skip(offset as usize) {
-            let kind = if info.kind == Kind::Dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
-            if reply.add(INodeNo(info.ino), (i + 1) as u64, kind, name) {
+            if reply.add(
+                INodeNo(info.ino),
+                (i + 1) as u64,
+                file_type(info.kind),
+                name,
+            ) {
                 break;
             }
         }
