@@ -1,7 +1,7 @@
 //! The four commands: resolve, call the store / convert, render.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -506,9 +506,17 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
             ));
         }
     };
-    let outcome = repair_index(&source, &a.target, &caches, &opts, &mut on_progress);
+    // A target inside a mount is written straight into its overlay directory.
+    let mounted = mounted_target(&a.target)?;
+    let write_to = mounted
+        .as_ref()
+        .map_or(a.target.clone(), |t| t.overlay_path.clone());
+    let outcome = repair_index(&source, &write_to, &caches, &opts, &mut on_progress);
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    if let Some(t) = &mounted {
+        t.invalidate();
     }
     let outcome = outcome?;
     let target = display_path(&a.target);
@@ -604,6 +612,97 @@ fn source_cache(source: &ResolvedModel) -> Option<HubCache> {
         .parent()?
         .parent()
         .and_then(|root| HubCache::open(root).ok())
+}
+
+/// A convert target inside a live mount, checked as the mount shows it.
+struct MountedTarget {
+    overlay_path: PathBuf,
+    mountpoint: PathBuf,
+    rel: String,
+}
+
+impl MountedTarget {
+    /// Tells the daemon to drop the kernel's cached entries along the target's path.
+    fn invalidate(&self) {
+        let status = self.mountpoint.join(crate::store::mounts::STATUS_FILE);
+        if let Err(e) = xattr_set(
+            &status,
+            crate::store::mounts::INVALIDATE_XATTR,
+            self.rel.as_bytes(),
+        ) {
+            tracing::debug!("cannot ask the mount to invalidate {}: {e}", self.rel);
+        }
+    }
+}
+
+fn mounted_target(target: &Path) -> Result<Option<MountedTarget>, CliError> {
+    let Some(t) = crate::store::mounts::overlay_target(target) else {
+        return Ok(None);
+    };
+    let bad = |msg: String| Err(CliError::new("InvalidTarget", msg));
+    if t.rel.is_empty() {
+        return bad(format!(
+            "{} is the root of an mlxk-fs mount; convert into <mount>/<org>/<name>",
+            target.display()
+        ));
+    }
+    if let Some(c) = t
+        .rel
+        .split('/')
+        .find(|c| crate::store::overlay::is_internal(c))
+    {
+        return bad(format!(
+            "{}: names starting with `.wh.` are reserved by the mount's overlay format ({c})",
+            target.display()
+        ));
+    }
+    // What the mount shows there must be absent or an empty directory, as for any target.
+    if let Ok(mut entries) = std::fs::read_dir(target) {
+        if entries.next().is_some() {
+            return bad(format!(
+                "{} already exists in the mount and is not empty; choose a new name",
+                target.display()
+            ));
+        }
+    } else if target.exists() {
+        return bad(format!(
+            "{} already exists in the mount and is not a directory",
+            target.display()
+        ));
+    }
+    Ok(Some(MountedTarget {
+        overlay_path: t.overlay_path,
+        mountpoint: t.record.mountpoint,
+        rel: t.rel,
+    }))
+}
+
+#[cfg(target_os = "linux")]
+fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let n = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: valid NUL-terminated strings and a live slice for the call's duration.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn xattr_set(_path: &Path, _name: &str, _value: &[u8]) -> std::io::Result<()> {
+    // No mount in this build: nothing to invalidate.
+    Ok(())
 }
 
 fn display_path(p: &Path) -> String {

@@ -50,6 +50,10 @@ pub struct MountArgs {
     /// The Hugging Face hub cache (else HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
+    /// Where every write into the mount lands (default: $XDG_DATA_HOME/mlxk-fs/overlay, else
+    /// ~/.local/share/mlxk-fs/overlay). Never inside the cache.
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
     /// Stay in the foreground (Ctrl-C unmounts).
     #[arg(short, long)]
     pub foreground: bool,
@@ -142,10 +146,17 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
         Some(p) => Some(std::path::absolute(p).map_err(|e| e.to_string())?),
         None => None,
     };
+    let overlay = std::path::absolute(
+        m.overlay
+            .clone()
+            .unwrap_or_else(crate::store::overlay::default_dir),
+    )
+    .map_err(|e| e.to_string())?;
     if m.foreground {
         let opts = MountOptions {
             mountpoint: m.mountpoint.clone(),
             cache,
+            overlay,
             allow_other: m.allow_other,
             passthrough: !m.no_passthrough,
             threads: m.threads,
@@ -170,6 +181,8 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
         "--foreground".into(),
         "--cache".into(),
         cache.display().to_string(),
+        "--overlay".into(),
+        overlay.display().to_string(),
         "--threads".into(),
         m.threads.to_string(),
     ];
@@ -186,9 +199,14 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
     let record = daemon::spawn_background(&exe, &child_args, log_file.as_deref())
         .map_err(|e| e.to_string())?;
     let human = format!(
-        "mounted {} (cache {}, pid {}, passthrough {})\n",
+        "mounted {} (cache {}, overlay {}, pid {}, passthrough {})\n",
         record.mountpoint.display(),
         record.cache.display(),
+        record
+            .overlay
+            .as_deref()
+            .map(|o| o.display().to_string())
+            .unwrap_or_default(),
         record.pid,
         if record.passthrough { "on" } else { "off" }
     );

@@ -9,16 +9,20 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 
 use super::filesystem::MlxkFs;
-use super::namespace::Namespace;
+use super::lower::LowerTree;
+use super::namespace::{Invalidation, Namespace};
 use super::sandbox::PrivateCache;
 use crate::store::cache::HubCache;
 use crate::store::mounts::{self, MountRecord};
+use crate::store::overlay::OverlayDir;
 use crate::store::sentinel::iso8601;
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub cache: PathBuf,
+    /// Where every write lands.
+    pub overlay: PathBuf,
     pub allow_other: bool,
     pub passthrough: bool,
     /// FUSE worker threads.
@@ -36,6 +40,24 @@ pub enum DaemonError {
     StaleMount(PathBuf),
     #[error("{path} is already an mlxk-fs mount (pid {pid}); `mlxk-fs umount {path}` first")]
     AlreadyMounted { path: PathBuf, pid: u32 },
+    #[error("overlay directory {overlay} is inside the cache {cache}: the cache is never written; choose another --overlay")]
+    OverlayInCache { overlay: PathBuf, cache: PathBuf },
+    #[error("the cache {cache} is inside overlay directory {overlay}; choose another --overlay")]
+    CacheInOverlay { overlay: PathBuf, cache: PathBuf },
+    #[error("overlay directory {0} is inside the mountpoint; choose a directory outside it")]
+    OverlayInMount(PathBuf),
+    #[error("overlay directory {overlay} is already used by the mount at {mountpoint} (pid {pid}); two daemons must not write one overlay")]
+    OverlayBusy {
+        overlay: PathBuf,
+        mountpoint: PathBuf,
+        pid: u32,
+    },
+    #[error("cannot use overlay directory {path}: {source}")]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot open the cache: {0}")]
     Cache(#[from] crate::store::StoreError),
     #[error("cannot mount {path}: {source}{}", mount_hint(.source))]
@@ -109,6 +131,43 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
+/// Checks and opens the overlay directory: outside the cache (which is never written), not
+/// holding the cache, outside the mountpoint, and not in use by another live mount.
+fn open_overlay(dir: &Path, cache: &Path, mountpoint: &Path) -> Result<OverlayDir, DaemonError> {
+    let wrap = |source| DaemonError::Overlay {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let planned =
+        crate::store::cache::canonicalize_lenient(&std::path::absolute(dir).map_err(wrap)?);
+    if planned.starts_with(cache) {
+        return Err(DaemonError::OverlayInCache {
+            overlay: planned,
+            cache: cache.to_path_buf(),
+        });
+    }
+    if cache.starts_with(&planned) {
+        return Err(DaemonError::CacheInOverlay {
+            overlay: planned,
+            cache: cache.to_path_buf(),
+        });
+    }
+    if planned.starts_with(mountpoint) {
+        return Err(DaemonError::OverlayInMount(planned));
+    }
+    if let Some(r) = mounts::list()
+        .into_iter()
+        .find(|r| r.alive() && r.overlay.as_deref() == Some(planned.as_path()))
+    {
+        return Err(DaemonError::OverlayBusy {
+            overlay: planned,
+            mountpoint: r.mountpoint,
+            pid: r.pid,
+        });
+    }
+    OverlayDir::open(&planned).map_err(wrap)
+}
+
 /// Checks the mountpoint before mounting. Returns its canonical path.
 pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DaemonError> {
     match std::fs::metadata(mountpoint) {
@@ -139,6 +198,9 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     let mountpoint = preflight(&opts.mountpoint)?;
     let cache = HubCache::open(&opts.cache)?;
     let cache_root = std::fs::canonicalize(cache.root())?;
+    let overlay = open_overlay(&opts.overlay, &cache_root, &mountpoint)?;
+    // Modes of what users create are exactly what they ask for (the kernel applied their umask).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
 
     // Signals are taken by one thread with sigwait; block them before any thread exists so
     // that every thread inherits the mask.
@@ -148,7 +210,8 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     signals.add(Signal::SIGHUP); // ignored: a daemon outlives its terminal
     signals.thread_block().map_err(io::Error::from)?;
 
-    let ns = Arc::new(Namespace::new(cache));
+    let overlay_root = overlay.root().to_path_buf();
+    let ns = Arc::new(Namespace::new(LowerTree::new(cache), overlay));
     let fs = MlxkFs::new(ns.clone(), opts.passthrough);
     let mut config = Config::default();
     config.mount_options = vec![
@@ -192,7 +255,23 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
         None
     };
     let isolated = sandbox.is_some();
-    let _watcher = match super::watch::start(ns.clone(), session.notifier()) {
+    let notifier = session.notifier();
+    let (inval_tx, inval_rx) = std::sync::mpsc::channel::<Invalidation>();
+    ns.set_invalidator(inval_tx);
+    std::thread::Builder::new()
+        .name("mlxk-fs-inval".into())
+        .spawn(move || {
+            // Errors mean "the kernel holds nothing for it".
+            for inv in inval_rx {
+                let _ = match inv {
+                    Invalidation::Entry(parent, name) => {
+                        notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name))
+                    }
+                    Invalidation::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino), 0, 0),
+                };
+            }
+        })?;
+    let _watcher = match super::watch::start(ns.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("cannot watch the cache for changes ({e}): new models appear within a second anyway");
@@ -228,6 +307,7 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     let record = MountRecord {
         mountpoint: mountpoint.clone(),
         cache: cache_root,
+        overlay: Some(overlay_root),
         pid: std::process::id(),
         passthrough: ns.passthrough.load(std::sync::atomic::Ordering::Relaxed),
         started_at: iso8601(std::time::SystemTime::now()),

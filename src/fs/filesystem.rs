@@ -1,13 +1,18 @@
 //! The fuser adapter: each callback translates, asks the [`Namespace`], and replies. Errno
-//! mapping lives in [`errno`]; file handles and passthrough backing ids live here.
+//! mapping lives in [`errno`]; file handles, directory snapshots and passthrough backing ids
+//! live here.
 //!
-//! Read-only: every write path answers EROFS. A write-intent open of a cache file is refused
-//! BEFORE any passthrough is granted: the kernel re-opens a backing file by path with the
-//! client's flags and the daemon's rights, so granting it would write into the cache.
+//! The passthrough rule: a backing id is registered from the file a handle reads, one per
+//! inode, shared by its handles. Cache blobs are only ever opened read-only and a write-intent
+//! open of a cache inode never reaches this point (the namespace copies the file up and answers
+//! ESTALE, so the kernel opens the copy, a different inode): the kernel re-opens a backing file
+//! by path with the CLIENT's flags and the daemon's rights, so a cache backing handed to a write
+//! would write into the cache. Overlay files are ours to write and get passthrough both ways.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,25 +24,27 @@ use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::errno::to_errno;
-use super::namespace::{Kind, Namespace, NodeInfo, OpenTarget};
+use super::namespace::{Caller, Kind, Namespace, NodeInfo, NsError, Opened, SetAttr};
 
-/// Directories and names can change (a model is pulled or removed): revalidate every second.
-const DIR_TTL: Duration = Duration::from_secs(1);
-/// A file inode is keyed by its snapshot sha: its content never changes.
-const FILE_TTL: Duration = Duration::from_secs(60);
+/// Names and attributes can change (a model is pulled, a file written): revalidate every second.
+const TTL: Duration = Duration::from_secs(1);
+/// A cache file inode is keyed by its snapshot sha: its attributes never change.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(60);
 
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 enum Handle {
-    /// A cache blob: read by the kernel itself (passthrough) or by pread here.
-    Blob {
+    /// A cache blob (read-only) or an overlay file: read by the kernel itself (passthrough) or
+    /// by pread / pwrite here.
+    File {
         file: File,
+        writable: bool,
         _backing: Option<Arc<BackingId>>,
     },
     /// Served from memory.
@@ -49,11 +56,12 @@ pub struct MlxkFs {
     want_passthrough: bool,
     passthrough: AtomicBool,
     handles: DashMap<u64, Handle>,
+    /// Directory listings, taken at opendir (and at each rewind), so that entries removed
+    /// while a reader walks the directory do not shift what it has not seen yet.
+    dirs: DashMap<u64, Vec<String>>,
     next_fh: AtomicU64,
     /// One backing id per inode, shared by its open handles, dropped with the last of them.
     backing: Mutex<HashMap<u64, Weak<BackingId>>>,
-    uid: u32,
-    gid: u32,
 }
 
 impl MlxkFs {
@@ -63,29 +71,26 @@ impl MlxkFs {
             want_passthrough,
             passthrough: AtomicBool::new(false),
             handles: DashMap::new(),
+            dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
             backing: Mutex::new(HashMap::new()),
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
         }
     }
 
-    fn attr(&self, info: &NodeInfo) -> FileAttr {
-        let nlink = if info.kind == Kind::Dir { 2 } else { 1 };
-        let kind = file_type(info.kind);
+    fn attr(info: &NodeInfo) -> FileAttr {
         FileAttr {
             ino: INodeNo(info.ino),
             size: info.size,
-            blocks: info.size.div_ceil(512),
-            atime: info.mtime,
+            blocks: info.blocks,
+            atime: info.atime,
             mtime: info.mtime,
-            ctime: info.mtime,
+            ctime: info.ctime,
             crtime: info.mtime,
-            kind,
+            kind: file_type(info.kind),
             perm: info.perm,
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
+            nlink: info.nlink,
+            uid: info.uid,
+            gid: info.gid,
             rdev: 0,
             flags: 0,
             blksize: 1 << 20,
@@ -94,50 +99,72 @@ impl MlxkFs {
 
     fn ttl(info: &NodeInfo) -> Duration {
         if info.kind == Kind::File && info.immutable {
-            FILE_TTL
+            IMMUTABLE_TTL
         } else {
-            DIR_TTL
+            TTL
         }
     }
 
-    /// A directory's entries, `.` and `..` first (both with the directory's own attributes).
-    fn listing(&self, ino: u64) -> Result<Vec<(String, NodeInfo)>, Errno> {
-        let this = self.ns.getattr(ino).map_err(to_errno)?;
-        let entries = self.ns.readdir(ino).map_err(to_errno)?;
-        let mut all = Vec::with_capacity(entries.len() + 2);
-        all.push((".".to_string(), this.clone()));
-        all.push(("..".to_string(), this));
-        all.extend(entries);
-        Ok(all)
-    }
-
-    fn refuse_write(&self) -> Errno {
-        self.ns
-            .counters
-            .write_attempts_refused
-            .fetch_add(1, Ordering::Relaxed);
-        Errno::EROFS
+    fn error(&self, e: NsError) -> Errno {
+        if e == NsError::ReadOnly {
+            self.ns
+                .counters
+                .write_attempts_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        to_errno(e)
     }
 
     fn next_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The inode's live backing id, or a new one registered from `file`.
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<NodeInfo, NsError>) {
+        match result {
+            // The name can come to mean another inode (refs/main moves, a copy-up), so the
+            // entry is revalidated every second even when the inode's attributes never change.
+            Ok(info) => {
+                reply.entry_with_ttls(&Self::ttl(&info), &TTL, &Self::attr(&info), Generation(0))
+            }
+            Err(e) => reply.error(self.error(e)),
+        }
+    }
+
+    /// The inode's live backing id, or a new one registered from `file` by `register`.
     fn backing_for(
         &self,
         ino: u64,
-        file: &File,
-        reply: &ReplyOpen,
+        register: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> std::io::Result<Arc<BackingId>> {
         let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = map.get(&ino).and_then(Weak::upgrade) {
             return Ok(id);
         }
-        let id = Arc::new(reply.open_backing(file)?);
+        let id = Arc::new(register()?);
         map.insert(ino, Arc::downgrade(&id));
         map.retain(|_, w| w.strong_count() > 0);
         Ok(id)
+    }
+
+    /// Passthrough is given up for the whole mount the first time the kernel refuses it.
+    fn passthrough_failed(&self, what: &str, e: std::io::Error) {
+        tracing::warn!("passthrough refused for {what} ({e}); serving I/O from the daemon");
+        self.passthrough.store(false, Ordering::Relaxed);
+        self.ns.passthrough.store(false, Ordering::Relaxed);
+    }
+
+    fn with_file<T>(&self, fh: FileHandle, f: impl FnOnce(&File, bool) -> T) -> Result<T, Errno> {
+        match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File { file, writable, .. }) => Ok(f(file, *writable)),
+            Some(Handle::Bytes(_)) => Err(Errno::EBADF),
+            None => Err(Errno::EBADF),
+        }
+    }
+
+    fn snapshot_dir(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        let names = self.ns.list(ino).map_err(|e| self.error(e))?;
+        self.dirs.insert(fh, names);
+        Ok(())
     }
 }
 
@@ -145,6 +172,7 @@ fn file_type(kind: Kind) -> FileType {
     match kind {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -153,9 +181,34 @@ pub fn write_intent(flags: OpenFlags) -> bool {
     flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0
 }
 
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_of(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => Some(t),
+        TimeOrNow::Now => None,
+    })
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from(e)
+}
+
 impl Filesystem for MlxkFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // ATOMIC_O_TRUNC: O_TRUNC arrives with the open (where a cache file is copied up)
+        // instead of as a setattr on the cache inode afterwards.
         for cap in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -187,160 +240,307 @@ impl Filesystem for MlxkFs {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT);
         };
-        match self.ns.lookup(parent.0, name) {
-            // The name can come to mean another inode (refs/main moves), so the entry is
-            // revalidated every second even when the inode's attributes never change.
-            Ok(info) => reply.entry_with_ttls(
-                &Self::ttl(&info),
-                &DIR_TTL,
-                &self.attr(&info),
-                Generation(0),
-            ),
-            Err(e) => reply.error(to_errno(e)),
-        }
+        let r = self.ns.lookup(parent.0, name);
+        tracing::trace!(parent = parent.0, name, result = ?r.as_ref().map(|i| i.ino), "lookup");
+        self.reply_entry(reply, r);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.ns.getattr(ino.0) {
-            Ok(info) => reply.attr(&Self::ttl(&info), &self.attr(&info)),
-            Err(e) => reply.error(to_errno(e)),
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        tracing::trace!(ino = ino.0, nlookup, "forget");
+        self.ns.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let by_handle = fh.is_some_and(|fh| self.handles.contains_key(&fh.0));
+        match self.ns.getattr(ino.0, by_handle) {
+            Ok(info) => reply.attr(&Self::ttl(&info), &Self::attr(&info)),
+            Err(e) => reply.error(self.error(e)),
         }
     }
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(self.refuse_write());
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_of(atime),
+            mtime: time_of(mtime),
+        };
+        // A truncate through a writable handle uses that handle (the file may be unlinked).
+        let handle = fh.and_then(|fh| self.handles.get(&fh.0));
+        let file = match handle.as_deref() {
+            Some(Handle::File {
+                file,
+                writable: true,
+                ..
+            }) => Some(file),
+            _ => None,
+        };
+        match self.ns.setattr(ino.0, &set, file) {
+            // A cache inode answers with its own, unchanged attributes, not cached: the change
+            // went to its copy, which the next lookup finds.
+            Ok(info) if info.immutable => reply.attr(&Duration::ZERO, &Self::attr(&info)),
+            Ok(info) => reply.attr(&TTL, &Self::attr(&info)),
+            Err(e) => reply.error(self.error(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ns.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(self.error(e)),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(self.refuse_write());
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.ns.mknod(parent.0, name, mode & !umask, caller(req));
+        self.reply_entry(reply, r);
     }
 
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(self.refuse_write());
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.ns.mkdir(parent.0, name, mode & !umask, caller(req));
+        self.reply_entry(reply, r);
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write());
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.ns.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.error(e)),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write());
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.ns.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.error(e)),
+        }
     }
 
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(self.refuse_write());
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let Ok(name) = name_str(link_name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.ns.symlink(parent.0, name, target, caller(req));
+        self.reply_entry(reply, r);
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write());
+        let (Ok(name), Ok(newname)) = (name_str(name), name_str(newname)) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self
+            .ns
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.error(e)),
+        }
     }
 
-    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(self.refuse_write());
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let Ok(name) = name_str(newname) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.ns.link(ino.0, newparent.0, name);
+        self.reply_entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.ns.counters.opens.fetch_add(1, Ordering::Relaxed);
-        if write_intent(flags) {
-            return reply.error(self.refuse_write());
-        }
-        let target = match self.ns.open_target(ino.0) {
-            Ok(t) => t,
-            Err(e) => return reply.error(to_errno(e)),
+        let intent = write_intent(flags);
+        let opened = match self.ns.open(ino.0, flags.0, intent) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::trace!(ino = ino.0, flags = flags.0, ?e, "open refused");
+                return reply.error(self.error(e));
+            }
         };
         let fh = self.next_fh();
-        match target {
-            OpenTarget::Bytes(bytes) => {
+        let (file, writable, cacheable) = match opened {
+            Opened::Bytes(bytes) => {
                 self.handles.insert(fh, Handle::Bytes(bytes));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                return reply.opened(FileHandle(fh), FopenFlags::empty());
             }
-            OpenTarget::Blob(path) => {
-                // Read-only, always: this fd is what a passthrough backing is registered from.
-                let file = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => return reply.error(Errno::from(e)),
-                };
-                if self.passthrough.load(Ordering::Relaxed) {
-                    match self.backing_for(ino.0, &file, &reply) {
-                        Ok(id) => {
-                            self.ns
-                                .counters
-                                .passthrough_opens
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.handles.insert(
-                                fh,
-                                Handle::Blob {
-                                    file,
-                                    _backing: Some(id.clone()),
-                                },
-                            );
-                            return reply.opened_passthrough(
-                                FileHandle(fh),
-                                FopenFlags::empty(),
-                                &id,
-                            );
-                        }
-                        Err(e) => {
-                            // No backing exists for this inode, so a cached open is still allowed.
-                            tracing::warn!(path = %path.display(), "passthrough refused ({e}); serving reads from the daemon");
-                            self.passthrough.store(false, Ordering::Relaxed);
-                            self.ns.passthrough.store(false, Ordering::Relaxed);
-                        }
-                    }
+            Opened::Blob(file) => (file, false, true),
+            Opened::Upper(file) => (file, intent, false),
+        };
+        if self.passthrough.load(Ordering::Relaxed) {
+            match self.backing_for(ino.0, || reply.open_backing(&file)) {
+                Ok(id) => {
+                    self.ns
+                        .counters
+                        .passthrough_opens
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.handles.insert(
+                        fh,
+                        Handle::File {
+                            file,
+                            writable,
+                            _backing: Some(id.clone()),
+                        },
+                    );
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
-                // The daemon reads this blob front to back for sequential readers: ask for
-                // the larger readahead window.
-                let _ = nix::fcntl::posix_fadvise(
-                    &file,
-                    0,
-                    0,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
-                );
-                self.handles.insert(
-                    fh,
-                    Handle::Blob {
-                        file,
-                        _backing: None,
-                    },
-                );
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                // No backing exists for this inode, so a cached open is still allowed.
+                Err(e) => self.passthrough_failed(&format!("inode {}", ino.0), e),
             }
         }
+        if cacheable {
+            // The daemon reads this blob front to back for sequential readers.
+            let _ = nix::fcntl::posix_fadvise(
+                &file,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+            );
+        }
+        self.handles.insert(
+            fh,
+            Handle::File {
+                file,
+                writable,
+                _backing: None,
+            },
+        );
+        let flags = if cacheable {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(fh), flags);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let (info, file) = match self
+            .ns
+            .create(parent.0, name, mode & !umask, flags, caller(req))
+        {
+            Ok(r) => r,
+            Err(e) => return reply.error(self.error(e)),
+        };
+        self.ns.counters.opens.fetch_add(1, Ordering::Relaxed);
+        let fh = self.next_fh();
+        let attr = Self::attr(&info);
+        if self.passthrough.load(Ordering::Relaxed) {
+            match self.backing_for(info.ino, || reply.open_backing(&file)) {
+                Ok(id) => {
+                    self.handles.insert(
+                        fh,
+                        Handle::File {
+                            file,
+                            writable: true,
+                            _backing: Some(id.clone()),
+                        },
+                    );
+                    return reply.created_passthrough(
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    );
+                }
+                Err(e) => self.passthrough_failed(&format!("inode {}", info.ino), e),
+            }
+        }
+        self.handles.insert(
+            fh,
+            Handle::File {
+                file,
+                writable: true,
+                _backing: None,
+            },
+        );
+        reply.created(
+            &TTL,
+            &attr,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
     }
 
     fn read(
@@ -368,7 +568,7 @@ impl Filesystem for MlxkFs {
                     .fetch_add((end - start) as u64, Ordering::Relaxed);
                 reply.data(&bytes[start..end]);
             }
-            Handle::Blob { file, .. } => READ_BUF.with(|buf| {
+            Handle::File { file, .. } => READ_BUF.with(|buf| {
                 // One buffer per worker thread, reused: no allocation or zeroing per request.
                 let mut buf = buf.borrow_mut();
                 if buf.len() < size as usize {
@@ -381,7 +581,7 @@ impl Filesystem for MlxkFs {
                         Ok(0) => break,
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return reply.error(Errno::from(e)),
+                        Err(e) => return reply.error(io_errno(e)),
                     }
                 }
                 self.ns
@@ -397,15 +597,30 @@ impl Filesystem for MlxkFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(self.refuse_write());
+        let r = self.with_file(fh, |file, writable| {
+            if !writable {
+                return Err(Errno::EBADF);
+            }
+            file.write_all_at(data, offset).map_err(io_errno)
+        });
+        match r.and_then(|r| r) {
+            Ok(()) => {
+                let c = &self.ns.counters;
+                c.writes.fetch_add(1, Ordering::Relaxed);
+                c.bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                reply.written(data.len() as u32)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn flush(
@@ -422,7 +637,7 @@ impl Filesystem for MlxkFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -430,7 +645,9 @@ impl Filesystem for MlxkFs {
         reply: ReplyEmpty,
     ) {
         // Dropping the handle drops its share of the backing id (and closes the fd).
-        self.handles.remove(&fh.0);
+        if let Some((_, Handle::File { writable: true, .. })) = self.handles.remove(&fh.0) {
+            self.ns.released_writable(ino.0);
+        }
         reply.ok();
     }
 
@@ -438,21 +655,38 @@ impl Filesystem for MlxkFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let r = match self.handles.get(&fh.0).as_deref() {
+            Some(Handle::File {
+                file,
+                writable: true,
+                ..
+            }) => {
+                if datasync {
+                    file.sync_data()
+                } else {
+                    file.sync_all()
+                }
+            }
+            _ => Ok(()),
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if write_intent(flags) {
             return reply.error(Errno::EISDIR);
         }
-        match self.ns.getattr(ino.0) {
-            Ok(info) if info.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(to_errno(e)),
+        let fh = self.next_fh();
+        match self.snapshot_dir(ino.0, fh) {
+            Ok(()) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -460,18 +694,35 @@ impl Filesystem for MlxkFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.listing(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
+        if offset == 0 {
+            if let Err(e) = self.snapshot_dir(ino.0, fh.0) {
+                return reply.error(e);
+            }
+        }
+        let Some(names) = self.dirs.get(&fh.0).map(|n| n.clone()) else {
+            return reply.error(Errno::EBADF);
         };
-        for (i, (name, info)) in entries.iter().enumerate().skip(offset as usize) {
+        // `.` and `..` first; the kernel fills in `..`'s real inode.
+        let dots = [(".", ino.0), ("..", ino.0)];
+        for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*dino), (i + 1) as u64, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        let skip = (offset as usize).saturating_sub(2);
+        for (i, name) in names.iter().enumerate().skip(skip) {
+            // Plain readdir takes no reference: stat the entry without keeping it.
+            let Ok(info) = self.ns.lookup(ino.0, name) else {
+                continue;
+            };
+            self.ns.forget(info.ino, 1);
             if reply.add(
                 INodeNo(info.ino),
-                (i + 1) as u64,
+                (i + 3) as u64,
                 file_type(info.kind),
                 name,
             ) {
@@ -485,38 +736,88 @@ impl Filesystem for MlxkFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.listing(ino.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
+        if offset == 0 {
+            if let Err(e) = self.snapshot_dir(ino.0, fh.0) {
+                return reply.error(e);
+            }
+        }
+        let Some(names) = self.dirs.get(&fh.0).map(|n| n.clone()) else {
+            return reply.error(Errno::EBADF);
         };
-        for (i, (name, info)) in entries.iter().enumerate().skip(offset as usize) {
+        let this = match self.ns.getattr(ino.0, false) {
+            Ok(i) => i,
+            Err(e) => return reply.error(self.error(e)),
+        };
+        let attr = Self::attr(&this);
+        for (i, name) in [".", ".."].iter().enumerate().skip(offset as usize) {
             if reply.add(
-                INodeNo(info.ino),
+                INodeNo(ino.0),
                 (i + 1) as u64,
                 name,
-                &DIR_TTL,
-                &self.attr(info),
+                &TTL,
+                &attr,
                 Generation(0),
             ) {
+                return reply.ok();
+            }
+        }
+        let skip = (offset as usize).saturating_sub(2);
+        for (i, name) in names.iter().enumerate().skip(skip) {
+            // Every entry but `.` and `..` counts as a lookup for the kernel.
+            let Ok(info) = self.ns.lookup(ino.0, name) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(info.ino),
+                (i + 3) as u64,
+                name,
+                &TTL,
+                &Self::attr(&info),
+                Generation(0),
+            ) {
+                self.ns.forget(info.ino, 1);
                 break;
             }
         }
         reply.ok();
     }
 
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match nix::sys::statvfs::statvfs(self.ns.cache().root()) {
+        match nix::sys::statvfs::statvfs(self.ns.statfs_path()) {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
                 s.blocks_available(),
                 s.files(),
                 s.files_free(),
-                s.fragment_size() as u32,
+                s.block_size() as u32,
                 255,
                 s.fragment_size() as u32,
             ),
@@ -527,89 +828,156 @@ impl Filesystem for MlxkFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write());
-    }
-
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::NO_XATTR);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.ns.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.error(e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(self.refuse_write());
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        match self.ns.getxattr(ino.0, name, size as usize) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(self.error(e)),
+        }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(AccessFlags::W_OK) {
-            return reply.error(Errno::EROFS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.ns.listxattr(ino.0, size as usize) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(self.error(e)),
         }
-        match self.ns.getattr(ino.0) {
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        match self.ns.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.error(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are checked by the kernel (default_permissions); this only says the
+        // node exists.
+        match self.ns.getattr(ino.0, false) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(to_errno(e)),
+            Err(e) => reply.error(self.error(e)),
         }
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(self.refuse_write());
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        _o: u64,
-        _l: u64,
-        _m: i32,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(self.refuse_write());
+        let r = self.with_file(fh, |file, writable| {
+            if !writable {
+                return Err(Errno::EBADF);
+            }
+            nix::fcntl::fallocate(
+                file,
+                nix::fcntl::FallocateFlags::from_bits_retain(mode),
+                offset as i64,
+                length as i64,
+            )
+            .map_err(|e| Errno::from_i32(e as i32))
+        });
+        match r.and_then(|r| r) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let r = self.with_file(fh, |file, _| {
+            // SAFETY: a valid fd owned by the handle, which the map entry keeps alive.
+            let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+            if r < 0 {
+                Err(io_errno(std::io::Error::last_os_error()))
+            } else {
+                Ok(r)
+            }
+        });
+        match r.and_then(|r| r) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
         _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
+        fh_in: FileHandle,
+        offset_in: u64,
         _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        reply.error(self.refuse_write());
+        let input = self.handles.get(&fh_in.0);
+        let output = self.handles.get(&fh_out.0);
+        let (
+            Some(Handle::File { file: src, .. }),
+            Some(Handle::File {
+                file: dst,
+                writable: true,
+                ..
+            }),
+        ) = (input.as_deref(), output.as_deref())
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut off_in = offset_in as i64;
+        let mut off_out = offset_out as i64;
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        // SAFETY: valid fds kept alive by the handle map entries; offsets point at locals.
+        let r = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                len,
+                0,
+            )
+        };
+        if r < 0 {
+            return reply.error(io_errno(std::io::Error::last_os_error()));
+        }
+        reply.written(r as u32);
     }
 
     /// Model files are not terminals or devices (Python asks isatty via TCGETS on every open).

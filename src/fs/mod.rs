@@ -1,6 +1,8 @@
 //! The FUSE adapter: the cache as a tree of managed, repaired workspaces.
 //!
-//! - [`namespace`]: the tree, inode table and what each node is (no FUSE types);
+//! - [`namespace`]: the union of the overlay over the cache, the inode table, copy-up,
+//!   whiteouts and redirects (no FUSE types);
+//! - [`lower`]: the cache as the read-only tree below the overlay;
 //! - [`view`]: one snapshot as shown, with its virtual sentinel and rebuilt index;
 //! - [`filesystem`]: fuser callbacks, handles, passthrough backing ids;
 //! - [`daemon`]: mounting, signals, the registry record, the cache watcher;
@@ -9,6 +11,7 @@
 pub mod daemon;
 mod errno;
 pub mod filesystem;
+pub mod lower;
 pub mod namespace;
 mod sandbox;
 pub mod view;

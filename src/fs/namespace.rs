@@ -1,58 +1,48 @@
-//! The tree the mount presents, independent of FUSE: `/<org>/<name>/` for every cached model
-//! (the snapshot `refs/main` names), `/<org>/<name>@<rev>/` for any ref or sha prefix (resolved
-//! on lookup, not listed), the snapshot's files and the virtual files of [`ModelView`].
+//! The tree the mount presents, independent of FUSE: a union of the overlay directory (every
+//! write) over the cache as [`LowerTree`] shows it (virtual files included). Kernel overlayfs is
+//! the model; `docs/overlay.md` lists the differences.
 //!
-//! Inode numbers are stable for the life of the mount: a node's identity is its [`NodeKey`],
-//! which for files includes the snapshot sha, so a blob-backed inode never changes content.
+//! Inodes: a directory is its position (parent inode, name); an overlay file is its identity on
+//! disk (device, inode: hard links and renames keep it); a cache or virtual file is its position
+//! plus what it shows (snapshot sha included, so its content never changes). A copy-up therefore
+//! makes a NEW inode: the old one keeps serving reads to handles opened before, and answers
+//! ESTALE to anything that reaches it by path, which makes the kernel look the name up again and
+//! find the copy. That is what keeps a passthrough backing registered for a cache blob from ever
+//! being handed to a write.
+//!
+//! Every call that touches several on-disk records (rename, unlink, mkdir over a whiteout, the
+//! final step of a copy-up) holds the tree lock for writing; lookups and attribute reads hold it
+//! for reading. File data never takes it.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 
-use super::view::{ModelView, ViewEntry, VirtualFile};
-use crate::store::cache::{dir_name_from_repo_id, HubCache, ModelRepo, Snapshot};
-use crate::store::spec::{find_revision, open_snapshot, split_rev};
+use super::lower::{LowerContent, LowerNode, LowerTree};
+use super::view::VirtualFile;
+use crate::store::config::ModelConfig;
+use crate::store::index::rebuild_index;
+use crate::store::overlay::{is_internal, Marker, OverlayDir};
+use crate::store::safetensors::read_header;
+
+pub use crate::store::mounts::{INVALIDATE_XATTR, STATUS_FILE};
 
 pub const ROOT_INO: u64 = 1;
-/// Hidden, unlisted file at the root with the daemon's counters (JSON).
-pub const STATUS_FILE: &str = ".mlxk-fs-status";
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum NodeKey {
-    Root,
-    Status,
-    Org(String),
-    /// A model directory: the default snapshot (`rev: None`) or `name@rev`.
-    Model {
-        repo: String,
-        rev: Option<String>,
-    },
-    /// A subdirectory of a snapshot.
-    Dir {
-        repo: String,
-        sha: String,
-        rel: String,
-    },
-    /// A cache file of a snapshot.
-    File {
-        repo: String,
-        sha: String,
-        rel: String,
-    },
-    Virtual {
-        repo: String,
-        sha: String,
-        file: VirtualFile,
-    },
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
     File,
+    Symlink,
 }
 
 /// What a node is right now, for attributes.
@@ -61,20 +51,17 @@ pub struct NodeInfo {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    pub ctime: SystemTime,
     /// Permission bits.
     pub perm: u16,
-    /// True when the node's content can never change (blob- or sha-keyed).
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// True when the node's content can never change (cache- or sha-keyed).
     pub immutable: bool,
-}
-
-/// What an open of a file node reads from.
-#[derive(Debug, Clone)]
-pub enum OpenTarget {
-    /// A blob in the cache.
-    Blob(PathBuf),
-    /// Bytes served from memory.
-    Bytes(Arc<[u8]>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +69,27 @@ pub enum NsError {
     NotFound,
     NotADirectory,
     IsADirectory,
+    /// A pinned revision or the status file: shown, never written.
+    ReadOnly,
+    /// The node was replaced (copied up, deleted, renamed over): look the name up again.
+    Stale,
+    Exists,
+    NotEmpty,
+    /// A name the overlay format reserves, or an unsupported request.
+    Invalid,
+    /// A node type the workspace does not hold (fifo, socket, device).
+    NotPermitted,
     Io(i32),
+}
+
+impl From<io::Error> for NsError {
+    fn from(e: io::Error) -> NsError {
+        match e.raw_os_error() {
+            Some(libc::ENOENT) => NsError::NotFound,
+            Some(code) => NsError::Io(code),
+            None => NsError::Io(libc::EIO),
+        }
+    }
 }
 
 type NsResult<T> = Result<T, NsError>;
@@ -95,403 +102,1489 @@ pub struct Counters {
     pub passthrough_opens: AtomicU64,
     pub reads: AtomicU64,
     pub bytes_read: AtomicU64,
+    pub writes: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub copy_ups: AtomicU64,
     pub write_attempts_refused: AtomicU64,
 }
 
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// A directory of the union.
+    Dir {
+        read_only: bool,
+    },
+    Status,
+    /// A file, symlink or other non-directory in the overlay.
+    Upper {
+        dev: u64,
+        ino: u64,
+    },
+    /// A cache file or a virtual file (sentinel, index, `.orig`).
+    Lower {
+        node: LowerNode,
+        read_only: bool,
+    },
+    /// The index recomputed from the union's shards (the overlay changed some).
+    Generated {
+        bytes: Arc<[u8]>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Ident {
+    Dir(u64, String),
+    Upper(u64, u64),
+    Lower(u64, String, LowerNode),
+    Generated(u64, String, u64),
+    Status,
+}
+
+pub struct Node {
+    pub ino: u64,
+    pub kind: NodeKind,
+    ident: Mutex<Ident>,
+    /// Where the node is: (parent, name), the first being where it was last seen. Overlay files
+    /// can have several (hard links).
+    places: Mutex<Vec<(u64, String)>>,
+    refs: Mutex<Refs>,
+    superseded: AtomicBool,
+}
+
+/// The kernel's references to a node (its lookup count). A node is dropped from the tables at
+/// zero, under this lock, so a lookup racing a forget either takes its reference first or sees
+/// the node forgotten and makes a new one: the kernel never holds an inode the tables lost.
+#[derive(Debug, Default)]
+struct Refs {
+    count: u64,
+    forgotten: bool,
+}
+
+impl Node {
+    fn first_place(&self) -> Option<(u64, String)> {
+        lock(&self.places).first().cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a name of a directory resolves to.
+#[derive(Debug)]
+enum Found {
+    Dir { read_only: bool },
+    Upper(Metadata),
+    Lower { node: LowerNode, read_only: bool },
+    Generated(Arc<[u8]>),
+    Status,
+}
+
+/// What an open of a file node gives.
+pub enum Opened {
+    /// An overlay file, opened with the client's access mode.
+    Upper(File),
+    /// A cache blob, opened read-only.
+    Blob(File),
+    /// Served from memory.
+    Bytes(Arc<[u8]>),
+}
+
+/// Kernel cache invalidations, sent by a separate thread: a notification sent from inside a
+/// request can deadlock on the directory lock the request's caller holds.
+#[derive(Debug, Clone)]
+pub enum Invalidation {
+    Entry(u64, String),
+    Inode(u64),
+}
+
+/// Attribute changes of a setattr.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Option<SystemTime>>,
+    pub mtime: Option<Option<SystemTime>>,
+}
+
+/// Who asks (owner of what is created, when the daemon may set it).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn not_found_like(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+fn cstr(p: &Path) -> NsResult<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| NsError::Invalid)
+}
+
 pub struct Namespace {
-    cache: HubCache,
-    by_ino: DashMap<u64, NodeKey>,
-    by_key: DashMap<NodeKey, u64>,
+    lower: LowerTree,
+    overlay: OverlayDir,
+    nodes: DashMap<u64, Arc<Node>>,
+    ids: DashMap<Ident, u64>,
     next_ino: AtomicU64,
-    views: DashMap<(String, String), Arc<ModelView>>,
+    tree: RwLock<()>,
+    invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     pub counters: Counters,
-    pub passthrough: std::sync::atomic::AtomicBool,
+    pub passthrough: AtomicBool,
     started: SystemTime,
+    is_root: bool,
+    uid: u32,
+    gid: u32,
 }
 
 impl Namespace {
-    pub fn new(cache: HubCache) -> Namespace {
+    pub fn new(lower: LowerTree, overlay: OverlayDir) -> Namespace {
         let ns = Namespace {
-            cache,
-            by_ino: DashMap::new(),
-            by_key: DashMap::new(),
+            lower,
+            overlay,
+            nodes: DashMap::new(),
+            ids: DashMap::new(),
             next_ino: AtomicU64::new(ROOT_INO + 1),
-            views: DashMap::new(),
+            tree: RwLock::new(()),
+            invalidations: Mutex::new(None),
             counters: Counters::default(),
             passthrough: Default::default(),
             started: SystemTime::now(),
+            is_root: nix::unistd::geteuid().is_root(),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
         };
-        ns.by_ino.insert(ROOT_INO, NodeKey::Root);
-        ns.by_key.insert(NodeKey::Root, ROOT_INO);
+        let root = Arc::new(Node {
+            ino: ROOT_INO,
+            kind: NodeKind::Dir { read_only: false },
+            ident: Mutex::new(Ident::Dir(0, String::new())),
+            places: Mutex::new(vec![]),
+            refs: Mutex::new(Refs {
+                count: 1,
+                forgotten: false,
+            }),
+            superseded: AtomicBool::new(false),
+        });
+        ns.nodes.insert(ROOT_INO, root);
         ns
     }
 
-    pub fn cache(&self) -> &HubCache {
-        &self.cache
+    pub fn lower(&self) -> &LowerTree {
+        &self.lower
     }
 
-    /// The inode of `key`, allocated on first sight.
-    pub fn ino(&self, key: NodeKey) -> u64 {
-        if let Some(i) = self.by_key.get(&key) {
-            return *i;
+    pub fn overlay(&self) -> &OverlayDir {
+        &self.overlay
+    }
+
+    /// Where kernel invalidations go (set once the session exists).
+    pub fn set_invalidator(&self, tx: mpsc::Sender<Invalidation>) {
+        *lock(&self.invalidations) = Some(tx);
+    }
+
+    fn invalidate(&self, inv: Invalidation) {
+        if let Some(tx) = lock(&self.invalidations).as_ref() {
+            let _ = tx.send(inv);
         }
-        let entry = self
-            .by_key
-            .entry(key.clone())
-            .or_insert_with(|| self.next_ino.fetch_add(1, Ordering::Relaxed));
-        let ino = *entry;
-        drop(entry);
-        self.by_ino.entry(ino).or_insert(key);
-        ino
     }
 
-    /// The inode of `key` if it was ever handed out (for kernel invalidations).
-    pub fn known_ino(&self, key: &NodeKey) -> Option<u64> {
-        self.by_key.get(key).map(|i| *i)
+    fn read_tree(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn key(&self, ino: u64) -> NsResult<NodeKey> {
-        self.by_ino
+    fn write_tree(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn node(&self, ino: u64) -> NsResult<Arc<Node>> {
+        self.nodes
             .get(&ino)
-            .map(|k| k.clone())
+            .map(|n| n.clone())
             .ok_or(NsError::NotFound)
     }
 
-    /// Forgets the cached views of `repo` (its blobs, refs or snapshots changed).
-    /// Returns the root names the dropped views showed: their kernel entries must go too.
-    pub fn invalidate_repo(&self, repo: &str) -> Vec<String> {
-        let mut names = Vec::new();
-        self.views.retain(|(r, _), v| {
-            if r == repo {
-                names.extend(v.root_names());
-                false
-            } else {
-                true
+    /// The inode of the directory at mount path `path`, if the kernel knows it.
+    pub fn known_dir(&self, path: &str) -> Option<u64> {
+        let mut ino = ROOT_INO;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            ino = *self.ids.get(&Ident::Dir(ino, name.to_string()))?;
+        }
+        Some(ino)
+    }
+
+    // ----- paths and resolution (callers hold the tree lock) -----
+
+    fn path_of(&self, ino: u64) -> NsResult<String> {
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let node = self.node(cur)?;
+            let (parent, name) = node.first_place().ok_or(NsError::NotFound)?;
+            parts.push(name);
+            cur = parent;
+            if parts.len() > 4096 {
+                return Err(NsError::Io(libc::ELOOP));
             }
-        });
-        names.sort();
-        names.dedup();
-        names
+        }
+        parts.reverse();
+        Ok(parts.join("/"))
     }
 
-    pub fn invalidate_all(&self) {
-        self.views.clear();
-    }
-
-    fn repo_ids(&self) -> Vec<String> {
-        self.cache
-            .repos()
-            .map(|r| r.into_iter().map(|r| r.repo_id).collect())
-            .unwrap_or_default()
-    }
-
-    /// The view of `repo` at `rev` (default snapshot when `None`).
-    pub fn view(&self, repo: &str, rev: Option<&str>) -> NsResult<Arc<ModelView>> {
-        let repo_handle = self.cache.repo(repo).ok_or(NsError::NotFound)?;
-        let snapshot = match rev {
-            None => repo_handle.default_snapshot().ok_or(NsError::NotFound)?,
-            Some(r) => find_revision(&repo_handle, r).map_err(|_| NsError::NotFound)?,
+    /// The overlay path of an overlay file node and its metadata, checked to still be that file.
+    fn upper_of(&self, node: &Node) -> NsResult<(PathBuf, Metadata)> {
+        let NodeKind::Upper { dev, ino } = node.kind else {
+            return Err(NsError::Invalid);
         };
-        self.cached_or_build(repo_handle, snapshot)
-    }
-
-    /// The view of a snapshot by sha, building it if needed.
-    pub fn view_at(&self, repo: &str, sha: &str) -> NsResult<Arc<ModelView>> {
-        if let Some(v) = self.views.get(&(repo.to_string(), sha.to_string())) {
-            return Ok(v.clone());
-        }
-        let repo_handle = self.cache.repo(repo).ok_or(NsError::NotFound)?;
-        let snapshot = repo_handle
-            .snapshots()
-            .into_iter()
-            .find(|s| s.sha == sha)
-            .ok_or(NsError::NotFound)?;
-        self.cached_or_build(repo_handle, snapshot)
-    }
-
-    fn cached_or_build(&self, repo: ModelRepo, snapshot: Snapshot) -> NsResult<Arc<ModelView>> {
-        let key = (repo.repo_id.clone(), snapshot.sha.clone());
-        if let Some(v) = self.views.get(&key) {
-            return Ok(v.clone());
-        }
-        let model =
-            open_snapshot(&self.cache, repo, snapshot).map_err(|_| NsError::Io(libc::EIO))?;
-        let view = Arc::new(ModelView::new(model));
-        self.views.insert(key, view.clone());
-        Ok(view)
-    }
-
-    /// Looks `name` up in directory `parent`.
-    pub fn lookup(&self, parent: u64, name: &str) -> NsResult<NodeInfo> {
-        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-        let key = match self.key(parent)? {
-            NodeKey::Root => {
-                if name == STATUS_FILE {
-                    NodeKey::Status
-                } else {
-                    self.root_child(name)?
+        let places = lock(&node.places).clone();
+        for (parent, name) in places {
+            let Ok(dir) = self.path_of(parent) else {
+                continue;
+            };
+            let p = self.overlay.path(&join(&dir, &name));
+            if let Ok(m) = fs::symlink_metadata(&p) {
+                if m.dev() == dev && m.ino() == ino {
+                    return Ok((p, m));
                 }
             }
-            NodeKey::Org(org) => {
-                let (model, rev) = split_rev(name);
-                let repo = format!("{org}/{model}");
-                self.model_exists(&repo, rev)?;
-                NodeKey::Model {
-                    repo,
-                    rev: rev.map(str::to_string),
-                }
-            }
-            NodeKey::Model { repo, rev } => {
-                let view = self.view(&repo, rev.as_deref())?;
-                self.child_key(&view, "", name)?
-            }
-            NodeKey::Dir { repo, sha, rel } => {
-                let view = self.view_at(&repo, &sha)?;
-                self.child_key(&view, &rel, name)?
-            }
-            NodeKey::File { .. } | NodeKey::Virtual { .. } | NodeKey::Status => {
-                return Err(NsError::NotADirectory)
-            }
-        };
-        let ino = self.ino(key.clone());
-        self.info(ino, &key)
-    }
-
-    fn root_child(&self, name: &str) -> NsResult<NodeKey> {
-        let (base, rev) = split_rev(name);
-        let ids = self.repo_ids();
-        if rev.is_none()
-            && ids
-                .iter()
-                .any(|id| id.split_once('/').is_some_and(|(o, _)| o == base))
-        {
-            return Ok(NodeKey::Org(base.to_string()));
-        }
-        // Repos without an org (`gpt2`) sit at the root.
-        if ids.iter().any(|id| id == base) {
-            self.model_exists(base, rev)?;
-            return Ok(NodeKey::Model {
-                repo: base.to_string(),
-                rev: rev.map(str::to_string),
-            });
         }
         Err(NsError::NotFound)
     }
 
-    fn model_exists(&self, repo: &str, rev: Option<&str>) -> NsResult<()> {
-        let r = self.cache.repo(repo).ok_or(NsError::NotFound)?;
-        match rev {
-            None => r.default_snapshot().map(|_| ()).ok_or(NsError::NotFound),
-            Some(rev) => find_revision(&r, rev)
-                .map(|_| ())
-                .map_err(|_| NsError::NotFound),
+    /// The path in the cache tree a union directory at `path` shows, if any.
+    fn lower_dir(&self, path: &str) -> Option<String> {
+        let mut lower = Some(String::new());
+        let mut cur = String::new();
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            lower = match self.overlay.marker(&cur, name) {
+                Some(Marker::Ref(t)) => Some(t),
+                Some(Marker::Whiteout) => None,
+                None => lower.map(|l| join(&l, name)),
+            };
+            cur = join(&cur, name);
+            if lower.is_some() && self.overlay.is_opaque(&cur) {
+                lower = None;
+            }
+            lower.as_ref()?;
+        }
+        lower
+    }
+
+    /// The cache path `name` of `dir` shows when the overlay records nothing for it.
+    fn lower_default(&self, dir: &str, name: &str) -> Option<String> {
+        let l = join(&self.lower_dir(dir)?, name);
+        self.lower.resolve(&l).map(|_| l)
+    }
+
+    /// The cache path `name` of `dir` shows now (its redirect, else its default).
+    fn lower_path(&self, dir: &str, name: &str) -> Option<String> {
+        match self.overlay.marker(dir, name) {
+            Some(Marker::Ref(t)) => Some(t),
+            Some(Marker::Whiteout) => None,
+            None => self.lower_default(dir, name),
         }
     }
 
-    fn child_key(&self, view: &ModelView, rel: &str, name: &str) -> NsResult<NodeKey> {
-        let entry = view.lookup(rel, name).ok_or(NsError::NotFound)?;
-        let child_rel = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        Ok(match entry {
-            ViewEntry::Dir => NodeKey::Dir {
-                repo: view.repo_id.clone(),
-                sha: view.sha.clone(),
-                rel: child_rel,
-            },
-            ViewEntry::File(_) => NodeKey::File {
-                repo: view.repo_id.clone(),
-                sha: view.sha.clone(),
-                rel: child_rel,
-            },
-            ViewEntry::Virtual(file) => NodeKey::Virtual {
-                repo: view.repo_id.clone(),
-                sha: view.sha.clone(),
-                file,
-            },
+    fn find(&self, dir: &str, dir_ro: bool, name: &str) -> NsResult<Found> {
+        if dir.is_empty() && name == STATUS_FILE {
+            return Ok(Found::Status);
+        }
+        if is_internal(name) || name.contains('/') {
+            return Err(NsError::NotFound);
+        }
+        let child = join(dir, name);
+        match fs::symlink_metadata(self.overlay.path(&child)) {
+            Ok(m) if m.is_dir() => return Ok(Found::Dir { read_only: dir_ro }),
+            Ok(m) => return Ok(Found::Upper(m)),
+            Err(e) if not_found_like(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let lower_path = self.lower_path(dir, name).ok_or(NsError::NotFound)?;
+        let node = self.lower.resolve(&lower_path).ok_or(NsError::NotFound)?;
+        if node.is_dir() {
+            return Ok(Found::Dir {
+                read_only: dir_ro || node.is_pinned_model(),
+            });
+        }
+        if let LowerNode::Virtual {
+            file: VirtualFile::Index,
+            ..
+        } = &node
+        {
+            if !dir_ro {
+                if let Some(bytes) = self.union_index(dir)? {
+                    return Ok(Found::Generated(bytes));
+                }
+            }
+        }
+        Ok(Found::Lower {
+            node,
+            read_only: dir_ro,
         })
     }
 
-    pub fn getattr(&self, ino: u64) -> NsResult<NodeInfo> {
-        let key = self.key(ino)?;
-        self.info(ino, &key)
+    /// The index of model directory `dir` recomputed from the union's shards, when the overlay
+    /// changed the shard set (`Ok(None)`: the cache's view stands; `NotFound`: no index).
+    fn union_index(&self, dir: &str) -> NsResult<Option<Arc<[u8]>>> {
+        let listing = self.overlay.read_dir(dir)?;
+        let shard = |n: &str| n.ends_with(".safetensors");
+        let changed = listing.entries.iter().any(|n| shard(n))
+            || listing.whiteouts.iter().any(|n| shard(n))
+            || listing.refs.iter().any(|(n, _)| shard(n));
+        if !changed {
+            return Ok(None);
+        }
+        let mut shards = Vec::new();
+        for name in self.list_names(dir)? {
+            if !shard(&name) {
+                continue;
+            }
+            let path = match self.readable_path(dir, &name) {
+                Some(p) => p,
+                None => continue,
+            };
+            // A shard being written cannot be indexed yet: no index until it is complete.
+            let header = read_header(&path, &name).map_err(|_| NsError::NotFound)?;
+            shards.push(header);
+        }
+        let quant = self
+            .readable_path(dir, "config.json")
+            .and_then(|p| fs::read(p).ok())
+            .and_then(|b| ModelConfig::parse(&b).ok())
+            .and_then(|c| c.quantization());
+        let index = rebuild_index(&shards, quant.as_ref()).map_err(|_| NsError::NotFound)?;
+        Ok(Some(Arc::from(index.to_json_string().into_bytes())))
     }
 
-    fn dir_info(&self, ino: u64, mtime: SystemTime, immutable: bool) -> NodeInfo {
+    /// A real file holding what `name` of `dir` shows (overlay file or cache blob).
+    fn readable_path(&self, dir: &str, name: &str) -> Option<PathBuf> {
+        let upper = self.overlay.path(&join(dir, name));
+        if let Ok(m) = fs::metadata(&upper) {
+            return m.is_file().then_some(upper);
+        }
+        let node = self.lower.resolve(&self.lower_path(dir, name)?)?;
+        match self.lower.content(&node)? {
+            LowerContent::Blob(p) => Some(p),
+            LowerContent::Bytes(_) => None,
+        }
+    }
+
+    /// The names of union directory `dir`, sorted (`.`/`..` excluded).
+    fn list_names(&self, dir: &str) -> NsResult<Vec<String>> {
+        let ol = self.overlay.read_dir(dir)?;
+        let mut names: BTreeSet<String> = ol.entries.iter().cloned().collect();
+        for (n, t) in &ol.refs {
+            if self.lower.resolve(t).is_some() {
+                names.insert(n.clone());
+            }
+        }
+        if !ol.opaque {
+            if let Some(node) = self.lower_dir(dir).and_then(|l| self.lower.resolve(&l)) {
+                for (n, _) in self.lower.children(&node) {
+                    if !ol.whiteouts.contains(&n) && !ol.refs.iter().any(|(r, _)| *r == n) {
+                        names.insert(n);
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The node for what `name` of `parent` resolved to, allocated on first sight; with
+    /// `take_ref`, the kernel is given a reference to it (a lookup).
+    fn node_for(&self, parent: u64, name: &str, found: Found, take_ref: bool) -> Arc<Node> {
+        let (ident, kind) = match found {
+            Found::Dir { read_only } => (
+                Ident::Dir(parent, name.to_string()),
+                NodeKind::Dir { read_only },
+            ),
+            Found::Upper(m) => (
+                Ident::Upper(m.dev(), m.ino()),
+                NodeKind::Upper {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                },
+            ),
+            Found::Lower { node, read_only } => (
+                Ident::Lower(parent, name.to_string(), node.clone()),
+                NodeKind::Lower { node, read_only },
+            ),
+            Found::Generated(bytes) => (
+                Ident::Generated(parent, name.to_string(), hash_bytes(&bytes)),
+                NodeKind::Generated { bytes },
+            ),
+            Found::Status => (Ident::Status, NodeKind::Status),
+        };
+        if let Some(ino) = self.ids.get(&ident).map(|i| *i) {
+            if let Ok(node) = self.node(ino) {
+                let mut refs = lock(&node.refs);
+                if !refs.forgotten && !node.superseded.load(Ordering::Acquire) {
+                    if take_ref {
+                        refs.count += 1;
+                    }
+                    drop(refs);
+                    let mut places = lock(&node.places);
+                    let here = (parent, name.to_string());
+                    if let Some(i) = places.iter().position(|p| *p == here) {
+                        places.swap(0, i);
+                    } else {
+                        places.insert(0, here);
+                    }
+                    drop(places);
+                    return node;
+                }
+            }
+        }
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let node = Arc::new(Node {
+            ino,
+            kind,
+            ident: Mutex::new(ident.clone()),
+            places: Mutex::new(vec![(parent, name.to_string())]),
+            refs: Mutex::new(Refs {
+                count: take_ref as u64,
+                forgotten: false,
+            }),
+            superseded: AtomicBool::new(false),
+        });
+        self.nodes.insert(ino, node.clone());
+        self.ids.insert(ident, ino);
+        node
+    }
+
+    /// A lookup's answer: the node, referenced, and its attributes.
+    fn entry_for(&self, parent: u64, name: &str, found: Found) -> NsResult<NodeInfo> {
+        let node = self.node_for(parent, name, found, true);
+        match self.info_of(&node) {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                self.forget(node.ino, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a cache, virtual or generated file node is still what its place shows (a
+    /// copy-up, a deletion, a changed shard set or a moved snapshot make it something else).
+    /// A node found replaced is retired: by-path callers get ESTALE and look the name up again.
+    fn still_shown(&self, node: &Node) -> bool {
+        if node.superseded.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some((parent, name)) = node.first_place() else {
+            return false;
+        };
+        let shown = (|| {
+            let (_, ro) = self.dir_node(parent).ok()?;
+            let dir = self.path_of(parent).ok()?;
+            let ident = match self.find(&dir, ro, &name).ok()? {
+                Found::Lower { node, .. } => Ident::Lower(parent, name.clone(), node),
+                Found::Generated(b) => Ident::Generated(parent, name.clone(), hash_bytes(&b)),
+                _ => return None,
+            };
+            Some(ident == *lock(&node.ident))
+        })()
+        .unwrap_or(false);
+        if !shown {
+            node.superseded.store(true, Ordering::Release);
+        }
+        shown
+    }
+
+    fn dir_node(&self, ino: u64) -> NsResult<(Arc<Node>, bool)> {
+        let node = self.node(ino)?;
+        match node.kind {
+            NodeKind::Dir { read_only } => Ok((node, read_only)),
+            _ => Err(NsError::NotADirectory),
+        }
+    }
+
+    fn info_of(&self, node: &Node) -> NsResult<NodeInfo> {
+        match &node.kind {
+            NodeKind::Dir { .. } => {
+                let path = self.path_of(node.ino)?;
+                match fs::symlink_metadata(self.overlay.path(&path)) {
+                    Ok(m) if m.is_dir() => return Ok(self.meta_info(node.ino, &m)),
+                    Ok(_) => return Err(NsError::Stale),
+                    Err(_) => {}
+                }
+                let attr = self
+                    .lower_dir(&path)
+                    .and_then(|l| self.lower.resolve(&l))
+                    .filter(LowerNode::is_dir)
+                    .and_then(|n| self.lower.attr(&n))
+                    .ok_or(if node.ino == ROOT_INO {
+                        NsError::Io(libc::EIO)
+                    } else {
+                        NsError::NotFound
+                    })?;
+                Ok(self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false))
+            }
+            NodeKind::Upper { .. } => {
+                let (_, m) = self.upper_of(node)?;
+                Ok(self.meta_info(node.ino, &m))
+            }
+            NodeKind::Lower { node: lower, .. } => {
+                if !self.still_shown(node) {
+                    return Err(NsError::Stale);
+                }
+                self.lower_info(node.ino, lower)
+            }
+            NodeKind::Generated { bytes } => {
+                if !self.still_shown(node) {
+                    return Err(NsError::Stale);
+                }
+                Ok(self.synthetic(
+                    node.ino,
+                    Kind::File,
+                    bytes.len() as u64,
+                    self.started,
+                    0o644,
+                    false,
+                ))
+            }
+            NodeKind::Status => Ok(self.synthetic(
+                node.ino,
+                Kind::File,
+                self.status_json().len() as u64,
+                SystemTime::now(),
+                0o444,
+                false,
+            )),
+        }
+    }
+
+    fn lower_info(&self, ino: u64, lower: &LowerNode) -> NsResult<NodeInfo> {
+        let attr = self.lower.attr(lower).ok_or(NsError::NotFound)?;
+        // A virtual file's place can come to show other bytes (the index follows the shards).
+        let immutable = matches!(lower, LowerNode::File { .. });
+        Ok(self.synthetic(ino, Kind::File, attr.size, attr.mtime, attr.perm, immutable))
+    }
+
+    /// The index shown next to a shard may change when the shard does: drop the kernel's entry.
+    fn shard_changed(&self, parent: u64, name: &str) {
+        if name.ends_with(".safetensors") {
+            self.invalidate(Invalidation::Entry(
+                parent,
+                crate::store::index::INDEX_FILE.to_string(),
+            ));
+        }
+    }
+
+    /// A writable handle of `ino` was closed.
+    pub fn released_writable(&self, ino: u64) {
+        if let Some((parent, name)) = self.node(ino).ok().and_then(|n| n.first_place()) {
+            self.shard_changed(parent, &name);
+        }
+    }
+
+    fn synthetic(
+        &self,
+        ino: u64,
+        kind: Kind,
+        size: u64,
+        mtime: SystemTime,
+        perm: u16,
+        immutable: bool,
+    ) -> NodeInfo {
         NodeInfo {
             ino,
-            kind: Kind::Dir,
-            size: 0,
+            kind,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
             mtime,
-            perm: 0o755,
+            ctime: mtime,
+            perm,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
             immutable,
         }
     }
 
-    fn info(&self, ino: u64, key: &NodeKey) -> NsResult<NodeInfo> {
-        let mtime_of = |p: &std::path::Path| {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .unwrap_or(self.started)
+    fn meta_info(&self, ino: u64, m: &Metadata) -> NodeInfo {
+        let t = |s: i64, ns: i64| {
+            if s >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32)
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+                    + Duration::from_nanos(ns as u64)
+            }
         };
-        Ok(match key {
-            NodeKey::Root => self.dir_info(ino, mtime_of(self.cache.root()), false),
-            NodeKey::Org(_) => self.dir_info(ino, mtime_of(self.cache.root()), false),
-            NodeKey::Model { repo, rev } => {
-                self.model_exists(repo, rev.as_deref())?;
-                let dir = self.cache.root().join(dir_name_from_repo_id(repo));
-                self.dir_info(ino, mtime_of(&dir), false)
-            }
-            NodeKey::Dir { repo, sha, .. } => {
-                let view = self.view_at(repo, sha)?;
-                self.dir_info(ino, view.modified, true)
-            }
-            NodeKey::File { repo, sha, rel } => {
-                let view = self.view_at(repo, sha)?;
-                let path = view
-                    .model
-                    .file(rel)
-                    .and_then(|f| f.readable())
-                    .ok_or(NsError::NotFound)?;
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| NsError::Io(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                NodeInfo {
-                    ino,
-                    kind: Kind::File,
-                    size: meta.len(),
-                    mtime: meta.modified().unwrap_or(view.modified),
-                    perm: (std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)
-                        as u16,
-                    immutable: true,
-                }
-            }
-            NodeKey::Virtual { repo, sha, file } => {
-                let view = self.view_at(repo, sha)?;
-                let bytes = view.virtual_bytes(*file).ok_or(NsError::NotFound)?;
-                NodeInfo {
-                    ino,
-                    kind: Kind::File,
-                    size: bytes.len() as u64,
-                    mtime: view.modified,
-                    perm: 0o444,
-                    immutable: true,
-                }
-            }
-            NodeKey::Status => NodeInfo {
-                ino,
-                kind: Kind::File,
-                size: self.status_json().len() as u64,
-                mtime: SystemTime::now(),
-                perm: 0o444,
-                immutable: false,
+        let ft = m.file_type();
+        NodeInfo {
+            ino,
+            kind: if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                Kind::File
             },
+            size: m.len(),
+            blocks: m.blocks(),
+            atime: t(m.atime(), m.atime_nsec()),
+            mtime: t(m.mtime(), m.mtime_nsec()),
+            ctime: t(m.ctime(), m.ctime_nsec()),
+            perm: (m.mode() & 0o7777) as u16,
+            nlink: m.nlink() as u32,
+            uid: m.uid(),
+            gid: m.gid(),
+            immutable: false,
+        }
+    }
+
+    // ----- lookups and attributes -----
+
+    /// Looks `name` up in directory `parent`; the kernel now holds one more reference.
+    pub fn lookup(&self, parent: u64, name: &str) -> NsResult<NodeInfo> {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        let _g = self.read_tree();
+        self.lookup_locked(parent, name)
+    }
+
+    fn lookup_locked(&self, parent: u64, name: &str) -> NsResult<NodeInfo> {
+        let (_, ro) = self.dir_node(parent)?;
+        let dir = self.path_of(parent)?;
+        let found = self.find(&dir, ro, name)?;
+        self.entry_for(parent, name, found)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Ok(node) = self.node(ino) else { return };
+        let mut refs = lock(&node.refs);
+        refs.count = refs.count.saturating_sub(n);
+        if refs.count == 0 && !refs.forgotten {
+            refs.forgotten = true;
+            let ident = lock(&node.ident).clone();
+            self.ids.remove_if(&ident, |_, i| *i == ino);
+            self.nodes.remove(&ino);
+        }
+    }
+
+    /// Attributes of `ino`; `by_handle` when asked through an open file (a replaced node then
+    /// still describes what that handle reads).
+    pub fn getattr(&self, ino: u64, by_handle: bool) -> NsResult<NodeInfo> {
+        let _g = self.read_tree();
+        let node = self.node(ino)?;
+        if by_handle {
+            if let NodeKind::Lower { node: lower, .. } = &node.kind {
+                return self.lower_info(ino, lower);
+            }
+        }
+        self.info_of(&node)
+    }
+
+    /// The names of directory `ino` (`.`/`..` excluded).
+    pub fn list(&self, ino: u64) -> NsResult<Vec<String>> {
+        let _g = self.read_tree();
+        self.dir_node(ino)?;
+        let dir = self.path_of(ino)?;
+        self.list_names(&dir)
+    }
+
+    pub fn readlink(&self, ino: u64) -> NsResult<Vec<u8>> {
+        let _g = self.read_tree();
+        let node = self.node(ino)?;
+        match node.kind {
+            NodeKind::Upper { .. } => {
+                let (p, _) = self.upper_of(&node)?;
+                Ok(fs::read_link(p)?.as_os_str().as_bytes().to_vec())
+            }
+            _ => Err(NsError::Invalid),
+        }
+    }
+
+    // ----- opening -----
+
+    /// Opens file `ino`. A write-intent open of a cache or virtual file copies it up first and
+    /// answers [`NsError::Stale`]: the kernel looks the name up again and opens the copy.
+    pub fn open(&self, ino: u64, flags: i32, write_intent: bool) -> NsResult<Opened> {
+        let node = self.node(ino)?;
+        match &node.kind {
+            NodeKind::Dir { .. } => Err(NsError::IsADirectory),
+            NodeKind::Status => {
+                if write_intent {
+                    return Err(NsError::ReadOnly);
+                }
+                Ok(Opened::Bytes(Arc::from(self.status_json().into_bytes())))
+            }
+            NodeKind::Upper { .. } => {
+                let path = {
+                    let _g = self.read_tree();
+                    self.upper_of(&node)?.0
+                };
+                Ok(Opened::Upper(open_upper(&path, flags)?))
+            }
+            NodeKind::Lower {
+                node: lower,
+                read_only,
+            } => {
+                if write_intent {
+                    if *read_only {
+                        return Err(NsError::ReadOnly);
+                    }
+                    self.copy_up(&node)?;
+                    return Err(NsError::Stale);
+                }
+                if !self.still_shown_locked(&node) {
+                    return Err(NsError::Stale);
+                }
+                match self.lower.content(lower).ok_or(NsError::NotFound)? {
+                    // Read-only, always: this fd is what a passthrough backing is registered from.
+                    LowerContent::Blob(p) => Ok(Opened::Blob(File::open(p)?)),
+                    LowerContent::Bytes(b) => Ok(Opened::Bytes(b)),
+                }
+            }
+            NodeKind::Generated { bytes } => {
+                if write_intent {
+                    self.copy_up(&node)?;
+                    return Err(NsError::Stale);
+                }
+                if !self.still_shown_locked(&node) {
+                    return Err(NsError::Stale);
+                }
+                Ok(Opened::Bytes(bytes.clone()))
+            }
+        }
+    }
+
+    fn still_shown_locked(&self, node: &Node) -> bool {
+        let _g = self.read_tree();
+        self.still_shown(node)
+    }
+
+    /// Copies a cache, virtual or generated file into the overlay at the node's place: complete
+    /// in the temp directory first (reflink where the filesystems allow), then renamed into
+    /// place, so a crash never leaves a partial copy visible. The node is superseded after.
+    fn copy_up(&self, node: &Arc<Node>) -> NsResult<()> {
+        let (dir, name, parent) = {
+            let _g = self.read_tree();
+            let (parent, name) = node.first_place().ok_or(NsError::NotFound)?;
+            (self.path_of(parent)?, name, parent)
+        };
+        let (content, perm, mtime) = match &node.kind {
+            NodeKind::Lower { node: lower, .. } => {
+                let attr = self.lower.attr(lower).ok_or(NsError::NotFound)?;
+                let content = self.lower.content(lower).ok_or(NsError::NotFound)?;
+                // What users edit is theirs: a virtual file becomes an ordinary 0644 one.
+                let perm = if matches!(content, LowerContent::Bytes(_)) {
+                    0o644
+                } else {
+                    attr.perm
+                };
+                (content, perm, attr.mtime)
+            }
+            NodeKind::Generated { bytes } => {
+                (LowerContent::Bytes(bytes.clone()), 0o644, self.started)
+            }
+            _ => return Ok(()),
+        };
+        let tmp = self.overlay.tmp_path("copyup");
+        let result = (|| -> io::Result<()> {
+            match &content {
+                LowerContent::Blob(src) => copy_blob(src, &tmp)?,
+                LowerContent::Bytes(b) => {
+                    use std::io::Write;
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?
+                        .write_all(b)?
+                }
+            }
+            let f = OpenOptions::new().write(true).open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(perm as u32))?;
+            f.set_times(fs::FileTimes::new().set_modified(mtime).set_accessed(mtime))?;
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let _g = self.write_tree();
+        let still_here = !node.superseded.load(Ordering::Acquire)
+            && node.first_place() == Some((parent, name.clone()))
+            && self.path_of(parent).as_deref() == Ok(dir.as_str());
+        let target = self.overlay.path(&join(&dir, &name));
+        if !still_here || fs::symlink_metadata(&target).is_ok() {
+            // Moved, deleted or already copied up by another caller meanwhile.
+            let _ = fs::remove_file(&tmp);
+            node.superseded.store(true, Ordering::Release);
+            return Ok(());
+        }
+        let done = self
+            .ensure_upper_dir(&dir)
+            .and_then(|()| fs::rename(&tmp, &target).map_err(NsError::from));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let _ = self.overlay.remove_ref(&dir, &name);
+        node.superseded.store(true, Ordering::Release);
+        self.counters.copy_ups.fetch_add(1, Ordering::Relaxed);
+        self.shard_changed(parent, &name);
+        // No kernel invalidation here: the caller answers ESTALE, and the kernel's own retry
+        // looks the name up again (an invalidation racing that retry can fail it with ENOENT).
+        let _ = name;
+        Ok(())
+    }
+
+    /// Creates the overlay directories of union directory `dir` and its ancestors.
+    fn ensure_upper_dir(&self, dir: &str) -> NsResult<()> {
+        let mut cur = String::new();
+        for name in std::iter::once("").chain(dir.split('/').filter(|c| !c.is_empty())) {
+            cur = join(&cur, name);
+            let p = self.overlay.path(&cur);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => return Err(NsError::NotADirectory),
+                // What the cache shows as 0755 keeps that mode once it exists in the overlay.
+                Err(e) if not_found_like(&e) => {
+                    match fs::DirBuilder::new().mode(0o755).create(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    // ----- creating -----
+
+    fn check_new_name(&self, dir: &str, dir_ro: bool, name: &str) -> NsResult<()> {
+        if dir_ro {
+            return Err(NsError::ReadOnly);
+        }
+        if is_internal(name) || name.contains('/') {
+            return Err(NsError::Invalid);
+        }
+        match self.find(dir, dir_ro, name) {
+            Ok(_) => Err(NsError::Exists),
+            Err(NsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives what was just created to its creator, as a real filesystem would (root daemons).
+    fn chown_to(&self, path: &Path, caller: Caller) {
+        if self.is_root && (caller.uid != self.uid || caller.gid != self.gid) {
+            if let Err(e) = std::os::unix::fs::lchown(path, Some(caller.uid), Some(caller.gid)) {
+                tracing::debug!(path = %path.display(), "cannot chown: {e}");
+            }
+        }
+    }
+
+    /// Runs `make` to create `name` in `parent` (in the overlay), then resolves it.
+    fn create_with<T>(
+        &self,
+        parent: u64,
+        name: &str,
+        caller: Caller,
+        is_dir: bool,
+        make: impl FnOnce(&Path) -> io::Result<T>,
+    ) -> NsResult<(NodeInfo, T)> {
+        let _g = self.write_tree();
+        let (_, ro) = self.dir_node(parent)?;
+        let dir = self.path_of(parent)?;
+        self.check_new_name(&dir, ro, name)?;
+        self.ensure_upper_dir(&dir)?;
+        let child = join(&dir, name);
+        let path = self.overlay.path(&child);
+        let hidden_below = self.overlay.marker(&dir, name) == Some(Marker::Whiteout);
+        let made = make(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                NsError::Exists
+            } else {
+                NsError::from(e)
+            }
+        })?;
+        self.chown_to(&path, caller);
+        if hidden_below {
+            if is_dir {
+                self.overlay.set_opaque(&child)?;
+            }
+            self.overlay.remove_whiteout(&dir, name)?;
+        }
+        self.shard_changed(parent, name);
+        let found = self.find(&dir, ro, name)?;
+        Ok((self.entry_for(parent, name, found)?, made))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> NsResult<NodeInfo> {
+        self.create_with(parent, name, caller, true, |p| {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new().mode(mode & 0o7777).create(p)
+        })
+        .map(|(info, ())| info)
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> NsResult<(NodeInfo, File)> {
+        self.create_with(parent, name, caller, false, |p| {
+            // The daemon's fd may always write (creation needs it; the client's own fd keeps
+            // the access mode it asked for).
+            let mut o = upper_options(flags, true);
+            o.write(true).create_new(true).mode(mode & 0o7777);
+            o.open(p)
         })
     }
 
-    /// The entries of directory `ino`, with their attributes (`.` and `..` excluded).
-    pub fn readdir(&self, ino: u64) -> NsResult<Vec<(String, NodeInfo)>> {
-        let keys: Vec<(String, NodeKey)> = match self.key(ino)? {
-            NodeKey::Root => {
-                let mut orgs: Vec<String> = Vec::new();
-                let mut out = Vec::new();
-                for id in self.repo_ids() {
-                    match id.split_once('/') {
-                        Some((org, _)) => {
-                            if !orgs.iter().any(|o| o == org) {
-                                orgs.push(org.to_string());
-                            }
-                        }
-                        None => out.push((id.clone(), NodeKey::Model { repo: id, rev: None })),
+    pub fn mknod(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> NsResult<NodeInfo> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(NsError::NotPermitted);
+        }
+        self.create_with(parent, name, caller, false, |p| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o7777)
+                .open(p)
+                .map(drop)
+        })
+        .map(|(info, ())| info)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &Path,
+        caller: Caller,
+    ) -> NsResult<NodeInfo> {
+        self.create_with(parent, name, caller, false, |p| {
+            std::os::unix::fs::symlink(target, p)
+        })
+        .map(|(info, ())| info)
+    }
+
+    /// A hard link (inside the overlay: a cache file is copied up first).
+    pub fn link(&self, ino: u64, parent: u64, name: &str) -> NsResult<NodeInfo> {
+        let mut node = self.node(ino)?;
+        match &node.kind {
+            NodeKind::Dir { .. } => return Err(NsError::NotPermitted),
+            NodeKind::Status => return Err(NsError::ReadOnly),
+            NodeKind::Lower {
+                read_only: true, ..
+            } => return Err(NsError::ReadOnly),
+            NodeKind::Lower { .. } | NodeKind::Generated { .. } => {
+                self.copy_up(&node)?;
+                let (p, n) = node.first_place().ok_or(NsError::NotFound)?;
+                let _g = self.read_tree();
+                let dir = self.path_of(p)?;
+                let (_, ro) = self.dir_node(p)?;
+                let found = self.find(&dir, ro, &n)?;
+                node = self.node_for(p, &n, found, false);
+            }
+            NodeKind::Upper { .. } => {}
+        }
+        let _g = self.write_tree();
+        let (src, _) = self.upper_of(&node)?;
+        let (_, ro) = self.dir_node(parent)?;
+        let dir = self.path_of(parent)?;
+        self.check_new_name(&dir, ro, name)?;
+        self.ensure_upper_dir(&dir)?;
+        fs::hard_link(&src, self.overlay.path(&join(&dir, name)))?;
+        self.overlay.remove_whiteout(&dir, name)?;
+        let found = self.find(&dir, ro, name)?;
+        self.entry_for(parent, name, found)
+    }
+
+    // ----- removing and renaming -----
+
+    /// Marks the node (if any) that showed `found` at `parent`/`name` as gone from there.
+    fn retire(&self, parent: u64, name: &str, found: &Found) {
+        let ident = match found {
+            Found::Dir { .. } => Ident::Dir(parent, name.to_string()),
+            Found::Lower { node, .. } => Ident::Lower(parent, name.to_string(), node.clone()),
+            Found::Generated(b) => Ident::Generated(parent, name.to_string(), hash_bytes(b)),
+            Found::Upper(m) => {
+                if let Some(ino) = self.ids.get(&Ident::Upper(m.dev(), m.ino())).map(|i| *i) {
+                    if let Ok(node) = self.node(ino) {
+                        lock(&node.places).retain(|p| *p != (parent, name.to_string()));
                     }
                 }
-                out.extend(orgs.into_iter().map(|o| (o.clone(), NodeKey::Org(o))));
-                out
+                return;
             }
-            NodeKey::Org(org) => self
-                .repo_ids()
-                .into_iter()
-                .filter_map(|id| {
-                    let (o, name) = id.split_once('/')?;
-                    (o == org).then(|| (name.to_string(), NodeKey::Model { repo: id.clone(), rev: None }))
-                })
-                .filter(|(_, k)| matches!(k, NodeKey::Model { repo, .. } if self.model_exists(repo, None).is_ok()))
-                .collect(),
-            NodeKey::Model { repo, rev } => {
-                let view = self.view(&repo, rev.as_deref())?;
-                self.view_children(&view, "")?
-            }
-            NodeKey::Dir { repo, sha, rel } => {
-                let view = self.view_at(&repo, &sha)?;
-                self.view_children(&view, &rel)?
-            }
-            _ => return Err(NsError::NotADirectory),
+            Found::Status => return,
         };
-        let mut out = Vec::with_capacity(keys.len());
-        for (name, key) in keys {
-            let ino = self.ino(key.clone());
-            // An entry that vanished between listing and stat is simply not listed.
-            if let Ok(info) = self.info(ino, &key) {
-                out.push((name, info));
+        if let Some((_, ino)) = self.ids.remove(&ident) {
+            if let Ok(node) = self.node(ino) {
+                node.superseded.store(true, Ordering::Release);
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
     }
 
-    fn view_children(&self, view: &ModelView, rel: &str) -> NsResult<Vec<(String, NodeKey)>> {
-        let entries = view.list(rel).ok_or(NsError::NotFound)?;
-        entries
-            .into_iter()
-            .map(|(name, _)| {
-                let key = self.child_key(view, rel, &name)?;
-                Ok((name, key))
-            })
-            .collect()
+    pub fn unlink(&self, parent: u64, name: &str) -> NsResult<()> {
+        let _g = self.write_tree();
+        let (_, ro) = self.dir_node(parent)?;
+        let dir = self.path_of(parent)?;
+        let found = self.find(&dir, ro, name)?;
+        match found {
+            Found::Dir { .. } => return Err(NsError::IsADirectory),
+            Found::Status => return Err(NsError::ReadOnly),
+            _ if ro => return Err(NsError::ReadOnly),
+            _ => {}
+        }
+        // The whiteout first: a crash in between leaves the file, never the older cache copy.
+        if self.lower_default(&dir, name).is_some() {
+            self.ensure_upper_dir(&dir)?;
+            self.overlay.add_whiteout(&dir, name)?;
+        }
+        if let Found::Upper(_) = found {
+            fs::remove_file(self.overlay.path(&join(&dir, name)))?;
+        }
+        self.overlay.remove_ref(&dir, name)?;
+        self.retire(parent, name, &found);
+        self.shard_changed(parent, name);
+        Ok(())
     }
 
-    /// What reading file `ino` means.
-    pub fn open_target(&self, ino: u64) -> NsResult<OpenTarget> {
-        match self.key(ino)? {
-            NodeKey::File { repo, sha, rel } => {
-                let view = self.view_at(&repo, &sha)?;
-                let path = view
-                    .model
-                    .file(&rel)
-                    .and_then(|f| f.readable())
-                    .ok_or(NsError::NotFound)?;
-                Ok(OpenTarget::Blob(path.to_path_buf()))
+    pub fn rmdir(&self, parent: u64, name: &str) -> NsResult<()> {
+        let _g = self.write_tree();
+        let (_, ro) = self.dir_node(parent)?;
+        let dir = self.path_of(parent)?;
+        let found = self.find(&dir, ro, name)?;
+        if !matches!(found, Found::Dir { .. }) {
+            return Err(NsError::NotADirectory);
+        }
+        if ro {
+            return Err(NsError::ReadOnly);
+        }
+        let child = join(&dir, name);
+        if !self.list_names(&child)?.is_empty() {
+            return Err(NsError::NotEmpty);
+        }
+        if self.lower_default(&dir, name).is_some() {
+            self.ensure_upper_dir(&dir)?;
+            self.overlay.add_whiteout(&dir, name)?;
+        }
+        let upper = self.overlay.path(&child);
+        if fs::symlink_metadata(&upper).is_ok_and(|m| m.is_dir()) {
+            // Empty as shown: only format records remain in it.
+            fs::remove_dir_all(&upper)?;
+        }
+        self.overlay.remove_ref(&dir, name)?;
+        self.retire(parent, name, &found);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: u32,
+    ) -> NsResult<()> {
+        if flags & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
+            return Err(NsError::Invalid);
+        }
+        let src_generated = {
+            let _g = self.read_tree();
+            let (_, ro) = self.dir_node(parent)?;
+            let dir = self.path_of(parent)?;
+            match self.find(&dir, ro, name)? {
+                Found::Generated(b) => {
+                    Some(self.node_for(parent, name, Found::Generated(b), false))
+                }
+                _ => None,
             }
-            NodeKey::Virtual { repo, sha, file } => {
-                let view = self.view_at(&repo, &sha)?;
-                view.virtual_bytes(file)
-                    .map(OpenTarget::Bytes)
-                    .ok_or(NsError::NotFound)
+        };
+        if let Some(node) = src_generated {
+            // Its content depends on where it is: it moves as an ordinary file.
+            self.copy_up(&node)?;
+        }
+        let _g = self.write_tree();
+        let (_, ro1) = self.dir_node(parent)?;
+        let (_, ro2) = self.dir_node(new_parent)?;
+        let dir1 = self.path_of(parent)?;
+        let dir2 = self.path_of(new_parent)?;
+        let src = self.find(&dir1, ro1, name)?;
+        if matches!(src, Found::Status) || ro1 || ro2 {
+            return Err(NsError::ReadOnly);
+        }
+        if is_internal(new_name) || new_name.contains('/') {
+            return Err(NsError::Invalid);
+        }
+        let dst = match self.find(&dir2, ro2, new_name) {
+            Ok(f) => Some(f),
+            Err(NsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let src_child = join(&dir1, name);
+        let dst_child = join(&dir2, new_name);
+        if src_child == dst_child {
+            return Ok(());
+        }
+        let src_is_dir = matches!(src, Found::Dir { .. });
+        if let Some(d) = &dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(NsError::Exists);
             }
-            NodeKey::Status => Ok(OpenTarget::Bytes(Arc::from(
-                self.status_json().into_bytes(),
-            ))),
-            _ => Err(NsError::IsADirectory),
+            let dst_is_dir = matches!(d, Found::Dir { .. });
+            match (src_is_dir, dst_is_dir) {
+                (true, false) => return Err(NsError::NotADirectory),
+                (false, true) => return Err(NsError::IsADirectory),
+                (true, true) if !self.list_names(&dst_child)?.is_empty() => {
+                    return Err(NsError::NotEmpty)
+                }
+                _ => {}
+            }
+            if matches!(d, Found::Status) {
+                return Err(NsError::ReadOnly);
+            }
+            if let (Found::Upper(a), Found::Upper(b)) = (&src, d) {
+                if a.dev() == b.dev() && a.ino() == b.ino() {
+                    return Ok(()); // two links of one file: POSIX says do nothing
+                }
+            }
+        }
+        if src_is_dir && (dst_child.starts_with(&format!("{src_child}/"))) {
+            return Err(NsError::Invalid);
+        }
+        // What the source shows from the cache (moved as a redirect, never copied).
+        let src_lower = match &src {
+            Found::Dir { .. } => self.lower_dir(&src_child),
+            Found::Lower { .. } => self.lower_path(&dir1, name),
+            _ => None,
+        };
+        let src_upper = self.overlay.path(&src_child);
+        let dst_upper = self.overlay.path(&dst_child);
+        let src_has_upper = fs::symlink_metadata(&src_upper).is_ok();
+        self.ensure_upper_dir(&dir2)?;
+        if let Some(Found::Dir { .. }) = &dst {
+            if fs::symlink_metadata(&dst_upper).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(&dst_upper)?;
+            }
+        }
+        if src_has_upper {
+            fs::rename(&src_upper, &dst_upper)?;
+        } else if let Some(Found::Upper(_)) = &dst {
+            fs::remove_file(&dst_upper)?;
+        }
+        let dst_default = self.lower_default(&dir2, new_name);
+        self.overlay.remove_ref(&dir2, new_name)?;
+        if let Some(l) = &src_lower {
+            if dst_default.as_ref() != Some(l) {
+                self.overlay.set_ref(&dir2, new_name, l)?;
+            }
+        } else if src_is_dir && dst_default.is_some() {
+            self.overlay.set_opaque(&dst_child)?;
+        }
+        self.overlay.remove_whiteout(&dir2, new_name)?;
+        self.overlay.remove_ref(&dir1, name)?;
+        if self.lower_default(&dir1, name).is_some() {
+            self.ensure_upper_dir(&dir1)?;
+            self.overlay.add_whiteout(&dir1, name)?;
+        }
+        // The tables follow the move.
+        if let Some(d) = &dst {
+            self.retire(new_parent, new_name, d);
+        }
+        let from = (parent, name.to_string());
+        let to = (new_parent, new_name.to_string());
+        let moved_ident = match &src {
+            Found::Dir { .. } => Some((
+                Ident::Dir(parent, name.to_string()),
+                Ident::Dir(new_parent, new_name.to_string()),
+            )),
+            Found::Lower { node, .. } => Some((
+                Ident::Lower(parent, name.to_string(), node.clone()),
+                Ident::Lower(new_parent, new_name.to_string(), node.clone()),
+            )),
+            Found::Upper(m) => {
+                if let Some(ino) = self.ids.get(&Ident::Upper(m.dev(), m.ino())).map(|i| *i) {
+                    if let Ok(node) = self.node(ino) {
+                        let mut places = lock(&node.places);
+                        places.retain(|p| *p != from);
+                        places.insert(0, to.clone());
+                    }
+                }
+                None
+            }
+            _ => None,
+        };
+        self.shard_changed(parent, name);
+        self.shard_changed(new_parent, new_name);
+        if let Some((old, new)) = moved_ident {
+            if let Some((_, ino)) = self.ids.remove(&old) {
+                if let Ok(node) = self.node(ino) {
+                    *lock(&node.ident) = new.clone();
+                    *lock(&node.places) = vec![to];
+                }
+                self.ids.insert(new, ino);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- attributes and extended attributes -----
+
+    /// The overlay path to change for `node`, copying a cache file up first. Returns the path
+    /// and whether the node was replaced by the copy.
+    fn writable_path(&self, node: &Arc<Node>) -> NsResult<PathBuf> {
+        match &node.kind {
+            NodeKind::Status => Err(NsError::ReadOnly),
+            NodeKind::Dir { read_only: true }
+            | NodeKind::Lower {
+                read_only: true, ..
+            } => Err(NsError::ReadOnly),
+            NodeKind::Dir { .. } => {
+                let _g = self.write_tree();
+                let path = self.path_of(node.ino)?;
+                self.ensure_upper_dir(&path)?;
+                Ok(self.overlay.path(&path))
+            }
+            NodeKind::Upper { .. } => {
+                let _g = self.read_tree();
+                Ok(self.upper_of(node)?.0)
+            }
+            NodeKind::Lower { .. } | NodeKind::Generated { .. } => {
+                if node.superseded.load(Ordering::Acquire) {
+                    return Err(NsError::Stale);
+                }
+                self.copy_up(node)?;
+                let _g = self.read_tree();
+                let (parent, name) = node.first_place().ok_or(NsError::NotFound)?;
+                Ok(self.overlay.path(&join(&self.path_of(parent)?, &name)))
+            }
         }
     }
 
-    /// Whether `ino` is backed by a cache file (the passthrough hazard applies to these).
-    pub fn is_cache_backed(&self, ino: u64) -> bool {
-        matches!(self.key(ino), Ok(NodeKey::File { .. }))
+    /// Changes attributes. A cache or virtual file is copied up and the change applied to the
+    /// copy; the answer then still describes the old inode (marked `immutable`): its open
+    /// handles keep reading the cache, and by path it answers ESTALE, so the next lookup finds
+    /// the copy.
+    pub fn setattr(&self, ino: u64, set: &SetAttr, handle: Option<&File>) -> NsResult<NodeInfo> {
+        let node = self.node(ino)?;
+        let path = self.writable_path(&node)?;
+        let replaced = match &node.kind {
+            NodeKind::Lower { node: lower, .. } => Some(self.lower_info(ino, lower)?),
+            NodeKind::Generated { bytes } => Some(self.synthetic(
+                ino,
+                Kind::File,
+                bytes.len() as u64,
+                self.started,
+                0o644,
+                true,
+            )),
+            _ => None,
+        };
+        // A handle of the old inode is not the copy's.
+        let handle = if replaced.is_some() { None } else { handle };
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(size) = set.size {
+            match handle {
+                Some(f) => f.set_len(size)?,
+                None => OpenOptions::new().write(true).open(&path)?.set_len(size)?,
+            }
+        }
+        if let Some(mode) = set.mode {
+            if !is_link {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::lchown(&path, set.uid, set.gid)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            use nix::sys::stat::{utimensat, UtimensatFlags};
+            use nix::sys::time::TimeSpec;
+            let spec = |t: &Option<Option<SystemTime>>| match t {
+                None => TimeSpec::UTIME_OMIT,
+                Some(None) => TimeSpec::UTIME_NOW,
+                Some(Some(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+                    Ok(d) => TimeSpec::from_duration(d),
+                    Err(e) => -TimeSpec::from_duration(e.duration()),
+                },
+            };
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &spec(&set.atime),
+                &spec(&set.mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| NsError::Io(e as i32))?;
+        }
+        if let Some(info) = replaced {
+            return Ok(NodeInfo {
+                immutable: true,
+                ..info
+            });
+        }
+        let m = fs::symlink_metadata(&path)?;
+        Ok(self.meta_info(ino, &m))
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> NsResult<()> {
+        let node = self.node(ino)?;
+        if matches!(node.kind, NodeKind::Status) {
+            if name == INVALIDATE_XATTR {
+                self.invalidate_path(&String::from_utf8_lossy(value));
+                return Ok(());
+            }
+            return Err(NsError::ReadOnly);
+        }
+        let path = self.writable_path(&node)?;
+        let (p, n) = (
+            cstr(&path)?,
+            CString::new(name).map_err(|_| NsError::Invalid)?,
+        );
+        // SAFETY: valid NUL-terminated strings and a live slice for the call's duration.
+        let r = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        };
+        errno_result(r).map(drop)
+    }
+
+    /// An extended attribute (`size` 0: its length). Cache files have none.
+    pub fn getxattr(&self, ino: u64, name: &str, size: usize) -> NsResult<Vec<u8>> {
+        let Some(path) = self.xattr_source(ino)? else {
+            return Err(NsError::Io(libc::ENODATA));
+        };
+        let (p, n) = (
+            cstr(&path)?,
+            CString::new(name).map_err(|_| NsError::Invalid)?,
+        );
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` holds `size` writable bytes (a null pointer is fine when size is 0).
+        let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+        let len = errno_result(r as i32).map(|_| r as usize)?;
+        buf.truncate(if size == 0 { 0 } else { len });
+        if size == 0 {
+            return Ok(vec![0; len]);
+        }
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, ino: u64, size: usize) -> NsResult<Vec<u8>> {
+        let Some(path) = self.xattr_source(ino)? else {
+            return Ok(vec![]);
+        };
+        let p = cstr(&path)?;
+        let mut buf = vec![0u8; size];
+        // SAFETY: as in getxattr.
+        let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) };
+        let len = errno_result(r as i32).map(|_| r as usize)?;
+        if size == 0 {
+            return Ok(vec![0; len]);
+        }
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &str) -> NsResult<()> {
+        if self.xattr_source(ino)?.is_none() {
+            return Err(NsError::Io(libc::ENODATA));
+        }
+        let node = self.node(ino)?;
+        let path = self.writable_path(&node)?;
+        let (p, n) = (
+            cstr(&path)?,
+            CString::new(name).map_err(|_| NsError::Invalid)?,
+        );
+        // SAFETY: valid NUL-terminated strings.
+        let r = unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
+        errno_result(r).map(drop)
+    }
+
+    /// The overlay path holding `ino`'s extended attributes, if it has one.
+    fn xattr_source(&self, ino: u64) -> NsResult<Option<PathBuf>> {
+        let _g = self.read_tree();
+        let node = self.node(ino)?;
+        match node.kind {
+            NodeKind::Upper { .. } => Ok(Some(self.upper_of(&node)?.0)),
+            NodeKind::Dir { .. } => {
+                let p = self.overlay.path(&self.path_of(ino)?);
+                Ok(fs::symlink_metadata(&p)
+                    .is_ok_and(|m| m.is_dir())
+                    .then_some(p))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Queues kernel invalidations for every known directory along mount path `path`.
+    pub fn invalidate_path(&self, path: &str) {
+        let mut parent = ROOT_INO;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            self.invalidate(Invalidation::Entry(parent, name.to_string()));
+            self.invalidate(Invalidation::Inode(parent));
+            match self.ids.get(&Ident::Dir(parent, name.to_string())) {
+                Some(ino) => parent = *ino,
+                None => return,
+            }
+        }
+        self.invalidate(Invalidation::Inode(parent));
+    }
+
+    /// The root names a cache repo shows at (for the watcher's kernel invalidations).
+    pub fn invalidate_repo(&self, repo: &str) {
+        let names = self.lower.invalidate_repo(repo);
+        let model_dir = repo.to_string();
+        if let Some(ino) = {
+            let _g = self.read_tree();
+            self.known_dir(&model_dir)
+        } {
+            for name in names {
+                self.invalidate(Invalidation::Entry(ino, name));
+            }
+        }
+        self.invalidate_path(&model_dir);
+    }
+
+    pub fn statfs_path(&self) -> &Path {
+        self.overlay.root()
     }
 
     /// The daemon's counters as JSON.
     pub fn status_json(&self) -> String {
         let c = &self.counters;
-        let header_bytes: u64 = self
-            .views
-            .iter()
-            .map(|v| v.value().virtuals_bytes_read())
-            .sum();
         let v = serde_json::json!({
             "pid": std::process::id(),
-            "cache": self.cache.root(),
+            "cache": self.lower.cache().root(),
+            "overlay": self.overlay.root(),
             "passthrough": self.passthrough.load(Ordering::Relaxed),
             "started_at": crate::store::sentinel::iso8601(self.started),
             "lookups": c.lookups.load(Ordering::Relaxed),
@@ -499,12 +1592,124 @@ impl Namespace {
             "passthrough_opens": c.passthrough_opens.load(Ordering::Relaxed),
             "reads": c.reads.load(Ordering::Relaxed),
             "bytes_read": c.bytes_read.load(Ordering::Relaxed),
+            "writes": c.writes.load(Ordering::Relaxed),
+            "bytes_written": c.bytes_written.load(Ordering::Relaxed),
+            "copy_ups": c.copy_ups.load(Ordering::Relaxed),
             "write_attempts_refused": c.write_attempts_refused.load(Ordering::Relaxed),
-            "models_viewed": self.views.len(),
-            "header_bytes_read": header_bytes,
+            "inodes": self.nodes.len(),
+            "models_viewed": self.lower.views_len(),
+            "header_bytes_read": self.lower.header_bytes_read(),
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
         s
     }
+}
+
+/// Copies a cache blob for a copy-up: a reflink where the filesystem shares extents, else
+/// in-kernel copies of 64 MiB at a time (each one short, so the daemon stays killable and a
+/// copy-up of a large shard is never one uninterruptible call).
+fn copy_blob(src: &Path, dst: &Path) -> io::Result<()> {
+    if reflink_copy::reflink(src, dst).is_ok() {
+        return Ok(());
+    }
+    let from = File::open(src)?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
+    let len = from.metadata()?.len();
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(64 << 20) as usize;
+        let mut off_in = done as i64;
+        let mut off_out = done as i64;
+        // SAFETY: two open fds and pointers to locals, valid for the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&from),
+                &mut off_in,
+                std::os::fd::AsRawFd::as_raw_fd(&to),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as u64,
+            0 => break,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // Across filesystems or where unsupported: an ordinary copy of the rest.
+                    Some(libc::EXDEV)
+                    | Some(libc::ENOSYS)
+                    | Some(libc::EINVAL)
+                    | Some(libc::EOPNOTSUPP) => return copy_rest(&from, &to, done, len),
+                    Some(libc::EINTR) => continue,
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    if done < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} shrank while it was copied", src.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn copy_rest(from: &File, to: &File, mut done: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = from.read_at(&mut buf[..want], done)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        to.write_all_at(&buf[..n], done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn errno_result(r: i32) -> NsResult<i32> {
+    if r < 0 {
+        Err(NsError::Io(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
+    } else {
+        Ok(r)
+    }
+}
+
+/// Open options for an overlay file from a client's open flags (O_TRUNC included: the mount
+/// asks for atomic O_TRUNC; creation flags excluded).
+fn upper_options(flags: i32, read: bool) -> OpenOptions {
+    let acc = flags & libc::O_ACCMODE;
+    let mut o = OpenOptions::new();
+    o.read(read || acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(
+            flags
+                & (libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT),
+        );
+    o
+}
+
+/// Opens an overlay file for a client. Write-only opens are opened read-write where the mode
+/// allows: the kernel may read pages back through a handle it opened for writing.
+fn open_upper(path: &Path, flags: i32) -> io::Result<File> {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        if let Ok(f) = upper_options(flags, true).open(path) {
+            return Ok(f);
+        }
+    }
+    upper_options(flags, false).open(path)
 }

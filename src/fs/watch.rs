@@ -2,40 +2,33 @@
 //! refs, snapshots or blobs changed, and tells the kernel to forget what it cached about them.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{INodeNo, Notifier};
 use notify::{RecursiveMode, Watcher};
 
-use super::namespace::{Namespace, NodeKey, ROOT_INO};
+use super::namespace::Namespace;
 use crate::store::cache::repo_id_from_dir_name;
 
 /// Events are gathered for this long after the first one, so a download's burst is one update.
 const SETTLE: Duration = Duration::from_millis(150);
 
 /// Starts the watcher; the returned value keeps it alive.
-pub fn start(ns: Arc<Namespace>, notifier: Notifier) -> notify::Result<notify::RecommendedWatcher> {
+pub fn start(ns: Arc<Namespace>) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(tx)?;
-    let root = ns.cache().root().to_path_buf();
+    let root = ns.lower().cache().root().to_path_buf();
     watcher.watch(&root, RecursiveMode::Recursive)?;
     std::thread::Builder::new()
         .name("mlxk-fs-watch".into())
-        .spawn(move || run(&ns, &notifier, &root, &rx))
+        .spawn(move || run(&ns, &root, &rx))
         .map_err(|e| notify::Error::generic(&e.to_string()))?;
     Ok(watcher)
 }
 
-fn run(
-    ns: &Namespace,
-    notifier: &Notifier,
-    root: &Path,
-    rx: &mpsc::Receiver<notify::Result<notify::Event>>,
-) {
+fn run(ns: &Namespace, root: &Path, rx: &mpsc::Receiver<notify::Result<notify::Event>>) {
     while let Ok(first) = rx.recv() {
         let mut repos = BTreeSet::new();
         let mut rescan = false;
@@ -58,14 +51,13 @@ fn run(
             note(ev, &mut repos);
         }
         if rescan {
-            ns.invalidate_all();
+            ns.lower().invalidate_all();
         }
         for repo in &repos {
             tracing::debug!(%repo, "cache changed");
-            let names = ns.invalidate_repo(repo);
-            invalidate_kernel(ns, notifier, repo, &names);
+            ns.invalidate_repo(repo);
         }
-        let _ = notifier.inval_inode(INodeNo(ROOT_INO), 0, 0);
+        ns.invalidate_path("");
     }
 }
 
@@ -73,31 +65,4 @@ fn run(
 fn repo_of(root: &Path, path: &Path) -> Option<String> {
     let first = path.strip_prefix(root).ok()?.iter().next()?;
     repo_id_from_dir_name(first.to_str()?)
-}
-
-/// Drops the kernel's cached entries and attributes for `repo` (errors mean "not cached").
-fn invalidate_kernel(ns: &Namespace, notifier: &Notifier, repo: &str, names: &[String]) {
-    let model = ns.known_ino(&NodeKey::Model {
-        repo: repo.to_string(),
-        rev: None,
-    });
-    if let Some(ino) = model {
-        // The names under the default view may now mean another snapshot's files.
-        for name in names {
-            let _ = notifier.inval_entry(INodeNo(ino), OsStr::new(name));
-        }
-        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-    }
-    match repo.split_once('/') {
-        Some((org, name)) => {
-            if let Some(org_ino) = ns.known_ino(&NodeKey::Org(org.to_string())) {
-                let _ = notifier.inval_entry(INodeNo(org_ino), OsStr::new(name));
-                let _ = notifier.inval_inode(INodeNo(org_ino), 0, 0);
-            }
-            let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(org));
-        }
-        None => {
-            let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(repo));
-        }
-    }
 }

@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod index;
 pub mod mounts;
+pub mod overlay;
 pub mod safetensors;
 pub mod sentinel;
 pub mod spec;

@@ -14,12 +14,22 @@ use sha2::{Digest, Sha256};
 
 use super::sentinel::write_file_atomic;
 
+/// Hidden, unlisted file at a mount's root with the daemon's counters (JSON).
+pub const STATUS_FILE: &str = ".mlxk-fs-status";
+/// Setting this extended attribute on the status file (value: a path relative to the mount)
+/// makes the daemon drop the kernel's cached entries along that path. `mlxk` does this after
+/// writing straight into the overlay directory.
+pub const INVALIDATE_XATTR: &str = "user.mlxk-fs.invalidate";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountRecord {
     /// Absolute, canonical mountpoint.
     pub mountpoint: PathBuf,
     /// The cache root being presented.
     pub cache: PathBuf,
+    /// The overlay directory holding the mount's writes.
+    #[serde(default)]
+    pub overlay: Option<PathBuf>,
     pub pid: u32,
     pub passthrough: bool,
     pub started_at: String,
@@ -137,4 +147,29 @@ pub fn containing(path: &Path) -> Option<(MountRecord, PathBuf)> {
             Some((r, rel))
         })
         .max_by_key(|(r, _)| r.mountpoint.as_os_str().len())
+}
+
+/// A path inside a live mount with an overlay: where it lives in the overlay directory (which
+/// `mlxk` writes directly, not through FUSE) and its path relative to the mountpoint.
+#[derive(Debug, Clone)]
+pub struct OverlayTarget {
+    pub record: MountRecord,
+    /// Relative to the mountpoint, `/`-separated.
+    pub rel: String,
+    pub overlay_path: PathBuf,
+}
+
+pub fn overlay_target(path: &Path) -> Option<OverlayTarget> {
+    let (record, rel) = containing(path)?;
+    let overlay = record.overlay.clone()?;
+    let rel: Vec<String> = rel
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let overlay_path = rel.iter().fold(overlay, |p, c| p.join(c));
+    Some(OverlayTarget {
+        record,
+        rel: rel.join("/"),
+        overlay_path,
+    })
 }

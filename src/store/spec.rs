@@ -295,9 +295,30 @@ fn closest<'a>(name: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
 /// A model directory inside a live mlxk-fs mount (`<mount>/<org>/<name>[@rev]`), resolved to the
 /// cache snapshot it shows, so heavy work reads the cache directly instead of through FUSE.
 /// `None` for any other path.
+///
+/// A model the mount's overlay changes (edits, deletions, moves, or a workspace only the
+/// overlay holds) is not the snapshot: `None`, and the caller reads it through the mount as a
+/// workspace (zero-copy with passthrough).
 pub fn resolve_mounted(path: &Path) -> Option<ResolvedModel> {
     let (record, rel) = super::mounts::containing(path)?;
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
+    if let Some(overlay) = &record.overlay {
+        let o = super::overlay::OverlayDir::at(overlay);
+        let mut dir = String::new();
+        for name in &parts {
+            if o.marker(&dir, name).is_some() {
+                return None;
+            }
+            dir = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+        }
+        if o.path(&dir).exists() {
+            return None;
+        }
+    }
     let cache = HubCache::open(&record.cache).ok()?;
     // `<org>/<name>[@rev]`, or `<name>[@rev]` for repos without an org.
     let (spec, depth) = match parts.as_slice() {

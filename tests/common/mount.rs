@@ -40,12 +40,26 @@ impl MountGuard {
     /// `mlxk-fs mount <mountpoint> --cache <cache> -f <extra>`, returned once it is ready.
     pub fn new(cache: &Path, mountpoint: &Path, state_dir: &Path, extra: &[&str]) -> MountGuard {
         std::fs::create_dir_all(mountpoint).expect("mkdir mountpoint");
+        // Never the user's default overlay: each mount's writes stay in its own directory.
+        let overlay = state_dir.join(format!(
+            "overlay-{}",
+            mountpoint
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("mnt")
+        ));
+        let overlay_args: Vec<&std::ffi::OsStr> = if extra.contains(&"--overlay") {
+            vec![]
+        } else {
+            vec!["--overlay".as_ref(), overlay.as_os_str()]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_mlxk-fs"))
             .arg("mount")
             .arg(mountpoint)
             .arg("--cache")
             .arg(cache)
             .arg("-f")
+            .args(overlay_args)
             .args(extra)
             .env("MLXK_FS_STATE_DIR", state_dir)
             .env("MLXK_FS_REPORT_READY", "1")

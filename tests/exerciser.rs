@@ -1,0 +1,670 @@
+//! The randomized operation exerciser (in the spirit of fsx and of mountpoint-s3's reference-model
+//! tests): random operations applied to a directory of the mount AND to a plain reference
+//! directory that started as a copy of the same view. After every step the two give the same
+//! result (success, or the same errno) and the two trees compare equal (names, types, sizes,
+//! modes, content, link targets, user xattrs); at the end the cache's full-tree fingerprint
+//! (content, mode, mtime, link targets) is unchanged, and files held open read-only (with
+//! passthrough) since the start still read the cache's bytes.
+//!
+//! `MLXK_EXERCISER_OPS` (default 2,000) and `MLXK_EXERCISER_SEED` (default: from the clock)
+//! steer it; the seed is printed, and named in every failure. scripts/stress.sh runs 100,000.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::mount::{fuse_available, MountGuard};
+use common::{tree_state, Fixture};
+use mlxk_fs::testkit::Rng;
+
+/// The part of the mount the exerciser works in: an org with several cached models.
+const WORK: &str = "mlx-community";
+
+/// Bytes to write; shown by length in failure messages.
+#[derive(Clone)]
+struct Data(Vec<u8>);
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create {
+        path: String,
+        data: Data,
+    },
+    OpenWrite {
+        path: String,
+        flags: i32,
+        offset: u64,
+        data: Data,
+    },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Ftruncate {
+        path: String,
+        len: u64,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
+    Utimes {
+        path: String,
+        secs: i64,
+    },
+    SetXattr {
+        path: String,
+        name: String,
+        value: Data,
+    },
+    RemoveXattr {
+        path: String,
+        name: String,
+    },
+    MmapWrite {
+        path: String,
+        offset: u64,
+        data: Data,
+    },
+    Fallocate {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
+    CopyFile {
+        from: String,
+        to: String,
+    },
+}
+
+/// What an operation returned: Ok, or the errno.
+type Outcome = Result<(), i32>;
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn check(r: i32) -> Outcome {
+    if r < 0 {
+        Err(errno(std::io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+fn apply(root: &Path, op: &Op) -> Outcome {
+    let p = |s: &str| root.join(s);
+    match op {
+        Op::Create { path, data } => {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(p(path))
+                .map_err(errno)?;
+            f.write_all(data).map_err(errno)
+        }
+        Op::OpenWrite {
+            path,
+            flags,
+            offset,
+            data,
+        } => {
+            let acc = flags & libc::O_ACCMODE;
+            let mut f = OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(acc != libc::O_RDONLY)
+                .custom_flags(flags & !libc::O_ACCMODE)
+                .mode(0o644)
+                .open(p(path))
+                .map_err(errno)?;
+            if acc != libc::O_RDONLY {
+                if flags & libc::O_APPEND != 0 {
+                    f.write_all(data).map_err(errno)?;
+                } else {
+                    f.write_all_at(data, *offset).map_err(errno)?;
+                }
+            } else {
+                let mut v = Vec::new();
+                f.read_to_end(&mut v).map_err(errno)?;
+            }
+            Ok(())
+        }
+        Op::Truncate { path, len } => {
+            nix::unistd::truncate(&p(path), *len as i64).map_err(|e| e as i32)
+        }
+        Op::Ftruncate { path, len } => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p(path))
+            .and_then(|f| f.set_len(*len))
+            .map_err(errno),
+        Op::Rename { from, to } => fs::rename(p(from), p(to)).map_err(errno),
+        Op::Unlink { path } => fs::remove_file(p(path)).map_err(errno),
+        Op::Mkdir { path } => {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(p(path))
+                .map_err(errno)
+        }
+        Op::Rmdir { path } => fs::remove_dir(p(path)).map_err(errno),
+        Op::Chmod { path, mode } => {
+            fs::set_permissions(p(path), fs::Permissions::from_mode(*mode)).map_err(errno)
+        }
+        Op::Utimes { path, secs } => {
+            let t = nix::sys::time::TimeSpec::new(*secs, 0);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &p(path),
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+            .map_err(|e| e as i32)
+        }
+        Op::SetXattr { path, name, value } => {
+            let (c, n) = (cpath(&p(path)), CString::new(name.as_str()).unwrap());
+            check(unsafe {
+                libc::setxattr(
+                    c.as_ptr(),
+                    n.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            })
+        }
+        Op::RemoveXattr { path, name } => {
+            let (c, n) = (cpath(&p(path)), CString::new(name.as_str()).unwrap());
+            check(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) })
+        }
+        Op::MmapWrite { path, offset, data } => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p(path))
+                .map_err(errno)?;
+            let len = f.metadata().map_err(errno)?.len();
+            if len == 0 {
+                return Ok(());
+            }
+            let mut map = unsafe { memmap2::MmapMut::map_mut(&f) }.map_err(errno)?;
+            let start = (*offset % len) as usize;
+            let end = (start + data.len()).min(len as usize);
+            map[start..end].copy_from_slice(&data[..end - start]);
+            map.flush().map_err(errno)
+        }
+        Op::Fallocate { path, offset, len } => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(p(path))
+                .map_err(errno)?;
+            nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::empty(),
+                *offset as i64,
+                *len as i64,
+            )
+            .map_err(|e| e as i32)
+        }
+        Op::Link { from, to } => fs::hard_link(p(from), p(to)).map_err(errno),
+        Op::Symlink { target, path } => std::os::unix::fs::symlink(target, p(path)).map_err(errno),
+        Op::CopyFile { from, to } => fs::copy(p(from), p(to)).map(drop).map_err(errno),
+    }
+}
+
+/// One entry of a compared tree.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    size: u64,
+    mode: u32,
+    content: Option<Vec<u8>>,
+    link: Option<PathBuf>,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
+    let c = cpath(p);
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 4096];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n <= 0 {
+        return out;
+    }
+    for name in buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
+        let cn = CString::new(name).unwrap();
+        let mut v = vec![0u8; 4096];
+        let r = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        if r >= 0 {
+            v.truncate(r as usize);
+            out.insert(String::from_utf8_lossy(name).into_owned(), v);
+        }
+    }
+    out
+}
+
+fn snapshot(root: &Path, with_content: bool) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let path = root.join(&r);
+            let m = fs::symlink_metadata(&path)
+                .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(r.clone());
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else {
+                "file"
+            };
+            out.insert(
+                r.to_string_lossy().into_owned(),
+                Entry {
+                    kind,
+                    size: if ft.is_file() { m.len() } else { 0 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        m.mode() & 0o7777
+                    },
+                    content: (with_content && ft.is_file()).then(|| fs::read(&path).unwrap()),
+                    link: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
+                    xattrs: if ft.is_symlink() {
+                        BTreeMap::new()
+                    } else {
+                        xattrs(&path)
+                    },
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Copies the mount's view into a plain directory (modes kept).
+fn copy_view(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let m = fs::symlink_metadata(&src).unwrap();
+        if m.is_dir() {
+            copy_view(&src, &dst);
+        } else {
+            fs::write(&dst, fs::read(&src).unwrap()).unwrap();
+        }
+        fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777)).unwrap();
+    }
+}
+
+struct Gen {
+    rng: Rng,
+}
+
+impl Gen {
+    fn below(&mut self, n: usize) -> usize {
+        (self.rng.next_u64() % n.max(1) as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> Option<&'a T> {
+        (!v.is_empty()).then(|| &v[self.below(v.len())])
+    }
+
+    fn data(&mut self, max: usize) -> Data {
+        let n = self.below(max) + 1;
+        let b = self.rng.next_u64() as u8;
+        Data((0..n).map(|i| b.wrapping_add(i as u8)).collect())
+    }
+
+    fn name(&mut self) -> String {
+        const NAMES: [&str; 10] = [
+            "a",
+            "b",
+            "c.json",
+            "d.safetensors.bak",
+            "e",
+            "notes.txt",
+            "sub",
+            "x",
+            "y",
+            "z",
+        ];
+        NAMES[self.below(NAMES.len())].to_string()
+    }
+
+    /// A new path: an existing directory (often) plus a name (which may exist).
+    fn new_path(&mut self, dirs: &[String], all: &[String]) -> String {
+        if self.below(4) == 0 {
+            if let Some(p) = self.pick(all) {
+                return p.clone();
+            }
+        }
+        let dir = self.pick(dirs).cloned().unwrap_or_default();
+        let name = self.name();
+        if dir.is_empty() {
+            name
+        } else {
+            format!("{dir}/{name}")
+        }
+    }
+
+    fn op(&mut self, tree: &BTreeMap<String, Entry>) -> Op {
+        let files: Vec<String> = tree
+            .iter()
+            .filter(|(_, e)| e.kind == "file")
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut dirs: Vec<String> = tree
+            .iter()
+            .filter(|(_, e)| e.kind == "dir")
+            .map(|(k, _)| k.clone())
+            .collect();
+        dirs.push(String::new());
+        let all: Vec<String> = tree.keys().cloned().collect();
+        let file = |g: &mut Gen| {
+            g.pick(&files)
+                .cloned()
+                .unwrap_or_else(|| "missing".to_string())
+        };
+        let any = |g: &mut Gen| g.pick(&all).cloned().unwrap_or_else(|| "missing".into());
+        match self.below(20) {
+            0 | 1 => Op::Create {
+                path: self.new_path(&dirs, &all),
+                data: self.data(5000),
+            },
+            2..=4 => {
+                let acc = [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR][self.below(3)];
+                let mut flags = acc;
+                for f in [libc::O_TRUNC, libc::O_APPEND, libc::O_CREAT, libc::O_EXCL] {
+                    if self.below(4) == 0 {
+                        flags |= f;
+                    }
+                }
+                let path = if flags & libc::O_CREAT != 0 && self.below(2) == 0 {
+                    self.new_path(&dirs, &all)
+                } else {
+                    file(self)
+                };
+                Op::OpenWrite {
+                    path,
+                    flags,
+                    offset: self.rng.next_u64() % 300_000,
+                    data: self.data(70_000),
+                }
+            }
+            5 => Op::Truncate {
+                path: file(self),
+                len: self.rng.next_u64() % 200_000,
+            },
+            6 => Op::Ftruncate {
+                path: file(self),
+                len: self.rng.next_u64() % 200_000,
+            },
+            7 | 8 => Op::Rename {
+                from: any(self),
+                to: self.new_path(&dirs, &all),
+            },
+            9 => Op::Unlink { path: any(self) },
+            10 => Op::Mkdir {
+                path: self.new_path(&dirs, &all),
+            },
+            11 => Op::Rmdir {
+                path: self.pick(&dirs).cloned().unwrap_or_default(),
+            },
+            12 => Op::Chmod {
+                path: any(self),
+                mode: [0o600, 0o640, 0o644, 0o700, 0o755, 0o444][self.below(6)],
+            },
+            13 => Op::Utimes {
+                path: any(self),
+                secs: 1_600_000_000 + self.below(1_000_000) as i64,
+            },
+            14 => {
+                let name = format!("user.k{}", self.below(3));
+                if self.below(3) == 0 {
+                    Op::RemoveXattr {
+                        path: any(self),
+                        name,
+                    }
+                } else {
+                    Op::SetXattr {
+                        path: any(self),
+                        name,
+                        value: self.data(64),
+                    }
+                }
+            }
+            15 => Op::MmapWrite {
+                path: file(self),
+                offset: self.rng.next_u64(),
+                data: self.data(9000),
+            },
+            16 => Op::Fallocate {
+                path: file(self),
+                offset: self.rng.next_u64() % 100_000,
+                len: self.rng.next_u64() % 100_000 + 1,
+            },
+            17 => Op::Link {
+                from: file(self),
+                to: self.new_path(&dirs, &all),
+            },
+            18 => Op::Symlink {
+                target: self.name(),
+                path: self.new_path(&dirs, &all),
+            },
+            _ => Op::CopyFile {
+                from: file(self),
+                to: self.new_path(&dirs, &all),
+            },
+        }
+    }
+}
+
+fn diff(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> String {
+    let mut out = String::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out += &format!("  only in the mount: {k} ({})\n", v.kind),
+            Some(w) if w != v => {
+                let short = |e: &Entry| {
+                    format!(
+                        "{} size {} mode {:o} link {:?} xattrs {:?} content {}",
+                        e.kind,
+                        e.size,
+                        e.mode,
+                        e.link,
+                        e.xattrs.keys().collect::<Vec<_>>(),
+                        e.content
+                            .as_ref()
+                            .map(|c| format!("{:x?}", &c[..c.len().min(16)]))
+                            .unwrap_or_default()
+                    )
+                };
+                out += &format!("  {k}:\n    mount: {}\n    ref:   {}\n", short(v), short(w));
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in b {
+        if !a.contains_key(k) {
+            out += &format!("  only in the reference: {k} ({})\n", v.kind);
+        }
+    }
+    out
+}
+
+#[test]
+fn randomized_operations_match_a_reference_directory() {
+    if !fuse_available("randomized_operations_match_a_reference_directory") {
+        return;
+    }
+    let ops: usize = std::env::var("MLXK_EXERCISER_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let seed: u64 = std::env::var("MLXK_EXERCISER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("exerciser: {ops} operations, MLXK_EXERCISER_SEED={seed}");
+
+    let fx = Fixture::new();
+    let cache_before = tree_state(&fx.cache);
+    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
+    let work = m.path(WORK);
+    // The index a model shows is recomputed when its shards change in the overlay; a plain
+    // directory has no such file. Making the virtual files ordinary overlay files first (a
+    // write-intent open copies them up) lets the two trees be compared byte for byte.
+    for e in fs::read_dir(&work).unwrap() {
+        let model = e.unwrap().path();
+        for name in [
+            mlxk_fs::store::INDEX_FILE,
+            mlxk_fs::store::SENTINEL_FILE,
+            "model.safetensors.index.json.orig",
+        ] {
+            if model.join(name).exists() {
+                OpenOptions::new()
+                    .append(true)
+                    .open(model.join(name))
+                    .unwrap();
+            }
+        }
+    }
+    let reference = fx.path("reference");
+    copy_view(&work, &reference);
+    assert_eq!(
+        diff(&snapshot(&work, true), &snapshot(&reference, true)),
+        "",
+        "the copy differs from the view"
+    );
+
+    // Cache-backed files held open read-only (passthrough) through the whole run.
+    let held: Vec<(File, Vec<u8>)> = snapshot(&work, false)
+        .iter()
+        .filter(|(k, e)| e.kind == "file" && k.ends_with(".safetensors"))
+        .map(|(k, _)| {
+            let p = work.join(k);
+            (File::open(&p).unwrap(), fs::read(&p).unwrap())
+        })
+        .collect();
+    assert!(held.len() >= 4);
+
+    let mut gen = Gen {
+        rng: Rng::new(seed),
+    };
+    let mut tree = snapshot(&reference, false);
+    for step in 0..ops {
+        let op = gen.op(&tree);
+        let got = apply(&work, &op);
+        let want = apply(&reference, &op);
+        let full = step % 50 == 49 || step + 1 == ops;
+        let (a, b) = (snapshot(&work, full), snapshot(&reference, full));
+        let d = diff(&a, &b);
+        if got != want || !d.is_empty() {
+            panic!(
+                "seed {seed}, step {step}: {op:?}\n  mount: {got:?}  reference: {want:?}\n{d}\
+                 reproduce: MLXK_EXERCISER_SEED={seed} MLXK_EXERCISER_OPS={} cargo test --test exerciser",
+                step + 1
+            );
+        }
+        tree = b;
+        // Content of what the operation touched, every step.
+        let touched: Vec<&String> = match &op {
+            Op::Create { path, .. }
+            | Op::OpenWrite { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Ftruncate { path, .. }
+            | Op::MmapWrite { path, .. }
+            | Op::Fallocate { path, .. } => vec![path],
+            Op::Rename { to, .. } | Op::Link { to, .. } | Op::CopyFile { to, .. } => vec![to],
+            _ => vec![],
+        };
+        for t in touched {
+            let (x, y) = (
+                fs::read(work.join(t)).ok(),
+                fs::read(reference.join(t)).ok(),
+            );
+            assert!(
+                x == y,
+                "seed {seed}, step {step}: content of {t} differs after {op:?}"
+            );
+        }
+    }
+    for (f, bytes) in &held {
+        let mut again = vec![0u8; bytes.len()];
+        f.read_exact_at(&mut again, 0).unwrap();
+        assert!(
+            again == *bytes,
+            "a handle opened before the run no longer reads the cache's bytes"
+        );
+    }
+    drop(held);
+    let c = m.counters();
+    eprintln!("exerciser counters: {c}");
+    drop(m);
+    assert_eq!(
+        cache_before,
+        tree_state(&fx.cache),
+        "seed {seed}: the cache changed"
+    );
+}

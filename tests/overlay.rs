@@ -1,0 +1,543 @@
+//! Writable workspaces on a real FUSE mount: every write lands in the overlay directory (in the
+//! documented on-disk format), the cache's full-tree fingerprint never changes — also for write
+//! paths aimed at cache files held open read-only with passthrough — pinned revisions stay
+//! read-only, the union index follows the overlay's shards, everything survives a remount, and
+//! a daemon killed with -9 mid copy-up or mid write leaves no partial copy visible.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::mount::{fuse_available, MountGuard};
+use common::{tree_state, Fixture};
+use mlxk_fs::store::{WeightIndex, INDEX_FILE, SENTINEL_FILE};
+
+fn mount(fx: &Fixture, extra: &[&str]) -> MountGuard {
+    MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), extra)
+}
+
+fn overlay(fx: &Fixture, rel: &str) -> std::path::PathBuf {
+    fx.path("state/overlay-mnt").join(rel)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn edits_deletes_renames_and_new_workspaces_land_in_the_overlay_and_survive_a_remount() {
+    if !fuse_available("edits_deletes_renames_and_new_workspaces_land_in_the_overlay") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let mut m = mount(&fx, &[]);
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    let original_config = fs::read(model.join("config.json")).unwrap();
+
+    // vi-style edit: write a new file, rename it over the original.
+    fs::write(model.join(".config.json.swp"), b"{\"edited\": true}\n").unwrap();
+    fs::rename(model.join(".config.json.swp"), model.join("config.json")).unwrap();
+    // In-place edit of another cache file.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(model.join("generation_config.json"))
+        .unwrap();
+    f.write_all(b"\n").unwrap();
+    drop(f);
+    fs::remove_file(model.join("README.md")).unwrap();
+    fs::rename(model.join("tokenizer.json"), model.join("tokenizer.bak")).unwrap();
+    // A workspace only the overlay holds, in a new org.
+    fs::create_dir_all(m.path("myorg/new-model/sub")).unwrap();
+    for name in ["config.json", "model-00001-of-00002.safetensors"] {
+        fs::copy(
+            m.path(&format!(
+                "mlx-community/Llama-tiny-bf16/{}",
+                name.replace("-00001-of-00002", "")
+            )),
+            m.path(&format!("myorg/new-model/{name}")),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("config.json", m.path("myorg/new-model/link")).unwrap();
+    // A cached model renamed as a whole: a redirect, nothing copied.
+    fs::rename(
+        m.path("mlx-community/Llama-tiny-f32"),
+        m.path("mlx-community/Llama-tiny-f32-old"),
+    )
+    .unwrap();
+
+    let check = |m: &MountGuard| {
+        let model = m.path("mlx-community/Llama-tiny-f16");
+        assert_eq!(
+            fs::read(model.join("config.json")).unwrap(),
+            b"{\"edited\": true}\n"
+        );
+        assert!(!model.join("README.md").exists());
+        assert!(!model.join("tokenizer.json").exists());
+        assert!(model.join("tokenizer.bak").is_file());
+        assert!(names(&model).contains(&"tokenizer.bak".to_string()));
+        assert!(!names(&model).iter().any(|n| n.starts_with(".wh.")));
+        assert!(names(&m.path("")).contains(&"myorg".to_string()));
+        assert_eq!(
+            names(&m.path("myorg/new-model")),
+            vec![
+                "config.json",
+                "link",
+                "model-00001-of-00002.safetensors",
+                "sub"
+            ]
+        );
+        assert_eq!(
+            fs::read_link(m.path("myorg/new-model/link")).unwrap(),
+            Path::new("config.json")
+        );
+        let moved = names(&m.path("mlx-community/Llama-tiny-f32-old"));
+        assert!(moved.contains(&"config.json".to_string()), "{moved:?}");
+        assert!(moved.contains(&SENTINEL_FILE.to_string()), "{moved:?}");
+        assert!(!m.path("mlx-community/Llama-tiny-f32").exists());
+    };
+    check(&m);
+    // Where it all lives: the overlay, in its documented format.
+    let ov = overlay(&fx, "mlx-community/Llama-tiny-f16");
+    assert_eq!(
+        fs::read(ov.join("config.json")).unwrap(),
+        b"{\"edited\": true}\n"
+    );
+    assert!(ov.join(".wh.README.md").is_file());
+    assert!(ov.join(".wh.tokenizer.json").is_file());
+    assert_eq!(
+        fs::read_to_string(ov.join(".wh..wh..ref.tokenizer.bak")).unwrap(),
+        "mlx-community/Llama-tiny-f16/tokenizer.json\n"
+    );
+    assert_eq!(
+        fs::read_to_string(overlay(
+            &fx,
+            "mlx-community/.wh..wh..ref.Llama-tiny-f32-old"
+        ))
+        .unwrap(),
+        "mlx-community/Llama-tiny-f32\n"
+    );
+    assert!(overlay(&fx, "myorg/new-model/config.json").is_file());
+    // The cache still has the original.
+    let snap = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16");
+    assert_eq!(fs::read(snap.join("config.json")).unwrap(), original_config);
+
+    m.stop(nix::sys::signal::Signal::SIGTERM);
+    drop(m);
+    let m = mount(&fx, &[]);
+    check(&m);
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
+
+/// Every write path aimed at cache files that are open read-only (with passthrough where the
+/// kernel has it) succeeds by copying up; the open readers keep the cache's bytes; nothing
+/// reaches the cache.
+fn write_paths_copy_up(extra: &[&str]) {
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let m = mount(&fx, extra);
+    let models = [
+        "mlx-community/Llama-tiny-f16",
+        "mlx-community/Llama-tiny-bf16",
+        "mlx-community/Llama-tiny-f32",
+        "mlx-community/Llama-tiny-4bit",
+        "meta-test/Llama-tiny",
+        "test-org/Multi-snap",
+    ];
+    // Readers held open on every shard during the whole battery.
+    let mut held = Vec::new();
+    for model in &models {
+        for name in names(&m.path(model)) {
+            if name.ends_with(".safetensors") {
+                let p = m.path(&format!("{model}/{name}"));
+                let bytes = fs::read(&p).unwrap();
+                held.push((p.clone(), File::open(&p).unwrap(), bytes));
+            }
+        }
+    }
+    let combos: [(&str, OpenOptions); 6] = [
+        ("O_WRONLY", OpenOptions::new().write(true).clone()),
+        ("O_RDWR", OpenOptions::new().read(true).write(true).clone()),
+        ("O_APPEND", OpenOptions::new().append(true).clone()),
+        (
+            "O_TRUNC",
+            OpenOptions::new().write(true).truncate(true).clone(),
+        ),
+        (
+            "O_RDONLY|O_TRUNC",
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_TRUNC)
+                .clone(),
+        ),
+        (
+            "O_CREAT",
+            OpenOptions::new().write(true).create(true).clone(),
+        ),
+    ];
+    // One copy-up per cache or virtual file written below, no more.
+    let mut expected_copy_ups = 8;
+    for ((what, opts), model) in combos.iter().zip(models) {
+        // The index first: once the shards are scribbled on, no index can be computed.
+        let mut targets: Vec<String> = vec![];
+        if m.path(&format!("{model}/{INDEX_FILE}")).exists() {
+            targets.push(INDEX_FILE.into());
+        }
+        targets.extend(["config.json".into(), SENTINEL_FILE.into()]);
+        targets.extend(
+            names(&m.path(model))
+                .into_iter()
+                .filter(|n| n.ends_with(".safetensors")),
+        );
+        expected_copy_ups += targets.len();
+        for name in targets {
+            let p = m.path(&format!("{model}/{name}"));
+            let old = fs::read(&p).unwrap_or_else(|e| panic!("{what} {}: {e}", p.display()));
+            let mut f = opts
+                .open(&p)
+                .unwrap_or_else(|e| panic!("{what} {}: {e}", p.display()));
+            let writable = *what != "O_RDONLY|O_TRUNC";
+            if writable {
+                f.write_all(b"W").unwrap();
+            }
+            drop(f);
+            let now = fs::read(&p).unwrap();
+            let expected: Vec<u8> = match *what {
+                "O_APPEND" => [old.as_slice(), b"W"].concat(),
+                "O_TRUNC" => b"W".to_vec(),
+                "O_RDONLY|O_TRUNC" => vec![],
+                _ => [b"W".as_slice(), &old[1.min(old.len())..]].concat(),
+            };
+            assert!(
+                now == expected,
+                "{what} {}: unexpected content",
+                p.display()
+            );
+            assert!(
+                overlay(&fx, &format!("{model}/{name}")).is_file(),
+                "{what} {name}: not in the overlay"
+            );
+        }
+    }
+    // Path-based changes of cache files: each copies up.
+    let dir = m.path("mlx-community/Qwen2.5-VL-tiny-4bit");
+    let files: Vec<String> = names(&dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.') && n != INDEX_FILE && n != "config.json")
+        .collect();
+    assert!(files.len() >= 6, "{files:?}");
+    let f = |i: usize| dir.join(&files[i]);
+    nix::unistd::truncate(&f(0), 3).unwrap();
+    assert_eq!(fs::metadata(f(0)).unwrap().len(), 3);
+    fs::set_permissions(f(1), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(f(1)).unwrap().mode() & 0o777, 0o600);
+    std::os::unix::fs::chown(f(2), Some(1), Some(1)).unwrap();
+    assert_eq!(fs::metadata(f(2)).unwrap().uid(), 1);
+    File::open(f(3))
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+    assert_eq!(fs::metadata(f(3)).unwrap().mtime(), 0);
+    setxattr(&f(4), "user.test", b"v").unwrap();
+    // mmap MAP_SHARED + PROT_WRITE (the open copies up; the map writes the copy).
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(f(5))
+        .unwrap();
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&rw) }.unwrap();
+    map[0] ^= 0xff;
+    map.flush().unwrap();
+    drop(map);
+    nix::fcntl::fallocate(&rw, nix::fcntl::FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    drop(rw);
+    assert_eq!(fs::metadata(f(5)).unwrap().len(), 1 << 20);
+    // copy_file_range into a cache file.
+    let outside = fx.path("out.bin");
+    fs::write(&outside, b"data").unwrap();
+    fs::copy(&outside, dir.join("config.json")).unwrap();
+    assert_eq!(fs::read(dir.join("config.json")).unwrap(), b"data");
+    // Hard link of a cache file, then unlink and rename of others.
+    let gguf = m.path("TheBloke/tiny-GGUF");
+    let g = names(&gguf);
+    let first = gguf.join(g.iter().find(|n| !n.starts_with('.')).unwrap());
+    fs::hard_link(&first, gguf.join("hard")).unwrap();
+    assert_eq!(fs::metadata(gguf.join("hard")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::read(gguf.join("hard")).unwrap(),
+        fs::read(&first).unwrap()
+    );
+
+    for (p, reader, bytes) in &held {
+        let mut again = vec![0u8; bytes.len()];
+        reader
+            .read_exact_at(&mut again, 0)
+            .unwrap_or_else(|e| panic!("{}: the held reader fails: {e}", p.display()));
+        assert!(
+            again == *bytes,
+            "{}: the held reader's bytes changed",
+            p.display()
+        );
+    }
+    let c = m.counters();
+    assert_eq!(
+        c["copy_ups"].as_u64().unwrap(),
+        expected_copy_ups as u64,
+        "{c}"
+    );
+    // Defence in depth (root): the daemon sees the cache read-only, in its own namespace.
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(m.record["cache_read_only"], true);
+        let info = fs::read_to_string(format!("/proc/{}/mountinfo", m.pid())).unwrap();
+        let cache = fs::canonicalize(&fx.cache).unwrap();
+        let line = info
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == cache.to_str())
+            .unwrap_or_else(|| panic!("no bind mount of the cache in the daemon's namespace"));
+        assert!(
+            line.split(' ')
+                .nth(5)
+                .unwrap()
+                .split(',')
+                .any(|o| o == "ro"),
+            "{line}"
+        );
+        assert!(
+            !info.contains(m.mountpoint.to_str().unwrap()),
+            "the daemon keeps no copy of the FUSE mount"
+        );
+    }
+    drop(held);
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
+
+#[test]
+fn write_paths_on_open_cache_files_copy_up_with_passthrough() {
+    if fuse_available("write_paths_on_open_cache_files_copy_up_with_passthrough") {
+        write_paths_copy_up(&[]);
+    }
+}
+
+#[test]
+fn write_paths_on_open_cache_files_copy_up_without_passthrough() {
+    if fuse_available("write_paths_on_open_cache_files_copy_up_without_passthrough") {
+        write_paths_copy_up(&["--no-passthrough"]);
+    }
+}
+
+#[test]
+fn pinned_revisions_and_the_status_file_stay_read_only() {
+    if !fuse_available("pinned_revisions_and_the_status_file_stay_read_only") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, &[]);
+    let erofs = |what: &str, r: std::io::Result<()>| {
+        let e = r.err().unwrap_or_else(|| panic!("{what} succeeded"));
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    let pinned = m.path("test-org/Multi-snap@dev");
+    assert!(pinned.join("config.json").is_file());
+    erofs(
+        "write a pinned file",
+        OpenOptions::new()
+            .write(true)
+            .open(pinned.join("config.json"))
+            .map(drop),
+    );
+    erofs(
+        "create in a pinned dir",
+        File::create(pinned.join("x")).map(drop),
+    );
+    erofs("mkdir in a pinned dir", fs::create_dir(pinned.join("d")));
+    erofs(
+        "unlink a pinned file",
+        fs::remove_file(pinned.join("config.json")),
+    );
+    erofs(
+        "write the status file",
+        OpenOptions::new()
+            .write(true)
+            .open(m.path(".mlxk-fs-status"))
+            .map(drop),
+    );
+    let reserved = File::create(m.path("test-org/Multi-snap/.wh.x")).unwrap_err();
+    assert_eq!(reserved.raw_os_error(), Some(libc::EINVAL), "{reserved}");
+    let fifo = nix::unistd::mkfifo(
+        &m.path("test-org/Multi-snap/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap_err();
+    assert_eq!(fifo, nix::errno::Errno::EPERM);
+    assert!(m.counters()["write_attempts_refused"].as_u64().unwrap() >= 5);
+}
+
+#[test]
+fn the_index_follows_shards_changed_in_the_overlay() {
+    if !fuse_available("the_index_follows_shards_changed_in_the_overlay") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, &[]);
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    let index = |m: &MountGuard| -> WeightIndex {
+        let p = m.path("mlx-community/Llama-tiny-f16").join(INDEX_FILE);
+        WeightIndex::parse(&fs::read(p).unwrap()).unwrap()
+    };
+    let before = index(&m);
+    assert_eq!(before.shard_names().len(), 2);
+    // Merge: the second shard's tensors move into a new single file written in the overlay.
+    let single = fs::read(m.path("mlx-community/Llama-tiny-bf16/model.safetensors")).unwrap();
+    fs::remove_file(model.join("model-00001-of-00002.safetensors")).unwrap();
+    fs::remove_file(model.join("model-00002-of-00002.safetensors")).unwrap();
+    fs::write(model.join("model.safetensors"), &single).unwrap();
+    let after = index(&m);
+    assert_eq!(after.shard_names(), vec!["model.safetensors"]);
+    assert_ne!(before.total_size, after.total_size);
+    // A user-written index wins over the computed one.
+    fs::write(model.join(INDEX_FILE), b"{\"mine\": true}\n").unwrap();
+    assert_eq!(
+        fs::read(model.join(INDEX_FILE)).unwrap(),
+        b"{\"mine\": true}\n"
+    );
+    // Deleting a virtual file hides it.
+    fs::remove_file(model.join(SENTINEL_FILE)).unwrap();
+    assert!(!model.join(SENTINEL_FILE).exists());
+    assert!(overlay(&fx, "mlx-community/Llama-tiny-f16/.wh..mlxk_workspace.json").exists());
+}
+
+/// A daemon killed in the middle of a large copy-up and of a large write: after a fresh mount no
+/// partial copy is visible, completed writes are intact, no temp file shows, the cache is
+/// unchanged.
+#[test]
+fn kill_9_mid_copy_up_and_mid_write_leaves_no_partial_file() {
+    if !fuse_available("kill_9_mid_copy_up_and_mid_write_leaves_no_partial_file") {
+        return;
+    }
+    let fx = Fixture::new();
+    let hub = mlxk_fs::testkit::FixtureCache::create(&fx.cache).unwrap();
+    hub.add_sparse_model("big/model", 1, 2 << 30).unwrap();
+    hub.set_ref(
+        "big/model",
+        "main",
+        &mlxk_fs::testkit::fake_sha("big/model@sparse"),
+    )
+    .unwrap();
+    let before = tree_state(&fx.cache);
+    let shard = "big/model/model.safetensors";
+
+    let mut m = mount(&fx, &[]);
+    // A completed write, then a large one cut off.
+    let done: Vec<u8> = (0..(8 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut f = File::create(m.path("big/model/done.bin")).unwrap();
+    f.write_all(&done).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let writer_path = m.path("big/model/partial.bin");
+    // Bounded: with passthrough a write goes to the overlay file itself and can outlive the
+    // daemon.
+    let writer = std::thread::spawn(move || {
+        let Ok(mut f) = File::create(writer_path) else {
+            return;
+        };
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..512 {
+            if f.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    // The copy-up of a 2 GiB shard, cut off.
+    let opener_path = m.path(shard);
+    let opener = std::thread::spawn(move || {
+        let _ = OpenOptions::new().read(true).write(true).open(opener_path);
+    });
+    let tmp = overlay(&fx, ".wh..wh..tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copying = fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.len() > (64 << 20)))
+            })
+            .unwrap_or(false);
+        let written = fs::metadata(overlay(&fx, "big/model/partial.bin")).map_or(0, |m| m.len());
+        if copying && written > (16 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy-up and the write never got going"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = nix::unistd::Pid::from_raw(m.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = m.child.take().unwrap().wait();
+    let _ = opener.join();
+    let _ = writer.join();
+    let _ = nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+    drop(m);
+
+    let m = mount(&fx, &[]);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temp files survived"
+    );
+    assert!(
+        !overlay(&fx, shard).exists(),
+        "a partial copy-up is in place"
+    );
+    let blob = common::snapshot_dir(&fx.cache, "big/model").join("model.safetensors");
+    assert_eq!(
+        fs::metadata(m.path(shard)).unwrap().len(),
+        fs::metadata(&blob).unwrap().len()
+    );
+    let mut head = vec![0u8; 4096];
+    File::open(m.path(shard))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    let mut want = vec![0u8; 4096];
+    File::open(&blob).unwrap().read_exact(&mut want).unwrap();
+    assert!(head == want, "the shard no longer reads as the cache's");
+    assert_eq!(fs::read(m.path("big/model/done.bin")).unwrap(), done);
+    assert!(!names(&m.path("big/model"))
+        .iter()
+        .any(|n| n.starts_with(".wh.")));
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
