@@ -43,6 +43,7 @@ enum Handle {
     /// A cache blob (read-only) or an overlay file: read by the kernel itself (passthrough) or
     /// by pread / pwrite here.
     File {
+        ino: u64,
         file: File,
         writable: bool,
         _backing: Option<Arc<BackingId>>,
@@ -91,7 +92,7 @@ impl MlxkFs {
             nlink: info.nlink,
             uid: info.uid,
             gid: info.gid,
-            rdev: 0,
+            rdev: info.rdev,
             flags: 0,
             blksize: 1 << 20,
         }
@@ -173,6 +174,10 @@ fn file_type(kind: Kind) -> FileType {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -205,10 +210,9 @@ fn io_errno(e: std::io::Error) -> Errno {
 
 impl Filesystem for MlxkFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // ATOMIC_O_TRUNC: O_TRUNC arrives with the open (where a cache file is copied up)
-        // instead of as a setattr on the cache inode afterwards.
+        // Not ATOMIC_O_TRUNC: with it the daemon would truncate in open(), before the kernel
+        // refuses O_TRUNC of a running executable (ETXTBSY). O_TRUNC arrives as a setattr.
         for cap in [
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -251,8 +255,27 @@ impl Filesystem for MlxkFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let by_handle = fh.is_some_and(|fh| self.handles.contains_key(&fh.0));
-        match self.ns.getattr(ino.0, by_handle) {
+        let handle = fh.and_then(|fh| self.handles.get(&fh.0));
+        let file = match handle.as_deref() {
+            Some(Handle::File { file, .. }) => Some(file),
+            _ => None,
+        };
+        let r = match self.ns.getattr(ino.0, file) {
+            // fstat(2) of an open, unlinked file comes without its handle: any handle of the
+            // inode describes it.
+            Err(NsError::NotFound) => self
+                .handles
+                .iter()
+                .find_map(|h| match h.value() {
+                    Handle::File { ino: i, file, .. } if *i == ino.0 => {
+                        Some(self.ns.getattr(ino.0, Some(file)))
+                    }
+                    _ => None,
+                })
+                .unwrap_or(Err(NsError::NotFound)),
+            r => r,
+        };
+        match r {
             Ok(info) => reply.attr(&Self::ttl(&info), &Self::attr(&info)),
             Err(e) => reply.error(self.error(e)),
         }
@@ -317,13 +340,13 @@ impl Filesystem for MlxkFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let Ok(name) = name_str(name) else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self.ns.mknod(parent.0, name, mode & !umask, caller(req));
+        let r = self.ns.mknod(parent.0, name, mode & !umask, rdev, caller(req));
         self.reply_entry(reply, r);
     }
 
@@ -444,6 +467,7 @@ impl Filesystem for MlxkFs {
                     self.handles.insert(
                         fh,
                         Handle::File {
+                            ino: ino.0,
                             file,
                             writable,
                             _backing: Some(id.clone()),
@@ -467,6 +491,7 @@ impl Filesystem for MlxkFs {
         self.handles.insert(
             fh,
             Handle::File {
+                ino: ino.0,
                 file,
                 writable,
                 _backing: None,
@@ -509,6 +534,7 @@ impl Filesystem for MlxkFs {
                     self.handles.insert(
                         fh,
                         Handle::File {
+                            ino: info.ino,
                             file,
                             writable: true,
                             _backing: Some(id.clone()),
@@ -529,6 +555,7 @@ impl Filesystem for MlxkFs {
         self.handles.insert(
             fh,
             Handle::File {
+                ino: info.ino,
                 file,
                 writable: true,
                 _backing: None,
@@ -748,7 +775,7 @@ impl Filesystem for MlxkFs {
         let Some(names) = self.dirs.get(&fh.0).map(|n| n.clone()) else {
             return reply.error(Errno::EBADF);
         };
-        let this = match self.ns.getattr(ino.0, false) {
+        let this = match self.ns.getattr(ino.0, None) {
             Ok(i) => i,
             Err(e) => return reply.error(self.error(e)),
         };
@@ -876,7 +903,7 @@ impl Filesystem for MlxkFs {
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission bits are checked by the kernel (default_permissions); this only says the
         // node exists.
-        match self.ns.getattr(ino.0, false) {
+        match self.ns.getattr(ino.0, None) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
         }

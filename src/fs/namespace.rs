@@ -43,6 +43,10 @@ pub enum Kind {
     Dir,
     File,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 /// What a node is right now, for attributes.
@@ -60,6 +64,7 @@ pub struct NodeInfo {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    pub rdev: u32,
     /// True when the node's content can never change (cache- or sha-keyed).
     pub immutable: bool,
 }
@@ -134,7 +139,8 @@ pub enum NodeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Ident {
     Dir(u64, String),
-    Upper(u64, u64),
+    /// Device, inode and birth time: ext4 reuses inode numbers of deleted files.
+    Upper(u64, u64, Option<SystemTime>),
     Lower(u64, String, LowerNode),
     Generated(u64, String, u64),
     Status,
@@ -222,6 +228,10 @@ fn join(dir: &str, name: &str) -> String {
     } else {
         format!("{dir}/{name}")
     }
+}
+
+fn upper_ident(m: &Metadata) -> Ident {
+    Ident::Upper(m.dev(), m.ino(), m.created().ok())
 }
 
 fn not_found_like(e: &io::Error) -> bool {
@@ -516,7 +526,7 @@ impl Namespace {
                 NodeKind::Dir { read_only },
             ),
             Found::Upper(m) => (
-                Ident::Upper(m.dev(), m.ino()),
+                upper_ident(&m),
                 NodeKind::Upper {
                     dev: m.dev(),
                     ino: m.ino(),
@@ -716,6 +726,7 @@ impl Namespace {
             nlink: if kind == Kind::Dir { 2 } else { 1 },
             uid: self.uid,
             gid: self.gid,
+            rdev: 0,
             immutable,
         }
     }
@@ -729,6 +740,7 @@ impl Namespace {
                     + Duration::from_nanos(ns as u64)
             }
         };
+        use std::os::unix::fs::FileTypeExt;
         let ft = m.file_type();
         NodeInfo {
             ino,
@@ -736,6 +748,14 @@ impl Namespace {
                 Kind::Dir
             } else if ft.is_symlink() {
                 Kind::Symlink
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_socket() {
+                Kind::Socket
+            } else if ft.is_char_device() {
+                Kind::CharDevice
+            } else if ft.is_block_device() {
+                Kind::BlockDevice
             } else {
                 Kind::File
             },
@@ -748,6 +768,7 @@ impl Namespace {
             nlink: m.nlink() as u32,
             uid: m.uid(),
             gid: m.gid(),
+            rdev: m.rdev() as u32,
             immutable: false,
         }
     }
@@ -786,15 +807,15 @@ impl Namespace {
 
     /// Attributes of `ino`; `by_handle` when asked through an open file (a replaced node then
     /// still describes what that handle reads).
-    pub fn getattr(&self, ino: u64, by_handle: bool) -> NsResult<NodeInfo> {
+    pub fn getattr(&self, ino: u64, handle: Option<&File>) -> NsResult<NodeInfo> {
         let _g = self.read_tree();
         let node = self.node(ino)?;
-        if by_handle {
-            if let NodeKind::Lower { node: lower, .. } = &node.kind {
-                return self.lower_info(ino, lower);
-            }
+        match (&node.kind, handle) {
+            (NodeKind::Lower { node: lower, .. }, Some(_)) => self.lower_info(ino, lower),
+            // Open, perhaps unlinked: the handle knows the file.
+            (NodeKind::Upper { .. }, Some(f)) => Ok(self.meta_info(ino, &f.metadata()?)),
+            _ => self.info_of(&node),
         }
-        self.info_of(&node)
     }
 
     /// The names of directory `ino` (`.`/`..` excluded).
@@ -1063,17 +1084,22 @@ impl Namespace {
         })
     }
 
-    pub fn mknod(&self, parent: u64, name: &str, mode: u32, caller: Caller) -> NsResult<NodeInfo> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            return Err(NsError::NotPermitted);
-        }
+    /// A regular file, fifo, socket or device node (devices need the daemon's CAP_MKNOD, and
+    /// the mount is `nodev`: they never open a device).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> NsResult<NodeInfo> {
+        use nix::sys::stat::{Mode, SFlag};
+        let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+        let perm = Mode::from_bits_truncate(mode & 0o7777);
+        let kind = if kind.is_empty() { SFlag::S_IFREG } else { kind };
         self.create_with(parent, name, caller, false, |p| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode & 0o7777)
-                .open(p)
-                .map(drop)
+            nix::sys::stat::mknod(p, kind, perm, rdev as libc::dev_t).map_err(io::Error::from)
         })
         .map(|(info, ())| info)
     }
@@ -1132,9 +1158,16 @@ impl Namespace {
             Found::Lower { node, .. } => Ident::Lower(parent, name.to_string(), node.clone()),
             Found::Generated(b) => Ident::Generated(parent, name.to_string(), hash_bytes(b)),
             Found::Upper(m) => {
-                if let Some(ino) = self.ids.get(&Ident::Upper(m.dev(), m.ino())).map(|i| *i) {
+                let ident = upper_ident(m);
+                if let Some(ino) = self.ids.get(&ident).map(|i| *i) {
                     if let Ok(node) = self.node(ino) {
-                        lock(&node.places).retain(|p| *p != (parent, name.to_string()));
+                        let mut places = lock(&node.places);
+                        places.retain(|p| *p != (parent, name.to_string()));
+                        // Its last name is gone: what later gets its inode number is another
+                        // file. (Open handles keep describing it.)
+                        if places.is_empty() && m.nlink() <= 1 {
+                            self.ids.remove_if(&ident, |_, i| *i == ino);
+                        }
                     }
                 }
                 return;
@@ -1327,7 +1360,7 @@ impl Namespace {
                 Ident::Lower(new_parent, new_name.to_string(), node.clone()),
             )),
             Found::Upper(m) => {
-                if let Some(ino) = self.ids.get(&Ident::Upper(m.dev(), m.ino())).map(|i| *i) {
+                if let Some(ino) = self.ids.get(&upper_ident(m)).map(|i| *i) {
                     if let Ok(node) = self.node(ino) {
                         let mut places = lock(&node.places);
                         places.retain(|p| *p != from);
@@ -1391,7 +1424,14 @@ impl Namespace {
     /// the copy.
     pub fn setattr(&self, ino: u64, set: &SetAttr, handle: Option<&File>) -> NsResult<NodeInfo> {
         let node = self.node(ino)?;
-        let path = self.writable_path(&node)?;
+        let path = match (self.writable_path(&node), &node.kind, handle) {
+            (Ok(p), _, _) => p,
+            // An open, unlinked overlay file: only its handle reaches it.
+            (Err(NsError::NotFound), NodeKind::Upper { .. }, Some(f)) => {
+                return self.setattr_fd(ino, set, f);
+            }
+            (Err(e), _, _) => return Err(e),
+        };
         let replaced = match &node.kind {
             NodeKind::Lower { node: lower, .. } => Some(self.lower_info(ino, lower)?),
             NodeKind::Generated { bytes } => Some(self.synthetic(
@@ -1449,6 +1489,30 @@ impl Namespace {
         }
         let m = fs::symlink_metadata(&path)?;
         Ok(self.meta_info(ino, &m))
+    }
+
+    fn setattr_fd(&self, ino: u64, set: &SetAttr, f: &File) -> NsResult<NodeInfo> {
+        if let Some(size) = set.size {
+            f.set_len(size)?;
+        }
+        if let Some(mode) = set.mode {
+            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::fchown(f, set.uid, set.gid)?;
+        }
+        let mut times = fs::FileTimes::new();
+        let now = SystemTime::now();
+        if let Some(t) = set.atime {
+            times = times.set_accessed(t.unwrap_or(now));
+        }
+        if let Some(t) = set.mtime {
+            times = times.set_modified(t.unwrap_or(now));
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            f.set_times(times)?;
+        }
+        Ok(self.meta_info(ino, &f.metadata()?))
     }
 
     pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> NsResult<()> {
@@ -1689,8 +1753,8 @@ fn errno_result(r: i32) -> NsResult<i32> {
     }
 }
 
-/// Open options for an overlay file from a client's open flags (O_TRUNC included: the mount
-/// asks for atomic O_TRUNC; creation flags excluded).
+/// Open options for an overlay file from a client's open flags (creation flags and O_TRUNC
+/// excluded: the kernel truncates with a setattr once the open succeeded).
 fn upper_options(flags: i32, read: bool) -> OpenOptions {
     let acc = flags & libc::O_ACCMODE;
     let mut o = OpenOptions::new();
