@@ -49,3 +49,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 
 step "cargo test"
 cargo test --all-targets
+
+step "POSIX conformance of the writable mount (scripts/conformance.sh, pjdfstest)"
+CONFORMANCE_PEERS=0 scripts/conformance.sh

@@ -211,6 +211,14 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     signals.thread_block().map_err(io::Error::from)?;
 
     let overlay_root = overlay.root().to_path_buf();
+    let mut overlay = overlay;
+    // Still single-threaded: the daemon works from inside its overlay from here on.
+    overlay
+        .work_from_inside()
+        .map_err(|source| DaemonError::Overlay {
+            path: overlay_root.clone(),
+            source,
+        })?;
     let ns = Arc::new(Namespace::new(LowerTree::new(cache), overlay));
     let fs = MlxkFs::new(ns.clone(), opts.passthrough);
     let mut config = Config::default();

@@ -51,6 +51,9 @@ pub enum Marker {
 #[derive(Debug, Clone)]
 pub struct OverlayDir {
     root: PathBuf,
+    /// What [`OverlayDir::path`] joins onto: `root`, or `.` once the process works from inside
+    /// the overlay (see [`OverlayDir::work_from_inside`]).
+    base: PathBuf,
 }
 
 fn join_rel(root: &Path, rel: &str) -> PathBuf {
@@ -72,14 +75,28 @@ impl OverlayDir {
             fs::remove_dir_all(&tmp)?;
         }
         fs::DirBuilder::new().mode(0o700).create(&tmp)?;
-        Ok(OverlayDir { root })
+        Ok(OverlayDir {
+            base: root.clone(),
+            root,
+        })
     }
 
     /// The overlay at `root` as it is, without touching it (for readers such as the CLI).
     pub fn at(root: &Path) -> OverlayDir {
         OverlayDir {
             root: root.to_path_buf(),
+            base: root.to_path_buf(),
         }
+    }
+
+    /// Makes the overlay root the process's working directory and every path this value
+    /// hands out relative to it. A path in the mount then costs as many bytes in the overlay
+    /// as it does under the mountpoint, so what fits PATH_MAX there fits here (an absolute
+    /// overlay path would be longer by the root's length). For a daemon, once, before threads.
+    pub fn work_from_inside(&mut self) -> io::Result<()> {
+        std::env::set_current_dir(&self.root)?;
+        self.base = PathBuf::from(".");
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -88,11 +105,11 @@ impl OverlayDir {
 
     /// The overlay's path for mount path `rel` ("" = the root).
     pub fn path(&self, rel: &str) -> PathBuf {
-        join_rel(&self.root, rel)
+        join_rel(&self.base, rel)
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join(TMP_DIR)
+        self.base.join(TMP_DIR)
     }
 
     /// A fresh path in the temp directory.
