@@ -406,10 +406,12 @@ fn pinned_revisions_and_the_status_file_stay_read_only() {
         .unwrap()
         .file_type()
         .is_fifo());
-    assert!(fs::symlink_metadata(overlay(&fx, "test-org/Multi-snap/fifo"))
-        .unwrap()
-        .file_type()
-        .is_fifo());
+    assert!(
+        fs::symlink_metadata(overlay(&fx, "test-org/Multi-snap/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     assert!(m.counters()["write_attempts_refused"].as_u64().unwrap() >= 5);
 }
 
@@ -549,4 +551,88 @@ fn kill_9_mid_copy_up_and_mid_write_leaves_no_partial_file() {
         .any(|n| n.starts_with(".wh.")));
     drop(m);
     assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
+
+#[test]
+fn overlay_ls_diff_and_reset_show_and_drop_what_the_overlay_holds() {
+    if !fuse_available("overlay_ls_diff_and_reset_show_and_drop_what_the_overlay_holds") {
+        return;
+    }
+    let fx = Fixture::new();
+    let m = mount(&fx, &[]);
+    let state = fx.path("state");
+    let cli = |args: &[&str]| {
+        let out = common::mount::mlxk_fs(&state, &[&["--json"], args].concat());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", common::stderr(&out)));
+        (out.status.code(), v)
+    };
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    let original = fs::read(model.join("config.json")).unwrap();
+    fs::write(model.join("config.json"), b"{}").unwrap();
+    fs::remove_file(model.join("README.md")).unwrap();
+    fs::rename(model.join("tokenizer.json"), model.join("tok.bak")).unwrap();
+    fs::rename(
+        m.path("mlx-community/Llama-tiny-f32"),
+        m.path("mlx-community/f32-old"),
+    )
+    .unwrap();
+
+    let (code, ls) = cli(&["overlay", "ls", m.path("mlx-community").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{ls}");
+    let models: Vec<&str> = ls["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        vec![
+            "mlx-community/Llama-tiny-f16",
+            "mlx-community/Llama-tiny-f32",
+            "mlx-community/f32-old"
+        ]
+    );
+    assert_eq!(ls["data"]["models"][0]["written"], 1);
+    assert_eq!(ls["data"]["models"][1]["state"], "deleted");
+
+    let (code, diff) = cli(&["overlay", "diff", model.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{diff}");
+    let changes: Vec<(String, String)> = diff["data"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("README.md", "deleted"),
+        ("config.json", "written"),
+        ("tok.bak", "moved"),
+        ("tokenizer.json", "deleted"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(changes, want);
+
+    let (code, reset) = cli(&["overlay", "reset", model.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{reset}");
+    assert_eq!(reset["data"]["changes_dropped"], 4);
+    // The mount shows the cache's model again, at once.
+    assert_eq!(fs::read(model.join("config.json")).unwrap(), original);
+    assert!(model.join("README.md").exists());
+    assert!(model.join("tokenizer.json").exists());
+    assert!(!model.join("tok.bak").exists());
+    let (_, diff) = cli(&["overlay", "diff", model.to_str().unwrap()]);
+    assert_eq!(diff["data"]["changes"].as_array().unwrap().len(), 0);
+    // A path outside any mount is refused with the way to name a model.
+    let (code, err) = cli(&["overlay", "diff", "/nonexistent/x"]);
+    assert_eq!(code, Some(1));
+    assert!(err["error"]["message"].as_str().unwrap().contains("org/name"), "{err}");
 }

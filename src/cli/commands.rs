@@ -624,12 +624,7 @@ struct MountedTarget {
 impl MountedTarget {
     /// Tells the daemon to drop the kernel's cached entries along the target's path.
     fn invalidate(&self) {
-        let status = self.mountpoint.join(crate::store::mounts::STATUS_FILE);
-        if let Err(e) = xattr_set(
-            &status,
-            crate::store::mounts::INVALIDATE_XATTR,
-            self.rel.as_bytes(),
-        ) {
+        if let Err(e) = crate::store::mounts::ask_to_invalidate(&self.mountpoint, &self.rel) {
             tracing::debug!("cannot ask the mount to invalidate {}: {e}", self.rel);
         }
     }
@@ -675,34 +670,6 @@ fn mounted_target(target: &Path) -> Result<Option<MountedTarget>, CliError> {
         mountpoint: t.record.mountpoint,
         rel: t.rel,
     }))
-}
-
-#[cfg(target_os = "linux")]
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let n = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: valid NUL-terminated strings and a live slice for the call's duration.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn xattr_set(_path: &Path, _name: &str, _value: &[u8]) -> std::io::Result<()> {
-    // No mount in this build: nothing to invalidate.
-    Ok(())
 }
 
 fn display_path(p: &Path) -> String {

@@ -10,6 +10,7 @@ use super::output::{self, table, Style};
 use crate::fs::daemon::{self, MountOptions, Unmounted};
 use crate::store::cache::cache_root;
 use crate::store::mounts::{self, MountRecord};
+use crate::store::overlay::OverlayDir;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +43,43 @@ pub enum FsCommand {
     Umount(UmountArgs),
     /// List active mounts: mountpoint, cache, pid, passthrough, counters; and stale ones.
     Status,
+    /// What the overlay holds: `ls [MODEL]`, `diff MODEL`, `reset MODEL`.
+    #[command(subcommand)]
+    Overlay(OverlayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverlayCommand {
+    /// Models the overlay changes (files written, deleted, moved), with their sizes.
+    Ls(OverlayTarget),
+    /// Every change the overlay holds for MODEL, against the cache below.
+    Diff(OverlayModel),
+    /// Drop every change the overlay holds for MODEL: the mount shows the cache's model again.
+    Reset(OverlayModel),
+}
+
+#[derive(Debug, Args)]
+pub struct OverlayTarget {
+    /// `org/name` (or a prefix: `org`), or a path inside a mount.
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub which: WhichOverlay,
+}
+
+#[derive(Debug, Args)]
+pub struct OverlayModel {
+    /// `org/name`, or a path inside a mount (`~/mlx/org/name`).
+    pub model: String,
+    #[command(flatten)]
+    pub which: WhichOverlay,
+}
+
+#[derive(Debug, Args)]
+pub struct WhichOverlay {
+    /// The overlay directory (default: the one of the mount MODEL is in, else
+    /// $XDG_DATA_HOME/mlxk-fs/overlay).
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +126,9 @@ pub fn mlxk_fs_main() -> ExitCode {
         FsCommand::Mount(m) => ("mount", mount(m)),
         FsCommand::Umount(u) => ("umount", umount(u)),
         FsCommand::Status => ("status", status()),
+        FsCommand::Overlay(OverlayCommand::Ls(t)) => ("overlay ls", overlay_ls(t)),
+        FsCommand::Overlay(OverlayCommand::Diff(m)) => ("overlay diff", overlay_diff(m)),
+        FsCommand::Overlay(OverlayCommand::Reset(m)) => ("overlay reset", overlay_reset(m)),
     };
     match result {
         Ok((data, human)) => {
@@ -319,4 +360,227 @@ fn status() -> Result<(Value, String), String> {
         )
     };
     Ok((json!({"mounts": entries, "count": entries.len()}), human))
+}
+
+/// Which overlay and which model path in it: a path inside a live mount names both; otherwise
+/// `--overlay` (or the default directory) and `org/name` as given.
+struct OverlayScope {
+    overlay: OverlayDir,
+    rel: String,
+    /// The mount showing this overlay, when there is one (its kernel cache is refreshed).
+    mountpoint: Option<PathBuf>,
+}
+
+fn overlay_scope(model: Option<&str>, which: &WhichOverlay) -> Result<OverlayScope, String> {
+    if let Some(m) = model {
+        let p = std::path::Path::new(m);
+        if p.is_absolute() || m.starts_with('.') || p.exists() {
+            if let Some(t) = mounts::overlay_target(p) {
+                return Ok(OverlayScope {
+                    overlay: OverlayDir::at(t.record.overlay.as_deref().unwrap_or(p)),
+                    rel: t.rel,
+                    mountpoint: Some(t.record.mountpoint),
+                });
+            }
+            if p.is_absolute() {
+                return Err(format!(
+                    "{m} is not inside a live mlxk-fs mount; name the model as org/name (with --overlay DIR if it is not the default)"
+                ));
+            }
+        }
+    }
+    let dir = which
+        .overlay
+        .clone()
+        .unwrap_or_else(crate::store::overlay::default_dir);
+    if !dir.is_dir() {
+        return Err(format!(
+            "no overlay directory at {} (mount with --overlay DIR, or pass --overlay)",
+            dir.display()
+        ));
+    }
+    let dir = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mountpoint = mounts::list()
+        .into_iter()
+        .find(|r| r.alive() && r.overlay.as_deref() == Some(dir.as_path()))
+        .map(|r| r.mountpoint);
+    let rel = model.unwrap_or("").trim_matches('/').to_string();
+    if rel
+        .split('/')
+        .any(|c| c == ".." || crate::store::overlay::is_internal(c))
+    {
+        return Err(format!("{rel}: not a model path"));
+    }
+    Ok(OverlayScope {
+        overlay: OverlayDir::at(&dir),
+        rel,
+        mountpoint,
+    })
+}
+
+fn overlay_ls(t: &OverlayTarget) -> Result<(Value, String), String> {
+    let scope = overlay_scope(t.model.as_deref(), &t.which)?;
+    let style = Style::detect();
+    let models = scope.overlay.models().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    let mut entries = Vec::new();
+    for model in models.iter().filter(|m| {
+        scope.rel.is_empty() || *m == &scope.rel || m.starts_with(&format!("{}/", scope.rel))
+    }) {
+        let changes = scope.overlay.changes(model).map_err(|e| e.to_string())?;
+        let (parent, name) = model.rsplit_once('/').unwrap_or(("", model));
+        let own = scope.overlay.marker(parent, name);
+        let count = |k: &str| changes.iter().filter(|c| c.kind == k).count();
+        let bytes: u64 = changes.iter().filter_map(|c| c.size).sum();
+        let state = match (&own, scope.overlay.path(model).is_dir()) {
+            (Some(crate::store::overlay::Marker::Whiteout), false) => "deleted".to_string(),
+            (Some(crate::store::overlay::Marker::Ref(from)), _) => format!("moved from {from}"),
+            _ => "changed".to_string(),
+        };
+        rows.push(vec![
+            model.clone(),
+            count("written").to_string(),
+            output::human_size(bytes),
+            count("deleted").to_string(),
+            count("moved").to_string(),
+            state.clone(),
+        ]);
+        entries.push(json!({
+            "model": model,
+            "written": count("written"),
+            "bytes": bytes,
+            "deleted": count("deleted"),
+            "moved": count("moved"),
+            "state": state,
+        }));
+    }
+    let human = if rows.is_empty() {
+        format!(
+            "the overlay {} holds no changes{}\n",
+            scope.overlay.root().display(),
+            if scope.rel.is_empty() {
+                String::new()
+            } else {
+                format!(" under {}", scope.rel)
+            }
+        )
+    } else {
+        table(
+            &["MODEL", "WRITTEN", "SIZE", "DELETED", "MOVED", "STATE"],
+            &rows,
+            style,
+        )
+    };
+    Ok((
+        json!({"overlay": scope.overlay.root(), "models": entries, "count": entries.len()}),
+        human,
+    ))
+}
+
+fn overlay_diff(m: &OverlayModel) -> Result<(Value, String), String> {
+    let scope = overlay_scope(Some(&m.model), &m.which)?;
+    if scope.rel.is_empty() {
+        return Err("name a model (org/name)".into());
+    }
+    let style = Style::detect();
+    let changes = scope
+        .overlay
+        .changes(&scope.rel)
+        .map_err(|e| e.to_string())?;
+    let (parent, name) = scope.rel.rsplit_once('/').unwrap_or(("", &scope.rel));
+    let own = scope.overlay.marker(parent, name);
+    let mut human = String::new();
+    match &own {
+        Some(crate::store::overlay::Marker::Whiteout)
+            if !scope.overlay.path(&scope.rel).is_dir() =>
+        {
+            human.push_str(&format!(
+                "{} {} (the whole model is deleted)\n",
+                style.red("-"),
+                scope.rel
+            ));
+        }
+        Some(crate::store::overlay::Marker::Ref(from)) => {
+            human.push_str(&format!(
+                "{} {} (moved from {from})\n",
+                style.yellow(">"),
+                scope.rel
+            ));
+        }
+        _ => {}
+    }
+    for c in &changes {
+        let line = match c.kind {
+            "written" => format!(
+                "{} {} ({})",
+                style.green("+"),
+                c.path,
+                output::human_size(c.size.unwrap_or(0))
+            ),
+            "deleted" => format!("{} {}", style.red("-"), c.path),
+            "moved" => format!(
+                "{} {} (from {})",
+                style.yellow(">"),
+                c.path,
+                c.from.as_deref().unwrap_or("?")
+            ),
+            "opaque" => format!(
+                "{} {} (hides the cache's content)",
+                style.yellow("*"),
+                c.path
+            ),
+            _ => format!("  {}/", c.path),
+        };
+        human.push_str(&line);
+        human.push('\n');
+    }
+    if human.is_empty() {
+        human = format!("{}: no changes in the overlay\n", scope.rel);
+    }
+    let model_state = match own {
+        Some(crate::store::overlay::Marker::Whiteout) => json!({"deleted": true}),
+        Some(crate::store::overlay::Marker::Ref(from)) => json!({"moved_from": from}),
+        None => json!({}),
+    };
+    Ok((
+        json!({"model": scope.rel, "overlay": scope.overlay.root(), "model_state": model_state, "changes": changes}),
+        human,
+    ))
+}
+
+fn overlay_reset(m: &OverlayModel) -> Result<(Value, String), String> {
+    let scope = overlay_scope(Some(&m.model), &m.which)?;
+    if scope.rel.is_empty() {
+        return Err("name a model (org/name)".into());
+    }
+    let changes = scope
+        .overlay
+        .changes(&scope.rel)
+        .map_err(|e| e.to_string())?
+        .len();
+    let removed = scope
+        .overlay
+        .reset(&scope.rel)
+        .map_err(|e| format!("{}: {e}", scope.rel))?;
+    if let Some(mp) = &scope.mountpoint {
+        if let Err(e) = mounts::ask_to_invalidate(mp, &scope.rel) {
+            tracing::debug!(
+                "cannot ask {} to invalidate {}: {e}",
+                mp.display(),
+                scope.rel
+            );
+        }
+    }
+    let human = if removed {
+        format!(
+            "{}: {changes} changes dropped; the mount shows the cache's model again\n",
+            scope.rel
+        )
+    } else {
+        format!("{}: the overlay held nothing for it\n", scope.rel)
+    };
+    Ok((
+        json!({"model": scope.rel, "reset": removed, "changes_dropped": changes}),
+        human,
+    ))
 }

@@ -346,7 +346,9 @@ impl Filesystem for MlxkFs {
         let Ok(name) = name_str(name) else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self.ns.mknod(parent.0, name, mode & !umask, rdev, caller(req));
+        let r = self
+            .ns
+            .mknod(parent.0, name, mode & !umask, rdev, caller(req));
         self.reply_entry(reply, r);
     }
 

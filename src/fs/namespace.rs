@@ -1097,7 +1097,11 @@ impl Namespace {
         use nix::sys::stat::{Mode, SFlag};
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let perm = Mode::from_bits_truncate(mode & 0o7777);
-        let kind = if kind.is_empty() { SFlag::S_IFREG } else { kind };
+        let kind = if kind.is_empty() {
+            SFlag::S_IFREG
+        } else {
+            kind
+        };
         self.create_with(parent, name, caller, false, |p| {
             nix::sys::stat::mknod(p, kind, perm, rdev as libc::dev_t).map_err(io::Error::from)
         })

@@ -173,3 +173,26 @@ pub fn overlay_target(path: &Path) -> Option<OverlayTarget> {
         overlay_path,
     })
 }
+
+/// Asks the daemon of the mount at `mountpoint` to drop the kernel's cached entries along
+/// `rel` (after something wrote its overlay directory directly).
+#[cfg(target_os = "linux")]
+pub fn ask_to_invalidate(mountpoint: &Path, rel: &str) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let status = mountpoint.join(STATUS_FILE);
+    let p = std::ffi::CString::new(status.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let n = std::ffi::CString::new(INVALIDATE_XATTR).map_err(io::Error::other)?;
+    // SAFETY: valid NUL-terminated strings and a live slice for the call's duration.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), rel.as_ptr().cast(), rel.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// No mount exists in this build: nothing to invalidate.
+#[cfg(not(target_os = "linux"))]
+pub fn ask_to_invalidate(_mountpoint: &Path, _rel: &str) -> io::Result<()> {
+    Ok(())
+}
