@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a demo cache this script builds itself: a healthy model and one with the
 # mlx-vlm #624 broken index, checked, repaired into a managed workspace, checked again; then the
-# cache mounted with mlxk-fs, serving the repaired index; and the cache proven unchanged.
+# cache mounted with mlxk-fs, serving the repaired index; an edit, a delete and a repair-index
+# convert landing in the overlay (shown with `mlxk-fs overlay diff/ls`), still there after a
+# remount; and the cache proven unchanged.
 #
 #   scripts/demo.sh [DIR]     (default: a fresh temporary directory, kept for you to explore)
 set -euo pipefail
@@ -13,7 +15,7 @@ mlxkfs=$PWD/target/debug/mlxk-fs
 demo=${1:-$(mktemp -d -t mlxk-demo.XXXXXX)}
 cache=$demo/hub
 "$mlxkfs" umount "$demo/mnt" >/dev/null 2>&1 || true
-rm -rf "$cache" "$demo/Qwen2.5-VL-tiny-4bit-fixed"
+rm -rf "$cache" "$demo/Qwen2.5-VL-tiny-4bit-fixed" "$demo/overlay"
 target/debug/examples/fixture_cache demo "$cache"
 export HF_HUB_CACHE=$cache
 
@@ -34,7 +36,7 @@ run "$mlxk" convert mlx-community/Llama-tiny-f16 "$cache/models--x" --repair-ind
 if [ -e /dev/fuse ]; then
   mkdir -p "$demo/mnt"
   export MLXK_FS_STATE_DIR=$demo/state
-  run "$mlxkfs" mount "$demo/mnt"
+  run "$mlxkfs" mount "$demo/mnt" --overlay "$demo/overlay"
   run ls "$demo/mnt" "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit"
   run "$mlxk" health "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit"
   printf '\nThe mount serves the same repaired index convert wrote: '
@@ -42,8 +44,21 @@ if [ -e /dev/fuse ]; then
       "$demo/Qwen2.5-VL-tiny-4bit-fixed/model.safetensors.index.json" && echo identical
   run head -c 400 "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit/.mlxk_workspace.json"
   echo
-  run sh -c "echo x > '$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit/config.json'"
+  ws=$demo/mnt/mlx-community/Llama-tiny-f16
+  printf '\nWrites land in the overlay (%s), never in the cache:\n' "$demo/overlay"
+  run sh -c "sed -i 's/\"max_position_embeddings\": *[0-9]*/\"max_position_embeddings\": 4096/' '$ws/config.json'"
+  run rm "$ws/README.md"
+  run "$mlxk" convert "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit" "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit-fixed" --repair-index
+  run "$mlxkfs" overlay diff "$ws"
+  run "$mlxkfs" overlay ls --overlay "$demo/overlay"
+  run ls -la "$demo/overlay/mlx-community/Llama-tiny-f16"
   run "$mlxkfs" status
+  run "$mlxkfs" umount "$demo/mnt"
+  run "$mlxkfs" mount "$demo/mnt" --overlay "$demo/overlay"
+  printf '\nAfter a remount: README.md is %s, config.json says %s, the converted workspace is %s\n' \
+    "$([ -e "$ws/README.md" ] && echo present || echo gone)" \
+    "$(grep -o '"max_position_embeddings": *[0-9]*' "$ws/config.json")" \
+    "$("$mlxk" health "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit-fixed" >/dev/null && echo healthy || echo unhealthy)"
   run "$mlxkfs" umount "$demo/mnt"
 else
   echo "(no /dev/fuse here: skipping the mount part of the demo)"

@@ -634,5 +634,11 @@ fn overlay_ls_diff_and_reset_show_and_drop_what_the_overlay_holds() {
     // A path outside any mount is refused with the way to name a model.
     let (code, err) = cli(&["overlay", "diff", "/nonexistent/x"]);
     assert_eq!(code, Some(1));
-    assert!(err["error"]["message"].as_str().unwrap().contains("org/name"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("org/name"),
+        "{err}"
+    );
 }

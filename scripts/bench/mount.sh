@@ -40,8 +40,8 @@ mkdir -p "$work/hub"
 shard=$(ls "$work"/hub/models--bench--llama/snapshots/*/model.safetensors)
 size=$(stat -L -c %s "$shard")
 mkdir -p "$work/mnt-pt" "$work/mnt-nopt"
-"$fs" mount "$work/mnt-pt" --cache "$work/hub" >/dev/null
-"$fs" mount "$work/mnt-nopt" --cache "$work/hub" --no-passthrough >/dev/null
+"$fs" mount "$work/mnt-pt" --cache "$work/hub" --overlay "$work/ov-pt" >/dev/null
+"$fs" mount "$work/mnt-nopt" --cache "$work/hub" --overlay "$work/ov-nopt" --no-passthrough >/dev/null
 via_pt=$work/mnt-pt/bench/llama/model.safetensors
 via_nopt=$work/mnt-nopt/bench/llama/model.safetensors
 echo
@@ -103,7 +103,7 @@ echo
 echo "### 1,000 models: mount start-up and ls -lR"
 "$fixture" many "$work/hub1000" 1000
 mkdir -p "$work/mnt-many"
-t0=$(date +%s%N); "$fs" mount "$work/mnt-many" --cache "$work/hub1000" >/dev/null; t1=$(date +%s%N)
+t0=$(date +%s%N); "$fs" mount "$work/mnt-many" --cache "$work/hub1000" --overlay "$work/ov-many" >/dev/null; t1=$(date +%s%N)
 startup=$(( (t1 - t0) / 1000000 ))
 t0=$(date +%s%N); entries=$(ls -lR "$work/mnt-many" | wc -l); t1=$(date +%s%N)
 lslr=$(( (t1 - t0) / 1000000 ))

@@ -263,7 +263,7 @@ impl Filesystem for MlxkFs {
         let r = match self.ns.getattr(ino.0, file) {
             // fstat(2) of an open, unlinked file comes without its handle: any handle of the
             // inode describes it.
-            Err(NsError::NotFound) => self
+            Err(NsError::NotFound | NsError::Stale) => self
                 .handles
                 .iter()
                 .find_map(|h| match h.value() {
@@ -272,7 +272,7 @@ impl Filesystem for MlxkFs {
                     }
                     _ => None,
                 })
-                .unwrap_or(Err(NsError::NotFound)),
+                .unwrap_or(Err(NsError::Stale)),
             r => r,
         };
         match r {

@@ -78,8 +78,14 @@ pub struct LowerAttr {
 pub struct LowerTree {
     cache: HubCache,
     views: DashMap<(String, String), Arc<ModelView>>,
+    /// The cache's repo ids, listed at most once a second (every lookup at the root or in an
+    /// org needs them; the watcher drops the list when the cache changes).
+    repo_ids: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
     started: SystemTime,
 }
+
+/// How long a listing of the cache's repos is trusted without the watcher's word.
+const REPO_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {
@@ -94,6 +100,7 @@ impl LowerTree {
         LowerTree {
             cache,
             views: DashMap::new(),
+            repo_ids: std::sync::Mutex::new(None),
             started: SystemTime::now(),
         }
     }
@@ -105,6 +112,7 @@ impl LowerTree {
     /// Forgets the cached views of `repo` (its blobs, refs or snapshots changed). Returns the
     /// root names the dropped views showed: their kernel entries must go too.
     pub fn invalidate_repo(&self, repo: &str) -> Vec<String> {
+        self.forget_repo_list();
         let mut names = Vec::new();
         self.views.retain(|(r, _), v| {
             if r == repo {
@@ -120,7 +128,12 @@ impl LowerTree {
     }
 
     pub fn invalidate_all(&self) {
+        self.forget_repo_list();
         self.views.clear();
+    }
+
+    fn forget_repo_list(&self) {
+        *self.repo_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn views_len(&self) -> usize {
@@ -134,11 +147,21 @@ impl LowerTree {
             .sum()
     }
 
-    fn repo_ids(&self) -> Vec<String> {
-        self.cache
-            .repos()
-            .map(|r| r.into_iter().map(|r| r.repo_id).collect())
-            .unwrap_or_default()
+    fn repo_ids(&self) -> Arc<Vec<String>> {
+        let mut cached = self.repo_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ids)) = cached.as_ref() {
+            if at.elapsed() < REPO_LIST_TTL {
+                return ids.clone();
+            }
+        }
+        let ids: Arc<Vec<String>> = Arc::new(
+            self.cache
+                .repos()
+                .map(|r| r.into_iter().map(|r| r.repo_id).collect())
+                .unwrap_or_default(),
+        );
+        *cached = Some((std::time::Instant::now(), ids.clone()));
+        ids
     }
 
     /// The view of `repo` at `rev` (default snapshot when `None`).
@@ -241,7 +264,7 @@ impl LowerTree {
             LowerNode::Root => {
                 let mut orgs: Vec<String> = Vec::new();
                 let mut out = Vec::new();
-                for id in self.repo_ids() {
+                for id in self.repo_ids().iter().cloned() {
                     match id.split_once('/') {
                         Some((org, _)) => {
                             if !orgs.iter().any(|o| o == org) {
@@ -266,7 +289,7 @@ impl LowerTree {
             }
             LowerNode::Org(org) => self
                 .repo_ids()
-                .into_iter()
+                .iter()
                 .filter_map(|id| {
                     let (o, name) = id.split_once('/')?;
                     (o == org && self.model_exists(&id, None)).then(|| {

@@ -230,6 +230,16 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// A node whose file is gone from under it (removed outside the daemon, e.g. by `mlxk-fs
+/// overlay reset`) is stale, not missing: the kernel's retry looks its name up again and finds
+/// what is there now (the cache's file, or nothing).
+fn gone_is_stale(e: NsError) -> NsError {
+    match e {
+        NsError::NotFound => NsError::Stale,
+        e => e,
+    }
+}
+
 fn upper_ident(m: &Metadata) -> Ident {
     Ident::Upper(m.dev(), m.ino(), m.created().ok())
 }
@@ -378,37 +388,47 @@ impl Namespace {
         Err(NsError::NotFound)
     }
 
-    /// The path in the cache tree a union directory at `path` shows, if any.
-    fn lower_dir(&self, path: &str) -> Option<String> {
-        let mut lower = Some(String::new());
+    /// The directory of the cache tree a union directory at `path` shows, if any: its path and
+    /// node. Walks every level (a redirect below an opaque or overlay-only directory still
+    /// brings a cache directory back), resolving each level once.
+    fn lower_dir(&self, path: &str) -> Option<(String, LowerNode)> {
+        let mut lower = Some((String::new(), LowerNode::Root));
         let mut cur = String::new();
         for name in path.split('/').filter(|c| !c.is_empty()) {
             lower = match self.overlay.marker(&cur, name) {
-                Some(Marker::Ref(t)) => Some(t),
+                Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
                 Some(Marker::Whiteout) => None,
-                None => lower.map(|l| join(&l, name)),
-            };
+                None => lower.and_then(|(l, n)| {
+                    let child = self.lower.child(&n, name)?;
+                    Some((join(&l, name), child))
+                }),
+            }
+            .filter(|(_, n)| n.is_dir());
             cur = join(&cur, name);
             if lower.is_some() && self.overlay.is_opaque(&cur) {
                 lower = None;
             }
-            lower.as_ref()?;
         }
         lower
     }
 
     /// The cache path `name` of `dir` shows when the overlay records nothing for it.
     fn lower_default(&self, dir: &str, name: &str) -> Option<String> {
-        let l = join(&self.lower_dir(dir)?, name);
-        self.lower.resolve(&l).map(|_| l)
+        self.lower_default_node(dir, name).map(|(l, _)| l)
     }
 
-    /// The cache path `name` of `dir` shows now (its redirect, else its default).
-    fn lower_path(&self, dir: &str, name: &str) -> Option<String> {
+    fn lower_default_node(&self, dir: &str, name: &str) -> Option<(String, LowerNode)> {
+        let (l, node) = self.lower_dir(dir)?;
+        let child = self.lower.child(&node, name)?;
+        Some((join(&l, name), child))
+    }
+
+    /// The cache path and node `name` of `dir` shows now (its redirect, else its default).
+    fn lower_path(&self, dir: &str, name: &str) -> Option<(String, LowerNode)> {
         match self.overlay.marker(dir, name) {
-            Some(Marker::Ref(t)) => Some(t),
+            Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
             Some(Marker::Whiteout) => None,
-            None => self.lower_default(dir, name),
+            None => self.lower_default_node(dir, name),
         }
     }
 
@@ -426,8 +446,7 @@ impl Namespace {
             Err(e) if not_found_like(&e) => {}
             Err(e) => return Err(e.into()),
         }
-        let lower_path = self.lower_path(dir, name).ok_or(NsError::NotFound)?;
-        let node = self.lower.resolve(&lower_path).ok_or(NsError::NotFound)?;
+        let (_, node) = self.lower_path(dir, name).ok_or(NsError::NotFound)?;
         if node.is_dir() {
             return Ok(Found::Dir {
                 read_only: dir_ro || node.is_pinned_model(),
@@ -489,7 +508,7 @@ impl Namespace {
         if let Ok(m) = fs::metadata(&upper) {
             return m.is_file().then_some(upper);
         }
-        let node = self.lower.resolve(&self.lower_path(dir, name)?)?;
+        let (_, node) = self.lower_path(dir, name)?;
         match self.lower.content(&node)? {
             LowerContent::Blob(p) => Some(p),
             LowerContent::Bytes(_) => None,
@@ -506,7 +525,7 @@ impl Namespace {
             }
         }
         if !ol.opaque {
-            if let Some(node) = self.lower_dir(dir).and_then(|l| self.lower.resolve(&l)) {
+            if let Some((_, node)) = self.lower_dir(dir) {
                 for (n, _) in self.lower.children(&node) {
                     if !ol.whiteouts.contains(&n) && !ol.refs.iter().any(|(r, _)| *r == n) {
                         names.insert(n);
@@ -637,18 +656,16 @@ impl Namespace {
                 }
                 let attr = self
                     .lower_dir(&path)
-                    .and_then(|l| self.lower.resolve(&l))
-                    .filter(LowerNode::is_dir)
-                    .and_then(|n| self.lower.attr(&n))
+                    .and_then(|(_, n)| self.lower.attr(&n))
                     .ok_or(if node.ino == ROOT_INO {
                         NsError::Io(libc::EIO)
                     } else {
-                        NsError::NotFound
+                        NsError::Stale
                     })?;
                 Ok(self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false))
             }
             NodeKind::Upper { .. } => {
-                let (_, m) = self.upper_of(node)?;
+                let (_, m) = self.upper_of(node).map_err(gone_is_stale)?;
                 Ok(self.meta_info(node.ino, &m))
             }
             NodeKind::Lower { node: lower, .. } => {
@@ -855,7 +872,7 @@ impl Namespace {
             NodeKind::Upper { .. } => {
                 let path = {
                     let _g = self.read_tree();
-                    self.upper_of(&node)?.0
+                    self.upper_of(&node).map_err(gone_is_stale)?.0
                 };
                 Ok(Opened::Upper(open_upper(&path, flags)?))
             }
@@ -1315,8 +1332,8 @@ impl Namespace {
         }
         // What the source shows from the cache (moved as a redirect, never copied).
         let src_lower = match &src {
-            Found::Dir { .. } => self.lower_dir(&src_child),
-            Found::Lower { .. } => self.lower_path(&dir1, name),
+            Found::Dir { .. } => self.lower_dir(&src_child).map(|(l, _)| l),
+            Found::Lower { .. } => self.lower_path(&dir1, name).map(|(l, _)| l),
             _ => None,
         };
         let src_upper = self.overlay.path(&src_child);
