@@ -292,7 +292,7 @@ impl LowerTree {
                 .iter()
                 .filter_map(|id| {
                     let (o, name) = id.split_once('/')?;
-                    (o == org && self.model_exists(&id, None)).then(|| {
+                    (o == org && self.model_exists(id, None)).then(|| {
                         (
                             name.to_string(),
                             LowerNode::Model {
