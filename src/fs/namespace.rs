@@ -395,7 +395,14 @@ impl Namespace {
         let mut lower = Some((String::new(), LowerNode::Root));
         let mut cur = String::new();
         for name in path.split('/').filter(|c| !c.is_empty()) {
-            lower = match self.overlay.marker(&cur, name) {
+            // Below a directory with nothing of the cache, only a redirect can bring some back:
+            // no need to look for whiteouts and opaque markers there.
+            let marker = if lower.is_some() {
+                self.overlay.marker(&cur, name)
+            } else {
+                self.overlay.redirect(&cur, name).map(Marker::Ref)
+            };
+            lower = match marker {
                 Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
                 Some(Marker::Whiteout) => None,
                 None => lower.and_then(|(l, n)| {

@@ -121,13 +121,19 @@ impl OverlayDir {
             .join(format!("{what}-{}-{n}", std::process::id()))
     }
 
+    /// The redirect of `name` in directory `dir`, if any.
+    pub fn redirect(&self, dir: &str, name: &str) -> Option<String> {
+        fs::read_to_string(self.path(dir).join(format!("{REF_PREFIX}{name}")))
+            .ok()
+            .map(|t| t.trim_end_matches('\n').to_string())
+    }
+
     /// The marker of `name` in directory `dir` (a redirect wins over a whiteout).
     pub fn marker(&self, dir: &str, name: &str) -> Option<Marker> {
-        let d = self.path(dir);
-        if let Ok(target) = fs::read_to_string(d.join(format!("{REF_PREFIX}{name}"))) {
-            return Some(Marker::Ref(target.trim_end_matches('\n').to_string()));
+        if let Some(target) = self.redirect(dir, name) {
+            return Some(Marker::Ref(target));
         }
-        fs::symlink_metadata(d.join(format!("{WHITEOUT_PREFIX}{name}")))
+        fs::symlink_metadata(self.path(dir).join(format!("{WHITEOUT_PREFIX}{name}")))
             .ok()
             .map(|_| Marker::Whiteout)
     }
