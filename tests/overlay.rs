@@ -642,3 +642,82 @@ fn overlay_ls_diff_and_reset_show_and_drop_what_the_overlay_holds() {
         "{err}"
     );
 }
+
+/// Several writers and readers at once: threads racing to copy up the same cache files (one
+/// copy-up each, every open succeeds), writers in their own workspaces, readers of cache
+/// shards; then every file holds what its writer wrote and the cache is unchanged.
+#[test]
+fn concurrent_writers_readers_and_racing_copy_ups() {
+    if !fuse_available("concurrent_writers_readers_and_racing_copy_ups") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let m = mount(&fx, &[]);
+    let model = m.path("mlx-community/Llama-tiny-bf16");
+    let shard = model.join("model.safetensors");
+    let shard_bytes = fs::read(&shard).unwrap();
+    let targets: Vec<std::path::PathBuf> = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+        .iter()
+        .map(|n| model.join(n))
+        .collect();
+    let originals: Vec<Vec<u8>> = targets.iter().map(|p| fs::read(p).unwrap()).collect();
+    std::thread::scope(|s| {
+        // Eight threads race to open each cache file for writing (each appends its own byte).
+        for t in 0..8u8 {
+            let targets = &targets;
+            s.spawn(move || {
+                for p in targets {
+                    let mut f = OpenOptions::new()
+                        .append(true)
+                        .open(p)
+                        .unwrap_or_else(|e| panic!("thread {t}: {}: {e}", p.display()));
+                    f.write_all(&[b'a' + t]).unwrap();
+                }
+            });
+        }
+        // Writers, each in its own new workspace.
+        for t in 0..3 {
+            let root = m.path(&format!("myorg/ws{t}"));
+            s.spawn(move || {
+                fs::create_dir_all(&root).unwrap();
+                for i in 0..100 {
+                    let p = root.join(format!("f{i}"));
+                    fs::write(&p, format!("{t}:{i}").repeat(100)).unwrap();
+                    if i % 3 == 0 {
+                        fs::rename(&p, root.join(format!("r{i}"))).unwrap();
+                    }
+                }
+            });
+        }
+        // Readers of a cache shard, through fresh opens.
+        for _ in 0..2 {
+            let (shard, want) = (&shard, &shard_bytes);
+            s.spawn(move || {
+                for _ in 0..50 {
+                    assert!(fs::read(shard).unwrap() == *want, "a shard read changed");
+                }
+            });
+        }
+    });
+    for (p, original) in targets.iter().zip(&originals) {
+        let now = fs::read(p).unwrap();
+        assert_eq!(now.len(), original.len() + 8, "{}", p.display());
+        assert_eq!(&now[..original.len()], &original[..]);
+        let mut tail: Vec<u8> = now[original.len()..].to_vec();
+        tail.sort();
+        assert_eq!(tail, b"abcdefgh");
+    }
+    assert_eq!(m.counters()["copy_ups"], 3, "one copy-up per file");
+    for t in 0..3 {
+        let names = names(&m.path(&format!("myorg/ws{t}")));
+        assert_eq!(names.len(), 100);
+        for i in 0..100 {
+            let name = if i % 3 == 0 { format!("r{i}") } else { format!("f{i}") };
+            let p = m.path(&format!("myorg/ws{t}/{name}"));
+            assert_eq!(fs::read(&p).unwrap(), format!("{t}:{i}").repeat(100).into_bytes());
+        }
+    }
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
