@@ -657,10 +657,11 @@ fn concurrent_writers_readers_and_racing_copy_ups() {
     let model = m.path("mlx-community/Llama-tiny-bf16");
     let shard = model.join("model.safetensors");
     let shard_bytes = fs::read(&shard).unwrap();
-    let targets: Vec<std::path::PathBuf> = ["config.json", "tokenizer.json", "tokenizer_config.json"]
-        .iter()
-        .map(|n| model.join(n))
-        .collect();
+    let targets: Vec<std::path::PathBuf> =
+        ["config.json", "tokenizer.json", "tokenizer_config.json"]
+            .iter()
+            .map(|n| model.join(n))
+            .collect();
     let originals: Vec<Vec<u8>> = targets.iter().map(|p| fs::read(p).unwrap()).collect();
     std::thread::scope(|s| {
         // Eight threads race to open each cache file for writing (each appends its own byte).
@@ -713,9 +714,16 @@ fn concurrent_writers_readers_and_racing_copy_ups() {
         let names = names(&m.path(&format!("myorg/ws{t}")));
         assert_eq!(names.len(), 100);
         for i in 0..100 {
-            let name = if i % 3 == 0 { format!("r{i}") } else { format!("f{i}") };
+            let name = if i % 3 == 0 {
+                format!("r{i}")
+            } else {
+                format!("f{i}")
+            };
             let p = m.path(&format!("myorg/ws{t}/{name}"));
-            assert_eq!(fs::read(&p).unwrap(), format!("{t}:{i}").repeat(100).into_bytes());
+            assert_eq!(
+                fs::read(&p).unwrap(),
+                format!("{t}:{i}").repeat(100).into_bytes()
+            );
         }
     }
     drop(m);

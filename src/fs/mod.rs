@@ -1,7 +1,8 @@
 //! The FUSE adapter: the cache as a tree of managed, repaired workspaces.
 //!
-//! - [`namespace`]: the union of the overlay over the cache, the inode table, copy-up,
-//!   whiteouts and redirects (no FUSE types);
+//! - [`namespace`]: the union of the overlay over the cache, the inode table, lookups and opens;
+//!   its `write` part: copy-up, creation, removal, rename (whiteouts, redirects), attributes
+//!   (no FUSE types);
 //! - [`lower`]: the cache as the read-only tree below the overlay;
 //! - [`view`]: one snapshot as shown, with its virtual sentinel and rebuilt index;
 //! - [`filesystem`]: fuser callbacks, handles, passthrough backing ids;
