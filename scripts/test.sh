@@ -33,6 +33,11 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   fi
 fi
 command -v fusermount3 >/dev/null 2>&1 && fusermount3 -V
+# rsync: tests/overlay.rs runs it (with git, cp and tar) in workspaces of the mount.
+if ! command -v rsync >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null \
+    || echo "warning: could not install rsync; that part of the tools test will skip"
+fi
 if [ ! -e /dev/fuse ]; then
   echo "!!!!!!!! SKIP: /dev/fuse is missing; mount tests will skip !!!!!!!!"
   if [ "${MLXK_REQUIRE_FUSE:-0}" = 1 ]; then

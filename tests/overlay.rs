@@ -729,3 +729,105 @@ fn concurrent_writers_readers_and_racing_copy_ups() {
     drop(m);
     assert_eq!(before, tree_state(&fx.cache), "the cache changed");
 }
+
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// git, rsync, cp and tar in workspaces of the mount, as users run them.
+#[test]
+fn ordinary_tools_just_work() {
+    if !fuse_available("ordinary_tools_just_work") {
+        return;
+    }
+    use std::process::Command;
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let m = mount(&fx, &[]);
+    // cp -r --reflink=auto of a cached model into a new workspace, then tar of it into another.
+    let src = m.path("mlx-community/Llama-tiny-f16");
+    let copy = m.path("myorg/copy");
+    fs::create_dir_all(m.path("myorg")).unwrap();
+    run(Command::new("cp")
+        .arg("-r")
+        .arg("--reflink=auto")
+        .arg(&src)
+        .arg(&copy));
+    run(Command::new("diff").arg("-r").arg(&src).arg(&copy));
+    let tarball = fx.path("model.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("."));
+    let untarred = m.path("myorg/untarred");
+    fs::create_dir_all(&untarred).unwrap();
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&untarred)
+        .arg("-xf")
+        .arg(&tarball));
+    run(Command::new("diff").arg("-r").arg(&src).arg(&untarred));
+    // git init / add / commit / status in a workspace, and in a cached model's directory.
+    for ws in [m.path("myorg/new-model"), src.clone()] {
+        fs::create_dir_all(&ws).unwrap();
+        fs::write(ws.join("notes.txt"), b"hello\n").unwrap();
+        let git = |args: &[&str]| {
+            run(Command::new("git")
+                .arg("-C")
+                .arg(&ws)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args))
+        };
+        git(&["init", "-q"]);
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "first"]);
+        assert_eq!(git(&["status", "--porcelain"]), "", "{}", ws.display());
+        fs::write(ws.join("notes.txt"), b"changed\n").unwrap();
+        assert_eq!(git(&["status", "--porcelain"]).trim(), "M notes.txt");
+        git(&["commit", "-q", "-am", "second"]);
+        assert_eq!(git(&["log", "--oneline"]).lines().count(), 2);
+        git(&["gc", "-q"]);
+        git(&["fsck", "--no-progress"]);
+    }
+    // rsync -a of a tree with modes, a symlink and nested directories.
+    let tree = fx.path("tree");
+    fs::create_dir_all(tree.join("a/b")).unwrap();
+    fs::write(tree.join("a/b/f.txt"), b"data").unwrap();
+    fs::set_permissions(tree.join("a/b/f.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("b/f.txt", tree.join("a/link")).unwrap();
+    if Command::new("rsync").arg("--version").output().is_ok() {
+        let dst = m.path("myorg/synced");
+        run(Command::new("rsync")
+            .arg("-a")
+            .arg(format!("{}/", tree.display()))
+            .arg(&dst));
+        run(Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&tree)
+            .arg(&dst));
+        assert_eq!(
+            fs::metadata(dst.join("a/b/f.txt")).unwrap().mode() & 0o777,
+            0o640
+        );
+        // A second run finds nothing to do.
+        let again = run(Command::new("rsync")
+            .arg("-ai")
+            .arg(format!("{}/", tree.display()))
+            .arg(&dst));
+        assert_eq!(again.trim(), "", "rsync found changes the second time");
+    } else {
+        eprintln!("\n========== SKIP the rsync part of ordinary_tools_just_work: rsync is not installed (scripts/test.sh installs it) ==========\n");
+    }
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
