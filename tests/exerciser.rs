@@ -7,7 +7,9 @@
 //! passthrough) since the start still read the cache's bytes.
 //!
 //! `MLXK_EXERCISER_OPS` (default 2,000) and `MLXK_EXERCISER_SEED` (default: from the clock)
-//! steer it; the seed is printed, and named in every failure. scripts/stress.sh runs 100,000.
+//! steer it; the seed is printed, and named in every failure. `MLXK_EXERCISER_TREE_EVERY`
+//! (default 1) spaces out the whole-tree comparisons (the touched directories are compared at
+//! every step regardless). scripts/stress.sh runs 100,000.
 
 mod common;
 
@@ -336,6 +338,85 @@ fn snapshot(root: &Path, with_content: bool) -> BTreeMap<String, Entry> {
     out
 }
 
+/// The directories an operation changes (parents of the paths it names).
+fn op_dirs(op: &Op) -> Vec<String> {
+    let paths: Vec<&String> = match op {
+        Op::Create { path, .. }
+        | Op::OpenWrite { path, .. }
+        | Op::Truncate { path, .. }
+        | Op::Ftruncate { path, .. }
+        | Op::Unlink { path }
+        | Op::Mkdir { path }
+        | Op::Rmdir { path }
+        | Op::Chmod { path, .. }
+        | Op::Utimes { path, .. }
+        | Op::SetXattr { path, .. }
+        | Op::RemoveXattr { path, .. }
+        | Op::MmapWrite { path, .. }
+        | Op::Fallocate { path, .. }
+        | Op::Symlink { path, .. } => vec![path],
+        Op::Rename { from, to } | Op::Link { from, to } | Op::CopyFile { from, to } => {
+            vec![from, to]
+        }
+    };
+    let mut dirs: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.rsplit_once('/')
+                .map_or(String::new(), |(d, _)| d.to_string())
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The entries of some directories only (not recursive), keyed as in [`snapshot`]; a directory
+/// that does not exist contributes nothing.
+fn snapshot_dirs(root: &Path, dirs: &[String]) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    for dir in dirs {
+        let Ok(rd) = fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in rd {
+            let e = e.unwrap();
+            let rel = Path::new(dir).join(e.file_name());
+            let path = root.join(&rel);
+            let Ok(m) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = m.file_type();
+            out.insert(
+                rel.to_string_lossy().into_owned(),
+                Entry {
+                    kind: if ft.is_dir() {
+                        "dir"
+                    } else if ft.is_symlink() {
+                        "symlink"
+                    } else {
+                        "file"
+                    },
+                    size: if ft.is_file() { m.len() } else { 0 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        m.mode() & 0o7777
+                    },
+                    content: None,
+                    link: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
+                    xattrs: if ft.is_symlink() {
+                        BTreeMap::new()
+                    } else {
+                        xattrs(&path)
+                    },
+                },
+            );
+        }
+    }
+    out
+}
+
 /// Copies the mount's view into a plain directory (modes kept).
 fn copy_view(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
@@ -566,7 +647,16 @@ fn randomized_operations_match_a_reference_directory() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("exerciser: {ops} operations, MLXK_EXERCISER_SEED={seed}");
+    // Compare the whole trees every this many steps (the directories an operation touched are
+    // compared at every step either way). 1 in scripts/test.sh; scripts/stress.sh raises it.
+    let tree_every: usize = std::env::var("MLXK_EXERCISER_TREE_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
+    eprintln!(
+        "exerciser: {ops} operations, MLXK_EXERCISER_SEED={seed}, whole trees compared every {tree_every} step(s)"
+    );
 
     let fx = Fixture::new();
     let cache_before = tree_state(&fx.cache);
@@ -617,9 +707,21 @@ fn randomized_operations_match_a_reference_directory() {
         let op = gen.op(&tree);
         let got = apply(&work, &op);
         let want = apply(&reference, &op);
-        let full = step % 50 == 49 || step + 1 == ops;
-        let (a, b) = (snapshot(&work, full), snapshot(&reference, full));
-        let d = diff(&a, &b);
+        let last = step + 1 == ops;
+        let whole = step % tree_every == tree_every - 1 || last;
+        // Every file's content too, every 50 steps (or at each whole-tree step when rarer).
+        let content_every = tree_every.max(50);
+        let full = step % content_every == content_every - 1 || last;
+        let b = snapshot(&reference, full);
+        let d = if whole {
+            diff(&snapshot(&work, full), &b)
+        } else {
+            let dirs = op_dirs(&op);
+            diff(
+                &snapshot_dirs(&work, &dirs),
+                &snapshot_dirs(&reference, &dirs),
+            )
+        };
         if got != want || !d.is_empty() {
             panic!(
                 "seed {seed}, step {step}: {op:?}\n  mount: {got:?}  reference: {want:?}\n{d}\
