@@ -831,3 +831,68 @@ fn ordinary_tools_just_work() {
     drop(m);
     assert_eq!(before, tree_state(&fx.cache), "the cache changed");
 }
+
+/// A full overlay filesystem surfaces as ENOSPC (writes and copy-ups), statfs describes it, and
+/// a failed copy-up leaves neither a partial file nor a temp file.
+#[test]
+fn a_full_overlay_says_enospc_and_statfs_is_the_overlays() {
+    if !fuse_available("a_full_overlay_says_enospc_and_statfs_is_the_overlays") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("\n========== SKIP a_full_overlay_says_enospc: mounting a small tmpfs needs root ==========\n");
+        return;
+    }
+    let fx = Fixture::new();
+    let small = fx.path("small");
+    fs::create_dir_all(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let overlay_dir = small.join("ov");
+    let m = MountGuard::new(
+        &fx.cache,
+        &fx.path("mnt"),
+        &fx.path("state"),
+        &["--overlay", overlay_dir.to_str().unwrap()],
+    );
+    let st = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
+    let bytes = st.blocks() * st.fragment_size();
+    assert!(
+        bytes <= 1 << 20,
+        "statfs says {bytes} bytes, not the 1 MiB overlay"
+    );
+    fs::create_dir_all(m.path("myorg/big")).unwrap();
+    let e = fs::write(m.path("myorg/big/file"), vec![1u8; 2 << 20]).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    fs::remove_file(m.path("myorg/big/file")).unwrap();
+    // A cache file larger than the space left cannot be copied up: ENOSPC, nothing left behind.
+    fs::write(m.path("myorg/big/filler"), vec![1u8; 900 << 10]).unwrap();
+    let shard = m.path("mlx-community/Llama-tiny-f32/model.safetensors");
+    let original = fs::read(&shard).unwrap();
+    assert!(original.len() > 200 << 10);
+    let e = OpenOptions::new().write(true).open(&shard).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    assert_eq!(fs::read(&shard).unwrap(), original);
+    assert_eq!(
+        fs::read_dir(overlay_dir.join(".wh..wh..tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(!overlay_dir
+        .join("mlx-community/Llama-tiny-f32/model.safetensors")
+        .exists());
+}
