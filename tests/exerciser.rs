@@ -27,6 +27,8 @@ use mlxk_fs::testkit::Rng;
 
 /// The part of the mount the exerciser works in: an org with several cached models.
 const WORK: &str = "mlx-community";
+/// Entries in the working tree past which the generator favours removals.
+const MAX_TREE: usize = 300;
 
 /// Bytes to write; shown by length in failure messages.
 #[derive(Clone)]
@@ -116,6 +118,10 @@ enum Op {
     CopyFile {
         from: String,
         to: String,
+    },
+    /// `rm -rf`.
+    RemoveTree {
+        path: String,
     },
 }
 
@@ -257,6 +263,7 @@ fn apply(root: &Path, op: &Op) -> Outcome {
         Op::Link { from, to } => fs::hard_link(p(from), p(to)).map_err(errno),
         Op::Symlink { target, path } => std::os::unix::fs::symlink(target, p(path)).map_err(errno),
         Op::CopyFile { from, to } => fs::copy(p(from), p(to)).map(drop).map_err(errno),
+        Op::RemoveTree { path } => fs::remove_dir_all(p(path)).map_err(errno),
     }
 }
 
@@ -354,7 +361,8 @@ fn op_dirs(op: &Op) -> Vec<String> {
         | Op::RemoveXattr { path, .. }
         | Op::MmapWrite { path, .. }
         | Op::Fallocate { path, .. }
-        | Op::Symlink { path, .. } => vec![path],
+        | Op::Symlink { path, .. }
+        | Op::RemoveTree { path } => vec![path],
         Op::Rename { from, to } | Op::Link { from, to } | Op::CopyFile { from, to } => {
             vec![from, to]
         }
@@ -503,6 +511,16 @@ impl Gen {
                 .unwrap_or_else(|| "missing".to_string())
         };
         let any = |g: &mut Gen| g.pick(&all).cloned().unwrap_or_else(|| "missing".into());
+        // A tree that only grew would make long runs ever slower: past a size, half the steps
+        // remove (a file, or a whole directory tree).
+        if tree.len() > MAX_TREE && self.below(2) == 0 {
+            return match self.below(3) {
+                0 => Op::RemoveTree {
+                    path: self.pick(&dirs).cloned().unwrap_or_default(),
+                },
+                _ => Op::Unlink { path: any(self) },
+            };
+        }
         match self.below(20) {
             0 | 1 => Op::Create {
                 path: self.new_path(&dirs, &all),
@@ -730,6 +748,13 @@ fn randomized_operations_match_a_reference_directory() {
             );
         }
         tree = b;
+        if (step + 1) % 10_000 == 0 {
+            eprintln!(
+                "exerciser: {} operations done, {} entries in the tree",
+                step + 1,
+                tree.len()
+            );
+        }
         // Content of what the operation touched, every step.
         let touched: Vec<&String> = match &op {
             Op::Create { path, .. }
