@@ -503,6 +503,8 @@ impl Gen {
             .filter(|(_, e)| e.kind == "dir")
             .map(|(k, _)| k.clone())
             .collect();
+        // The working root itself is never removed (it is where both trees live).
+        let subdirs = dirs.clone();
         dirs.push(String::new());
         let all: Vec<String> = tree.keys().cloned().collect();
         let file = |g: &mut Gen| {
@@ -516,7 +518,10 @@ impl Gen {
         if tree.len() > MAX_TREE && self.below(2) == 0 {
             return match self.below(3) {
                 0 => Op::RemoveTree {
-                    path: self.pick(&dirs).cloned().unwrap_or_default(),
+                    path: self
+                        .pick(&subdirs)
+                        .cloned()
+                        .unwrap_or_else(|| "missing".into()),
                 },
                 _ => Op::Unlink { path: any(self) },
             };
@@ -563,7 +568,10 @@ impl Gen {
                 path: self.new_path(&dirs, &all),
             },
             11 => Op::Rmdir {
-                path: self.pick(&dirs).cloned().unwrap_or_default(),
+                path: self
+                    .pick(&subdirs)
+                    .cloned()
+                    .unwrap_or_else(|| "missing".into()),
             },
             12 => Op::Chmod {
                 path: any(self),
