@@ -301,6 +301,33 @@ fn xattrs(p: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// What a tree comparison records of one entry.
+fn entry(path: &Path, m: &fs::Metadata, with_content: bool) -> Entry {
+    let ft = m.file_type();
+    Entry {
+        kind: if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else {
+            "file"
+        },
+        size: if ft.is_file() { m.len() } else { 0 },
+        mode: if ft.is_symlink() {
+            0
+        } else {
+            m.mode() & 0o7777
+        },
+        content: (with_content && ft.is_file()).then(|| fs::read(path).unwrap()),
+        link: ft.is_symlink().then(|| fs::read_link(path).unwrap()),
+        xattrs: if ft.is_symlink() {
+            BTreeMap::new()
+        } else {
+            xattrs(path)
+        },
+    }
+}
+
 fn snapshot(root: &Path, with_content: bool) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
@@ -312,33 +339,12 @@ fn snapshot(root: &Path, with_content: bool) -> BTreeMap<String, Entry> {
             let path = root.join(&r);
             let m = fs::symlink_metadata(&path)
                 .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
+            if m.is_dir() {
                 stack.push(r.clone());
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else {
-                "file"
-            };
+            }
             out.insert(
                 r.to_string_lossy().into_owned(),
-                Entry {
-                    kind,
-                    size: if ft.is_file() { m.len() } else { 0 },
-                    mode: if ft.is_symlink() {
-                        0
-                    } else {
-                        m.mode() & 0o7777
-                    },
-                    content: (with_content && ft.is_file()).then(|| fs::read(&path).unwrap()),
-                    link: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
-                    xattrs: if ft.is_symlink() {
-                        BTreeMap::new()
-                    } else {
-                        xattrs(&path)
-                    },
-                },
+                entry(&path, &m, with_content),
             );
         }
     }
@@ -391,35 +397,9 @@ fn snapshot_dirs(root: &Path, dirs: &[String]) -> BTreeMap<String, Entry> {
             let e = e.unwrap();
             let rel = Path::new(dir).join(e.file_name());
             let path = root.join(&rel);
-            let Ok(m) = fs::symlink_metadata(&path) else {
-                continue;
-            };
-            let ft = m.file_type();
-            out.insert(
-                rel.to_string_lossy().into_owned(),
-                Entry {
-                    kind: if ft.is_dir() {
-                        "dir"
-                    } else if ft.is_symlink() {
-                        "symlink"
-                    } else {
-                        "file"
-                    },
-                    size: if ft.is_file() { m.len() } else { 0 },
-                    mode: if ft.is_symlink() {
-                        0
-                    } else {
-                        m.mode() & 0o7777
-                    },
-                    content: None,
-                    link: ft.is_symlink().then(|| fs::read_link(&path).unwrap()),
-                    xattrs: if ft.is_symlink() {
-                        BTreeMap::new()
-                    } else {
-                        xattrs(&path)
-                    },
-                },
-            );
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                out.insert(rel.to_string_lossy().into_owned(), entry(&path, &m, false));
+            }
         }
     }
     out

@@ -167,6 +167,14 @@ impl MlxkFs {
         self.dirs.insert(fh, names);
         Ok(())
     }
+
+    /// The listing a directory handle reads from (taken afresh when a reader starts over).
+    fn dir_names(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<String>, Errno> {
+        if offset == 0 {
+            self.snapshot_dir(ino, fh)?;
+        }
+        self.dirs.get(&fh).map(|n| n.clone()).ok_or(Errno::EBADF)
+    }
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -727,13 +735,9 @@ impl Filesystem for MlxkFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if offset == 0 {
-            if let Err(e) = self.snapshot_dir(ino.0, fh.0) {
-                return reply.error(e);
-            }
-        }
-        let Some(names) = self.dirs.get(&fh.0).map(|n| n.clone()) else {
-            return reply.error(Errno::EBADF);
+        let names = match self.dir_names(ino.0, fh.0, offset) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         // `.` and `..` first; the kernel fills in `..`'s real inode.
         let dots = [(".", ino.0), ("..", ino.0)];
@@ -769,13 +773,9 @@ impl Filesystem for MlxkFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        if offset == 0 {
-            if let Err(e) = self.snapshot_dir(ino.0, fh.0) {
-                return reply.error(e);
-            }
-        }
-        let Some(names) = self.dirs.get(&fh.0).map(|n| n.clone()) else {
-            return reply.error(Errno::EBADF);
+        let names = match self.dir_names(ino.0, fh.0, offset) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
         };
         let this = match self.ns.getattr(ino.0, None) {
             Ok(i) => i,
