@@ -828,6 +828,22 @@ fn ordinary_tools_just_work() {
     } else {
         eprintln!("\n========== SKIP the rsync part of ordinary_tools_just_work: rsync is not installed (scripts/test.sh installs it) ==========\n");
     }
+    // SEEK_DATA / SEEK_HOLE (cp and tar use them for sparse files) on a sparse overlay file.
+    let sparse = m.path("myorg/new-model/sparse.bin");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&sparse)
+        .unwrap();
+    f.write_all_at(b"data", 1 << 20).unwrap();
+    use std::os::fd::AsRawFd;
+    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(data, 1 << 20, "SEEK_DATA");
+    assert_eq!(hole, 0, "SEEK_HOLE");
+    drop(f);
     drop(m);
     assert_eq!(before, tree_state(&fx.cache), "the cache changed");
 }

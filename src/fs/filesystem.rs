@@ -147,6 +147,47 @@ impl MlxkFs {
         Ok(id)
     }
 
+    /// Keeps an open file as handle `fh`. With passthrough on, the inode's backing id (shared,
+    /// or registered from this file by `open_backing`) goes with the handle and is returned;
+    /// `None` means the daemon serves this handle's I/O.
+    fn keep_file(
+        &self,
+        fh: u64,
+        ino: u64,
+        file: File,
+        writable: bool,
+        open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let backing = if self.passthrough.load(Ordering::Relaxed) {
+            match self.backing_for(ino, || open_backing(&file)) {
+                Ok(id) => {
+                    self.ns
+                        .counters
+                        .passthrough_opens
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some(id)
+                }
+                // No backing exists for this inode, so a cached open is still allowed.
+                Err(e) => {
+                    self.passthrough_failed(&format!("inode {ino}"), e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.handles.insert(
+            fh,
+            Handle::File {
+                ino,
+                file,
+                writable,
+                _backing: backing.clone(),
+            },
+        );
+        backing
+    }
+
     /// Passthrough is given up for the whole mount the first time the kernel refuses it.
     fn passthrough_failed(&self, what: &str, e: std::io::Error) {
         tracing::warn!("passthrough refused for {what} ({e}); serving I/O from the daemon");
@@ -467,30 +508,8 @@ impl Filesystem for MlxkFs {
             Opened::Blob(file) => (file, false, true),
             Opened::Upper(file) => (file, intent, false),
         };
-        if self.passthrough.load(Ordering::Relaxed) {
-            match self.backing_for(ino.0, || reply.open_backing(&file)) {
-                Ok(id) => {
-                    self.ns
-                        .counters
-                        .passthrough_opens
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.handles.insert(
-                        fh,
-                        Handle::File {
-                            ino: ino.0,
-                            file,
-                            writable,
-                            _backing: Some(id.clone()),
-                        },
-                    );
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                }
-                // No backing exists for this inode, so a cached open is still allowed.
-                Err(e) => self.passthrough_failed(&format!("inode {}", ino.0), e),
-            }
-        }
         if cacheable {
-            // The daemon reads this blob front to back for sequential readers.
+            // Read front to back by sequential readers when the daemon serves it.
             let _ = nix::fcntl::posix_fadvise(
                 &file,
                 0,
@@ -498,21 +517,12 @@ impl Filesystem for MlxkFs {
                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
             );
         }
-        self.handles.insert(
-            fh,
-            Handle::File {
-                ino: ino.0,
-                file,
-                writable,
-                _backing: None,
-            },
-        );
-        let flags = if cacheable {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        reply.opened(FileHandle(fh), flags);
+        match self.keep_file(fh, ino.0, file, writable, |f| reply.open_backing(f)) {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            // A cache blob's content never changes: the kernel may keep its pages.
+            None if cacheable => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        }
     }
 
     fn create(
@@ -538,46 +548,13 @@ impl Filesystem for MlxkFs {
         self.ns.counters.opens.fetch_add(1, Ordering::Relaxed);
         let fh = self.next_fh();
         let attr = Self::attr(&info);
-        if self.passthrough.load(Ordering::Relaxed) {
-            match self.backing_for(info.ino, || reply.open_backing(&file)) {
-                Ok(id) => {
-                    self.handles.insert(
-                        fh,
-                        Handle::File {
-                            ino: info.ino,
-                            file,
-                            writable: true,
-                            _backing: Some(id.clone()),
-                        },
-                    );
-                    return reply.created_passthrough(
-                        &TTL,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                        &id,
-                    );
-                }
-                Err(e) => self.passthrough_failed(&format!("inode {}", info.ino), e),
+        let flags = FopenFlags::empty();
+        match self.keep_file(fh, info.ino, file, true, |f| reply.open_backing(f)) {
+            Some(id) => {
+                reply.created_passthrough(&TTL, &attr, Generation(0), FileHandle(fh), flags, &id)
             }
+            None => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), flags),
         }
-        self.handles.insert(
-            fh,
-            Handle::File {
-                ino: info.ino,
-                file,
-                writable: true,
-                _backing: None,
-            },
-        );
-        reply.created(
-            &TTL,
-            &attr,
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::empty(),
-        );
     }
 
     fn read(
