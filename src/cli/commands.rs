@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 
 use super::output::{human_size, short_time, table, Style};
 use super::{CliError, ConvertArgs, HealthArgs, ListArgs, MlxkArgs, Outcome, ShowArgs};
+use crate::convert::plan::{MixedRecipe, Operation, QuantMode, QuantizeSpec};
+use crate::convert::quant::FloatDtype;
 use crate::convert::repair_index::{repair_index, Progress, RepairOptions};
+use crate::convert::weights::{self, WeightsOptions, WeightsProgress};
 use crate::store::cache::{cache_root, HubCache};
 use crate::store::health::{self, HealthReport};
 use crate::store::spec::{self, open_snapshot, ResolvedModel};
@@ -482,7 +485,6 @@ pub fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
 }
 
 pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
-    let style = Style::detect();
     let cache = open_cache(args)?;
     // A model directory inside an mlxk-fs mount is read from its cache snapshot directly.
     let source = match spec::resolve_mounted(Path::new(&a.source)) {
@@ -492,12 +494,39 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
     // Neither the configured cache nor the one the source lives in may receive the output.
     let source_cache = source_cache(&source);
     let caches: Vec<&HubCache> = cache.iter().chain(source_cache.iter()).collect();
+    // A target inside a mount is written straight into its overlay directory.
+    let mounted = mounted_target(&a.target)?;
+    let write_to = mounted
+        .as_ref()
+        .map_or(a.target.clone(), |t| t.overlay_path.clone());
+    let bar = progress_bar(args.json);
+    let result = if a.repair_index {
+        convert_repair(a, &source, &write_to, &caches, bar.as_ref())
+    } else {
+        convert_weights(a, &source, &write_to, &caches, bar.as_ref())
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(t) = &mounted {
+        t.invalidate();
+    }
+    result
+}
+
+fn convert_repair(
+    a: &ConvertArgs,
+    source: &ResolvedModel,
+    write_to: &Path,
+    caches: &[&HubCache],
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Outcome, CliError> {
+    let style = Style::detect();
     let opts = RepairOptions {
         skip_health: a.skip_health,
     };
-    let bar = progress_bar(args.json);
     let mut on_progress = |p: Progress<'_>| {
-        if let Some(bar) = &bar {
+        if let Some(bar) = bar {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_done);
             bar.set_message(format!(
@@ -506,29 +535,10 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
             ));
         }
     };
-    // A target inside a mount is written straight into its overlay directory.
-    let mounted = mounted_target(&a.target)?;
-    let write_to = mounted
-        .as_ref()
-        .map_or(a.target.clone(), |t| t.overlay_path.clone());
-    let outcome = repair_index(&source, &write_to, &caches, &opts, &mut on_progress);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    if let Some(t) = &mounted {
-        t.invalidate();
-    }
+    let outcome = repair_index(source, write_to, caches, &opts, &mut on_progress);
     let outcome = outcome?;
     let target = display_path(&a.target);
-    let (health_status, health_reason, healthy) = match &outcome.health {
-        None => (
-            "skipped",
-            "health check skipped (--skip-health)".to_string(),
-            true,
-        ),
-        Some(r) if r.healthy() => ("healthy", r.reason(), true),
-        Some(r) => ("unhealthy", r.reason(), false),
-    };
+    let (health_status, health_reason, healthy) = health_summary(outcome.health.as_ref());
     let message = match &outcome.index {
         Some(_) if outcome.repaired.is_empty() => format!("{} converted to {target}; its index was already right and was rewritten from the headers", source.name),
         Some(_) => format!("{} converted to {target}; index rebuilt from the shard headers ({} problems fixed)", source.name, outcome.repaired.len()),
@@ -576,28 +586,189 @@ pub fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
             style.yellow(code)
         ));
     }
-    match &outcome.health {
-        Some(r) if r.healthy() => {
-            human.push_str(&format!("  health: {}\n", style.green("healthy")))
-        }
-        Some(r) => {
-            human.push_str(&format!("  health: {}\n", style.red("unhealthy")));
-            for p in &r.problems {
-                human.push_str(&format!("    {} {}\n", style.yellow(p.code), p.message));
-            }
-        }
-        None => human.push_str("  health: skipped\n"),
-    }
+    human.push_str(&health_lines(outcome.health.as_ref(), &style));
     Ok(Outcome {
         data,
         human,
         ok: healthy,
-        failure: (!healthy).then(|| {
-            CliError::new(
-                "HealthCheckFailed",
-                format!("the workspace {target} was written but is unhealthy: {health_reason}"),
+        failure: health_failure(healthy, &target, &health_reason),
+    })
+}
+
+/// (status, reason, healthy) of a convert's result.
+fn health_summary(report: Option<&HealthReport>) -> (&'static str, String, bool) {
+    match report {
+        None => (
+            "skipped",
+            "health check skipped (--skip-health)".to_string(),
+            true,
+        ),
+        Some(r) if r.healthy() => ("healthy", r.reason(), true),
+        Some(r) => ("unhealthy", r.reason(), false),
+    }
+}
+
+fn health_lines(report: Option<&HealthReport>, style: &Style) -> String {
+    match report {
+        Some(r) if r.healthy() => format!("  health: {}\n", style.green("healthy")),
+        Some(r) => {
+            let mut out = format!("  health: {}\n", style.red("unhealthy"));
+            for p in &r.problems {
+                out.push_str(&format!("    {} {}\n", style.yellow(p.code), p.message));
+            }
+            out
+        }
+        None => "  health: skipped\n".to_string(),
+    }
+}
+
+fn health_failure(healthy: bool, target: &str, reason: &str) -> Option<CliError> {
+    (!healthy).then(|| {
+        CliError::new(
+            "HealthCheckFailed",
+            format!("the workspace {target} was written but is unhealthy: {reason}"),
+        )
+    })
+}
+
+fn convert_weights(
+    a: &ConvertArgs,
+    source: &ResolvedModel,
+    write_to: &Path,
+    caches: &[&HubCache],
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Outcome, CliError> {
+    let style = Style::detect();
+    let dtype = a.dtype.as_deref().and_then(FloatDtype::parse);
+    let op = match a.quantize {
+        Some(bits) => {
+            let mode = QuantMode::parse(&a.q_mode).ok_or_else(|| {
+                CliError::new("InvalidArguments", format!("unknown --q-mode {}", a.q_mode))
+            })?;
+            Operation::Quantize(QuantizeSpec {
+                mode,
+                bits,
+                group_size: a.q_group_size,
+                recipe: a.mixed_recipe.as_deref().and_then(MixedRecipe::parse),
+                dtype,
+            })
+        }
+        None => Operation::Dequantize { dtype },
+    };
+    let opts = WeightsOptions {
+        skip_health: a.skip_health,
+        max_shard_bytes: None,
+    };
+    let mut on_progress = |p: WeightsProgress<'_>| {
+        if let Some(bar) = bar {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            bar.set_message(format!(
+                "{}/{} tensors {}",
+                p.tensors_done, p.tensors_total, p.current
+            ));
+        }
+    };
+    let outcome = weights::convert_weights(source, write_to, caches, &op, &opts, &mut on_progress)?;
+    let target = display_path(&a.target);
+    let (health_status, health_reason, healthy) = health_summary(outcome.health.as_ref());
+    let secs = outcome.elapsed.as_secs_f64();
+    let (mode, what) = match (&op, outcome.scheme) {
+        (Operation::Quantize(q), Some(s)) => {
+            let recipe = q
+                .recipe
+                .map(|r| format!(", {}", r.name()))
+                .unwrap_or_default();
+            (
+                "quantize",
+                format!(
+                    "quantized to {target} ({}-bit {}, group {}{recipe}): {:.3} bits per weight",
+                    s.bits(),
+                    s.mode(),
+                    s.group_size(),
+                    outcome.bits_per_weight()
+                ),
             )
-        }),
+        }
+        _ => (
+            "dequantize",
+            format!(
+                "dequantized to {target} ({})",
+                outcome
+                    .dtype
+                    .map_or("the scales' dtype".to_string(), |d| d.name().to_string())
+            ),
+        ),
+    };
+    let message = format!("{} {what}", source.name);
+    let data = json!({
+        "source": source.name,
+        "target": target,
+        "mode": mode,
+        "health_check": !a.skip_health,
+        "health_status": health_status,
+        "health_reason": health_reason,
+        "message": message,
+        "files_copied": outcome.copy.files,
+        "files_reflinked": outcome.copy.reflinked,
+        "bytes_copied": outcome.copy.bytes,
+        "index_written": true,
+        "bits": outcome.scheme.map(|s| s.bits()),
+        "group_size": outcome.scheme.map(|s| s.group_size()),
+        "q_mode": outcome.scheme.map(|s| s.mode()),
+        "mixed_recipe": a.mixed_recipe,
+        "dtype": outcome.dtype.map(|d| d.name()),
+        "bits_per_weight": (outcome.scheme.is_some()).then(|| (outcome.bits_per_weight() * 1000.0).round() / 1000.0),
+        "quantization": outcome.quantization,
+        "tensors_converted": outcome.converted_tensors,
+        "tensors_kept": outcome.kept_tensors,
+        "tensors_dropped": outcome.dropped,
+        "shards": outcome.shards,
+        "source_bytes": outcome.source_bytes,
+        "output_bytes": outcome.output_bytes,
+        "total_parameters": outcome.index.total_parameters,
+        "elapsed_s": (secs * 1000.0).round() / 1000.0,
+        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
+    });
+    let mut human = format!("{} {message}\n", style.green("✓"));
+    let verb = if mode == "quantize" {
+        "quantized"
+    } else {
+        "dequantized"
+    };
+    human.push_str(&format!(
+        "  {} tensors {verb}, {} kept{}\n",
+        outcome.converted_tensors,
+        outcome.kept_tensors,
+        if outcome.dropped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} dropped ({})",
+                outcome.dropped.len(),
+                outcome.dropped.join(", ")
+            )
+        }
+    ));
+    human.push_str(&format!(
+        "  {} in {} shard{} from {} in {:.1} s ({}/s)\n",
+        human_size(outcome.output_bytes),
+        outcome.shards.len(),
+        if outcome.shards.len() == 1 { "" } else { "s" },
+        human_size(outcome.source_bytes),
+        secs,
+        human_size((outcome.source_bytes as f64 / secs.max(1e-3)) as u64),
+    ));
+    human.push_str(&format!(
+        "  {} files carried over ({} reflinked)\n",
+        outcome.copy.files, outcome.copy.reflinked
+    ));
+    human.push_str(&health_lines(outcome.health.as_ref(), &style));
+    Ok(Outcome {
+        data,
+        human,
+        ok: healthy,
+        failure: health_failure(healthy, &target, &health_reason),
     })
 }
 

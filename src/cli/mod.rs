@@ -82,14 +82,46 @@ pub struct HealthArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    group = clap::ArgGroup::new("operation").required(true).args(["repair_index", "quantize", "dequantize"]),
+    after_help = "Examples:\n  \
+        mlxk convert mlx-community/Qwen2.5-VL-7B-Instruct-4bit ./ws --repair-index\n  \
+        mlxk convert Qwen/Qwen3-8B ./ws-4bit --quantize 4 --q-group-size 64\n  \
+        mlxk convert Qwen/Qwen3-8B ./ws-mxfp4 --quantize --q-mode mxfp4\n  \
+        mlxk convert Qwen/Qwen3-8B ./ws-mixed --quantize 4 --mixed-recipe mixed_3_6\n  \
+        mlxk convert ~/mlx/Qwen/Qwen3-8B ~/mlx/Qwen/Qwen3-8B-4bit --quantize 4   (lands in the mount's overlay)\n  \
+        mlxk convert ./ws-4bit ./ws-bf16 --dequantize --dtype bfloat16\n\n\
+        Quantize and dequantize are bit-exact with `python -m mlx_lm convert` (mlx-lm 0.32.2, mlx 0.32.4, CPU)."
+)]
 pub struct ConvertArgs {
     /// Source: a cache model spec, a workspace, or any model directory (only ever read).
     pub source: String,
     /// Target directory: must not exist or be empty, and must be outside the cache.
     pub target: PathBuf,
     /// Rebuild model.safetensors.index.json from the shard headers; weights are copied byte for byte.
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub repair_index: bool,
+    /// Quantize the weights to N bits (affine: 1-6 or 8, default 4; the float modes fix their own).
+    #[arg(long, visible_alias = "q-bits", value_name = "N", num_args = 0..=1)]
+    pub quantize: Option<Option<u32>>,
+    /// Dequantize a quantized model back to float weights.
+    #[arg(long)]
+    pub dequantize: bool,
+    /// Values per quantization group: 32, 64 (default) or 128 for affine.
+    #[arg(long, value_name = "N", requires = "quantize")]
+    pub q_group_size: Option<usize>,
+    /// Quantization mode.
+    #[arg(long, value_name = "MODE", default_value = "affine",
+          value_parser = ["affine", "mxfp4", "mxfp8", "nvfp4"], requires = "quantize")]
+    pub q_mode: String,
+    /// A mixed-precision recipe of mlx-lm (layer bits low/high); N is then the recorded default.
+    #[arg(long, visible_alias = "quant-predicate", value_name = "RECIPE",
+          value_parser = ["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"], requires = "quantize")]
+    pub mixed_recipe: Option<String>,
+    /// Cast every float tensor to this dtype first (default: config.json's torch_dtype).
+    #[arg(long, value_name = "DTYPE", value_parser = ["float16", "bfloat16", "float32"],
+          conflicts_with = "repair_index")]
+    pub dtype: Option<String>,
     /// Do not run a health check on the result.
     #[arg(long)]
     pub skip_health: bool,

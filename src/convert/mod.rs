@@ -1,9 +1,15 @@
-//! Conversions that produce a new managed workspace from a model: today `--repair-index`.
+//! Conversions that produce a new managed workspace from a model: `--repair-index`,
+//! `--quantize` and `--dequantize`.
 //! Sources are only ever read; nothing here opens a cache file for writing.
 
 pub mod copy;
+pub mod family;
+pub mod plan;
 pub mod quant;
 pub mod repair_index;
+pub mod shards;
+mod target;
+pub mod weights;
 
 use std::io;
 use std::path::PathBuf;
@@ -40,6 +46,8 @@ pub enum ConvertError {
         #[source]
         source: io::Error,
     },
+    #[error("{path}: {reason}")]
+    Plan { path: PathBuf, reason: String },
     #[error(transparent)]
     Header(#[from] HeaderError),
     #[error("cannot rebuild the index: {0}")]
@@ -66,6 +74,7 @@ impl ConvertError {
                 "target_exists"
             }
             ConvertError::SourceUnusable { .. } => "source_unhealthy",
+            ConvertError::Plan { .. } => "source_unsupported",
             _ => "CommandError",
         }
     }

@@ -301,6 +301,7 @@ mod tests {
                     dtype: *d,
                     shape: s.to_vec(),
                     nbytes: (elems * d.bitsize() / 8) as u64,
+                    offset: 0,
                 };
                 (n.to_string(), meta)
             })

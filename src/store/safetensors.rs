@@ -17,6 +17,8 @@ pub struct TensorMeta {
     pub shape: Vec<usize>,
     /// `end - begin` of its data offsets, already checked against dtype and shape.
     pub nbytes: u64,
+    /// Where its data starts in the file (`8 + N + begin`), checked to lie inside it.
+    pub offset: u64,
 }
 
 impl TensorMeta {
@@ -177,6 +179,7 @@ pub fn read_header_counted(
                 dtype: info.dtype,
                 shape: info.shape.clone(),
                 nbytes: (end - begin) as u64,
+                offset: 8 + header_len + begin as u64,
             };
             (name, meta)
         })

@@ -160,6 +160,14 @@ pub struct LlamaSpec {
     /// `(bits, group_size)`: MLX affine quantization of every linear layer and the embedding.
     pub quantization: Option<(u32, usize)>,
     pub seed: u64,
+    /// Standard deviation of the random weights.
+    pub std: f32,
+    /// Biases on the attention projections (llama's `attention_bias`; always on for qwen2's
+    /// q/k/v, whatever this says).
+    pub attention_bias: bool,
+    /// qwen3_moe: experts per layer (every layer sparse) and their intermediate size.
+    pub experts: usize,
+    pub moe_intermediate: usize,
 }
 
 impl Default for LlamaSpec {
@@ -176,6 +184,10 @@ impl Default for LlamaSpec {
             dtype: WeightDtype::F16,
             quantization: None,
             seed: 1,
+            std: 0.02,
+            attention_bias: false,
+            experts: 4,
+            moe_intermediate: 64,
         }
     }
 }
@@ -200,6 +212,26 @@ impl LlamaSpec {
             "eos_token_id": 258,
             "hidden_act": "silu",
         });
+        let head_dim = self.hidden / self.heads;
+        match self.model_type {
+            "qwen2" => c["architectures"] = json!(["Qwen2ForCausalLM"]),
+            "qwen3" => {
+                c["architectures"] = json!(["Qwen3ForCausalLM"]);
+                c["head_dim"] = json!(head_dim);
+            }
+            "qwen3_moe" => {
+                c["architectures"] = json!(["Qwen3MoeForCausalLM"]);
+                c["head_dim"] = json!(head_dim);
+                c["num_experts"] = json!(self.experts);
+                c["num_experts_per_tok"] = json!(2.min(self.experts));
+                c["decoder_sparse_step"] = json!(1);
+                c["mlp_only_layers"] = json!([]);
+                c["moe_intermediate_size"] = json!(self.moe_intermediate);
+                c["norm_topk_prob"] = json!(true);
+            }
+            _ if self.attention_bias => c["attention_bias"] = json!(true),
+            _ => {}
+        }
         if let Some((bits, group)) = self.quantization {
             let q = json!({"group_size": group, "bits": bits, "mode": "affine"});
             c["quantization"] = q.clone();
@@ -255,27 +287,79 @@ impl LlamaSpec {
                 self.hidden,
                 &mut rng,
             );
-            linear(
-                &mut out,
-                format!("{p}.mlp.gate_proj"),
-                self.intermediate,
-                self.hidden,
-                &mut rng,
-            );
-            linear(
-                &mut out,
-                format!("{p}.mlp.up_proj"),
-                self.intermediate,
-                self.hidden,
-                &mut rng,
-            );
-            linear(
-                &mut out,
-                format!("{p}.mlp.down_proj"),
-                self.hidden,
-                self.intermediate,
-                &mut rng,
-            );
+            let biased: &[(&str, usize)] = match self.model_type {
+                "qwen2" => &[("q_proj", self.hidden), ("k_proj", kv), ("v_proj", kv)],
+                "llama" if self.attention_bias => &[
+                    ("q_proj", self.hidden),
+                    ("k_proj", kv),
+                    ("v_proj", kv),
+                    ("o_proj", self.hidden),
+                ],
+                _ => &[],
+            };
+            for &(proj, rows) in biased {
+                out.push(TensorSpec {
+                    name: format!("{p}.self_attn.{proj}.bias"),
+                    dtype: self.dtype.dtype(),
+                    shape: vec![rows],
+                    data: self.dtype.random(rows, self.std, &mut rng),
+                });
+            }
+            if matches!(self.model_type, "qwen3" | "qwen3_moe") {
+                for norm in ["q_norm", "k_norm"] {
+                    out.push(self.norm_of(format!("{p}.self_attn.{norm}.weight"), head_dim));
+                }
+            }
+            if self.model_type == "qwen3_moe" {
+                linear(
+                    &mut out,
+                    format!("{p}.mlp.gate"),
+                    self.experts,
+                    self.hidden,
+                    &mut rng,
+                );
+                for e in 0..self.experts {
+                    let x = format!("{p}.mlp.experts.{e}");
+                    let mi = self.moe_intermediate;
+                    linear(
+                        &mut out,
+                        format!("{x}.gate_proj"),
+                        mi,
+                        self.hidden,
+                        &mut rng,
+                    );
+                    linear(&mut out, format!("{x}.up_proj"), mi, self.hidden, &mut rng);
+                    linear(
+                        &mut out,
+                        format!("{x}.down_proj"),
+                        self.hidden,
+                        mi,
+                        &mut rng,
+                    );
+                }
+            } else {
+                linear(
+                    &mut out,
+                    format!("{p}.mlp.gate_proj"),
+                    self.intermediate,
+                    self.hidden,
+                    &mut rng,
+                );
+                linear(
+                    &mut out,
+                    format!("{p}.mlp.up_proj"),
+                    self.intermediate,
+                    self.hidden,
+                    &mut rng,
+                );
+                linear(
+                    &mut out,
+                    format!("{p}.mlp.down_proj"),
+                    self.hidden,
+                    self.intermediate,
+                    &mut rng,
+                );
+            }
             for norm in ["input_layernorm", "post_attention_layernorm"] {
                 out.push(self.norm(format!("{p}.{norm}.weight")));
             }
@@ -294,6 +378,10 @@ impl LlamaSpec {
     }
 
     fn norm(&self, name: String) -> TensorSpec {
+        self.norm_of(name, self.hidden)
+    }
+
+    fn norm_of(&self, name: String, len: usize) -> TensorSpec {
         let one: Vec<u8> = match self.dtype {
             WeightDtype::F32 => 1.0f32.to_le_bytes().to_vec(),
             WeightDtype::F16 => f32_to_f16(1.0).to_le_bytes().to_vec(),
@@ -302,8 +390,8 @@ impl LlamaSpec {
         TensorSpec {
             name,
             dtype: self.dtype.dtype(),
-            shape: vec![self.hidden],
-            data: one.repeat(self.hidden),
+            shape: vec![len],
+            data: one.repeat(len),
         }
     }
 
@@ -320,7 +408,7 @@ impl LlamaSpec {
                 name: format!("{module}.weight"),
                 dtype: self.dtype.dtype(),
                 shape: vec![rows, cols],
-                data: self.dtype.random(rows * cols, 0.02, rng),
+                data: self.dtype.random(rows * cols, self.std, rng),
             }),
             Some((bits, group)) => {
                 let packed_cols = cols * bits as usize / 32;

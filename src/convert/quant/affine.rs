@@ -27,6 +27,17 @@ pub enum AffineError {
     NotDivisible { cols: usize, group_size: usize },
 }
 
+/// 1.5 * 2^23: `(v + M) - M` is `v` rounded half to even for |v| <= 2^22.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `clamp(round_half_even(v), 0, n_bins)` with NaN giving 0, in a form the compiler vectorizes.
+#[inline(always)]
+fn code(v: f32, n_bins: f32) -> u8 {
+    let v = if v > 0.0 { v } else { 0.0 };
+    let v = if v < n_bins { v } else { n_bins };
+    ((v + ROUND_MAGIC) - ROUND_MAGIC) as u8
+}
+
 /// `std::max` of C++: `(a < b) ? b : a` (a NaN `b` is skipped; of +0/-0 the first stays).
 #[inline]
 fn cpp_max(a: f32, b: f32) -> f32 {
@@ -115,9 +126,12 @@ impl Affine {
             };
             let out = &mut codes[g * self.group_size..(g + 1) * self.group_size];
             for (c, &x) in out.iter_mut().zip(group) {
-                let q = ((x - bias) / scale).round_ties_even();
-                // NaN gives 0, as the C++ clamp's comparisons do.
-                *c = if q > 0.0 { q.min(n_bins) as u8 } else { 0 };
+                // Clamping before rounding equals MLX's round-then-clamp (the bounds are
+                // integers and rounding is monotonic), NaN included: it gives 0 as the C++
+                // clamp's comparisons do. The clamped value is in [0, 255], where adding and
+                // subtracting 1.5 * 2^23 rounds half to even exactly; unlike `round_ties_even`
+                // (a libm call on baseline x86-64) the loop vectorizes.
+                *c = code((x - bias) / scale, n_bins);
             }
             scales[g] = dtype.round(scale);
             biases[g] = dtype.round(bias);
@@ -180,6 +194,51 @@ mod tests {
         x[5] = f32::NAN;
         let (w, _, _) = quantize(&x, a, FloatDtype::F32);
         assert_eq!(unpack_at(&w, 8, 5), 0);
+    }
+
+    #[test]
+    fn codes_round_half_to_even_and_clamp_like_mlx() {
+        let reference = |v: f32, n: f32| {
+            let q = v.round_ties_even();
+            if q > 0.0 {
+                q.min(n) as u8
+            } else {
+                0
+            }
+        };
+        for bits in AFFINE_BITS {
+            let n = ((1u32 << bits) - 1) as f32;
+            let mut values: Vec<f32> = (-40..600).map(|i| i as f32 * 0.5).collect();
+            values.extend((0..2000).map(|i| i as f32 * 0.1234 - 3.0));
+            values.extend([
+                f32::NAN,
+                -f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                1e30,
+                -1e30,
+                -0.0,
+                0.49999997,
+                0.50000006,
+                n - 0.5,
+                n + 0.5,
+            ]);
+            for v in values {
+                assert_eq!(code(v, n), reference(v, n), "bits {bits}, v = {v}");
+            }
+        }
+        assert_eq!(code(2.5, 15.0), 2, "ties go to even");
+        assert_eq!(code(3.5, 15.0), 4);
+    }
+
+    #[test]
+    fn negative_scales_are_normal() {
+        // |w_max| >= |w_min|: the scale is negated and the bias is w_max.
+        let a = Affine::new(4, 32).unwrap();
+        let x: Vec<f32> = (0..32).map(|i| i as f32 / 31.0 - 0.25).collect();
+        let (_, s, b) = quantize(&x, a, FloatDtype::F32);
+        assert!(s[0] < 0.0, "scale {}", s[0]);
+        assert_eq!(b[0], 0.75);
     }
 
     #[test]

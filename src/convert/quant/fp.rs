@@ -128,6 +128,27 @@ impl FpMode {
     }
 }
 
+impl FpMode {
+    /// Dequantizes one packed row: element value times the group's scale (an exact product),
+    /// rounded to bf16 as `mx.dequantize` returns for these modes.
+    pub fn dequantize_row(self, words: &[u32], scales: &[u8], out: &mut [f32]) {
+        let group = self.group_size();
+        for (i, o) in out.iter_mut().enumerate() {
+            let code = super::pack::unpack_at(words, self.bits(), i) as u8;
+            let value = match self {
+                FpMode::Mxfp8 => fp8_e4m3_value(code),
+                FpMode::Mxfp4 | FpMode::Nvfp4 => E2M1[usize::from(code & 0x0F)],
+            };
+            let s = scales[i / group];
+            let scale = match self {
+                FpMode::Mxfp4 | FpMode::Mxfp8 => (f32::from(s) - 127.0).exp2(),
+                FpMode::Nvfp4 => fp8_e4m3_value(s),
+            };
+            *o = FloatDtype::BF16.round(value * scale);
+        }
+    }
+}
+
 /// argmin over the E2M1 values of |T(x - value)|, the first index on ties.
 fn nearest_e2m1(x: f32, t: impl Fn(f32) -> f32) -> u8 {
     let mut best = 0u8;

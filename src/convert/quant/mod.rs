@@ -17,6 +17,33 @@ pub enum FloatDtype {
 }
 
 impl FloatDtype {
+    /// mlx-lm's names (`--dtype`, config `torch_dtype`).
+    pub fn parse(name: &str) -> Option<FloatDtype> {
+        match name {
+            "float16" => Some(FloatDtype::F16),
+            "bfloat16" => Some(FloatDtype::BF16),
+            "float32" => Some(FloatDtype::F32),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatDtype::F16 => "float16",
+            FloatDtype::BF16 => "bfloat16",
+            FloatDtype::F32 => "float32",
+        }
+    }
+
+    /// The safetensors dtype.
+    pub fn dtype(self) -> safetensors::Dtype {
+        match self {
+            FloatDtype::F16 => safetensors::Dtype::F16,
+            FloatDtype::BF16 => safetensors::Dtype::BF16,
+            FloatDtype::F32 => safetensors::Dtype::F32,
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             FloatDtype::F16 | FloatDtype::BF16 => 2,
@@ -66,4 +93,192 @@ impl FloatDtype {
             FloatDtype::F32 => v,
         }
     }
+}
+
+/// One packed row as stored: little-endian u32 words, scales and (affine) biases.
+#[derive(Debug, Clone, Copy)]
+pub struct PackedRow<'a> {
+    pub words: &'a [u8],
+    pub scales: &'a [u8],
+    /// Empty for the float modes.
+    pub biases: &'a [u8],
+}
+
+/// The buffers a quantized row is written into.
+#[derive(Debug)]
+pub struct PackedRowMut<'a> {
+    pub words: &'a mut [u8],
+    pub scales: &'a mut [u8],
+    /// Empty for the float modes.
+    pub biases: &'a mut [u8],
+}
+
+/// One way to quantize a matrix: MLX's affine mode or one of its microscaling float modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Affine(affine::Affine),
+    Fp(fp::FpMode),
+}
+
+/// Reusable per-thread buffers of the row kernels.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    values: Vec<f32>,
+    codes: Vec<u8>,
+    words: Vec<u32>,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+    scale_codes: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+impl Scheme {
+    pub fn bits(self) -> u32 {
+        match self {
+            Scheme::Affine(a) => a.bits,
+            Scheme::Fp(m) => m.bits(),
+        }
+    }
+
+    pub fn group_size(self) -> usize {
+        match self {
+            Scheme::Affine(a) => a.group_size,
+            Scheme::Fp(m) => m.group_size(),
+        }
+    }
+
+    pub fn mode(self) -> &'static str {
+        match self {
+            Scheme::Affine(_) => "affine",
+            Scheme::Fp(m) => m.name(),
+        }
+    }
+
+    /// Affine mode stores a bias per group; the float modes do not.
+    pub fn has_biases(self) -> bool {
+        matches!(self, Scheme::Affine(_))
+    }
+
+    /// u32 words of a packed row of `cols` values.
+    pub fn words_per_row(self, cols: usize) -> usize {
+        cols * self.bits() as usize / 32
+    }
+
+    /// Bytes of one stored scale (or bias): the compute dtype's, or one E8M0 / E4M3 byte.
+    pub fn scale_size(self, dtype: FloatDtype) -> usize {
+        match self {
+            Scheme::Affine(_) => dtype.size(),
+            Scheme::Fp(_) => 1,
+        }
+    }
+
+    /// Quantizes one row of `source`-dtype bytes, cast to `dtype` first when they differ (as
+    /// mlx-lm's `--dtype` does before quantizing). Writes little-endian packed words,
+    /// scales and (affine) biases.
+    pub fn quantize_row(
+        self,
+        row: &[u8],
+        source: FloatDtype,
+        dtype: FloatDtype,
+        out: PackedRowMut<'_>,
+        s: &mut Scratch,
+    ) {
+        let PackedRowMut {
+            words,
+            scales,
+            biases,
+        } = out;
+        source.widen(row, &mut s.values);
+        if source != dtype {
+            s.values.iter_mut().for_each(|v| *v = dtype.round(*v));
+        }
+        let cols = s.values.len();
+        let groups = cols / self.group_size();
+        s.words.clear();
+        s.words.resize(self.words_per_row(cols), 0);
+        match self {
+            Scheme::Affine(a) => {
+                s.scales.clear();
+                s.scales.resize(groups, 0.0);
+                s.biases.clear();
+                s.biases.resize(groups, 0.0);
+                a.quantize_row(
+                    &s.values,
+                    dtype,
+                    &mut s.words,
+                    &mut s.scales,
+                    &mut s.biases,
+                    &mut s.codes,
+                );
+                dtype.narrow(&s.scales, &mut s.bytes);
+                scales.copy_from_slice(&s.bytes);
+                dtype.narrow(&s.biases, &mut s.bytes);
+                biases.copy_from_slice(&s.bytes);
+            }
+            Scheme::Fp(m) => {
+                s.scale_codes.clear();
+                s.scale_codes.resize(groups, 0);
+                m.quantize_row(
+                    &s.values,
+                    dtype,
+                    &mut s.words,
+                    &mut s.scale_codes,
+                    &mut s.codes,
+                );
+                scales.copy_from_slice(&s.scale_codes);
+            }
+        }
+        for (out, w) in words.chunks_exact_mut(4).zip(&s.words) {
+            out.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Dequantizes one packed row into `out` (bytes of `out_dtype`). Affine: the scales and
+    /// biases (of `scale_dtype`) are first cast to `out_dtype`, then `T(T(q * s) + b)`, as
+    /// mlx-lm's `--dtype` cast followed by `mx.dequantize` computes. Float modes: the exact
+    /// product of element and scale, rounded to `out_dtype`.
+    pub fn dequantize_row(
+        self,
+        packed: PackedRow<'_>,
+        scale_dtype: FloatDtype,
+        out_dtype: FloatDtype,
+        out: &mut [u8],
+        s: &mut Scratch,
+    ) {
+        let PackedRow {
+            words,
+            scales,
+            biases,
+        } = packed;
+        s.words.clear();
+        s.words.extend(
+            words
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        let cols = s.words.len() * 32 / self.bits() as usize;
+        s.values.clear();
+        s.values.resize(cols, 0.0);
+        match self {
+            Scheme::Affine(a) => {
+                scale_dtype.widen(scales, &mut s.scales);
+                scale_dtype.widen(biases, &mut s.biases);
+                if scale_dtype != out_dtype {
+                    s.scales.iter_mut().for_each(|v| *v = out_dtype.round(*v));
+                    s.biases.iter_mut().for_each(|v| *v = out_dtype.round(*v));
+                }
+                a.dequantize_row(&s.words, &s.scales, &s.biases, out_dtype, &mut s.values);
+            }
+            Scheme::Fp(m) => m.dequantize_row(&s.words, scales, &mut s.values),
+        }
+        out_dtype.narrow(&s.values, &mut s.bytes);
+        out.copy_from_slice(&s.bytes);
+    }
+}
+
+/// Casts a row of `from` bytes to `to` bytes (round to nearest even).
+pub fn cast_row(row: &[u8], from: FloatDtype, to: FloatDtype, out: &mut [u8], s: &mut Scratch) {
+    from.widen(row, &mut s.values);
+    to.narrow(&s.values, &mut s.bytes);
+    out.copy_from_slice(&s.bytes);
 }

@@ -1,0 +1,639 @@
+//! `convert --quantize` / `--dequantize`: a new managed workspace whose weights are computed
+//! tensor by tensor from memory-mapped source shards, in row blocks, on every core, and written
+//! at offsets planned up front. The whole model is never in memory: peak RSS is a few row
+//! blocks, whatever the model's size.
+//!
+//! Order of writes, so that no interruption leaves a workspace that looks complete: the
+//! sentinel first (marked in progress), carried-over files, config.json, the shards, then the
+//! index, then the sentinel marked complete.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde_json::{json, Map, Value};
+
+use crate::store::cache::{canonicalize_lenient, HubCache};
+use crate::store::config::QuantizationConfig;
+use crate::store::health::{self, HealthReport};
+use crate::store::index::{rebuild_index, to_python_json, WeightIndex, INDEX_FILE};
+use crate::store::safetensors::{read_header, ShardHeader};
+use crate::store::sentinel::{write_file_atomic, Sentinel, SENTINEL_FILE};
+use crate::store::spec::{open_workspace, ResolvedModel};
+
+use super::copy::{copy_file, CopyStats};
+use super::plan::{plan, Input, Job, Operation, Plan, Work};
+use super::quant::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
+use super::shards::{ShardFiles, ShardPlan, MAX_SHARD_BYTES};
+use super::target::{check_target, create_target, gate_source, source_identity};
+use super::ConvertError;
+
+/// Source bytes processed per row block: big enough to keep both cores busy, small enough
+/// that a block's input and output buffers stay a few MiB.
+const BLOCK_BYTES: u64 = 8 << 20;
+
+/// Where a long convert is, for progress bars.
+#[derive(Debug, Clone)]
+pub struct WeightsProgress<'a> {
+    pub tensors_done: usize,
+    pub tensors_total: usize,
+    /// Source tensor bytes processed.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub current: &'a str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WeightsOptions {
+    pub skip_health: bool,
+    /// Largest tensor-data size of one output shard (mlx-lm's 5 GiB unless testing).
+    pub max_shard_bytes: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct WeightsOutcome {
+    pub target: PathBuf,
+    /// Carried-over files (tokenizer, generation config, ...).
+    pub copy: CopyStats,
+    pub index: WeightIndex,
+    pub shards: Vec<String>,
+    /// The new config's `quantization` block (`None` after dequantize).
+    pub quantization: Option<Value>,
+    /// The top-level scheme of a quantize.
+    pub scheme: Option<Scheme>,
+    /// The dtype float tensors were cast to, if any.
+    pub dtype: Option<FloatDtype>,
+    /// Tensors quantized / dequantized / kept.
+    pub converted_tensors: usize,
+    pub kept_tensors: usize,
+    pub dropped: Vec<String>,
+    pub source_bytes: u64,
+    /// Tensor data bytes written.
+    pub output_bytes: u64,
+    pub elapsed: Duration,
+    pub health: Option<HealthReport>,
+}
+
+impl WeightsOutcome {
+    /// mlx-lm's bits per weight: every output byte over the unquantized parameter count.
+    pub fn bits_per_weight(&self) -> f64 {
+        match self.index.total_parameters {
+            Some(p) if p > 0 => self.output_bytes as f64 * 8.0 / p as f64,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Converts `src` into a new workspace at `dst` by `op`.
+///
+/// `dst` must not exist or be an empty directory and must not resolve into any of `caches`.
+/// On failure after `dst` was created, its weight files are removed and its sentinel stays
+/// marked in progress (health reports "convert_incomplete"); `src` is never written.
+pub fn convert_weights(
+    src: &ResolvedModel,
+    dst: &Path,
+    caches: &[&HubCache],
+    op: &Operation,
+    opts: &WeightsOptions,
+    progress: &mut dyn FnMut(WeightsProgress<'_>),
+) -> Result<WeightsOutcome, ConvertError> {
+    let started = Instant::now();
+    let target = canonicalize_lenient(dst);
+    check_target(src, dst, &target, caches)?;
+    gate_source(src)?;
+    let config_file = src
+        .file("config.json")
+        .and_then(|f| f.readable())
+        .ok_or_else(|| ConvertError::Plan {
+            path: src.dir().join("config.json"),
+            reason: "the source has no config.json: its model type (and so which tensors to quantize) is unknown".into(),
+        })?;
+    let config_bytes = fs::read(config_file).map_err(|source| ConvertError::Io {
+        path: config_file.to_path_buf(),
+        what: "cannot read",
+        source,
+    })?;
+    let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| ConvertError::Plan {
+        path: src.dir().join("config.json"),
+        reason: format!("not valid JSON ({e})"),
+    })?;
+    if !config.is_object() {
+        return Err(ConvertError::Plan {
+            path: src.dir().join("config.json"),
+            reason: "not a JSON object".into(),
+        });
+    }
+    let weight_files: Vec<_> = src
+        .model_files()
+        .filter(|f| f.is_top_level() && f.rel_path.ends_with(".safetensors"))
+        .collect();
+    if weight_files.is_empty() {
+        return Err(ConvertError::Plan {
+            path: src.dir().to_path_buf(),
+            reason: "no *.safetensors weights to convert".into(),
+        });
+    }
+    let mut headers = Vec::with_capacity(weight_files.len());
+    let mut paths = Vec::with_capacity(weight_files.len());
+    for f in &weight_files {
+        let path = f.readable().ok_or_else(|| ConvertError::Io {
+            path: f.path.clone(),
+            what: "source file disappeared",
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        headers.push(read_header(path, &f.rel_path)?);
+        paths.push(path.to_path_buf());
+    }
+    let plan = plan(&headers, &config, op).map_err(|e| ConvertError::Plan {
+        path: src.dir().to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let outputs: Vec<_> = plan.jobs.iter().flat_map(|j| j.outputs.clone()).collect();
+    let shard_plan = ShardPlan::new(&outputs, opts.max_shard_bytes.unwrap_or(MAX_SHARD_BYTES));
+    // Map every source shard before creating anything: a file that cannot be mapped fails
+    // the convert while the target does not exist yet.
+    let maps = map_sources(&paths)?;
+
+    create_target(&target)?;
+    let result = fill_target(FillInput {
+        src,
+        target: &target,
+        config,
+        headers: &headers,
+        plan: &plan,
+        shard_plan: &shard_plan,
+        maps: &maps,
+        op,
+        opts,
+        started,
+        progress,
+    });
+    if result.is_err() {
+        abandon(&target, &shard_plan);
+    }
+    result
+}
+
+struct FillInput<'a, 'p> {
+    src: &'a ResolvedModel,
+    target: &'a Path,
+    config: Value,
+    headers: &'a [ShardHeader],
+    plan: &'a Plan,
+    shard_plan: &'a ShardPlan,
+    maps: &'a [SourceMap],
+    op: &'a Operation,
+    opts: &'a WeightsOptions,
+    started: Instant,
+    progress: &'p mut dyn FnMut(WeightsProgress<'_>),
+}
+
+fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError> {
+    let FillInput {
+        src,
+        target,
+        mut config,
+        headers,
+        plan,
+        shard_plan,
+        maps,
+        op,
+        opts,
+        started,
+        progress,
+    } = input;
+    let (source_repo, source_revision) = source_identity(src);
+    let mode = match op {
+        Operation::Quantize(_) => "quantize",
+        Operation::Dequantize { .. } => "dequantize",
+    };
+    let mut sentinel = Sentinel::new("convert", Some(mode), source_repo, source_revision);
+    sentinel.convert_state = Some(Sentinel::IN_PROGRESS.to_string());
+    if let Some(s) = plan.scheme {
+        sentinel.extra.insert(
+            "quantization".into(),
+            json!({"bits": s.bits(), "group_size": s.group_size(), "mode": s.mode()}),
+        );
+    }
+    sentinel.write_atomic(target)?;
+
+    // Everything but the weights, the index, the sentinel and config.json, verbatim.
+    let mut copy = CopyStats::default();
+    for f in src.model_files() {
+        let weights = f.is_top_level() && f.rel_path.ends_with(".safetensors");
+        let regenerated = [INDEX_FILE, SENTINEL_FILE, "config.json"].contains(&f.rel_path.as_str());
+        if weights || regenerated {
+            continue;
+        }
+        if let Some(from) = f.readable() {
+            copy_file(from, &target.join(&f.rel_path), &mut copy)?;
+        }
+    }
+    write_config(target, &mut config, plan.quantization.as_ref())?;
+
+    let files = ShardFiles::create(target, shard_plan)?;
+    let tensors_total = plan.jobs.len();
+    let bytes_total: u64 = plan.jobs.iter().map(Job::source_bytes).sum();
+    let mut bytes_done = 0u64;
+    for (i, job) in plan.jobs.iter().enumerate() {
+        progress(WeightsProgress {
+            tensors_done: i,
+            tensors_total,
+            bytes_done,
+            bytes_total,
+            current: job.name(),
+        });
+        run_job(job, maps, shard_plan, &files, headers, &mut |n| {
+            bytes_done += n;
+            progress(WeightsProgress {
+                tensors_done: i,
+                tensors_total,
+                bytes_done,
+                bytes_total,
+                current: job.name(),
+            });
+        })?;
+    }
+    progress(WeightsProgress {
+        tensors_done: tensors_total,
+        tensors_total,
+        bytes_done,
+        bytes_total,
+        current: "",
+    });
+    files.sync()?;
+    drop(files);
+
+    // The index, from the headers just written: it describes exactly the bytes on disk.
+    let written = shard_plan
+        .shards
+        .iter()
+        .map(|s| read_header(&target.join(&s.file_name), &s.file_name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let quant_config = plan
+        .quantization
+        .as_ref()
+        .and_then(QuantizationConfig::from_value);
+    let index = rebuild_index(&written, quant_config.as_ref())?;
+    let index_path = target.join(INDEX_FILE);
+    write_file_atomic(&index_path, index.to_json_string().as_bytes()).map_err(|source| {
+        ConvertError::Io {
+            path: index_path,
+            what: "cannot write the index",
+            source,
+        }
+    })?;
+    sentinel.convert_state = None;
+    sentinel.write_atomic(target)?;
+
+    let health = if opts.skip_health {
+        None
+    } else {
+        let ws = open_workspace(target).map_err(|e| ConvertError::Io {
+            path: target.to_path_buf(),
+            what: "cannot read the new workspace",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Some(health::check(&ws))
+    };
+    let converted_tensors = plan
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.work, Work::Quantize { .. } | Work::Dequantize { .. }))
+        .count();
+    let dtype = match op {
+        Operation::Quantize(q) => super::plan::conversion_dtype(q.dtype, &config),
+        Operation::Dequantize { dtype } => super::plan::conversion_dtype(*dtype, &config),
+    };
+    Ok(WeightsOutcome {
+        target: target.to_path_buf(),
+        copy,
+        shards: shard_plan
+            .shards
+            .iter()
+            .map(|s| s.file_name.clone())
+            .collect(),
+        output_bytes: shard_plan.data_bytes(),
+        index,
+        quantization: plan.quantization.clone(),
+        scheme: plan.scheme,
+        dtype,
+        converted_tensors,
+        kept_tensors: plan.jobs.len() - converted_tensors,
+        dropped: plan.dropped.clone(),
+        source_bytes: bytes_total,
+        elapsed: started.elapsed(),
+        health,
+    })
+}
+
+/// config.json as mlx-lm's `save_config` writes it: `_name_or_path` removed, the quantization
+/// block set (twice: `quantization` and `quantization_config`) or removed, keys sorted,
+/// 4-space indent.
+fn write_config(
+    target: &Path,
+    config: &mut Value,
+    quantization: Option<&Value>,
+) -> Result<(), ConvertError> {
+    let Some(obj) = config.as_object_mut() else {
+        return Ok(());
+    };
+    obj.remove("_name_or_path");
+    obj.remove("quantization");
+    obj.remove("quantization_config");
+    if let Some(q) = quantization {
+        obj.insert("quantization".into(), q.clone());
+        obj.insert("quantization_config".into(), q.clone());
+    }
+    let mut keys: Vec<String> = obj.keys().cloned().collect();
+    keys.sort();
+    let mut sorted = Map::new();
+    for k in keys {
+        if let Some(v) = obj.remove(&k) {
+            sorted.insert(k, v);
+        }
+    }
+    *obj = sorted;
+    let path = target.join("config.json");
+    write_file_atomic(&path, to_python_json(config).as_bytes()).map_err(|source| ConvertError::Io {
+        path,
+        what: "cannot write config.json",
+        source,
+    })
+}
+
+/// A failed convert: the weight files go (they can be large, and a disk-full failure should
+/// give the space back); the sentinel stays marked in progress so that nothing mistakes the
+/// directory for a complete workspace.
+fn abandon(target: &Path, shard_plan: &ShardPlan) {
+    for name in shard_plan
+        .shards
+        .iter()
+        .map(|s| s.file_name.as_str())
+        .chain([INDEX_FILE])
+    {
+        let p = target.join(name);
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), "cannot remove a partial file: {e}");
+            }
+        }
+    }
+}
+
+/// A source shard mapped read-only.
+struct SourceMap {
+    path: PathBuf,
+    map: Mmap,
+}
+
+fn map_sources(paths: &[PathBuf]) -> Result<Vec<SourceMap>, ConvertError> {
+    paths
+        .iter()
+        .map(|path| {
+            let file = File::open(path).map_err(|source| ConvertError::Io {
+                path: path.clone(),
+                what: "cannot open",
+                source,
+            })?;
+            // SAFETY: the mapping is read-only and source files are never written by this
+            // process. Another process truncating a cache blob while it is converted would
+            // fault the reads (SIGBUS); the cache's blobs are immutable by contract.
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| ConvertError::Io {
+                path: path.clone(),
+                what: "cannot map",
+                source,
+            })?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Ok(SourceMap {
+                path: path.clone(),
+                map,
+            })
+        })
+        .collect()
+}
+
+impl SourceMap {
+    /// `len` bytes at `offset`, checked against the mapping (headers were validated, but the
+    /// file may have changed since).
+    fn bytes(&self, offset: u64, len: u64) -> Result<&[u8], ConvertError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.map.len() as u64);
+        match end {
+            Some(end) => Ok(&self.map[offset as usize..end as usize]),
+            None => Err(ConvertError::Io {
+                path: self.path.clone(),
+                what: "the shard is shorter than its header says (changed during the convert?)",
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            }),
+        }
+    }
+
+    /// Drops the pages of a processed range from this process (they stay in the page cache):
+    /// what keeps RSS at a few blocks instead of the model's size.
+    fn release(&self, offset: u64, len: u64) {
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops page-table
+        // entries; later reads fault the same file contents back in. No slice of the range is
+        // used after this call (each block's slices end with the block).
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                offset as usize,
+                len as usize,
+            )
+        };
+    }
+}
+
+/// Runs one job: for each part of its input, row blocks read from the mapping, computed in
+/// parallel, written at the outputs' planned offsets.
+fn run_job(
+    job: &Job,
+    maps: &[SourceMap],
+    shard_plan: &ShardPlan,
+    files: &ShardFiles,
+    headers: &[ShardHeader],
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(), ConvertError> {
+    let rows_of = |input: &Input| -> u64 {
+        let p = &input.parts[0];
+        let per_part: u64 = p.shape.iter().rev().skip(1).map(|&d| d as u64).product();
+        per_part
+    };
+    let in_row_bytes: Vec<u64> = job
+        .inputs
+        .iter()
+        .map(|i| {
+            let rows = rows_of(i).max(1);
+            i.parts[0].nbytes / rows
+        })
+        .collect();
+    let out_row_bytes: Vec<u64> = job
+        .outputs
+        .iter()
+        .map(|o| {
+            let rows: u64 = o.shape.iter().rev().skip(1).map(|&d| d as u64).product();
+            o.nbytes() / rows.max(1)
+        })
+        .collect();
+    let locations: Vec<_> = job
+        .outputs
+        .iter()
+        .map(|o| shard_plan.locations[&o.name])
+        .collect();
+    let rows_per_part = rows_of(&job.inputs[0]);
+    if in_row_bytes.contains(&0) || out_row_bytes.contains(&0) {
+        return Ok(()); // a tensor with a zero dimension: its header says it all
+    }
+    let row_bytes_total: u64 = in_row_bytes.iter().sum::<u64>().max(1);
+    let block_rows = (BLOCK_BYTES / row_bytes_total).max(1);
+    let mut out_row = 0u64;
+    for part in 0..job.inputs[0].parts.len() {
+        let mut row = 0u64;
+        while row < rows_per_part {
+            let n = block_rows.min(rows_per_part - row);
+            let mut slices = Vec::with_capacity(job.inputs.len());
+            for (input, &rb) in job.inputs.iter().zip(&in_row_bytes) {
+                let p = &input.parts[part];
+                let map = &maps[p.shard];
+                slices.push(
+                    map.bytes(p.offset + row * rb, n * rb)
+                        .map_err(|e| annotate(e, &headers[p.shard].file_name, &input.name))?,
+                );
+            }
+            let mut outs: Vec<Vec<u8>> = out_row_bytes
+                .iter()
+                .map(|&rb| vec![0u8; (n * rb) as usize])
+                .collect();
+            compute_block(
+                &job.work,
+                &slices,
+                &in_row_bytes,
+                &mut outs,
+                &out_row_bytes,
+                n,
+            );
+            for ((buf, &rb), loc) in outs.iter().zip(&out_row_bytes).zip(&locations) {
+                files.write_at(loc.shard, loc.offset + out_row * rb, buf)?;
+            }
+            for (input, &rb) in job.inputs.iter().zip(&in_row_bytes) {
+                let p = &input.parts[part];
+                maps[p.shard].release(p.offset + row * rb, n * rb);
+            }
+            on_bytes(in_row_bytes.iter().sum::<u64>() * n);
+            row += n;
+            out_row += n;
+        }
+    }
+    Ok(())
+}
+
+fn annotate(e: ConvertError, file: &str, tensor: &str) -> ConvertError {
+    match e {
+        ConvertError::Io { path, what, source } => ConvertError::Io {
+            path,
+            what,
+            source: std::io::Error::new(
+                source.kind(),
+                format!("{source} (reading `{tensor}` of {file})"),
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Computes `rows` rows of a block, split across the thread pool.
+fn compute_block(
+    work: &Work,
+    inputs: &[&[u8]],
+    in_row: &[u64],
+    outputs: &mut [Vec<u8>],
+    out_row: &[u64],
+    rows: u64,
+) {
+    let threads = rayon::current_num_threads().max(1) as u64;
+    // A few tasks per thread evens out rows of uneven cost (NaN groups, ...).
+    let task_rows = rows.div_ceil(threads * 4).max(1) as usize;
+    // Split every output buffer into the same row ranges.
+    let mut tasks: Vec<(usize, Vec<&mut [u8]>)> = Vec::new();
+    let n_outputs = outputs.len();
+    let mut iters: Vec<_> = outputs
+        .iter_mut()
+        .zip(out_row)
+        .map(|(buf, &rb)| buf.chunks_mut(task_rows * rb as usize))
+        .collect();
+    let mut start = 0usize;
+    loop {
+        let chunk: Vec<&mut [u8]> = iters.iter_mut().filter_map(Iterator::next).collect();
+        if chunk.len() != n_outputs {
+            break;
+        }
+        tasks.push((start, chunk));
+        start += task_rows;
+    }
+    tasks.into_par_iter().for_each(|(first, mut outs)| {
+        let mut scratch = Scratch::default();
+        let n = outs[0].len() / out_row[0] as usize;
+        for r in 0..n {
+            let row_in: Vec<&[u8]> = inputs
+                .iter()
+                .zip(in_row)
+                .map(|(buf, &rb)| {
+                    let rb = rb as usize;
+                    &buf[(first + r) * rb..(first + r + 1) * rb]
+                })
+                .collect();
+            let mut row_out: Vec<&mut [u8]> = outs
+                .iter_mut()
+                .zip(out_row)
+                .map(|(buf, &rb)| {
+                    let rb = rb as usize;
+                    &mut buf[r * rb..(r + 1) * rb]
+                })
+                .collect();
+            compute_row(work, &row_in, &mut row_out, &mut scratch);
+        }
+    });
+}
+
+fn compute_row(work: &Work, inputs: &[&[u8]], outputs: &mut [&mut [u8]], s: &mut Scratch) {
+    match *work {
+        Work::Copy => outputs[0].copy_from_slice(inputs[0]),
+        Work::Cast { from, to } => cast_row(inputs[0], from, to, outputs[0], s),
+        Work::Quantize {
+            scheme,
+            source,
+            dtype,
+        } => {
+            let (weight, rest) = outputs.split_at_mut(1);
+            let (scales, biases) = rest.split_at_mut(1);
+            let mut none: [u8; 0] = [];
+            let biases: &mut [u8] = match biases.first_mut() {
+                Some(b) => b,
+                None => &mut none,
+            };
+            let out = PackedRowMut {
+                words: weight[0],
+                scales: scales[0],
+                biases,
+            };
+            scheme.quantize_row(inputs[0], source, dtype, out, s);
+        }
+        Work::Dequantize {
+            scheme,
+            scale_dtype,
+            out,
+        } => {
+            let biases = inputs.get(2).copied().unwrap_or(&[]);
+            let packed = PackedRow {
+                words: inputs[0],
+                scales: inputs[1],
+                biases,
+            };
+            scheme.dequantize_row(packed, scale_dtype, out, outputs[0], s);
+        }
+    }
+}
