@@ -3,13 +3,13 @@
 //! fixture_cache demo   <dir>                   the full catalogue (healthy + every broken variant)
 //! fixture_cache many   <dir> <models>          <models> healthy tiny models (benchmarks)
 //! fixture_cache sparse <dir> <shards> <bytes>  one model of <shards> sparse shards of <bytes> data each
-//! fixture_cache llama  <dir> <hidden> <layers> <intermediate> <vocab> <shards>
-//!                                               one random f16 Llama `bench/llama` (benchmarks)
+//! fixture_cache llama  <dir> <hidden> <layers> <intermediate> <vocab> <shards> [f16|bf16|f32]
+//!                                               one random Llama `bench/llama` (benchmarks)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mlxk_fs::testkit::{fixture_cache, llama_model_files, FixtureCache, LlamaSpec};
+use mlxk_fs::testkit::{fixture_cache, llama_model_files, FixtureCache, LlamaSpec, WeightDtype};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,9 +29,15 @@ fn main() -> ExitCode {
             )
             .map(|_| ())
         }),
-        ["llama", dir, hidden, layers, inter, vocab, shards] => {
+        ["llama", dir, hidden, layers, inter, vocab, shards, rest @ ..] => {
             let num = |s: &str| s.parse::<usize>().unwrap_or(0);
+            let dtype = match rest.first().copied() {
+                Some("bf16") => WeightDtype::BF16,
+                Some("f32") => WeightDtype::F32,
+                _ => WeightDtype::F16,
+            };
             let spec = LlamaSpec {
+                dtype,
                 hidden: num(hidden),
                 layers: num(layers),
                 intermediate: num(inter),
@@ -53,7 +59,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: fixture_cache demo <dir> | many <dir> <models> | sparse <dir> <shards> <bytes-per-shard> \
-                 | llama <dir> <hidden> <layers> <intermediate> <vocab> <shards>"
+                 | llama <dir> <hidden> <layers> <intermediate> <vocab> <shards> [f16|bf16|f32]"
             );
             return ExitCode::from(2);
         }

@@ -104,7 +104,6 @@ fn quantize_and_dequantize_match_mlx_bit_for_bit() {
                 let mut scales = vec![0f32; ROWS * gpr];
                 let mut biases = vec![0f32; ROWS * gpr];
                 let mut deq = vec![0f32; ROWS * COLS];
-                let mut codes = Vec::new();
                 for r in 0..ROWS {
                     a.quantize_row(
                         &x[r * COLS..(r + 1) * COLS],
@@ -112,7 +111,6 @@ fn quantize_and_dequantize_match_mlx_bit_for_bit() {
                         &mut words[r * wpr..(r + 1) * wpr],
                         &mut scales[r * gpr..(r + 1) * gpr],
                         &mut biases[r * gpr..(r + 1) * gpr],
-                        &mut codes,
                     );
                     a.dequantize_row(
                         &words[r * wpr..(r + 1) * wpr],

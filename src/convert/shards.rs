@@ -174,7 +174,22 @@ impl ShardFiles {
                 path: path.clone(),
                 what: "cannot write tensor data",
                 source,
-            })
+            })?;
+        // Start writeback now, asynchronously, so the final fsync finds little left to do.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a file descriptor this struct owns.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    offset as libc::off64_t,
+                    bytes.len() as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        Ok(())
     }
 
     /// Flushes every shard to stable storage (the index is written after this).

@@ -24,15 +24,16 @@ use crate::store::sentinel::{write_file_atomic, Sentinel, SENTINEL_FILE};
 use crate::store::spec::{open_workspace, ResolvedModel};
 
 use super::copy::{copy_file, CopyStats};
-use super::plan::{plan, Input, Job, Operation, Plan, Work};
+use super::plan::{plan, Job, Operation, Plan, Work};
 use super::quant::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
-use super::shards::{ShardFiles, ShardPlan, MAX_SHARD_BYTES};
+use super::shards::{Location, ShardFiles, ShardPlan, MAX_SHARD_BYTES};
 use super::target::{check_target, create_target, gate_source, source_identity};
 use super::ConvertError;
 
-/// Source bytes processed per row block: big enough to keep both cores busy, small enough
-/// that a block's input and output buffers stay a few MiB.
-const BLOCK_BYTES: u64 = 8 << 20;
+/// Source bytes per row block (the unit of parallel work): small enough that the blocks in
+/// flight (one per thread) keep RSS at a few MiB and that big tensors split evenly across
+/// threads, big enough that per-block overhead (a write per output, an madvise) is noise.
+const BLOCK_BYTES: u64 = 2 << 20;
 
 /// Where a long convert is, for progress bars.
 #[derive(Debug, Clone)]
@@ -155,6 +156,7 @@ pub fn convert_weights(
     // Map every source shard before creating anything: a file that cannot be mapped fails
     // the convert while the target does not exist yet.
     let maps = map_sources(&paths)?;
+    tracing::debug!(elapsed = ?started.elapsed(), jobs = plan.jobs.len(), "planned");
 
     create_target(&target)?;
     let result = fill_target(FillInput {
@@ -233,36 +235,10 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
     }
     write_config(target, &mut config, plan.quantization.as_ref())?;
 
+    tracing::debug!(elapsed = ?started.elapsed(), "target prepared, computing tensors");
     let files = ShardFiles::create(target, shard_plan)?;
-    let tensors_total = plan.jobs.len();
-    let bytes_total: u64 = plan.jobs.iter().map(Job::source_bytes).sum();
-    let mut bytes_done = 0u64;
-    for (i, job) in plan.jobs.iter().enumerate() {
-        progress(WeightsProgress {
-            tensors_done: i,
-            tensors_total,
-            bytes_done,
-            bytes_total,
-            current: job.name(),
-        });
-        run_job(job, maps, shard_plan, &files, headers, &mut |n| {
-            bytes_done += n;
-            progress(WeightsProgress {
-                tensors_done: i,
-                tensors_total,
-                bytes_done,
-                bytes_total,
-                current: job.name(),
-            });
-        })?;
-    }
-    progress(WeightsProgress {
-        tensors_done: tensors_total,
-        tensors_total,
-        bytes_done,
-        bytes_total,
-        current: "",
-    });
+    let bytes_total = run_jobs(plan, maps, shard_plan, &files, headers, progress)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "tensors written, flushing");
     files.sync()?;
     drop(files);
 
@@ -287,6 +263,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
     })?;
     sentinel.convert_state = None;
     sentinel.write_atomic(target)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "index and sentinel written");
 
     let health = if opts.skip_health {
         None
@@ -448,85 +425,170 @@ impl SourceMap {
     }
 }
 
-/// Runs one job: for each part of its input, row blocks read from the mapping, computed in
-/// parallel, written at the outputs' planned offsets.
-fn run_job(
-    job: &Job,
+/// The geometry of a job: bytes per row of each input and output, where its outputs go.
+struct JobLayout {
+    in_row: Vec<u64>,
+    out_row: Vec<u64>,
+    locations: Vec<Location>,
+    rows_per_part: u64,
+}
+
+impl JobLayout {
+    fn new(job: &Job, shard_plan: &ShardPlan) -> JobLayout {
+        // Rows are everything but the last dimension (1 for vectors and scalars).
+        let rows =
+            |shape: &[usize]| -> u64 { shape.iter().rev().skip(1).map(|&d| d as u64).product() };
+        let in_row = job
+            .inputs
+            .iter()
+            .map(|i| i.parts[0].nbytes / rows(&i.parts[0].shape).max(1))
+            .collect();
+        let out_row = job
+            .outputs
+            .iter()
+            .map(|o| o.nbytes() / rows(&o.shape).max(1))
+            .collect();
+        let locations = job
+            .outputs
+            .iter()
+            .map(|o| shard_plan.locations[&o.name])
+            .collect();
+        JobLayout {
+            in_row,
+            out_row,
+            locations,
+            rows_per_part: rows(&job.inputs[0].parts[0].shape),
+        }
+    }
+
+    fn empty(&self) -> bool {
+        self.rows_per_part == 0 || self.in_row.contains(&0) || self.out_row.contains(&0)
+    }
+}
+
+/// A run of rows of one job: the unit of parallel work.
+struct Block {
+    job: usize,
+    part: usize,
+    /// First row within the part.
+    row: u64,
+    rows: u64,
+    /// First row of the output (parts are concatenated).
+    out_row: u64,
+}
+
+/// Runs every job as row blocks on the thread pool. Each block reads its rows from the
+/// mapping, computes them, writes them at their planned offsets and releases the source pages,
+/// so reading, computing and writing overlap across threads. Progress is reported between
+/// batches of blocks, on the calling thread.
+fn run_jobs(
+    plan: &Plan,
     maps: &[SourceMap],
     shard_plan: &ShardPlan,
     files: &ShardFiles,
     headers: &[ShardHeader],
-    on_bytes: &mut dyn FnMut(u64),
-) -> Result<(), ConvertError> {
-    let rows_of = |input: &Input| -> u64 {
-        let p = &input.parts[0];
-        let per_part: u64 = p.shape.iter().rev().skip(1).map(|&d| d as u64).product();
-        per_part
-    };
-    let in_row_bytes: Vec<u64> = job
-        .inputs
+    progress: &mut dyn FnMut(WeightsProgress<'_>),
+) -> Result<u64, ConvertError> {
+    let layouts: Vec<JobLayout> = plan
+        .jobs
         .iter()
-        .map(|i| {
-            let rows = rows_of(i).max(1);
-            i.parts[0].nbytes / rows
-        })
+        .map(|j| JobLayout::new(j, shard_plan))
         .collect();
-    let out_row_bytes: Vec<u64> = job
-        .outputs
-        .iter()
-        .map(|o| {
-            let rows: u64 = o.shape.iter().rev().skip(1).map(|&d| d as u64).product();
-            o.nbytes() / rows.max(1)
-        })
-        .collect();
-    let locations: Vec<_> = job
-        .outputs
-        .iter()
-        .map(|o| shard_plan.locations[&o.name])
-        .collect();
-    let rows_per_part = rows_of(&job.inputs[0]);
-    if in_row_bytes.contains(&0) || out_row_bytes.contains(&0) {
-        return Ok(()); // a tensor with a zero dimension: its header says it all
-    }
-    let row_bytes_total: u64 = in_row_bytes.iter().sum::<u64>().max(1);
-    let block_rows = (BLOCK_BYTES / row_bytes_total).max(1);
-    let mut out_row = 0u64;
-    for part in 0..job.inputs[0].parts.len() {
-        let mut row = 0u64;
-        while row < rows_per_part {
-            let n = block_rows.min(rows_per_part - row);
-            let mut slices = Vec::with_capacity(job.inputs.len());
-            for (input, &rb) in job.inputs.iter().zip(&in_row_bytes) {
-                let p = &input.parts[part];
-                let map = &maps[p.shard];
-                slices.push(
-                    map.bytes(p.offset + row * rb, n * rb)
-                        .map_err(|e| annotate(e, &headers[p.shard].file_name, &input.name))?,
-                );
-            }
-            let mut outs: Vec<Vec<u8>> = out_row_bytes
-                .iter()
-                .map(|&rb| vec![0u8; (n * rb) as usize])
-                .collect();
-            compute_block(
-                &job.work,
-                &slices,
-                &in_row_bytes,
-                &mut outs,
-                &out_row_bytes,
-                n,
-            );
-            for ((buf, &rb), loc) in outs.iter().zip(&out_row_bytes).zip(&locations) {
-                files.write_at(loc.shard, loc.offset + out_row * rb, buf)?;
-            }
-            for (input, &rb) in job.inputs.iter().zip(&in_row_bytes) {
-                let p = &input.parts[part];
-                maps[p.shard].release(p.offset + row * rb, n * rb);
-            }
-            on_bytes(in_row_bytes.iter().sum::<u64>() * n);
-            row += n;
-            out_row += n;
+    let mut blocks = Vec::new();
+    for (j, (job, layout)) in plan.jobs.iter().zip(&layouts).enumerate() {
+        if layout.empty() {
+            continue; // a tensor with a zero dimension: its header says it all
         }
+        let per_block = (BLOCK_BYTES / layout.in_row.iter().sum::<u64>().max(1)).max(1);
+        let mut out_row = 0;
+        for part in 0..job.inputs[0].parts.len() {
+            let mut row = 0;
+            while row < layout.rows_per_part {
+                let rows = per_block.min(layout.rows_per_part - row);
+                blocks.push(Block {
+                    job: j,
+                    part,
+                    row,
+                    rows,
+                    out_row,
+                });
+                row += rows;
+                out_row += rows;
+            }
+        }
+    }
+    let tensors_total = plan.jobs.len();
+    let bytes_total: u64 = plan.jobs.iter().map(Job::source_bytes).sum();
+    let batch = rayon::current_num_threads().max(1) * 8;
+    let mut bytes_done = 0u64;
+    for chunk in blocks.chunks(batch) {
+        let last = &plan.jobs[chunk[chunk.len() - 1].job];
+        progress(WeightsProgress {
+            tensors_done: chunk[0].job,
+            tensors_total,
+            bytes_done,
+            bytes_total,
+            current: last.name(),
+        });
+        chunk.par_iter().try_for_each(|b| {
+            run_block(&plan.jobs[b.job], &layouts[b.job], b, maps, files, headers)
+        })?;
+        bytes_done += chunk
+            .iter()
+            .map(|b| layouts[b.job].in_row.iter().sum::<u64>() * b.rows)
+            .sum::<u64>();
+    }
+    progress(WeightsProgress {
+        tensors_done: tensors_total,
+        tensors_total,
+        bytes_done: bytes_total,
+        bytes_total,
+        current: "",
+    });
+    Ok(bytes_total)
+}
+
+fn run_block(
+    job: &Job,
+    layout: &JobLayout,
+    b: &Block,
+    maps: &[SourceMap],
+    files: &ShardFiles,
+    headers: &[ShardHeader],
+) -> Result<(), ConvertError> {
+    let mut inputs = Vec::with_capacity(job.inputs.len());
+    for (input, &rb) in job.inputs.iter().zip(&layout.in_row) {
+        let p = &input.parts[b.part];
+        let bytes = maps[p.shard]
+            .bytes(p.offset + b.row * rb, b.rows * rb)
+            .map_err(|e| annotate(e, &headers[p.shard].file_name, &input.name))?;
+        inputs.push(bytes);
+    }
+    let mut outputs: Vec<Vec<u8>> = layout
+        .out_row
+        .iter()
+        .map(|&rb| vec![0u8; (b.rows * rb) as usize])
+        .collect();
+    let mut scratch = Scratch::default();
+    for r in 0..b.rows as usize {
+        let row_in: Vec<&[u8]> = inputs
+            .iter()
+            .zip(&layout.in_row)
+            .map(|(buf, &rb)| &buf[r * rb as usize..(r + 1) * rb as usize])
+            .collect();
+        let mut row_out: Vec<&mut [u8]> = outputs
+            .iter_mut()
+            .zip(&layout.out_row)
+            .map(|(buf, &rb)| &mut buf[r * rb as usize..(r + 1) * rb as usize])
+            .collect();
+        compute_row(&job.work, &row_in, &mut row_out, &mut scratch);
+    }
+    for ((buf, &rb), loc) in outputs.iter().zip(&layout.out_row).zip(&layout.locations) {
+        files.write_at(loc.shard, loc.offset + b.out_row * rb, buf)?;
+    }
+    for (input, &rb) in job.inputs.iter().zip(&layout.in_row) {
+        let p = &input.parts[b.part];
+        maps[p.shard].release(p.offset + b.row * rb, b.rows * rb);
     }
     Ok(())
 }
@@ -543,60 +605,6 @@ fn annotate(e: ConvertError, file: &str, tensor: &str) -> ConvertError {
         },
         other => other,
     }
-}
-
-/// Computes `rows` rows of a block, split across the thread pool.
-fn compute_block(
-    work: &Work,
-    inputs: &[&[u8]],
-    in_row: &[u64],
-    outputs: &mut [Vec<u8>],
-    out_row: &[u64],
-    rows: u64,
-) {
-    let threads = rayon::current_num_threads().max(1) as u64;
-    // A few tasks per thread evens out rows of uneven cost (NaN groups, ...).
-    let task_rows = rows.div_ceil(threads * 4).max(1) as usize;
-    // Split every output buffer into the same row ranges.
-    let mut tasks: Vec<(usize, Vec<&mut [u8]>)> = Vec::new();
-    let n_outputs = outputs.len();
-    let mut iters: Vec<_> = outputs
-        .iter_mut()
-        .zip(out_row)
-        .map(|(buf, &rb)| buf.chunks_mut(task_rows * rb as usize))
-        .collect();
-    let mut start = 0usize;
-    loop {
-        let chunk: Vec<&mut [u8]> = iters.iter_mut().filter_map(Iterator::next).collect();
-        if chunk.len() != n_outputs {
-            break;
-        }
-        tasks.push((start, chunk));
-        start += task_rows;
-    }
-    tasks.into_par_iter().for_each(|(first, mut outs)| {
-        let mut scratch = Scratch::default();
-        let n = outs[0].len() / out_row[0] as usize;
-        for r in 0..n {
-            let row_in: Vec<&[u8]> = inputs
-                .iter()
-                .zip(in_row)
-                .map(|(buf, &rb)| {
-                    let rb = rb as usize;
-                    &buf[(first + r) * rb..(first + r + 1) * rb]
-                })
-                .collect();
-            let mut row_out: Vec<&mut [u8]> = outs
-                .iter_mut()
-                .zip(out_row)
-                .map(|(buf, &rb)| {
-                    let rb = rb as usize;
-                    &mut buf[r * rb..(r + 1) * rb]
-                })
-                .collect();
-            compute_row(work, &row_in, &mut row_out, &mut scratch);
-        }
-    });
 }
 
 fn compute_row(work: &Work, inputs: &[&[u8]], outputs: &mut [&mut [u8]], s: &mut Scratch) {

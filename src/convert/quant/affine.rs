@@ -3,7 +3,7 @@
 //! `q` in `0..2^bits`. All arithmetic in f32 with MLX's exact operation order (no FMA, no
 //! reciprocal); scale and bias are stored rounded to the input dtype, the codes use them unrounded.
 
-use super::pack::{pack_row, unpack_at};
+use super::pack::{pack_group, unpack_at};
 use super::FloatDtype;
 
 /// Bit widths MLX supports in affine mode.
@@ -31,11 +31,51 @@ pub enum AffineError {
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// `clamp(round_half_even(v), 0, n_bins)` with NaN giving 0, in a form the compiler vectorizes.
+/// Clamping before rounding equals MLX's round-then-clamp (the bounds are integers and rounding
+/// is monotonic); NaN fails both comparisons and becomes 0, as with the C++ clamp. On [0, 255]
+/// adding 1.5 * 2^23 rounds half to even exactly and leaves the integer in the low mantissa
+/// bits, so no float-to-int conversion is needed (`round_ties_even` is a libm call on baseline
+/// x86-64).
 #[inline(always)]
-fn code(v: f32, n_bins: f32) -> u8 {
+fn code(v: f32, n_bins: f32) -> u32 {
     let v = if v > 0.0 { v } else { 0.0 };
     let v = if v < n_bins { v } else { n_bins };
-    ((v + ROUND_MAGIC) - ROUND_MAGIC) as u8
+    (v + ROUND_MAGIC).to_bits() - ROUND_MAGIC.to_bits()
+}
+
+/// The group's max and min as MLX's sequential loop computes them: NaN skipped, and between
+/// +0 and -0 the first one seen stays.
+fn ordered_max_min(group: &[f32]) -> (f32, f32) {
+    let mut w_max = f32::NEG_INFINITY;
+    let mut w_min = f32::INFINITY;
+    for &x in group {
+        w_max = cpp_max(w_max, x);
+        w_min = cpp_min(w_min, x);
+    }
+    (w_max, w_min)
+}
+
+/// [`ordered_max_min`] over 8 interleaved lanes, which vectorizes (`x > m ? x : m` is MAXPS).
+/// It may differ from the ordered loop only in the sign of a zero result, which for bits >= 2
+/// never reaches the output: a zero max or min is used only in `w_max - w_min` (both zero:
+/// the scale becomes eps either way), in `|.|`, or as an edge whose code rounds to zero (the
+/// bias is then the literal 0). At 1 bit the min IS the stored bias, so that path stays ordered.
+fn lane_max_min(group: &[f32]) -> (f32, f32) {
+    let mut hi = [f32::NEG_INFINITY; 8];
+    let mut lo = [f32::INFINITY; 8];
+    let mut chunks = group.chunks_exact(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+        }
+    }
+    let (mut w_max, mut w_min) = ordered_max_min(chunks.remainder());
+    for j in 0..8 {
+        w_max = cpp_max(w_max, hi[j]);
+        w_min = cpp_min(w_min, lo[j]);
+    }
+    (w_max, w_min)
 }
 
 /// `std::max` of C++: `(a < b) ? b : a` (a NaN `b` is skipped; of +0/-0 the first stays).
@@ -87,7 +127,6 @@ impl Affine {
 
     /// Quantizes one row. `words` receives `cols * bits / 32` packed words; `scales` and
     /// `biases` (one per group) receive the stored values, already rounded to `dtype`.
-    /// `codes` is scratch space.
     pub fn quantize_row(
         &self,
         row: &[f32],
@@ -95,19 +134,51 @@ impl Affine {
         words: &mut [u32],
         scales: &mut [f32],
         biases: &mut [f32],
-        codes: &mut Vec<u8>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above (the result is cached by std).
+            unsafe { self.quantize_row_avx2(row, dtype, words, scales, biases) };
+            return;
+        }
+        self.quantize_row_portable(row, dtype, words, scales, biases);
+    }
+
+    /// The same code compiled for AVX2: 8-wide divides, min/max and integer ops. Only the
+    /// instruction selection changes: every operation is the same IEEE operation (Rust never
+    /// contracts into FMA), so the result is bit-identical to the portable path.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_row_avx2(
+        &self,
+        row: &[f32],
+        dtype: FloatDtype,
+        words: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
+    ) {
+        self.quantize_row_portable(row, dtype, words, scales, biases);
+    }
+
+    #[inline(always)]
+    fn quantize_row_portable(
+        &self,
+        row: &[f32],
+        dtype: FloatDtype,
+        words: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
     ) {
         let n_bins = ((1u32 << self.bits) - 1) as f32;
         let eps = 1e-7f32;
-        codes.clear();
-        codes.resize(row.len(), 0);
+        let group_words = self.group_size * self.bits as usize / 32;
+        let mut codes = [0u32; 128];
         for (g, group) in row.chunks_exact(self.group_size).enumerate() {
-            let mut w_max = f32::NEG_INFINITY;
-            let mut w_min = f32::INFINITY;
-            for &x in group {
-                w_max = cpp_max(w_max, x);
-                w_min = cpp_min(w_min, x);
-            }
+            let (w_max, w_min) = if self.bits == 1 {
+                ordered_max_min(group)
+            } else {
+                lane_max_min(group)
+            };
             let (scale, bias) = if self.bits == 1 {
                 (cpp_max(w_max - w_min, eps), w_min)
             } else {
@@ -124,19 +195,18 @@ impl Affine {
                     (scale, 0.0)
                 }
             };
-            let out = &mut codes[g * self.group_size..(g + 1) * self.group_size];
-            for (c, &x) in out.iter_mut().zip(group) {
-                // Clamping before rounding equals MLX's round-then-clamp (the bounds are
-                // integers and rounding is monotonic), NaN included: it gives 0 as the C++
-                // clamp's comparisons do. The clamped value is in [0, 255], where adding and
-                // subtracting 1.5 * 2^23 rounds half to even exactly; unlike `round_ties_even`
-                // (a libm call on baseline x86-64) the loop vectorizes.
+            let codes = &mut codes[..self.group_size];
+            for (c, &x) in codes.iter_mut().zip(group) {
                 *c = code((x - bias) / scale, n_bins);
             }
+            pack_group(
+                codes,
+                self.bits,
+                &mut words[g * group_words..(g + 1) * group_words],
+            );
             scales[g] = dtype.round(scale);
             biases[g] = dtype.round(bias);
         }
-        pack_row(codes, self.bits, words);
     }
 
     /// Dequantizes one row: `T(T(q * scale) + bias)`, two roundings to the scales' dtype.
@@ -164,7 +234,7 @@ mod tests {
         let mut words = vec![0; a.words_per_row(x.len())];
         let groups = x.len() / a.group_size;
         let (mut s, mut b) = (vec![0.0; groups], vec![0.0; groups]);
-        a.quantize_row(x, dtype, &mut words, &mut s, &mut b, &mut Vec::new());
+        a.quantize_row(x, dtype, &mut words, &mut s, &mut b);
         (words, s, b)
     }
 
@@ -201,7 +271,7 @@ mod tests {
         let reference = |v: f32, n: f32| {
             let q = v.round_ties_even();
             if q > 0.0 {
-                q.min(n) as u8
+                q.min(n) as u32
             } else {
                 0
             }

@@ -27,6 +27,42 @@ pub fn pack_row(codes: &[u8], bits: u32, out: &mut [u32]) {
     }
 }
 
+/// Packs one group's codes (u32, each < 2^bits) into its `codes.len() * bits / 32` words. A
+/// group (32, 64 or 128 values) always fills whole words.
+#[inline(always)]
+pub fn pack_group(codes: &[u32], bits: u32, out: &mut [u32]) {
+    match bits {
+        2 => pack_whole::<16>(codes, 2, out),
+        4 => pack_whole::<8>(codes, 4, out),
+        8 => pack_whole::<4>(codes, 8, out),
+        _ => {
+            out.iter_mut().for_each(|w| *w = 0);
+            let mut bit = 0usize;
+            for &c in codes {
+                let word = bit / 32;
+                let shift = bit % 32;
+                out[word] |= c << shift;
+                if shift + bits as usize > 32 {
+                    out[word + 1] |= c >> (32 - shift);
+                }
+                bit += bits as usize;
+            }
+        }
+    }
+}
+
+/// Widths that divide 32: each word holds `N` whole codes.
+#[inline(always)]
+fn pack_whole<const N: usize>(codes: &[u32], bits: u32, out: &mut [u32]) {
+    for (w, chunk) in out.iter_mut().zip(codes.chunks_exact(N)) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= c << (i as u32 * bits);
+        }
+        *w = acc;
+    }
+}
+
 /// The code of element `i` of a packed row.
 #[inline]
 pub fn unpack_at(words: &[u32], bits: u32, i: usize) -> u32 {
