@@ -514,3 +514,69 @@ fn daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+/// `convert --quantize` into a mount: the bytes go straight into the overlay directory (not
+/// through FUSE), the mount shows the new workspace at once, healthy, with shards identical to a
+/// convert into a plain directory; the cache is untouched.
+#[test]
+fn quantize_into_the_mount_lands_in_the_overlay() {
+    if !fuse_available("quantize_into_the_mount_lands_in_the_overlay") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = common::tree_state(&fx.cache);
+    let m = mount(&fx, "mnt", &[]);
+    let state = fx.path("state");
+    let env = [("MLXK_FS_STATE_DIR", state.to_str().unwrap())];
+    let src = m.path("meta-test/Llama-tiny");
+    let target = m.path("meta-test/Llama-tiny-4bit");
+    let out = common::mlxk(
+        &[
+            "--json",
+            "convert",
+            src.to_str().unwrap(),
+            target.to_str().unwrap(),
+            "--quantize",
+            "4",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["data"]["health_status"], "healthy", "{v:#}");
+    let in_overlay = state.join("overlay-mnt/meta-test/Llama-tiny-4bit");
+    let plain = fx.path("plain-4bit");
+    let out = fx.mlxk(&[
+        "convert",
+        "meta-test/Llama-tiny",
+        plain.to_str().unwrap(),
+        "--quantize",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    for f in [
+        "model.safetensors",
+        INDEX_FILE,
+        "config.json",
+        "tokenizer.json",
+    ] {
+        let want = common::sha256_file(&plain.join(f));
+        assert_eq!(
+            common::sha256_file(&in_overlay.join(f)),
+            want,
+            "{f} in the overlay"
+        );
+        assert_eq!(
+            common::sha256_file(&target.join(f)),
+            want,
+            "{f} through the mount"
+        );
+    }
+    let sentinel = Sentinel::read(&target).unwrap().unwrap();
+    assert_eq!(sentinel.mode.as_deref(), Some("quantize"));
+    assert!(!sentinel.is_incomplete());
+    let out = common::mlxk(&["--json", "health", target.to_str().unwrap()], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
+    drop(m);
+    assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");
+}

@@ -185,6 +185,19 @@ impl<'m> Checker<'m> {
     }
 
     fn run(mut self) -> HealthReport {
+        // First, so that it is the reason shown: whatever else is wrong follows from it.
+        if let Some(sentinel) = self.model.sentinel().filter(|s| s.is_incomplete()) {
+            self.push(
+                "convert_incomplete",
+                Some(super::sentinel::SENTINEL_FILE),
+                format!(
+                    "incomplete convert: this workspace is an interrupted `{}` ({}); its files may be partial or missing",
+                    sentinel.operation,
+                    sentinel.mode.as_deref().unwrap_or("convert")
+                ),
+                "delete the directory and run the convert again into a fresh one".into(),
+            );
+        }
         let files: Vec<&ModelFile> = self.model.model_files().collect();
         let size_bytes = files.iter().filter_map(|f| f.size()).sum();
         let mut lfs_pointers = Vec::new();
@@ -219,18 +232,6 @@ impl<'m> Checker<'m> {
                 Some(super::sentinel::SENTINEL_FILE),
                 e.clone(),
                 "delete .mlxk_workspace.json to treat the directory as unmanaged, or recreate the workspace with mlxk convert".into(),
-            );
-        }
-        if let Some(sentinel) = self.model.sentinel().filter(|s| s.is_incomplete()) {
-            self.push(
-                "convert_incomplete",
-                Some(super::sentinel::SENTINEL_FILE),
-                format!(
-                    "this workspace is an interrupted `{}` ({}): its files may be partial",
-                    sentinel.operation,
-                    sentinel.mode.as_deref().unwrap_or("convert")
-                ),
-                "delete the directory and run the convert again into a fresh one".into(),
             );
         }
         let framework = self.detect_framework(&files, &shards, config.as_ref());
