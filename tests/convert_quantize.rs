@@ -305,7 +305,7 @@ fn big_spec() -> LlamaSpec {
 }
 
 fn assert_incomplete(fx: &Fixture, ws: &Path) {
-    let sentinel = Sentinel::read(&ws).unwrap().unwrap();
+    let sentinel = Sentinel::read(ws).unwrap().unwrap();
     assert!(sentinel.is_incomplete(), "{sentinel:?}");
     let (code, v) = fx.json(&["health", s(ws)]);
     assert_eq!(code, 1, "{v:#}");
