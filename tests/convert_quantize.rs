@@ -401,3 +401,89 @@ fn disk_full_leaves_an_incomplete_workspace_without_its_shards() {
     let (code, v) = fx.json(&["convert", s(&src), s(&fresh), "--quantize", "4"]);
     assert_eq!(code, 0, "{v:#}");
 }
+
+/// Reads every tensor of a model directory's `model*.safetensors`: name -> (dtype, shape, bytes).
+fn all_tensors(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if !(name.starts_with("model") && name.ends_with(".safetensors")) {
+            continue;
+        }
+        let bytes = fs::read(&p).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (t, view) in st.tensors() {
+            let prev = out.insert(
+                t.clone(),
+                (
+                    format!("{:?}", view.dtype()),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                ),
+            );
+            assert!(prev.is_none(), "{t} in two shards");
+        }
+    }
+    out
+}
+
+/// mlx-lm's shard split and names, at a small shard size: the same tensors as one shard holds,
+/// a complete index, a healthy workspace.
+#[test]
+fn output_is_split_into_shards_named_like_mlx_lm() {
+    use mlxk_fs::convert::plan::{Operation, QuantMode, QuantizeSpec};
+    use mlxk_fs::convert::weights::{convert_weights, WeightsOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = LlamaSpec {
+        hidden: 128,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 256,
+        layers: 4,
+        vocab: 512,
+        seed: 42,
+        ..LlamaSpec::default()
+    };
+    let src = model_dir(tmp.path(), "src", &spec, 1);
+    let model = mlxk_fs::store::spec::open_workspace(&src).unwrap();
+    let op = Operation::Quantize(QuantizeSpec {
+        mode: QuantMode::Affine,
+        bits: Some(4),
+        group_size: None,
+        recipe: None,
+        dtype: None,
+    });
+    let convert = |dst: &Path, max: Option<u64>| {
+        let opts = WeightsOptions {
+            skip_health: false,
+            max_shard_bytes: max,
+        };
+        convert_weights(&model, dst, &[], &op, &opts, &mut |_| {}).unwrap()
+    };
+    let one = convert(&tmp.path().join("one"), None);
+    assert_eq!(one.shards, ["model.safetensors"]);
+    let max = 40_000u64;
+    let many = convert(&tmp.path().join("many"), Some(max));
+    let n = many.shards.len();
+    assert!(n >= 3, "{:?}", many.shards);
+    for (i, name) in many.shards.iter().enumerate() {
+        assert_eq!(name, &format!("model-{:05}-of-{n:05}.safetensors", i + 1));
+        let header =
+            mlxk_fs::store::read_header(&tmp.path().join("many").join(name), name).unwrap();
+        assert!(
+            header.data_len() <= max || header.tensors.len() == 1,
+            "{name}: {} bytes of data in {} tensors",
+            header.data_len(),
+            header.tensors.len()
+        );
+    }
+    assert!(many.health.as_ref().unwrap().healthy());
+    let shard_names: std::collections::BTreeSet<&String> = many.index.weight_map.values().collect();
+    assert_eq!(shard_names.len(), n);
+    assert_eq!(many.index.total_size, one.index.total_size);
+    assert_eq!(
+        all_tensors(&tmp.path().join("many")),
+        all_tensors(&tmp.path().join("one"))
+    );
+}

@@ -2,16 +2,15 @@
 # Benchmark of `mlxk convert --quantize` against `python -m mlx_lm convert -q` (mlx-lm 0.32.2,
 # mlx 0.32.4 CPU, the venv of scripts/peers.sh) on the same machine in the same run:
 # a generated bf16 Llama (hidden 1024, 24 layers, intermediate 4096, 16 heads, 4 kv heads, vocab
-# 32000: 0.43B parameters, 834 MB) -> 4 bits, group 64. Wall time and peak RSS
-# (/usr/bin/time), interleaved runs, best of RUNS; then both outputs are compared tensor by
-# tensor (they must be identical). The source is read once beforehand so both read it from the
+# 32000: 0.43B parameters, 834 MB) -> 4 bits, group 64. Wall time (best of RUNS) and peak RSS
+# (the highest of RUNS) from /usr/bin/time, runs interleaved; then both outputs are compared
+# tensor by tensor (they must be identical). The source is read once beforehand so both read it from the
 # page cache.
 #
-#   scripts/bench/convert.sh [RUNS] [EXTRA MLXK FLAGS...]   (default 3)
+#   scripts/bench/convert.sh [RUNS]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-3}
-shift || true
 cargo build --release --quiet --bin mlxk --example fixture_cache
 mlxk=$PWD/target/release/mlxk
 fixture=$PWD/target/release/examples/fixture_cache
@@ -37,14 +36,14 @@ measure() { # name cmd... -> appends "wall_s rss_kb" to $work/name.txt
 
 for i in $(seq 1 "$runs"); do
   rm -rf "$work/ours" "$work/theirs"
-  measure mlxk "$mlxk" convert "$src" "$work/ours" --quantize 4 --q-group-size 64 "$@"
+  measure mlxk "$mlxk" convert "$src" "$work/ours" --quantize 4 --q-group-size 64
   measure mlx_lm "$py" -m mlx_lm convert --hf-path "$src" --mlx-path "$work/theirs" -q --q-bits 4 --q-group-size 64
 done
 
-report() { # name -> "best wall s, best peak RSS MB"
+report() { # name -> "best wall s, worst peak RSS MB"
   local wall rss
   wall=$(cut -d' ' -f1 "$work/$1.txt" | sort -n | head -1)
-  rss=$(cut -d' ' -f2 "$work/$1.txt" | sort -n | head -1)
+  rss=$(cut -d' ' -f2 "$work/$1.txt" | sort -n | tail -1)
   echo "$wall $((rss / 1024))"
 }
 read -r ours_s ours_mb <<<"$(report mlxk)"
