@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a demo cache this script builds itself: a healthy model and one with the
-# mlx-vlm #624 broken index, checked, repaired into a managed workspace, checked again; then the
-# cache mounted with mlxk-fs, serving the repaired index; an edit, a delete and a repair-index
-# convert landing in the overlay (shown with `mlxk-fs overlay diff/ls`), still there after a
+# mlx-vlm #624 broken index, checked, repaired into a managed workspace, checked again; a model
+# quantized (and an already quantized one refused); then the
+# cache mounted with mlxk-fs, serving the repaired index; an edit, a delete, a repair-index and a
+# quantize convert landing in the overlay (shown with `mlxk-fs overlay diff/ls`), still there after a
 # remount; and the cache proven unchanged.
 #
 #   scripts/demo.sh [DIR]     (default: a fresh temporary directory, kept for you to explore)
@@ -32,6 +33,9 @@ run "$mlxk" convert mlx-community/Qwen2.5-VL-tiny-4bit "$demo/Qwen2.5-VL-tiny-4b
 run "$mlxk" health "$demo/Qwen2.5-VL-tiny-4bit-fixed"
 run "$mlxk" show "$demo/Qwen2.5-VL-tiny-4bit-fixed"
 run "$mlxk" convert mlx-community/Llama-tiny-f16 "$cache/models--x" --repair-index
+run "$mlxk" convert meta-test/Llama-tiny "$demo/Llama-tiny-4bit" --quantize 4 --q-group-size 32
+run "$mlxk" show "$demo/Llama-tiny-4bit"
+run "$mlxk" convert mlx-community/Llama-tiny-4bit "$demo/Llama-tiny-4bit-again" --quantize 4
 
 if [ -e /dev/fuse ]; then
   mkdir -p "$demo/mnt"
@@ -49,6 +53,7 @@ if [ -e /dev/fuse ]; then
   run sh -c "sed -i 's/\"max_position_embeddings\": *[0-9]*/\"max_position_embeddings\": 4096/' '$ws/config.json'"
   run rm "$ws/README.md"
   run "$mlxk" convert "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit" "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit-fixed" --repair-index
+  run "$mlxk" convert "$demo/mnt/meta-test/Llama-tiny" "$demo/mnt/meta-test/Llama-tiny-mxfp4" --quantize --q-mode mxfp4
   run "$mlxkfs" overlay diff "$ws"
   run "$mlxkfs" overlay ls --overlay "$demo/overlay"
   run ls -la "$demo/overlay/mlx-community/Llama-tiny-f16"

@@ -46,8 +46,8 @@ pub enum ConvertError {
         #[source]
         source: io::Error,
     },
-    #[error("{path}: {reason}")]
-    Plan { path: PathBuf, reason: String },
+    #[error("{model}: {reason}")]
+    Plan { model: String, reason: String },
     #[error(transparent)]
     Header(#[from] HeaderError),
     #[error("cannot rebuild the index: {0}")]

@@ -27,7 +27,7 @@ use super::copy::{copy_file, CopyStats};
 use super::plan::{plan, Job, Operation, Plan, Work};
 use super::quant::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
 use super::shards::{Location, ShardFiles, ShardPlan, MAX_SHARD_BYTES};
-use super::target::{check_target, create_target, gate_source, source_identity};
+use super::target::{check_target, create_target, gate_source, source_identity, undo};
 use super::ConvertError;
 
 /// Source bytes per row block (the unit of parallel work): small enough that the blocks in
@@ -108,7 +108,7 @@ pub fn convert_weights(
         .file("config.json")
         .and_then(|f| f.readable())
         .ok_or_else(|| ConvertError::Plan {
-            path: src.dir().join("config.json"),
+            model: src.name.clone(),
             reason: "the source has no config.json: its model type (and so which tensors to quantize) is unknown".into(),
         })?;
     let config_bytes = fs::read(config_file).map_err(|source| ConvertError::Io {
@@ -117,13 +117,13 @@ pub fn convert_weights(
         source,
     })?;
     let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| ConvertError::Plan {
-        path: src.dir().join("config.json"),
-        reason: format!("not valid JSON ({e})"),
+        model: src.name.clone(),
+        reason: format!("config.json is not valid JSON ({e})"),
     })?;
     if !config.is_object() {
         return Err(ConvertError::Plan {
-            path: src.dir().join("config.json"),
-            reason: "not a JSON object".into(),
+            model: src.name.clone(),
+            reason: "config.json is not a JSON object".into(),
         });
     }
     let weight_files: Vec<_> = src
@@ -132,7 +132,7 @@ pub fn convert_weights(
         .collect();
     if weight_files.is_empty() {
         return Err(ConvertError::Plan {
-            path: src.dir().to_path_buf(),
+            model: src.name.clone(),
             reason: "no *.safetensors weights to convert".into(),
         });
     }
@@ -148,7 +148,7 @@ pub fn convert_weights(
         paths.push(path.to_path_buf());
     }
     let plan = plan(&headers, &config, op).map_err(|e| ConvertError::Plan {
-        path: src.dir().to_path_buf(),
+        model: src.name.clone(),
         reason: e.to_string(),
     })?;
     let outputs: Vec<_> = plan.jobs.iter().flat_map(|j| j.outputs.clone()).collect();
@@ -158,7 +158,7 @@ pub fn convert_weights(
     let maps = map_sources(&paths)?;
     tracing::debug!(elapsed = ?started.elapsed(), jobs = plan.jobs.len(), "planned");
 
-    create_target(&target)?;
+    let created = create_target(&target)?;
     let result = fill_target(FillInput {
         src,
         target: &target,
@@ -173,7 +173,12 @@ pub fn convert_weights(
         progress,
     });
     if result.is_err() {
-        abandon(&target, &shard_plan);
+        if target.join(SENTINEL_FILE).exists() {
+            abandon(&target, &shard_plan);
+        } else {
+            // Not even the sentinel could be written: nothing here is worth keeping.
+            undo(&target, created.as_deref());
+        }
     }
     result
 }
