@@ -214,7 +214,6 @@ pub struct Plan {
     pub quantization: Option<Value>,
     /// The top-level scheme (quantize only).
     pub scheme: Option<Scheme>,
-    pub family: Family,
     /// Source tensors sanitize dropped.
     pub dropped: Vec<String>,
 }
@@ -253,9 +252,7 @@ pub fn plan(headers: &[ShardHeader], config: &Value, op: &Operation) -> Result<P
     let (tensors, dropped) = sanitize(headers, family, tied, config, model_type)?;
     match op {
         Operation::Quantize(spec) => plan_quantize(tensors, dropped, family, config, spec),
-        Operation::Dequantize { dtype } => {
-            plan_dequantize(tensors, dropped, family, config, *dtype)
-        }
+        Operation::Dequantize { dtype } => plan_dequantize(tensors, dropped, config, *dtype),
     }
 }
 
@@ -502,7 +499,6 @@ fn plan_quantize(
         jobs,
         quantization: Some(Value::Object(block)),
         scheme: Some(top),
-        family,
         dropped,
     })
 }
@@ -586,7 +582,6 @@ fn quantize_job(
 fn plan_dequantize(
     mut tensors: BTreeMap<String, Input>,
     dropped: Vec<String>,
-    family: Family,
     config: &Value,
     explicit: Option<FloatDtype>,
 ) -> Result<Plan, PlanError> {
@@ -719,7 +714,6 @@ fn plan_dequantize(
         jobs,
         quantization: None,
         scheme: None,
-        family,
         dropped,
     })
 }

@@ -190,14 +190,6 @@ impl Scheme {
         cols * self.bits() as usize / 32
     }
 
-    /// Bytes of one stored scale (or bias): the compute dtype's, or one E8M0 / E4M3 byte.
-    pub fn scale_size(self, dtype: FloatDtype) -> usize {
-        match self {
-            Scheme::Affine(_) => dtype.size(),
-            Scheme::Fp(_) => 1,
-        }
-    }
-
     /// Quantizes one row of `source`-dtype bytes, cast to `dtype` first when they differ (as
     /// mlx-lm's `--dtype` does before quantizing). Writes little-endian packed words,
     /// scales and (affine) biases.
