@@ -362,29 +362,16 @@ fn killed_convert_leaves_an_incomplete_workspace_and_a_rerun_works() {
 
 #[test]
 fn disk_full_leaves_an_incomplete_workspace_without_its_shards() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n========== SKIP disk_full_leaves_an_incomplete_workspace: mounting a small tmpfs needs root ==========\n");
-        return;
-    }
     let fx = Fixture::new();
-    let src = model_dir(fx.tmp.path(), "big", &big_spec(), 1);
     let small = fx.path("small");
-    fs::create_dir_all(&small).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
+    let Some(_tmpfs) = common::SmallTmpfs::mount(
+        "disk_full_leaves_an_incomplete_workspace_without_its_shards",
         &small,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=2m"),
-    )
-    .unwrap();
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
+        "2m",
+    ) else {
+        return;
+    };
+    let src = model_dir(fx.tmp.path(), "big", &big_spec(), 1);
     let ws = small.join("ws");
     let (code, v) = fx.json(&["convert", s(&src), s(&ws), "--quantize", "4"]);
     assert_eq!(code, 1, "{v:#}");

@@ -855,28 +855,15 @@ fn a_full_overlay_says_enospc_and_statfs_is_the_overlays() {
     if !fuse_available("a_full_overlay_says_enospc_and_statfs_is_the_overlays") {
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n========== SKIP a_full_overlay_says_enospc: mounting a small tmpfs needs root ==========\n");
-        return;
-    }
     let fx = Fixture::new();
     let small = fx.path("small");
-    fs::create_dir_all(&small).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
+    let Some(_tmpfs) = common::SmallTmpfs::mount(
+        "a_full_overlay_says_enospc_and_statfs_is_the_overlays",
         &small,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=1m"),
-    )
-    .unwrap();
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
+        "1m",
+    ) else {
+        return;
+    };
     let overlay_dir = small.join("ov");
     let m = MountGuard::new(
         &fx.cache,

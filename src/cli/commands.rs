@@ -526,14 +526,8 @@ fn convert_repair(
         skip_health: a.skip_health,
     };
     let mut on_progress = |p: Progress<'_>| {
-        if let Some(bar) = bar {
-            bar.set_length(p.bytes_total);
-            bar.set_position(p.bytes_done);
-            bar.set_message(format!(
-                "{}/{} files {}",
-                p.files_done, p.files_total, p.current
-            ));
-        }
+        let what = || format!("{}/{} files {}", p.files_done, p.files_total, p.current);
+        show_progress(bar, p.bytes_done, p.bytes_total, what);
     };
     let outcome = repair_index(source, write_to, caches, &opts, &mut on_progress);
     let outcome = outcome?;
@@ -660,14 +654,13 @@ fn convert_weights(
         max_shard_bytes: None,
     };
     let mut on_progress = |p: WeightsProgress<'_>| {
-        if let Some(bar) = bar {
-            bar.set_length(p.bytes_total);
-            bar.set_position(p.bytes_done);
-            bar.set_message(format!(
+        let what = || {
+            format!(
                 "{}/{} tensors {}",
                 p.tensors_done, p.tensors_total, p.current
-            ));
-        }
+            )
+        };
+        show_progress(bar, p.bytes_done, p.bytes_total, what);
     };
     let outcome = weights::convert_weights(source, write_to, caches, &op, &opts, &mut on_progress)?;
     let target = display_path(&a.target);
@@ -845,6 +838,19 @@ fn mounted_target(target: &Path) -> Result<Option<MountedTarget>, CliError> {
 
 fn display_path(p: &Path) -> String {
     p.display().to_string()
+}
+
+fn show_progress(
+    bar: Option<&indicatif::ProgressBar>,
+    done: u64,
+    total: u64,
+    message: impl FnOnce() -> String,
+) {
+    if let Some(bar) = bar {
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(message());
+    }
 }
 
 /// A byte progress bar on stderr when it is a terminal (never with --json).

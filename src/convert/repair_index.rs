@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 
 use crate::store::cache::{canonicalize_lenient, HubCache};
 use crate::store::config::ModelConfig;
-use crate::store::health::{self, HealthReport, Problem};
-use crate::store::index::{rebuild_index, WeightIndex, INDEX_FILE};
-use crate::store::safetensors::{read_header_counted, ShardHeader};
-use crate::store::sentinel::{write_file_atomic, Sentinel, SENTINEL_FILE};
-use crate::store::spec::{open_workspace, ResolvedModel};
+use crate::store::health::{HealthReport, Problem};
+use crate::store::index::{WeightIndex, INDEX_FILE};
+use crate::store::sentinel::{Sentinel, SENTINEL_FILE};
+use crate::store::spec::ResolvedModel;
 
 use super::copy::{copy_file, CopyStats};
-use super::target::{check_target, create_target, gate_source, source_identity, undo};
+use super::target::{
+    check_result, check_target, create_target, gate_source, source_identity, undo, write_index,
+};
 use super::ConvertError;
 
 #[derive(Debug, Clone, Default)]
@@ -125,24 +126,16 @@ fn fill_target(
         .collect();
     let mut index_bytes_read = 0;
     let index = if shard_names.len() >= 2 || (had_index && !shard_names.is_empty()) {
-        // Rebuilt from the copies: the index describes exactly the bytes the target holds.
-        let shards = shard_names
-            .iter()
-            .map(|name| read_header_counted(&target.join(name), name, &mut index_bytes_read))
-            .collect::<Result<Vec<ShardHeader>, _>>()?;
         let quantization = source_health
             .config
             .as_ref()
             .and_then(ModelConfig::quantization);
-        let index = rebuild_index(&shards, quantization.as_ref())?;
-        let path = target.join(INDEX_FILE);
-        write_file_atomic(&path, index.to_json_string().as_bytes()).map_err(|source| {
-            ConvertError::Io {
-                path,
-                what: "cannot write the index",
-                source,
-            }
-        })?;
+        let index = write_index(
+            target,
+            &shard_names,
+            quantization.as_ref(),
+            &mut index_bytes_read,
+        )?;
         Some(index)
     } else {
         None
@@ -157,16 +150,7 @@ fn fill_target(
         .filter(|p| p.code.starts_with("index_"))
         .cloned()
         .collect();
-    let health = if opts.skip_health {
-        None
-    } else {
-        let ws = open_workspace(target).map_err(|e| ConvertError::Io {
-            path: target.to_path_buf(),
-            what: "cannot read the new workspace",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Some(health::check(&ws))
-    };
+    let health = check_result(target, opts.skip_health)?;
     Ok(RepairOutcome {
         target: target.to_path_buf(),
         copy,

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use crate::store::cache::canonicalize_lenient;
 use crate::store::cache::HubCache;
+use crate::store::config::QuantizationConfig;
 use crate::store::health::{self, Problem};
-use crate::store::spec::{ModelLocation, ResolvedModel};
+use crate::store::index::{rebuild_index, WeightIndex, INDEX_FILE};
+use crate::store::safetensors::read_header_counted;
+use crate::store::sentinel::write_file_atomic;
+use crate::store::spec::{open_workspace, ModelLocation, ResolvedModel};
 
 use super::ConvertError;
 
@@ -148,4 +152,45 @@ pub(crate) fn gate_source(src: &ResolvedModel) -> Result<health::HealthReport, C
         });
     }
     Ok(report)
+}
+
+/// Rebuilds the index from the headers of `shard_names` as they stand in `target` (so it
+/// describes exactly the bytes there) and writes it atomically. Header bytes read are added to
+/// `bytes_read`.
+pub(crate) fn write_index(
+    target: &Path,
+    shard_names: &[&str],
+    quantization: Option<&QuantizationConfig>,
+    bytes_read: &mut u64,
+) -> Result<WeightIndex, ConvertError> {
+    let shards = shard_names
+        .iter()
+        .map(|name| read_header_counted(&target.join(name), name, bytes_read))
+        .collect::<Result<Vec<_>, _>>()?;
+    let index = rebuild_index(&shards, quantization)?;
+    let path = target.join(INDEX_FILE);
+    write_file_atomic(&path, index.to_json_string().as_bytes()).map_err(|source| {
+        ConvertError::Io {
+            path,
+            what: "cannot write the index",
+            source,
+        }
+    })?;
+    Ok(index)
+}
+
+/// The health of a finished workspace, unless skipped.
+pub(crate) fn check_result(
+    target: &Path,
+    skip: bool,
+) -> Result<Option<health::HealthReport>, ConvertError> {
+    if skip {
+        return Ok(None);
+    }
+    let ws = open_workspace(target).map_err(|e| ConvertError::Io {
+        path: target.to_path_buf(),
+        what: "cannot read the new workspace",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(Some(health::check(&ws)))
 }

@@ -17,17 +17,19 @@ use serde_json::{json, Map, Value};
 
 use crate::store::cache::{canonicalize_lenient, HubCache};
 use crate::store::config::QuantizationConfig;
-use crate::store::health::{self, HealthReport};
-use crate::store::index::{rebuild_index, to_python_json, WeightIndex, INDEX_FILE};
+use crate::store::health::HealthReport;
+use crate::store::index::{to_python_json, WeightIndex, INDEX_FILE};
 use crate::store::safetensors::{read_header, ShardHeader};
 use crate::store::sentinel::{write_file_atomic, Sentinel, SENTINEL_FILE};
-use crate::store::spec::{open_workspace, ResolvedModel};
+use crate::store::spec::ResolvedModel;
 
 use super::copy::{copy_file, CopyStats};
 use super::plan::{plan, Job, Operation, Plan, Work};
 use super::quant::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
 use super::shards::{Location, ShardFiles, ShardPlan, MAX_SHARD_BYTES};
-use super::target::{check_target, create_target, gate_source, source_identity, undo};
+use super::target::{
+    check_result, check_target, create_target, gate_source, source_identity, undo, write_index,
+};
 use super::ConvertError;
 
 /// Source bytes per row block (the unit of parallel work): small enough that the blocks in
@@ -247,39 +249,21 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
     files.sync()?;
     drop(files);
 
-    // The index, from the headers just written: it describes exactly the bytes on disk.
-    let written = shard_plan
-        .shards
-        .iter()
-        .map(|s| read_header(&target.join(&s.file_name), &s.file_name))
-        .collect::<Result<Vec<_>, _>>()?;
     let quant_config = plan
         .quantization
         .as_ref()
         .and_then(QuantizationConfig::from_value);
-    let index = rebuild_index(&written, quant_config.as_ref())?;
-    let index_path = target.join(INDEX_FILE);
-    write_file_atomic(&index_path, index.to_json_string().as_bytes()).map_err(|source| {
-        ConvertError::Io {
-            path: index_path,
-            what: "cannot write the index",
-            source,
-        }
-    })?;
+    let names: Vec<&str> = shard_plan
+        .shards
+        .iter()
+        .map(|s| s.file_name.as_str())
+        .collect();
+    let index = write_index(target, &names, quant_config.as_ref(), &mut 0)?;
     sentinel.convert_state = None;
     sentinel.write_atomic(target)?;
     tracing::debug!(elapsed = ?started.elapsed(), "index and sentinel written");
 
-    let health = if opts.skip_health {
-        None
-    } else {
-        let ws = open_workspace(target).map_err(|e| ConvertError::Io {
-            path: target.to_path_buf(),
-            what: "cannot read the new workspace",
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Some(health::check(&ws))
-    };
+    let health = check_result(target, opts.skip_health)?;
     let converted_tensors = plan
         .jobs
         .iter()

@@ -225,3 +225,32 @@ pub fn peer_python(test: &str) -> Option<PathBuf> {
     eprintln!("\n========== {msg} ==========\n");
     None
 }
+
+/// A small tmpfs mounted at `dir` (created), unmounted on drop: a filesystem that fills up.
+/// `None` (with a loud SKIP line) when not root, which mounting needs.
+pub struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    pub fn mount(test: &str, dir: &Path, size: &str) -> Option<SmallTmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("\n========== SKIP {test}: mounting a small tmpfs needs root ==========\n");
+            return None;
+        }
+        fs::create_dir_all(dir).expect("mkdir");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount tmpfs");
+        Some(SmallTmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
