@@ -1,10 +1,11 @@
 //! mlxk-fs: a Hugging Face model cache seen as ready-to-use MLX workspaces.
 //!
-//! The crate is layered one way: [`cli`] (and later the FUSE adapter) call into [`convert`] and
-//! [`store`]; `store` calls nobody. See docs/ARCHITECTURE.md.
+//! The crate is layered one way: [`cli`] and the FUSE adapter call into [`convert`], [`engine`]
+//! and [`store`]; `store` calls nobody. See docs/ARCHITECTURE.md.
 
 pub mod cli;
 pub mod convert;
+pub mod engine;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

@@ -17,7 +17,7 @@ use crate::store::spec::{self, open_snapshot, ResolvedModel};
 use crate::store::summary::{metadata, summarize};
 
 /// The cache, if it exists: workspace paths work without one.
-fn open_cache(args: &MlxkArgs) -> Result<Option<HubCache>, CliError> {
+pub(super) fn open_cache(args: &MlxkArgs) -> Result<Option<HubCache>, CliError> {
     let root = cache_root(args.cache.as_deref());
     if !root.exists() {
         if args.cache.is_some() {

@@ -4,6 +4,7 @@ mod commands;
 #[cfg(target_os = "linux")]
 pub mod fs;
 pub mod output;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,49 @@ pub enum Command {
     Health(HealthArgs),
     /// Create a managed workspace from a model.
     Convert(ConvertArgs),
+    /// Generate text from a model on the CPU (prompt, stdin with `-`, or an interactive chat).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    mlxk run mlx-community/Qwen3-0.6B-4bit \"Why is the sky blue?\"\n  \
+    mlxk run ~/mlx/org/name-4bit \"...\" --max-tokens 256 --temperature 0.7 --top-p 0.9 --seed 1\n  \
+    mlxk run ./ws \"...\" --system \"You are terse.\"\n  \
+    echo \"prompt\" | mlxk run ./ws -\n  \
+    mlxk run ./ws          (interactive chat: /clear, /exit)")]
+pub struct RunArgs {
+    /// Model spec, workspace or mounted path.
+    pub model: String,
+    /// The prompt; `-` reads it from stdin; none starts an interactive chat.
+    pub prompt: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches this.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Penalty for tokens among the last 20 (1 turns it off).
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+    /// Seed of the sampler (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Send the prompt as it is, without the model's chat template.
+    #[arg(long)]
+    pub no_chat_template: bool,
+    /// Print the answer when it is complete instead of as it is generated.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Timings and model facts on stderr.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Args)]
@@ -195,12 +239,14 @@ pub fn mlxk_main() -> ExitCode {
         Command::Show(_) => "show",
         Command::Health(_) => "health",
         Command::Convert(_) => "convert",
+        Command::Run(_) => "run",
     };
     let result = match &args.command {
         Command::List(a) => commands::list(&args, a),
         Command::Show(a) => commands::show(&args, a),
         Command::Health(a) => commands::health(&args, a),
         Command::Convert(a) => commands::convert(&args, a),
+        Command::Run(a) => run::run(&args, a),
     };
     match result {
         Ok(outcome) => {

@@ -1,0 +1,281 @@
+//! The model's tensors, memory-mapped from its `model*.safetensors` and never copied: a float
+//! matrix is its mapped bytes, a quantized one its mapped packed words, scales and biases.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::Dtype;
+
+use super::args::ModelArgs;
+use super::EngineError;
+use crate::convert::quant::FloatDtype;
+use crate::store::safetensors::read_header;
+
+/// A byte range of a mapped file.
+#[derive(Clone)]
+pub struct Blob {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl Blob {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+struct Entry {
+    file: usize,
+    offset: usize,
+    len: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+}
+
+/// Every tensor of the model's weight files.
+pub struct WeightFiles {
+    dir: PathBuf,
+    maps: Vec<Arc<Mmap>>,
+    entries: HashMap<String, Entry>,
+    /// Bytes of all mapped tensor data.
+    pub total_bytes: u64,
+}
+
+/// A 2-D weight as the kernels read it.
+#[derive(Clone)]
+pub enum Matrix {
+    Float {
+        data: Blob,
+        dtype: FloatDtype,
+        rows: usize,
+        cols: usize,
+    },
+    /// MLX affine quantization: `w = q * scale + bias` per group of `group` values.
+    Affine {
+        words: Blob,
+        scales: Blob,
+        biases: Blob,
+        dtype: FloatDtype,
+        bits: u32,
+        group: usize,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Matrix {
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Float { rows, .. } | Matrix::Affine { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Float { cols, .. } | Matrix::Affine { cols, .. } => *cols,
+        }
+    }
+
+    /// Bytes read for one full pass over the matrix.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Matrix::Float { data, .. } => data.len,
+            Matrix::Affine {
+                words,
+                scales,
+                biases,
+                ..
+            } => words.len + scales.len + biases.len,
+        }
+    }
+}
+
+fn float_dtype(d: Dtype) -> Option<FloatDtype> {
+    match d {
+        Dtype::F16 => Some(FloatDtype::F16),
+        Dtype::BF16 => Some(FloatDtype::BF16),
+        Dtype::F32 => Some(FloatDtype::F32),
+        _ => None,
+    }
+}
+
+impl WeightFiles {
+    /// Maps every `model*.safetensors` of `dir` (headers validated against the file sizes).
+    pub fn open(dir: &Path) -> Result<WeightFiles, EngineError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| EngineError::Model {
+                path: dir.to_path_buf(),
+                reason: format!("cannot list: {e}"),
+            })?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("model") && n.ends_with(".safetensors"))
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            return Err(EngineError::Model {
+                path: dir.to_path_buf(),
+                reason: "no model*.safetensors weights".into(),
+            });
+        }
+        let mut maps = Vec::new();
+        let mut entries = HashMap::new();
+        let mut total_bytes = 0;
+        for (i, name) in names.iter().enumerate() {
+            let path = dir.join(name);
+            let header = read_header(&path, name).map_err(|e| EngineError::Model {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let file = File::open(&path).map_err(|e| EngineError::Model {
+                path: path.clone(),
+                reason: format!("cannot open: {e}"),
+            })?;
+            // SAFETY: read-only mapping of a weight file; model files are not modified while a
+            // model runs (a truncation under a running model would fault its reads).
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::Model {
+                path: path.clone(),
+                reason: format!("cannot map: {e}"),
+            })?;
+            for (tensor, meta) in header.tensors {
+                total_bytes += meta.nbytes;
+                entries.insert(
+                    tensor,
+                    Entry {
+                        file: i,
+                        offset: meta.offset as usize,
+                        len: meta.nbytes as usize,
+                        dtype: meta.dtype,
+                        shape: meta.shape,
+                    },
+                );
+            }
+            maps.push(Arc::new(map));
+        }
+        Ok(WeightFiles {
+            dir: dir.to_path_buf(),
+            maps,
+            entries,
+            total_bytes,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    fn missing(&self, name: &str) -> EngineError {
+        EngineError::Model {
+            path: self.dir.clone(),
+            reason: format!("the weights have no tensor `{name}`"),
+        }
+    }
+
+    fn blob(&self, name: &str) -> Result<(Blob, &Entry), EngineError> {
+        let e = self.entries.get(name).ok_or_else(|| self.missing(name))?;
+        Ok((
+            Blob {
+                map: self.maps[e.file].clone(),
+                start: e.offset,
+                len: e.len,
+            },
+            e,
+        ))
+    }
+
+    /// A float vector (norm weights, biases) widened to f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        let (blob, e) = self.blob(name)?;
+        let dtype = float_dtype(e.dtype).filter(|_| e.shape.iter().product::<usize>() == len);
+        let dtype = dtype.ok_or_else(|| EngineError::Model {
+            path: self.dir.clone(),
+            reason: format!(
+                "`{name}` is {:?} {:?}; expected {len} float values",
+                e.dtype, e.shape
+            ),
+        })?;
+        let mut out = Vec::with_capacity(len);
+        dtype.widen(blob.bytes(), &mut out);
+        Ok(out)
+    }
+
+    /// The weight of module `module` (`{module}.weight`, plus `.scales` / `.biases` when
+    /// quantized) as a `rows × cols` matrix.
+    pub fn matrix(
+        &self,
+        args: &ModelArgs,
+        module: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, EngineError> {
+        let name = format!("{module}.weight");
+        let (data, e) = self.blob(&name)?;
+        let bad = |what: String| EngineError::Model {
+            path: self.dir.clone(),
+            reason: format!("`{name}`: {what}"),
+        };
+        if !self.contains(&format!("{module}.scales")) {
+            let dtype =
+                float_dtype(e.dtype).ok_or_else(|| bad(format!("{:?} weights", e.dtype)))?;
+            if e.shape != [rows, cols] {
+                return Err(bad(format!(
+                    "shape {:?}, expected [{rows}, {cols}]",
+                    e.shape
+                )));
+            }
+            return Ok(Matrix::Float {
+                data,
+                dtype,
+                rows,
+                cols,
+            });
+        }
+        let bits = args
+            .quantization
+            .as_ref()
+            .and_then(|q| q.bits_for(module))
+            .ok_or_else(
+                || bad("has scales but config.json gives it no quantization bits".into()),
+            )?;
+        if !(2..=8).contains(&bits) || bits == 7 {
+            return Err(bad(format!(
+                "{bits}-bit quantization is not implemented (2-6, 8)"
+            )));
+        }
+        let (scales, se) = self.blob(&format!("{module}.scales"))?;
+        let (biases, be) = self.blob(&format!("{module}.biases"))?;
+        let dtype = float_dtype(se.dtype).ok_or_else(|| bad("non-float scales".into()))?;
+        let words_per_row = cols * bits as usize / 32;
+        if e.dtype != Dtype::U32 || e.shape != [rows, words_per_row] {
+            return Err(bad(format!(
+                "{:?} {:?}, expected U32 [{rows}, {words_per_row}] for {bits} bits",
+                e.dtype, e.shape
+            )));
+        }
+        let groups = se.shape.get(1).copied().unwrap_or(0);
+        if groups == 0 || cols % groups != 0 || se.shape != [rows, groups] || be.shape != se.shape {
+            return Err(bad(format!(
+                "scales {:?} / biases {:?} do not fit [{rows}, {cols}]",
+                se.shape, be.shape
+            )));
+        }
+        let group = cols / groups;
+        if group % 32 != 0 {
+            return Err(bad(format!("group size {group} is not implemented")));
+        }
+        Ok(Matrix::Affine {
+            words: data,
+            scales,
+            biases,
+            dtype,
+            bits,
+            group,
+            rows,
+            cols,
+        })
+    }
+}
