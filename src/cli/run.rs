@@ -74,13 +74,15 @@ impl Session {
             .count()
             .min(ids.len() - 1);
         self.engine.rewind(common);
-        let g = generate(
+        let mut g = generate(
             &mut self.engine,
             &self.tok,
             &ids[common..],
             &self.opts,
             on_text,
         )?;
+        g.prompt_tokens = ids.len();
+        g.cached_tokens = common;
         self.context = ids;
         self.context.extend(&g.tokens);
         Ok((text, g))
@@ -238,8 +240,9 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
 
 fn report_timing(g: &Generation) {
     eprintln!(
-        "[mlxk run] prompt: {} tokens, {:.1} tok/s; generated: {} tokens, {:.1} tok/s ({})",
+        "[mlxk run] prompt: {} tokens ({} cached), {:.1} tok/s; generated: {} tokens, {:.1} tok/s ({})",
         g.prompt_tokens,
+        g.cached_tokens,
         g.prompt_tps(),
         g.tokens.len(),
         g.decode_tps(),

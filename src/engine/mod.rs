@@ -57,7 +57,10 @@ pub struct GenerateOptions {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub text: String,
+    /// Tokens of the whole prompt.
     pub prompt_tokens: usize,
+    /// Of those, tokens the engine already held (a chat's shared prefix), not run again.
+    pub cached_tokens: usize,
     pub prompt_time: Duration,
     pub decode_time: Duration,
     /// `stop` (an eos token) or `length` (max tokens).
@@ -65,8 +68,9 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Prompt tokens run per second.
     pub fn prompt_tps(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+        (self.prompt_tokens - self.cached_tokens) as f64 / self.prompt_time.as_secs_f64().max(1e-9)
     }
 
     /// Decode speed: tokens after the first (which came from the prefill) per second.
@@ -123,6 +127,7 @@ pub fn generate(
         tokens: out,
         text,
         prompt_tokens: prompt.len(),
+        cached_tokens: 0,
         prompt_time,
         decode_time: decode_start.elapsed(),
         finish_reason,

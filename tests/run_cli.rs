@@ -1,0 +1,287 @@
+//! `mlxk run` through the binary: prompt, stdin, `--system`, JSON, greedy and seeded
+//! determinism, eos stops, the interactive chat (`/clear`, `/exit`), mounted and cached models,
+//! refusals before loading; and the streaming decoder never splitting a UTF-8 character.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{stderr, stdout, Fixture};
+use mlxk_fs::engine::model::CpuEngine;
+use mlxk_fs::engine::tokenizer::{StreamDecoder, TextTokenizer};
+use mlxk_fs::engine::Engine;
+use mlxk_fs::testkit::{llama_model_files, LlamaSpec};
+use serde_json::Value;
+
+fn model(root: &Path, name: &str, spec: &LlamaSpec) -> PathBuf {
+    let dir = root.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    for (f, bytes) in llama_model_files(spec, 1, false, "mlx") {
+        fs::write(dir.join(f), bytes).unwrap();
+    }
+    dir
+}
+
+fn spec() -> LlamaSpec {
+    LlamaSpec {
+        std: 0.3,
+        seed: 61,
+        ..LlamaSpec::default()
+    }
+}
+
+fn run_json(fx: &Fixture, args: &[&str]) -> (i32, Value) {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    fx.json(&all)
+}
+
+fn with_stdin(fx: &Fixture, args: &[&str], input: &str) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk"));
+    cmd.arg("--cache").arg(&fx.cache).args(args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn run_answers_prompts_stdin_and_chats() {
+    let fx = Fixture::new();
+    let dir = model(fx.tmp.path(), "ws", &spec());
+    let ws = dir.to_str().unwrap();
+
+    let greedy = ["--temperature", "0", "--max-tokens", "12"];
+    let mut args = vec![ws, "Why is the sky blue?"];
+    args.extend_from_slice(&greedy);
+    let (code, v) = run_json(&fx, &args);
+    assert_eq!(code, 0, "{v:#}");
+    let d = &v["data"];
+    assert_eq!(v["command"], "run");
+    assert_eq!(d["model"], ws);
+    assert_eq!(d["prompt"], "Why is the sky blue?");
+    assert_eq!(d["usage"]["completion_tokens"], 12);
+    assert!(
+        d["usage"]["prompt_tokens"].as_u64().unwrap() > 20,
+        "chat template applied"
+    );
+    assert!(d["timing"]["prompt_tps"].as_f64().unwrap() > 0.0);
+    assert!(d["timing"]["decode_tps"].as_f64().unwrap() > 0.0);
+    assert_eq!(d["finish_reason"], "length");
+    // Greedy is deterministic; the streamed text is the JSON response.
+    let (_, again) = run_json(&fx, &args);
+    assert_eq!(again["data"]["response"], d["response"]);
+    let mut plain = vec!["run"];
+    plain.extend_from_slice(&args);
+    let out = fx.mlxk(&plain);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{}\n", d["response"].as_str().unwrap())
+    );
+
+    // Without the template the prompt is shorter; a system prompt makes it longer.
+    let (_, raw) = run_json(
+        &fx,
+        &[
+            ws,
+            "Why is the sky blue?",
+            "--no-chat-template",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    let (_, sys) = run_json(
+        &fx,
+        &[
+            ws,
+            "Why is the sky blue?",
+            "--system",
+            "You are terse.",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    let n = |v: &Value| v["data"]["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        n(&raw) < n(&v) && n(&v) < n(&sys),
+        "{} {} {}",
+        n(&raw),
+        n(&v),
+        n(&sys)
+    );
+
+    // Seeded sampling is reproducible.
+    let seeded = [
+        ws,
+        "Hi",
+        "--seed",
+        "5",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "1.0",
+    ];
+    let (_, a) = run_json(&fx, &seeded);
+    let (_, b) = run_json(&fx, &seeded);
+    assert_eq!(a["data"]["response"], b["data"]["response"]);
+
+    // `-` reads the prompt from stdin.
+    let mut stdin_args = vec!["--json", "run", ws, "-"];
+    stdin_args.extend_from_slice(&greedy);
+    let out = with_stdin(&fx, &stdin_args, "Why is the sky blue?\n");
+    let v2: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v2["data"]["prompt"], "Why is the sky blue?");
+    assert_eq!(v2["data"]["response"], d["response"]);
+
+    // The chat: history is kept (the second turn's prompt holds the first), /clear forgets it.
+    let mut chat_args = vec!["--json", "run", ws];
+    chat_args.extend_from_slice(&greedy);
+    let out = with_stdin(
+        &fx,
+        &chat_args,
+        "Why is the sky blue?\nAnd at night?\n/clear\nAnd at night?\n/exit\nnever read\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v3: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let turns = v3["data"]["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "{v3:#}");
+    assert_eq!(
+        turns[0]["response"], d["response"],
+        "first turn = single prompt"
+    );
+    let p = |i: usize| turns[i]["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(p(1) > p(0) + 12, "the second turn carries the history");
+    let mut alone_args = vec![ws, "And at night?"];
+    alone_args.extend_from_slice(&greedy);
+    let (_, alone) = run_json(&fx, &alone_args);
+    assert_eq!(p(2), n(&alone), "after /clear the history is gone");
+    assert!(p(2) < p(1));
+    // The third turn reused the cached prefix it shares with the conversation before /clear
+    // (the template's start): the answer is exactly a fresh run's.
+    assert_eq!(turns[2]["response"], alone["data"]["response"]);
+}
+
+#[test]
+fn generation_stops_on_every_eos_id() {
+    let fx = Fixture::new();
+    let dir = model(fx.tmp.path(), "ws", &spec());
+    // The greedy first token of this prompt, made an eos id in generation_config.json only.
+    let tok = TextTokenizer::load(&dir).unwrap();
+    let ids = tok.encode_prompt("Hello").unwrap();
+    let mut engine = CpuEngine::load(&dir).unwrap();
+    let first = mlxk_fs::engine::sampler::argmax(engine.prefill(&ids).unwrap());
+    let gen_path = dir.join("generation_config.json");
+    let mut g: Value = serde_json::from_slice(&fs::read(&gen_path).unwrap()).unwrap();
+    g["eos_token_id"] = serde_json::json!([258, first]);
+    fs::write(&gen_path, g.to_string()).unwrap();
+    let (code, v) = run_json(
+        &fx,
+        &[
+            dir.to_str().unwrap(),
+            "Hello",
+            "--no-chat-template",
+            "--temperature",
+            "0",
+        ],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["data"]["finish_reason"], "stop");
+    assert_eq!(v["data"]["usage"]["completion_tokens"], 0);
+    assert_eq!(v["data"]["response"], "");
+}
+
+#[test]
+fn cached_quantized_and_mounted_models_run() {
+    let fx = Fixture::new();
+    // A 4-bit cache model (random packed weights) runs by its spec.
+    let (code, v) = run_json(
+        &fx,
+        &["mlx-community/Llama-tiny-4bit", "Hi", "--max-tokens", "4"],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["data"]["usage"]["completion_tokens"], 4);
+    if !common::mount::fuse_available("cached_quantized_and_mounted_models_run") {
+        return;
+    }
+    let m = common::mount::MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
+    let greedy = ["Hi", "--temperature", "0", "--max-tokens", "6"];
+    let mounted = m.path("mlx-community/Llama-tiny-f16");
+    let mut a = vec![mounted.to_str().unwrap()];
+    a.extend_from_slice(&greedy);
+    let (code, through_mount) = run_json(&fx, &a);
+    assert_eq!(code, 0, "{through_mount:#}");
+    let mut b = vec!["mlx-community/Llama-tiny-f16"];
+    b.extend_from_slice(&greedy);
+    let (_, from_cache) = run_json(&fx, &b);
+    assert_eq!(
+        through_mount["data"]["response"],
+        from_cache["data"]["response"]
+    );
+}
+
+#[test]
+fn refusals_come_before_loading() {
+    let fx = Fixture::new();
+    let refuse = |dir: &Path, needle: &str| {
+        let (code, v) = run_json(&fx, &[dir.to_str().unwrap(), "Hi"]);
+        assert_eq!(code, 1, "{v:#}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "`{msg}` lacks `{needle}`");
+    };
+    let edit = |name: &str, f: &dyn Fn(&mut Value)| {
+        let dir = model(fx.tmp.path(), name, &spec());
+        let p = dir.join("config.json");
+        let mut c: Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        f(&mut c);
+        fs::write(&p, c.to_string()).unwrap();
+        dir
+    };
+    refuse(
+        &edit("gemma", &|c| c["model_type"] = "gemma3".into()),
+        "llama, mistral, qwen2, qwen3",
+    );
+    refuse(
+        &edit("vlm", &|c| {
+            c["vision_config"] = serde_json::json!({"depth": 2})
+        }),
+        "vision model",
+    );
+    refuse(
+        &edit(
+            "mxfp4",
+            &|c| {
+                c["quantization"] =
+                    serde_json::json!({"group_size": 32, "bits": 4, "mode": "mxfp4"})
+            },
+        ),
+        "mxfp4",
+    );
+    let no_tok = model(fx.tmp.path(), "no-tokenizer", &spec());
+    fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
+    refuse(&no_tok, "tokenizer.json");
+}
+
+#[test]
+fn streaming_never_splits_a_character() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model(tmp.path(), "ws", &spec());
+    let tok = TextTokenizer::load(&dir).unwrap();
+    // The fixture tokenizer is byte-level: "é€" is 2 + 3 byte tokens.
+    let ids = tok.encode("é€!", false).unwrap();
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let mut s = StreamDecoder::default();
+    let pieces: Vec<String> = ids.iter().map(|&id| s.push(&tok, id)).collect();
+    assert_eq!(pieces, ["", "é", "", "", "€", "!"]);
+    assert_eq!(s.finish(&tok), "");
+}
