@@ -287,24 +287,124 @@ pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut Ma
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::available() && x86_matmul(m, xs, t, ys, scratch) {
+        return;
+    }
     let xsums = &scratch.xsums;
+    drive(rows, t, ys, &mut scratch.by_row, |first, out| {
+        rows_times_vectors(m, xs, t, xsums, first, out)
+    });
+}
+
+/// Splits the rows of a product across the pool. `kernel(first_row, out)` fills `out` with
+/// the outputs of rows `first_row..` for every token, row-major (`out[r * t + k]`).
+fn drive(
+    rows: usize,
+    t: usize,
+    ys: &mut [f32],
+    by_row: &mut Vec<f32>,
+    kernel: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if t == 1 {
         ys.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
-            .for_each(|(i, out)| rows_times_vectors(m, xs, 1, xsums, i * ROWS_PER_TASK, out));
+            .for_each(|(i, out)| kernel(i * ROWS_PER_TASK, out));
         return;
     }
-    scratch.by_row.clear();
-    scratch.by_row.resize(rows * t, 0.0);
-    scratch
-        .by_row
+    by_row.clear();
+    by_row.resize(rows * t, 0.0);
+    by_row
         .par_chunks_mut(ROWS_PER_TASK * t)
         .enumerate()
-        .for_each(|(i, out)| rows_times_vectors(m, xs, t, xsums, i * ROWS_PER_TASK, out));
+        .for_each(|(i, out)| kernel(i * ROWS_PER_TASK, out));
     for k in 0..t {
         for r in 0..rows {
-            ys[k * rows + r] = scratch.by_row[r * t + k];
+            ys[k * rows + r] = by_row[r * t + k];
         }
+    }
+}
+
+/// The AVX2 kernels for float rows and 4-bit rows; `false` when the format has none.
+#[cfg(target_arch = "x86_64")]
+fn x86_matmul(
+    m: &Matrix,
+    xs: &[f32],
+    t: usize,
+    ys: &mut [f32],
+    scratch: &mut MatmulScratch,
+) -> bool {
+    use super::x86;
+    let (rows, cols) = (m.rows(), m.cols());
+    match m {
+        Matrix::Float { data, dtype, .. } => {
+            let bytes = data.bytes();
+            let size = dtype.size();
+            drive(rows, t, ys, &mut scratch.by_row, |first, out| {
+                for (r, o) in out.chunks_exact_mut(t).enumerate() {
+                    let row = &bytes[(first + r) * cols * size..(first + r + 1) * cols * size];
+                    for (k, y) in o.iter_mut().enumerate() {
+                        let x = &xs[k * cols..(k + 1) * cols];
+                        // SAFETY: `x86::available()` was checked by the caller.
+                        *y = unsafe {
+                            match dtype {
+                                FloatDtype::BF16 => x86::bf16_row_dot(row, x),
+                                FloatDtype::F16 => x86::f16_row_dot(row, x),
+                                FloatDtype::F32 => x86::f32_row_dot(row, x),
+                            }
+                        };
+                    }
+                }
+            });
+            true
+        }
+        Matrix::Affine {
+            words,
+            scales,
+            biases,
+            dtype,
+            bits: 4,
+            group,
+            ..
+        } if group % 16 == 0 => {
+            let groups = cols / group;
+            scratch.xperm.clear();
+            let mut one = Vec::new();
+            for k in 0..t {
+                x86::permute_for_q4(&xs[k * cols..(k + 1) * cols], &mut one);
+                scratch.xperm.extend_from_slice(&one);
+            }
+            let (xperm, xsums) = (&scratch.xperm, &scratch.xsums);
+            let (bytes, sb, bb) = (words.bytes(), scales.bytes(), biases.bytes());
+            let row_bytes = cols / 2;
+            drive(rows, t, ys, &mut scratch.by_row, |first, out| {
+                let mut s = vec![0f32; groups];
+                let mut b = vec![0f32; groups];
+                for (r, o) in out.chunks_exact_mut(t).enumerate() {
+                    let row = first + r;
+                    for g in 0..groups {
+                        s[g] = scale_at(sb, *dtype, row * groups + g);
+                        b[g] = scale_at(bb, *dtype, row * groups + g);
+                    }
+                    let w = &bytes[row * row_bytes..(row + 1) * row_bytes];
+                    for (k, y) in o.iter_mut().enumerate() {
+                        // SAFETY: `x86::available()` was checked by the caller.
+                        *y = unsafe {
+                            x86::q4_row_dot(
+                                w,
+                                &s,
+                                &b,
+                                &xperm[k * cols..(k + 1) * cols],
+                                &xsums[k * groups..(k + 1) * groups],
+                                *group,
+                            )
+                        };
+                    }
+                }
+            });
+            true
+        }
+        _ => false,
     }
 }
 
@@ -312,6 +412,7 @@ pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut Ma
 #[derive(Default)]
 pub struct MatmulScratch {
     xsums: Vec<f32>,
+    xperm: Vec<f32>,
     by_row: Vec<f32>,
 }
 
@@ -365,6 +466,78 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::weights::Blob;
+
+    /// The dispatched `matmul` (AVX2 kernels on this machine) against the portable kernels, for
+    /// every format, one token and several.
+    #[test]
+    fn dispatched_kernels_equal_the_portable_ones() {
+        let (rows, cols) = (40, 256);
+        let mut rng = crate::testkit::Rng::new(3);
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        let mut mats = Vec::new();
+        for dtype in [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16] {
+            let mut bytes = Vec::new();
+            dtype.narrow(&values, &mut bytes);
+            mats.push(Matrix::Float {
+                data: Blob::from_bytes(&bytes),
+                dtype,
+                rows,
+                cols,
+            });
+        }
+        for (bits, group) in [(4, 64), (4, 32), (8, 64), (3, 32)] {
+            let a = Affine::new(bits, group).unwrap();
+            let (mut w, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
+            for row in values.chunks_exact(cols) {
+                let mut words = vec![0u32; a.words_per_row(cols)];
+                let (mut sc, mut bi) = (vec![0f32; cols / group], vec![0f32; cols / group]);
+                a.quantize_row(row, FloatDtype::BF16, &mut words, &mut sc, &mut bi);
+                w.extend(words.iter().flat_map(|x| x.to_le_bytes()));
+                s.extend(sc);
+                b.extend(bi);
+            }
+            let (mut sb, mut bb) = (Vec::new(), Vec::new());
+            FloatDtype::BF16.narrow(&s, &mut sb);
+            FloatDtype::BF16.narrow(&b, &mut bb);
+            mats.push(Matrix::Affine {
+                words: Blob::from_bytes(&w),
+                scales: Blob::from_bytes(&sb),
+                biases: Blob::from_bytes(&bb),
+                dtype: FloatDtype::BF16,
+                bits,
+                group,
+                rows,
+                cols,
+            });
+        }
+        for t in [1usize, 3] {
+            let xs: Vec<f32> = (0..t * cols).map(|_| rng.next_f32()).collect();
+            for m in &mats {
+                let mut fast = vec![0f32; t * rows];
+                matmul(m, &xs, t, &mut fast, &mut MatmulScratch::default());
+                let mut xsums = Vec::new();
+                if let Matrix::Affine { group, .. } = m {
+                    for k in 0..t {
+                        for g in xs[k * cols..(k + 1) * cols].chunks_exact(*group) {
+                            xsums.push(g.iter().sum());
+                        }
+                    }
+                }
+                let mut by_row = vec![0f32; rows * t];
+                rows_times_vectors(m, &xs, t, &xsums, 0, &mut by_row);
+                for k in 0..t {
+                    for r in 0..rows {
+                        let (a, b) = (fast[k * rows + r], by_row[r * t + k]);
+                        assert!(
+                            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                            "t {t} row {r}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
     use crate::convert::quant::affine::Affine;
     use crate::convert::quant::pack::unpack_at;
 

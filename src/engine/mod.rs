@@ -13,6 +13,8 @@ pub mod sampler;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -26,6 +26,21 @@ impl Blob {
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
+
+    /// `bytes` in a mapped temporary file (kernel tests).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Blob {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().expect("tempfile");
+        f.write_all(bytes).expect("write");
+        // SAFETY: a private temporary file nobody else holds.
+        let map = unsafe { Mmap::map(&f) }.expect("map");
+        Blob {
+            map: Arc::new(map),
+            start: 0,
+            len: bytes.len(),
+        }
+    }
 }
 
 struct Entry {
