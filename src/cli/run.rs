@@ -149,11 +149,12 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     }
     if a.verbose {
         eprintln!(
-            "[mlxk run] {} ({}, {} layers, {} weights mapped) loaded in {:.2} s",
+            "[mlxk run] {} ({}, {} layers, {} weights mapped, {} bytes read per token) loaded in {:.2} s",
             model.name,
             engine.args().model_type,
             engine.args().layers,
             super::output::human_size(engine.weight_bytes),
+            engine.weight_bytes_per_token,
             started.elapsed().as_secs_f64()
         );
     }
