@@ -160,6 +160,28 @@ fn affine_row_dot(
     total
 }
 
+/// Widens `out.len()` stored values (scales, biases) into `out`; the dtype is matched once.
+#[inline(always)]
+fn widen_into(bytes: &[u8], dtype: FloatDtype, out: &mut [f32]) {
+    match dtype {
+        FloatDtype::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        FloatDtype::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        FloatDtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
 /// A float row widened into `buf`.
 #[inline(always)]
 fn float_row<'a>(
@@ -366,6 +388,49 @@ fn x86_matmul(
             bits: 4,
             group,
             ..
+        } if group % 64 == 0 && x86::vnni_available() => {
+            let groups = cols / group;
+            scratch.qact.clear();
+            for k in 0..t {
+                scratch.qact.push(&xs[k * cols..(k + 1) * cols], *group);
+            }
+            let (qa, xsums) = (&scratch.qact, &scratch.xsums);
+            let (bytes, sb, bb) = (words.bytes(), scales.bytes(), biases.bytes());
+            let (row_bytes, sz) = (cols / 2, dtype.size());
+            drive(rows, t, ys, &mut scratch.by_row, |first, out| {
+                let (mut s, mut b) = (vec![0f32; groups], vec![0f32; groups]);
+                for (r, o) in out.chunks_exact_mut(t).enumerate() {
+                    let row = first + r;
+                    let w = &bytes[row * row_bytes..(row + 1) * row_bytes];
+                    let range = row * groups * sz..(row + 1) * groups * sz;
+                    widen_into(&sb[range.clone()], *dtype, &mut s);
+                    widen_into(&bb[range], *dtype, &mut b);
+                    for (k, y) in o.iter_mut().enumerate() {
+                        // SAFETY: `x86::vnni_available()` was checked in the match guard.
+                        *y = unsafe {
+                            x86::q4_row_dot_vnni(
+                                w,
+                                &s,
+                                &b,
+                                &qa.values[k * cols..(k + 1) * cols],
+                                &qa.scales[k * groups..(k + 1) * groups],
+                                &xsums[k * groups..(k + 1) * groups],
+                                *group,
+                            )
+                        };
+                    }
+                }
+            });
+            true
+        }
+        Matrix::Affine {
+            words,
+            scales,
+            biases,
+            dtype,
+            bits: 4,
+            group,
+            ..
         } if group % 16 == 0 => {
             let groups = cols / group;
             scratch.xperm.clear();
@@ -378,14 +443,13 @@ fn x86_matmul(
             let (bytes, sb, bb) = (words.bytes(), scales.bytes(), biases.bytes());
             let row_bytes = cols / 2;
             drive(rows, t, ys, &mut scratch.by_row, |first, out| {
-                let mut s = vec![0f32; groups];
-                let mut b = vec![0f32; groups];
+                let mut s = Vec::with_capacity(groups);
+                let mut b = Vec::with_capacity(groups);
                 for (r, o) in out.chunks_exact_mut(t).enumerate() {
                     let row = first + r;
-                    for g in 0..groups {
-                        s[g] = scale_at(sb, *dtype, row * groups + g);
-                        b[g] = scale_at(bb, *dtype, row * groups + g);
-                    }
+                    let sz = dtype.size();
+                    dtype.widen(&sb[row * groups * sz..(row + 1) * groups * sz], &mut s);
+                    dtype.widen(&bb[row * groups * sz..(row + 1) * groups * sz], &mut b);
                     let w = &bytes[row * row_bytes..(row + 1) * row_bytes];
                     for (k, y) in o.iter_mut().enumerate() {
                         // SAFETY: `x86::available()` was checked by the caller.
@@ -414,6 +478,8 @@ pub struct MatmulScratch {
     xsums: Vec<f32>,
     xperm: Vec<f32>,
     by_row: Vec<f32>,
+    #[cfg(target_arch = "x86_64")]
+    qact: super::x86::QuantizedActivations,
 }
 
 /// `x * rsqrt(mean(x²) + eps) * weight`, in place.

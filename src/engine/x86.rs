@@ -166,3 +166,91 @@ pub unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// Whether this CPU has the AVX-512 VNNI integer dot product the 4-bit kernel below uses.
+pub fn vnni_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Activations prepared for [`q4_row_dot_vnni`]: per group of `group` values, a scale and
+/// `group` int16 values in the code order of an expanded 64-value chunk (the 32 even-indexed
+/// values, then the 32 odd-indexed ones). 16 bits keep the rounding of x near f32's effect on a
+/// dot product (relative 2^-15 per group), unlike llama.cpp's 8-bit activations, while the
+/// products become two VNNI instructions per 64 weights.
+#[derive(Default)]
+pub struct QuantizedActivations {
+    pub values: Vec<i16>,
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedActivations {
+    /// Appends one token's `x` (length a multiple of 64 and of `group`).
+    pub fn push(&mut self, x: &[f32], group: usize) {
+        for g in x.chunks_exact(group) {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 32767.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            self.scales.push(d);
+            for c in g.chunks_exact(64) {
+                let q = |v: f32| (v * inv).round().clamp(-32767.0, 32767.0) as i16;
+                self.values.extend((0..32).map(|j| q(c[2 * j])));
+                self.values.extend((0..32).map(|j| q(c[2 * j + 1])));
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.scales.clear();
+    }
+}
+
+/// One output of a 4-bit row against int16 activations:
+/// `Σ_g scale_g · d_g · Σ q·xq + bias_g · Σ x` (group size a multiple of 64).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub unsafe fn q4_row_dot_vnni(
+    bytes: &[u8],
+    scales: &[f32],
+    biases: &[f32],
+    xq: &[i16],
+    xd: &[f32],
+    xsum: &[f32],
+    group: usize,
+) -> f32 {
+    let groups = scales.len();
+    assert!(
+        group % 64 == 0
+            && biases.len() == groups
+            && xd.len() >= groups
+            && xsum.len() >= groups
+            && bytes.len() >= groups * group / 2
+            && xq.len() >= groups * group
+    );
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm512_setzero_ps();
+    let mut bias_sum = 0f32;
+    let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
+    for g in 0..groups {
+        let mut isum = _mm512_setzero_si512();
+        for c in 0..group / 64 {
+            let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
+            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
+            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+            let x = xp.add(g * group + c * 64);
+            isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
+            isum = _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _));
+        }
+        acc = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(isum),
+            _mm512_set1_ps(*scales.get_unchecked(g) * *xd.get_unchecked(g)),
+            acc,
+        );
+        bias_sum += *biases.get_unchecked(g) * *xsum.get_unchecked(g);
+    }
+    _mm512_reduce_add_ps(acc) + bias_sum
+}
