@@ -7,7 +7,10 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let mib = args.first().copied().unwrap_or(2048);
     let passes = args.get(1).copied().unwrap_or(5);
     let n = mib * (1 << 20) / 8;

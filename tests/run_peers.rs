@@ -187,7 +187,8 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     // the activations in that dtype while mlxk keeps f32, so against mlx-lm as users run it the
     // difference is the half-precision rounding of a forward pass; against mlx-lm with the model
     // cast to f32 (`upcast`) it is summation order again. Measured (32 teacher-forced steps):
-    // f32 / q4 / q8 / q3 ≤ 1.5e-5; upcast ≤ 1.1e-5; as users run it f16 1.9e-2, bf16 6.2e-2,
+    // f32 / q8 / q3 ≤ 1.5e-5; upcast ≤ 1.1e-5; 4-bit group-64 models ≤ 8.5e-4 where the
+    // AVX-512 VNNI kernel runs (activations rounded to 16 bits per group), ≤ 1.3e-5 elsewhere; as users run it f16 1.9e-2, bf16 6.2e-2,
     // 4-bit with bf16 scales 3.3e-1 (MLX's bf16 KV cache and activations drift over the steps
     // with these std-0.3 random weights; the upcast cells show the engine itself is exact).
     let case = |name, upcast, tolerance| Case {
@@ -199,7 +200,7 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
         case("llama-f32", false, 1e-4),
         case("qwen2", false, 1e-4),
         case("qwen3", false, 1e-4),
-        case("llama-q4", false, 1e-4),
+        case("llama-q4", false, 2e-3),
         case("llama-q8", false, 1e-4),
         case("qwen3-q3", false, 1e-4),
         case("llama-f16", false, 5e-2),
@@ -207,7 +208,7 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
         case("llama-bf16-tied", false, 1.5e-1),
         case("llama-bf16-tied", true, 1e-4),
         case("llama-q4-bf16-tied", false, 5e-1),
-        case("llama-q4-bf16-tied", true, 1e-4),
+        case("llama-q4-bf16-tied", true, 2e-3),
     ];
     let jobs: Vec<Value> = cases
         .iter()

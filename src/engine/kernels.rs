@@ -592,11 +592,16 @@ mod tests {
                 }
                 let mut by_row = vec![0f32; rows * t];
                 rows_times_vectors(m, &xs, t, &xsums, 0, &mut by_row);
+                // The AVX-512 4-bit kernel rounds activations to 16 bits per group.
+                let tolerance = match m {
+                    Matrix::Affine { bits: 4, group, .. } if group % 64 == 0 => 2e-3,
+                    _ => 1e-4,
+                };
                 for k in 0..t {
                     for r in 0..rows {
                         let (a, b) = (fast[k * rows + r], by_row[r * t + k]);
                         assert!(
-                            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                            (a - b).abs() <= tolerance * b.abs().max(1.0),
                             "t {t} row {r}: {a} vs {b}"
                         );
                     }
