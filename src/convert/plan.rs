@@ -644,7 +644,10 @@ fn plan_dequantize(
         }
         let words = weight.cols();
         let cols = words * 32 / bits as usize;
-        if (words * 32) % bits as usize != 0 || scales.cols() == 0 || cols % scales.cols() != 0 {
+        if (words * 32) % bits as usize != 0
+            || scales.cols() == 0
+            || !cols.is_multiple_of(scales.cols())
+        {
             return Err(PlanError::Invalid(format!(
                 "`{module}`: {words} packed words per row and {} scales do not fit {bits}-bit groups",
                 scales.cols()

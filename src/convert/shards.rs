@@ -106,7 +106,7 @@ impl ShardPlan {
             let mut text = Value::Object(header).to_string().into_bytes();
             // Padded with spaces to 8 bytes (as the safetensors crate does) so that tensor
             // data of mapped files stays aligned.
-            while text.len() % 8 != 0 {
+            while !text.len().is_multiple_of(8) {
                 text.push(b' ');
             }
             let mut bytes = (text.len() as u64).to_le_bytes().to_vec();

@@ -111,7 +111,7 @@ impl ModelArgs {
         let heads = need("num_attention_heads")?;
         let kv_heads = get_usize(c, "num_key_value_heads").unwrap_or(heads);
         let head_dim = get_usize(c, "head_dim").unwrap_or(hidden / heads.max(1));
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || !head_dim.is_multiple_of(2) {
             return Err(format!(
                 "attention shape not supported: {heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
             ));

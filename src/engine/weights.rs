@@ -272,14 +272,18 @@ impl WeightFiles {
             )));
         }
         let groups = se.shape.get(1).copied().unwrap_or(0);
-        if groups == 0 || cols % groups != 0 || se.shape != [rows, groups] || be.shape != se.shape {
+        if groups == 0
+            || !cols.is_multiple_of(groups)
+            || se.shape != [rows, groups]
+            || be.shape != se.shape
+        {
             return Err(bad(format!(
                 "scales {:?} / biases {:?} do not fit [{rows}, {cols}]",
                 se.shape, be.shape
             )));
         }
         let group = cols / groups;
-        if group % 32 != 0 {
+        if !group.is_multiple_of(32) {
             return Err(bad(format!("group size {group} is not implemented")));
         }
         Ok(Matrix::Affine {

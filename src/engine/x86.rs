@@ -46,7 +46,7 @@ pub unsafe fn q4_row_dot(
     let groups = scales.len();
     // Checked once per row: every pointer below stays inside these slices.
     assert!(
-        group % 16 == 0
+        group.is_multiple_of(16)
             && biases.len() == groups
             && xsum.len() >= groups
             && bytes.len() >= groups * group / 2
@@ -224,7 +224,7 @@ pub unsafe fn q4_row_dot_vnni(
 ) -> f32 {
     let groups = scales.len();
     assert!(
-        group % 64 == 0
+        group.is_multiple_of(64)
             && biases.len() == groups
             && xd.len() >= groups
             && xsum.len() >= groups

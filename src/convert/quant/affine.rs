@@ -111,7 +111,7 @@ impl Affine {
 
     /// Checks that rows of `cols` values can be quantized.
     pub fn check_cols(&self, cols: usize) -> Result<(), AffineError> {
-        if cols % self.group_size != 0 {
+        if !cols.is_multiple_of(self.group_size) {
             return Err(AffineError::NotDivisible {
                 cols,
                 group_size: self.group_size,
