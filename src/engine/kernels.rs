@@ -365,7 +365,16 @@ fn x86_matmul(
             drive(rows, t, ys, &mut scratch.by_row, |first, out| {
                 for (r, o) in out.chunks_exact_mut(t).enumerate() {
                     let row = &bytes[(first + r) * cols * size..(first + r + 1) * cols * size];
-                    for (k, y) in o.iter_mut().enumerate() {
+                    // Prompt: four tokens per pass over the row.
+                    let blocks = t / 4;
+                    for q in 0..blocks {
+                        let x = |i: usize| &xs[(4 * q + i) * cols..(4 * q + i + 1) * cols];
+                        // SAFETY: `x86::available()` was checked by the caller.
+                        let y =
+                            unsafe { x86::float_row_dot4(row, *dtype, [x(0), x(1), x(2), x(3)]) };
+                        o[4 * q..4 * q + 4].copy_from_slice(&y);
+                    }
+                    for (k, y) in o.iter_mut().enumerate().skip(4 * blocks) {
                         let x = &xs[k * cols..(k + 1) * cols];
                         // SAFETY: `x86::available()` was checked by the caller.
                         *y = unsafe {
@@ -405,7 +414,28 @@ fn x86_matmul(
                     let range = row * groups * sz..(row + 1) * groups * sz;
                     widen_into(&sb[range.clone()], *dtype, &mut s);
                     widen_into(&bb[range], *dtype, &mut b);
-                    for (k, y) in o.iter_mut().enumerate() {
+                    // Prompt: four tokens per pass over the row.
+                    let blocks = t / 4;
+                    for q in 0..blocks {
+                        let k = |i: usize| 4 * q + i;
+                        let xq = |i: usize| &qa.values[k(i) * cols..(k(i) + 1) * cols];
+                        let xd = |i: usize| &qa.scales[k(i) * groups..(k(i) + 1) * groups];
+                        let xs_ = |i: usize| &xsums[k(i) * groups..(k(i) + 1) * groups];
+                        // SAFETY: `x86::vnni_available()` was checked in the match guard.
+                        let y = unsafe {
+                            x86::q4_row_dot4_vnni(
+                                w,
+                                &s,
+                                &b,
+                                [xq(0), xq(1), xq(2), xq(3)],
+                                [xd(0), xd(1), xd(2), xd(3)],
+                                [xs_(0), xs_(1), xs_(2), xs_(3)],
+                                *group,
+                            )
+                        };
+                        o[4 * q..4 * q + 4].copy_from_slice(&y);
+                    }
+                    for (k, y) in o.iter_mut().enumerate().skip(4 * blocks) {
                         // SAFETY: `x86::vnni_available()` was checked in the match guard.
                         *y = unsafe {
                             x86::q4_row_dot_vnni(

@@ -5,6 +5,8 @@
 
 use std::arch::x86_64::*;
 
+use crate::convert::quant::FloatDtype;
+
 /// Whether this CPU runs these kernels (std caches the answer).
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -253,4 +255,112 @@ pub unsafe fn q4_row_dot_vnni(
         bias_sum += *biases.get_unchecked(g) * *xsum.get_unchecked(g);
     }
     _mm512_reduce_add_ps(acc) + bias_sum
+}
+
+/// [`q4_row_dot_vnni`] for four tokens at once (prompt processing): the row's codes are
+/// expanded once and multiplied with each token's activations.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+pub unsafe fn q4_row_dot4_vnni(
+    bytes: &[u8],
+    scales: &[f32],
+    biases: &[f32],
+    xq: [&[i16]; 4],
+    xd: [&[f32]; 4],
+    xsum: [&[f32]; 4],
+    group: usize,
+) -> [f32; 4] {
+    let groups = scales.len();
+    assert!(
+        group.is_multiple_of(64) && biases.len() == groups && bytes.len() >= groups * group / 2
+    );
+    for k in 0..4 {
+        assert!(xq[k].len() >= groups * group && xd[k].len() >= groups && xsum[k].len() >= groups);
+    }
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut bias_sum = [0f32; 4];
+    let bp = bytes.as_ptr();
+    for g in 0..groups {
+        let mut isum = [_mm512_setzero_si512(); 4];
+        for c in 0..group / 64 {
+            let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
+            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
+            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+            for k in 0..4 {
+                let x = xq[k].as_ptr().add(g * group + c * 64);
+                isum[k] = _mm512_dpwssd_epi32(isum[k], lo, _mm512_loadu_si512(x as *const _));
+                isum[k] =
+                    _mm512_dpwssd_epi32(isum[k], hi, _mm512_loadu_si512(x.add(32) as *const _));
+            }
+        }
+        let (s, b) = (*scales.get_unchecked(g), *biases.get_unchecked(g));
+        for k in 0..4 {
+            acc[k] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(isum[k]),
+                _mm512_set1_ps(s * *xd[k].get_unchecked(g)),
+                acc[k],
+            );
+            bias_sum[k] += b * *xsum[k].get_unchecked(g);
+        }
+    }
+    let mut out = [0f32; 4];
+    for k in 0..4 {
+        out[k] = _mm512_reduce_add_ps(acc[k]) + bias_sum[k];
+    }
+    out
+}
+
+/// `Σ w·x` of one float row against four tokens: each weight is widened once.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) -> [f32; 4] {
+    let n = x[0].len();
+    assert!(bytes.len() >= n * dtype.size() && x.iter().all(|v| v.len() == n));
+    let bp = bytes.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        let w = match dtype {
+            FloatDtype::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(bp.add(2 * i) as *const __m128i)),
+                16,
+            )),
+            FloatDtype::F16 => _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i) as *const __m128i)),
+            FloatDtype::F32 => _mm256_loadu_ps(bp.add(4 * i) as *const f32),
+        };
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x[k].as_ptr().add(i)), acc[k]);
+        }
+        i += 8;
+    }
+    let mut out = [0f32; 4];
+    for k in 0..4 {
+        out[k] = hsum(acc[k]);
+    }
+    while i < n {
+        let w = match dtype {
+            FloatDtype::BF16 => f32::from_bits(
+                u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16,
+            ),
+            FloatDtype::F16 => {
+                half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
+            }
+            FloatDtype::F32 => f32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ]),
+        };
+        for k in 0..4 {
+            out[k] += w * x[k][i];
+        }
+        i += 1;
+    }
+    out
 }
