@@ -364,3 +364,79 @@ pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) ->
     }
     out
 }
+
+/// 16 stored values (scales or biases) of `dtype` at `p`, widened.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+unsafe fn widen16(p: *const u8, dtype: FloatDtype) -> __m512 {
+    match dtype {
+        FloatDtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
+            16,
+        )),
+        FloatDtype::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+        FloatDtype::F32 => _mm512_loadu_ps(p as *const f32),
+    }
+}
+
+/// [`q4_row_dot_vnni`] reading the row's stored scales and biases itself (16 groups at a time,
+/// widened in registers): the decode kernel. The number of groups must be a multiple of 16.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn q4_row_dot_vnni_raw(
+    bytes: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    dtype: FloatDtype,
+    xq: &[i16],
+    xd: &[f32],
+    xsum: &[f32],
+    group: usize,
+) -> f32 {
+    let groups = xd.len();
+    let size = dtype.size();
+    assert!(
+        group.is_multiple_of(64)
+            && groups.is_multiple_of(16)
+            && xsum.len() >= groups
+            && scales.len() >= groups * size
+            && biases.len() >= groups * size
+            && bytes.len() >= groups * group / 2
+            && xq.len() >= groups * group
+    );
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm512_setzero_ps();
+    let mut bias_acc = _mm512_setzero_ps();
+    let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
+    let mut s16 = [0f32; 16];
+    for block in 0..groups / 16 {
+        // Scales times the activation scales, and the bias terms, for 16 groups at once.
+        let s = _mm512_mul_ps(
+            widen16(scales.as_ptr().add(block * 16 * size), dtype),
+            _mm512_loadu_ps(xd.as_ptr().add(block * 16)),
+        );
+        _mm512_storeu_ps(s16.as_mut_ptr(), s);
+        bias_acc = _mm512_fmadd_ps(
+            widen16(biases.as_ptr().add(block * 16 * size), dtype),
+            _mm512_loadu_ps(xsum.as_ptr().add(block * 16)),
+            bias_acc,
+        );
+        for j in 0..16 {
+            let g = block * 16 + j;
+            let mut isum = _mm512_setzero_si512();
+            for c in 0..group / 64 {
+                let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
+                let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
+                let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+                let x = xp.add(g * group + c * 64);
+                isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
+                isum = _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _));
+            }
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(s16[j]), acc);
+        }
+    }
+    _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(bias_acc)
+}
