@@ -236,30 +236,32 @@ impl CpuEngine {
             layer.keys[start * kvd..needed].copy_from_slice(&b.k);
             layer.values[start * kvd..needed].copy_from_slice(&b.v);
             let (keys, values, q) = (&layer.keys, &layer.values, &b.q);
-            // One task per (token, head): causal attention over the cache.
-            b.attn
-                .par_chunks_mut(d)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    let (i, h) = (task / a.heads, task % a.heads);
-                    let kvh = h / group;
-                    let qh = &q[i * hd + h * d..i * hd + (h + 1) * d];
-                    let len = start + i + 1;
-                    let mut scores: Vec<f32> = (0..len)
-                        .map(|p| {
-                            super::kernels::dot(
-                                qh,
-                                &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d],
-                            ) * scale
-                        })
-                        .collect();
-                    softmax(&mut scores);
-                    out.iter_mut().for_each(|o| *o = 0.0);
-                    for (p, &w) in scores.iter().enumerate() {
-                        let v = &values[p * kvd + kvh * d..p * kvd + (kvh + 1) * d];
-                        out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                    }
-                });
+            // One task per (token, head): causal attention over the cache; on the pool only
+            // when there is enough of it to pay for waking the threads.
+            let attend = |(task, out): (usize, &mut [f32])| {
+                let (i, h) = (task / a.heads, task % a.heads);
+                let kvh = h / group;
+                let qh = &q[i * hd + h * d..i * hd + (h + 1) * d];
+                let len = start + i + 1;
+                let mut scores: Vec<f32> = (0..len)
+                    .map(|p| {
+                        super::kernels::dot(qh, &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d])
+                            * scale
+                    })
+                    .collect();
+                softmax(&mut scores);
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    let v = &values[p * kvd + kvh * d..p * kvd + (kvh + 1) * d];
+                    out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                }
+            };
+            let work = t * (start + t) * hd;
+            if work < (1 << 20) {
+                b.attn.chunks_mut(d).enumerate().for_each(attend);
+            } else {
+                b.attn.par_chunks_mut(d).enumerate().for_each(attend);
+            }
             matmul(&layer.o, &b.attn, t, &mut b.o, &mut b.scratch);
             if let Some(bias) = &layer.o_bias {
                 for row in b.o.chunks_exact_mut(hidden) {

@@ -196,7 +196,11 @@ impl QuantizedActivations {
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             self.scales.push(d);
             for c in g.chunks_exact(64) {
-                let q = |v: f32| (v * inv).round().clamp(-32767.0, 32767.0) as i16;
+                // Round half away from zero by truncation (no libm call); |v * inv| <= 32767.
+                let q = |v: f32| {
+                    let y = v * inv;
+                    (y + 0.5f32.copysign(y)) as i16
+                };
                 self.values.extend((0..32).map(|j| q(c[2 * j])));
                 self.values.extend((0..32).map(|j| q(c[2 * j + 1])));
             }
@@ -424,7 +428,7 @@ pub unsafe fn q4_row_dot_vnni_raw(
             _mm512_loadu_ps(xsum.as_ptr().add(block * 16)),
             bias_acc,
         );
-        for j in 0..16 {
+        for (j, &scale) in s16.iter().enumerate() {
             let g = block * 16 + j;
             let mut isum = _mm512_setzero_si512();
             for c in 0..group / 64 {
@@ -435,7 +439,7 @@ pub unsafe fn q4_row_dot_vnni_raw(
                 isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
                 isum = _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _));
             }
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(s16[j]), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(scale), acc);
         }
     }
     _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(bias_acc)
