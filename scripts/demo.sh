@@ -36,6 +36,8 @@ run "$mlxk" convert mlx-community/Llama-tiny-f16 "$cache/models--x" --repair-ind
 run "$mlxk" convert meta-test/Llama-tiny "$demo/Llama-tiny-4bit" --quantize 4 --q-group-size 32
 run "$mlxk" show "$demo/Llama-tiny-4bit"
 run "$mlxk" convert mlx-community/Llama-tiny-4bit "$demo/Llama-tiny-4bit-again" --quantize 4
+run "$mlxk" run meta-test/Llama-tiny "Why is the sky blue?" --max-tokens 16 --seed 1 --verbose
+run "$mlxk" --json run "$demo/Llama-tiny-4bit" "Why is the sky blue?" --max-tokens 8 --temperature 0
 
 if [ -e /dev/fuse ]; then
   mkdir -p "$demo/mnt"

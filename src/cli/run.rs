@@ -213,11 +213,15 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
         }
     };
     let (_, g) = session.answer(&messages, &mut on_text)?;
+    if stream {
+        // End the streamed line before any timing report on stderr.
+        println!();
+    }
     if a.verbose {
         report_timing(&g);
     }
     let human = if stream {
-        "\n".to_string()
+        String::new()
     } else {
         format!("{}\n", g.text)
     };
