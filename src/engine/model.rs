@@ -45,6 +45,7 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
     last: Vec<f32>,
+    scores: Vec<f32>,
     scratch: MatmulScratch,
 }
 
@@ -238,18 +239,17 @@ impl CpuEngine {
             let (keys, values, q) = (&layer.keys, &layer.values, &b.q);
             // One task per (token, head): causal attention over the cache; on the pool only
             // when there is enough of it to pay for waking the threads.
-            let attend = |(task, out): (usize, &mut [f32])| {
+            let attend = |task: usize, out: &mut [f32], scores: &mut Vec<f32>| {
                 let (i, h) = (task / a.heads, task % a.heads);
                 let kvh = h / group;
                 let qh = &q[i * hd + h * d..i * hd + (h + 1) * d];
                 let len = start + i + 1;
-                let mut scores: Vec<f32> = (0..len)
-                    .map(|p| {
-                        super::kernels::dot(qh, &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d])
-                            * scale
-                    })
-                    .collect();
-                softmax(&mut scores);
+                scores.clear();
+                scores.extend((0..len).map(|p| {
+                    super::kernels::dot(qh, &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d])
+                        * scale
+                }));
+                softmax(scores);
                 out.iter_mut().for_each(|o| *o = 0.0);
                 for (p, &w) in scores.iter().enumerate() {
                     let v = &values[p * kvd + kvh * d..p * kvd + (kvh + 1) * d];
@@ -258,9 +258,16 @@ impl CpuEngine {
             };
             let work = t * (start + t) * hd;
             if work < (1 << 20) {
-                b.attn.chunks_mut(d).enumerate().for_each(attend);
+                // Decode: on this thread, one reused score buffer (no allocation per token).
+                let scores = &mut b.scores;
+                for (task, out) in b.attn.chunks_mut(d).enumerate() {
+                    attend(task, out, scores);
+                }
             } else {
-                b.attn.par_chunks_mut(d).enumerate().for_each(attend);
+                b.attn
+                    .par_chunks_mut(d)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (task, out)| attend(task, out, scores));
             }
             matmul(&layer.o, &b.attn, t, &mut b.o, &mut b.scratch);
             if let Some(bias) = &layer.o_bias {
