@@ -319,6 +319,115 @@ pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut Ma
     });
 }
 
+/// Several products of the same input (q/k/v, gate/up). Decoding one token, they run as one
+/// parallel region: waking the pool's threads once instead of once per matrix.
+pub fn matmul_many(
+    products: &mut [(&Matrix, &mut [f32])],
+    xs: &[f32],
+    t: usize,
+    scratch: &mut MatmulScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if t == 1 && super::x86::available() && x86_fused_decode(products, xs, scratch) {
+        return;
+    }
+    for (m, ys) in products.iter_mut() {
+        matmul(m, xs, t, ys, scratch);
+    }
+}
+
+/// [`matmul_many`] for one token when every matrix is float, or every one is 4-bit with the
+/// same group size on a VNNI CPU; `false` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn x86_fused_decode(
+    products: &mut [(&Matrix, &mut [f32])],
+    x: &[f32],
+    scratch: &mut MatmulScratch,
+) -> bool {
+    use super::x86;
+    let Some(first) = products.first().map(|p| p.0) else {
+        return true;
+    };
+    let cols = first.cols();
+    let q4_group = |m: &Matrix| match m {
+        Matrix::Affine { bits: 4, group, .. } if group % 64 == 0 && (cols / group) % 16 == 0 => {
+            Some(*group)
+        }
+        _ => None,
+    };
+    let same_cols = products
+        .iter()
+        .all(|(m, ys)| m.cols() == cols && ys.len() == m.rows());
+    let all_float = products
+        .iter()
+        .all(|(m, _)| matches!(m, Matrix::Float { .. }));
+    let group = q4_group(first).filter(|_| x86::vnni_available());
+    let all_q4 = group.is_some() && products.iter().all(|(m, _)| q4_group(m) == group);
+    if !same_cols || !(all_float || all_q4) {
+        return false;
+    }
+    if let Some(group) = group {
+        scratch.xsums.clear();
+        scratch
+            .xsums
+            .extend(x.chunks_exact(group).map(|g| g.iter().sum::<f32>()));
+        scratch.qact.clear();
+        scratch.qact.push(x, group);
+    }
+    let (qa, xsums) = (&scratch.qact, &scratch.xsums);
+    let mut tasks: Vec<(&Matrix, usize, &mut [f32])> = Vec::new();
+    for (m, ys) in products.iter_mut() {
+        let m: &Matrix = m;
+        for (i, chunk) in ys.chunks_mut(ROWS_PER_TASK).enumerate() {
+            tasks.push((m, i * ROWS_PER_TASK, chunk));
+        }
+    }
+    tasks.into_par_iter().for_each(|(m, first, out)| match m {
+        Matrix::Float { data, dtype, .. } => {
+            let size = dtype.size();
+            for (r, y) in out.iter_mut().enumerate() {
+                let row = &data.bytes()[(first + r) * cols * size..(first + r + 1) * cols * size];
+                // SAFETY: `x86::available()` was checked by the caller.
+                *y = unsafe {
+                    match dtype {
+                        FloatDtype::BF16 => x86::bf16_row_dot(row, x),
+                        FloatDtype::F16 => x86::f16_row_dot(row, x),
+                        FloatDtype::F32 => x86::f32_row_dot(row, x),
+                    }
+                };
+            }
+        }
+        Matrix::Affine {
+            words,
+            scales,
+            biases,
+            dtype,
+            group,
+            ..
+        } => {
+            let (groups, sz, row_bytes) = (cols / group, dtype.size(), cols / 2);
+            for (r, y) in out.iter_mut().enumerate() {
+                let row = first + r;
+                let range = row * groups * sz..(row + 1) * groups * sz;
+                // SAFETY: every matrix here passed `q4_group` with `x86::vnni_available()`.
+                *y = unsafe {
+                    x86::q4_row_dot_vnni_raw(
+                        &words.bytes()[row * row_bytes..(row + 1) * row_bytes],
+                        &scales.bytes()[range.clone()],
+                        &biases.bytes()[range],
+                        *dtype,
+                        &qa.values[..cols],
+                        &qa.scales[..groups],
+                        &xsums[..groups],
+                        *group,
+                    )
+                };
+            }
+        }
+    });
+    true
+}
+
 /// Splits the rows of a product across the pool. `kernel(first_row, out)` fills `out` with
 /// the outputs of rows `first_row..` for every token, row-major (`out[r * t + k]`).
 fn drive(
@@ -589,7 +698,8 @@ mod tests {
     /// every format, one token and several.
     #[test]
     fn dispatched_kernels_equal_the_portable_ones() {
-        let (rows, cols) = (40, 256);
+        // 1024 columns: 16 groups of 64, the shape the in-register decode kernel needs.
+        let (rows, cols) = (40, 1024);
         let mut rng = crate::testkit::Rng::new(3);
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
         let mut mats = Vec::new();
@@ -643,6 +753,14 @@ mod tests {
                 }
                 let mut by_row = vec![0f32; rows * t];
                 rows_times_vectors(m, &xs, t, &xsums, 0, &mut by_row);
+                if t == 1 {
+                    // The fused decode region gives the same outputs as separate products.
+                    let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+                    let mut scratch = MatmulScratch::default();
+                    matmul_many(&mut [(m, &mut a), (m, &mut b)], &xs, 1, &mut scratch);
+                    assert_eq!(a, fast);
+                    assert_eq!(b, fast);
+                }
                 // The AVX-512 4-bit kernel rounds activations to 16 bits per group.
                 let tolerance = match m {
                     Matrix::Affine { bits: 4, group, .. } if group % 64 == 0 => 2e-3,

@@ -7,7 +7,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::args::{Arch, ModelArgs};
-use super::kernels::{matmul, matrix_row, rms_norm, rope, silu_mul, softmax, MatmulScratch};
+use super::kernels::{
+    matmul, matmul_many, matrix_row, rms_norm, rope, silu_mul, softmax, MatmulScratch,
+};
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
 
@@ -200,9 +202,16 @@ impl CpuEngine {
                 x.copy_from_slice(h);
                 rms_norm(x, &layer.input_norm, a.eps);
             }
-            matmul(&layer.q, &b.x, t, &mut b.q, &mut b.scratch);
-            matmul(&layer.k, &b.x, t, &mut b.k, &mut b.scratch);
-            matmul(&layer.v, &b.x, t, &mut b.v, &mut b.scratch);
+            matmul_many(
+                &mut [
+                    (&layer.q, &mut b.q),
+                    (&layer.k, &mut b.k),
+                    (&layer.v, &mut b.v),
+                ],
+                &b.x,
+                t,
+                &mut b.scratch,
+            );
             for (out, bias) in [
                 (&mut b.q, &layer.q_bias),
                 (&mut b.k, &layer.k_bias),
@@ -284,8 +293,12 @@ impl CpuEngine {
                 x.copy_from_slice(h);
                 rms_norm(x, &layer.post_norm, a.eps);
             }
-            matmul(&layer.gate, &b.x, t, &mut b.gate, &mut b.scratch);
-            matmul(&layer.up, &b.x, t, &mut b.up, &mut b.scratch);
+            matmul_many(
+                &mut [(&layer.gate, &mut b.gate), (&layer.up, &mut b.up)],
+                &b.x,
+                t,
+                &mut b.scratch,
+            );
             silu_mul(&mut b.gate, &b.up);
             matmul(&layer.down, &b.gate, t, &mut b.o, &mut b.scratch);
             b.h.iter_mut().zip(&b.o).for_each(|(h, o)| *h += o);
