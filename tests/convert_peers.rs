@@ -12,7 +12,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use mlxk_fs::testkit::{llama_model_files, LlamaSpec, WeightDtype};
 use serde_json::{json, Value};
@@ -317,28 +316,7 @@ fn run_batch(py: &Path, work: &Path, cases: &[(Case, PathBuf, PathBuf, PathBuf)]
                    "args": c.theirs, "generate": c.generate})
         })
         .collect();
-    let file = work.join(format!("jobs-{}.json", jobs.len()));
-    fs::write(&file, serde_json::to_vec(&jobs).unwrap()).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/convert_batch.py");
-    let out = Command::new(py)
-        .arg(&script)
-        .arg(&file)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "convert_batch.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "convert_batch.py output is not JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    common::run_peer_batch(py, "convert_batch.py", work, &jobs)
 }
 
 fn check(results: &[Value], cases: &[(Case, PathBuf, PathBuf, PathBuf)]) -> Vec<String> {

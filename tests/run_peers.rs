@@ -9,7 +9,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use mlxk_fs::engine::model::CpuEngine;
 use mlxk_fs::engine::template::{ChatTemplate, Message};
@@ -21,22 +20,7 @@ use serde_json::{json, Value};
 const STEPS: usize = 32;
 
 fn oracle(py: &Path, work: &Path, jobs: &[Value]) -> Vec<Value> {
-    let file = work.join(format!("oracle-{}.json", jobs.len()));
-    fs::write(&file, serde_json::to_vec(jobs).unwrap()).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/lm_oracle.py");
-    let out = Command::new(py)
-        .arg(&script)
-        .arg(&file)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "lm_oracle.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let results = common::run_peer_batch(py, "lm_oracle.py", work, jobs);
     for (job, r) in jobs.iter().zip(&results) {
         assert!(r.get("error").is_none(), "{job}: {}", r["error"]);
     }

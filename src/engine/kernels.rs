@@ -72,8 +72,9 @@ fn word_at(bytes: &[u8], i: usize) -> u32 {
     ])
 }
 
+/// Stored value `i` of a little-endian `dtype` array (a scale, a bias, a weight).
 #[inline(always)]
-fn scale_at(bytes: &[u8], dtype: FloatDtype, i: usize) -> f32 {
+pub(crate) fn stored_value(bytes: &[u8], dtype: FloatDtype, i: usize) -> f32 {
     match dtype {
         FloatDtype::BF16 => {
             f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16)
@@ -153,8 +154,8 @@ fn affine_row_dot(
             8 => group_dot_whole::<8, 4>(words, first, xg),
             b => group_dot_stream(words, first, b, xg),
         };
-        let s = scale_at(scales, dtype, row * groups + g);
-        let b = scale_at(biases, dtype, row * groups + g);
+        let s = stored_value(scales, dtype, row * groups + g);
+        let b = stored_value(biases, dtype, row * groups + g);
         total += s * qx + b * xsum[g];
     }
     total
@@ -252,7 +253,8 @@ pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
                 }
                 let q = (v & ((1u64 << *bits) - 1)) as f32;
                 let g = row * groups + i / group;
-                *o = q * scale_at(scales.bytes(), *dtype, g) + scale_at(biases.bytes(), *dtype, g);
+                *o = q * stored_value(scales.bytes(), *dtype, g)
+                    + stored_value(biases.bytes(), *dtype, g);
             }
         }
     }
@@ -388,13 +390,7 @@ fn x86_fused_decode(
             for (r, y) in out.iter_mut().enumerate() {
                 let row = &data.bytes()[(first + r) * cols * size..(first + r + 1) * cols * size];
                 // SAFETY: `x86::available()` was checked by the caller.
-                *y = unsafe {
-                    match dtype {
-                        FloatDtype::BF16 => x86::bf16_row_dot(row, x),
-                        FloatDtype::F16 => x86::f16_row_dot(row, x),
-                        FloatDtype::F32 => x86::f32_row_dot(row, x),
-                    }
-                };
+                *y = unsafe { x86::float_row_dot(row, *dtype, x) };
             }
         }
         Matrix::Affine {
@@ -486,13 +482,7 @@ fn x86_matmul(
                     for (k, y) in o.iter_mut().enumerate().skip(4 * blocks) {
                         let x = &xs[k * cols..(k + 1) * cols];
                         // SAFETY: `x86::available()` was checked by the caller.
-                        *y = unsafe {
-                            match dtype {
-                                FloatDtype::BF16 => x86::bf16_row_dot(row, x),
-                                FloatDtype::F16 => x86::f16_row_dot(row, x),
-                                FloatDtype::F32 => x86::f32_row_dot(row, x),
-                            }
-                        };
+                        *y = unsafe { x86::float_row_dot(row, *dtype, x) };
                     }
                 }
             });

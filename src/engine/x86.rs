@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::kernels::stored_value;
 use crate::convert::quant::FloatDtype;
 
 /// Whether this CPU runs these kernels (std caches the answer).
@@ -81,7 +82,7 @@ pub unsafe fn q4_row_dot(
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
+unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     assert!(bytes.len() >= 2 * n);
     let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
@@ -98,9 +99,7 @@ pub unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        let w =
-            f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16);
-        s += w * x[i];
+        s += stored_value(bytes, FloatDtype::BF16, i) * x[i];
         i += 1;
     }
     s
@@ -111,7 +110,7 @@ pub unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
+unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     assert!(bytes.len() >= 2 * n);
     let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
@@ -127,8 +126,7 @@ pub unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        let w = half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32();
-        s += w * x[i];
+        s += stored_value(bytes, FloatDtype::F16, i) * x[i];
         i += 1;
     }
     s
@@ -139,7 +137,7 @@ pub unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
+unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     assert!(bytes.len() >= 4 * n);
     let (bp, xp) = (bytes.as_ptr() as *const f32, x.as_ptr());
@@ -157,16 +155,22 @@ pub unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        let w = f32::from_le_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ]);
-        s += w * x[i];
+        s += stored_value(bytes, FloatDtype::F32, i) * x[i];
         i += 1;
     }
     s
+}
+
+/// `Σ w·x` over a float row of `dtype`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]).
+pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
+    match dtype {
+        FloatDtype::BF16 => bf16_row_dot(bytes, x),
+        FloatDtype::F16 => f16_row_dot(bytes, x),
+        FloatDtype::F32 => f32_row_dot(bytes, x),
+    }
 }
 
 /// Whether this CPU has the AVX-512 VNNI integer dot product the 4-bit kernel below uses.
@@ -213,6 +217,19 @@ impl QuantizedActivations {
     }
 }
 
+/// Adds one 64-weight chunk's `Σ q·x` (32 packed bytes at `w`, 64 int16 activations at `x` in
+/// the expanded order) to the 16 lanes of `isum`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
+unsafe fn chunk_isum(isum: __m512i, w: *const u8, x: *const i16) -> __m512i {
+    let low = _mm256_set1_epi8(0x0F);
+    let v = _mm256_loadu_si256(w as *const __m256i);
+    let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
+    let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    let isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
+    _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _))
+}
+
 /// One output of a 4-bit row against int16 activations:
 /// `Σ_g scale_g · d_g · Σ q·xq + bias_g · Σ x` (group size a multiple of 64).
 ///
@@ -237,19 +254,14 @@ pub unsafe fn q4_row_dot_vnni(
             && bytes.len() >= groups * group / 2
             && xq.len() >= groups * group
     );
-    let low = _mm256_set1_epi8(0x0F);
     let mut acc = _mm512_setzero_ps();
     let mut bias_sum = 0f32;
     let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
     for g in 0..groups {
         let mut isum = _mm512_setzero_si512();
         for c in 0..group / 64 {
-            let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
-            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
-            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-            let x = xp.add(g * group + c * 64);
-            isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
-            isum = _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _));
+            let (w, x) = (bp.add(g * group / 2 + c * 32), xp.add(g * group + c * 64));
+            isum = chunk_isum(isum, w, x);
         }
         acc = _mm512_fmadd_ps(
             _mm512_cvtepi32_ps(isum),
@@ -347,20 +359,7 @@ pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) ->
         out[k] = hsum(acc[k]);
     }
     while i < n {
-        let w = match dtype {
-            FloatDtype::BF16 => f32::from_bits(
-                u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16,
-            ),
-            FloatDtype::F16 => {
-                half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
-            }
-            FloatDtype::F32 => f32::from_le_bytes([
-                bytes[4 * i],
-                bytes[4 * i + 1],
-                bytes[4 * i + 2],
-                bytes[4 * i + 3],
-            ]),
-        };
+        let w = stored_value(bytes, dtype, i);
         for k in 0..4 {
             out[k] += w * x[k][i];
         }
@@ -411,7 +410,6 @@ pub unsafe fn q4_row_dot_vnni_raw(
             && bytes.len() >= groups * group / 2
             && xq.len() >= groups * group
     );
-    let low = _mm256_set1_epi8(0x0F);
     let mut acc = _mm512_setzero_ps();
     let mut bias_acc = _mm512_setzero_ps();
     let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
@@ -432,12 +430,8 @@ pub unsafe fn q4_row_dot_vnni_raw(
             let g = block * 16 + j;
             let mut isum = _mm512_setzero_si512();
             for c in 0..group / 64 {
-                let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
-                let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
-                let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-                let x = xp.add(g * group + c * 64);
-                isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
-                isum = _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _));
+                let (w, x) = (bp.add(g * group / 2 + c * 32), xp.add(g * group + c * 64));
+                isum = chunk_isum(isum, w, x);
             }
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(scale), acc);
         }

@@ -254,3 +254,34 @@ impl Drop for SmallTmpfs {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// Runs `tests/peers/<script> JOBS.json` with the peer Python on `jobs` (written into `work`)
+/// and returns the JSON list it prints, one result per job.
+pub fn run_peer_batch(py: &Path, script: &str, work: &Path, jobs: &[Value]) -> Vec<Value> {
+    let file = work.join(format!("{script}-{}.json", jobs.len()));
+    fs::write(&file, serde_json::to_vec(jobs).expect("jobs")).expect("write jobs");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(script);
+    let out = Command::new(py)
+        .arg(&path)
+        .arg(&file)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} output is not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(results.len(), jobs.len(), "{script}: one result per job");
+    results
+}
