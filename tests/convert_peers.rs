@@ -23,15 +23,7 @@ struct Model {
 }
 
 fn models() -> Vec<Model> {
-    let base = LlamaSpec {
-        hidden: 128,
-        heads: 4,
-        kv_heads: 2,
-        intermediate: 256,
-        layers: 2,
-        std: 0.3,
-        ..LlamaSpec::default()
-    };
+    let base = common::peer_model_base();
     let m = |name, shards, spec| Model { name, spec, shards };
     vec![
         m(

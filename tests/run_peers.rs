@@ -90,15 +90,7 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
-    let base = LlamaSpec {
-        hidden: 128,
-        heads: 4,
-        kv_heads: 2,
-        intermediate: 256,
-        layers: 2,
-        std: 0.3,
-        ..LlamaSpec::default()
-    };
+    let base = common::peer_model_base();
     let specs = [
         (
             "llama-f32",

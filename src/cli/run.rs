@@ -122,7 +122,7 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     };
     let dir = model.dir().to_path_buf();
     // Refuse what cannot run before mapping anything.
-    crate::engine::args::ModelArgs::load(&dir)?;
+    let model_args = crate::engine::args::ModelArgs::load(&dir)?;
     let need = weights_size(&dir);
     if let Some(avail) = available_memory() {
         if need > avail {
@@ -138,7 +138,7 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
         }
     }
     let started = std::time::Instant::now();
-    let engine = CpuEngine::load(&dir)?;
+    let engine = CpuEngine::load_with(&dir, model_args)?;
     let tok = TextTokenizer::load(&dir)?;
     let template = ChatTemplate::load(&dir, &tok.config)?;
     let mut stop = engine.args().eos.clone();

@@ -227,8 +227,12 @@ pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
         Matrix::Float {
             data, dtype, cols, ..
         } => {
-            let mut buf = Vec::new();
-            out.copy_from_slice(float_row(data.bytes(), *dtype, row, *cols, &mut buf));
+            let size = dtype.size();
+            widen_into(
+                &data.bytes()[row * cols * size..(row + 1) * cols * size],
+                *dtype,
+                out,
+            );
         }
         Matrix::Affine {
             words,
@@ -377,14 +381,8 @@ fn x86_fused_decode(
         scratch.qact.push(x, group);
     }
     let (qa, xsums) = (&scratch.qact, &scratch.xsums);
-    let mut tasks: Vec<(&Matrix, usize, &mut [f32])> = Vec::new();
-    for (m, ys) in products.iter_mut() {
-        let m: &Matrix = m;
-        for (i, chunk) in ys.chunks_mut(ROWS_PER_TASK).enumerate() {
-            tasks.push((m, i * ROWS_PER_TASK, chunk));
-        }
-    }
-    tasks.into_par_iter().for_each(|(m, first, out)| match m {
+    // One region: the matrices' row chunks are stolen as one pool of work.
+    let run = |m: &Matrix, first: usize, out: &mut [f32]| match m {
         Matrix::Float { data, dtype, .. } => {
             let size = dtype.size();
             for (r, y) in out.iter_mut().enumerate() {
@@ -420,6 +418,12 @@ fn x86_fused_decode(
                 };
             }
         }
+    };
+    products.par_iter_mut().for_each(|(m, ys)| {
+        let m: &Matrix = m;
+        ys.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(i, out)| run(m, i * ROWS_PER_TASK, out));
     });
     true
 }
@@ -728,7 +732,8 @@ mod tests {
                 cols,
             });
         }
-        for t in [1usize, 3] {
+        // 1: decode kernels; 3: per-token prompt path; 6: four-token blocks plus a remainder.
+        for t in [1usize, 3, 6] {
             let xs: Vec<f32> = (0..t * cols).map(|_| rng.next_f32()).collect();
             for m in &mats {
                 let mut fast = vec![0f32; t * rows];

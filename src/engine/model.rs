@@ -75,7 +75,11 @@ fn resize(v: &mut Vec<f32>, n: usize) {
 impl CpuEngine {
     /// Loads the model in `dir` (config checked first, weights mapped).
     pub fn load(dir: &Path) -> Result<CpuEngine, EngineError> {
-        let args = ModelArgs::load(dir)?;
+        CpuEngine::load_with(dir, ModelArgs::load(dir)?)
+    }
+
+    /// Loads the weights in `dir` for the already checked `args`.
+    pub fn load_with(dir: &Path, args: ModelArgs) -> Result<CpuEngine, EngineError> {
         let files = WeightFiles::open(dir)?;
         let a = &args;
         let (hd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);

@@ -285,3 +285,17 @@ pub fn run_peer_batch(py: &Path, script: &str, work: &Path, jobs: &[Value]) -> V
     assert_eq!(results.len(), jobs.len(), "{script}: one result per job");
     results
 }
+
+/// The generated model the peer tests start from: wide enough for groups of 128, weights large
+/// enough (std 0.3) that logits are not flat.
+pub fn peer_model_base() -> mlxk_fs::testkit::LlamaSpec {
+    mlxk_fs::testkit::LlamaSpec {
+        hidden: 128,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 256,
+        layers: 2,
+        std: 0.3,
+        ..mlxk_fs::testkit::LlamaSpec::default()
+    }
+}
