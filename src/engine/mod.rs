@@ -9,6 +9,7 @@
 pub mod args;
 pub mod kernels;
 pub mod model;
+mod pool;
 pub mod sampler;
 pub mod template;
 pub mod tokenizer;

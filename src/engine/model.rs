@@ -2,9 +2,8 @@
 //! norms) as mlx-lm computes it: RMSNorm, GQA attention with RoPE and a KV cache, SiLU MLP,
 //! tied or separate lm_head. Activations in f32; weights stay as mapped.
 
+use std::cell::RefCell;
 use std::path::Path;
-
-use rayon::prelude::*;
 
 use super::args::{Arch, ModelArgs};
 use super::kernels::{
@@ -270,17 +269,19 @@ impl CpuEngine {
                 }
             };
             let work = t * (start + t) * hd;
-            if work < (1 << 20) {
-                // Decode: on this thread, one reused score buffer (no allocation per token).
+            if work < (1 << 14) {
+                // A short context: on this thread, one reused score buffer.
                 let scores = &mut b.scores;
                 for (task, out) in b.attn.chunks_mut(d).enumerate() {
                     attend(task, out, scores);
                 }
             } else {
-                b.attn
-                    .par_chunks_mut(d)
-                    .enumerate()
-                    .for_each_init(Vec::new, |scores, (task, out)| attend(task, out, scores));
+                thread_local! {
+                    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+                }
+                super::pool::pool().for_each_chunk(&mut b.attn, d, |first, out| {
+                    SCORES.with_borrow_mut(|scores| attend(first / d, out, scores))
+                });
             }
             matmul(&layer.o, &b.attn, t, &mut b.o, &mut b.scratch);
             if let Some(bias) = &layer.o_bias {

@@ -8,6 +8,16 @@ use std::arch::x86_64::*;
 use super::kernels::stored_value;
 use crate::convert::quant::FloatDtype;
 
+/// Asks for every cache line of `bytes` ahead of its use (a hint: no fault, no effect on
+/// results).
+#[inline(always)]
+pub fn prefetch(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        // SAFETY: `_mm_prefetch` never faults and `line` is a valid pointer.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+    }
+}
+
 /// Whether this CPU runs these kernels (std caches the answer).
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -177,6 +187,7 @@ pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
 pub fn vnni_available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
 }
 
@@ -437,4 +448,180 @@ pub unsafe fn q4_row_dot_vnni_raw(
         }
     }
     _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(bias_acc)
+}
+
+/// Largest |value| of a 16-bit activation code that splits into two signed bytes
+/// (`v = 256·hi + lo`, both in -128..=127).
+const SPLIT_MAX: f32 = 32639.0;
+
+/// One token's activations for [`q4_row_dot_split`]: quantized per group to 16 bits (scale
+/// `amax / 32639`, round half away from zero), each code split into a low and a high signed
+/// byte so that VNNI's byte dot product (`vpdpbusd`: unsigned 4-bit codes × signed bytes,
+/// 64 products per instruction) computes 16-bit-exact sums: `Σ q·v = Σ q·lo + 256 · Σ q·hi`.
+/// Per 128 values (64 packed bytes of a row), four 64-byte vectors in the order the packed
+/// bytes are read: low bytes of the even-indexed values (the low nibbles' partners), their
+/// high bytes, then the same for the odd-indexed values.
+#[derive(Default)]
+pub struct SplitActivations {
+    pub bytes: Vec<i8>,
+    pub scales: Vec<f32>,
+    codes: Vec<i16>,
+}
+
+impl SplitActivations {
+    /// Prepares `x` (length a multiple of 128 and of `group`).
+    pub fn set(&mut self, x: &[f32], group: usize) {
+        self.codes.clear();
+        self.scales.clear();
+        for g in x.chunks_exact(group) {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / SPLIT_MAX;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            self.scales.push(d);
+            // Round half away from zero by truncation (no libm call); |v * inv| <= 32639.
+            self.codes.extend(g.iter().map(|&v| {
+                let y = v * inv;
+                (y + 0.5f32.copysign(y)) as i16
+            }));
+        }
+        self.bytes.clear();
+        self.bytes.resize(2 * x.len(), 0);
+        for (block, out) in self
+            .codes
+            .chunks_exact(128)
+            .zip(self.bytes.chunks_exact_mut(256))
+        {
+            let (even, odd) = out.split_at_mut(128);
+            for (half, parity) in [(even, 0), (odd, 1)] {
+                let (lo, hi) = half.split_at_mut(64);
+                for b in 0..64 {
+                    let v = block[2 * b + parity];
+                    let l = v as i8;
+                    lo[b] = l;
+                    hi[b] = ((v - i16::from(l)) >> 8) as i8;
+                }
+            }
+        }
+    }
+}
+
+/// Up to 16 stored values (scales or biases) of `dtype` at `p`, widened; lanes outside `m` are
+/// zero and their memory is not read.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+unsafe fn widen16_masked(p: *const u8, dtype: FloatDtype, m: __mmask16) -> __m512 {
+    match dtype {
+        FloatDtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)),
+            16,
+        )),
+        FloatDtype::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16)),
+        FloatDtype::F32 => _mm512_maskz_loadu_ps(m, p as *const f32),
+    }
+}
+
+/// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
+pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
+    matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
+}
+
+/// Outputs of 4-bit rows `first..first + out.len()` of a matrix against
+/// [`SplitActivations`]: `Σ_g scale_g · d_g · Σ q·v + bias_g · Σ x`, reading the stored scales
+/// and biases itself (16 groups at a time, widened in registers). Per 128 weights: one load,
+/// three instructions to separate the nibbles, four byte dot products, and the scale applied
+/// per lane (a lane holds 8 codes of one group). The three streams of a row (codes, scales,
+/// biases) are prefetched a few rows ahead: without it the first touch of each row stalled.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and VNNI ([`vnni_available`]), and
+/// [`split_kernel_fits`] must hold for the matrix's columns and group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn q4_rows_split(
+    words: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    dtype: FloatDtype,
+    act: &SplitActivations,
+    xsum: &[f32],
+    group: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    const PREFETCH_ROWS: usize = 4;
+    let groups = act.scales.len();
+    let cols = groups * group;
+    let size = dtype.size();
+    let (row_bytes, row_scales) = (cols / 2, groups * size);
+    let rows = words.len() / row_bytes.max(1);
+    // Checked once: every pointer below stays inside these slices.
+    assert!(
+        split_kernel_fits(cols, group)
+            && first + out.len() <= rows
+            && xsum.len() >= groups
+            && scales.len() >= rows * row_scales
+            && biases.len() >= rows * row_scales
+            && act.bytes.len() >= 2 * cols
+    );
+    let low = _mm512_set1_epi8(0x0F);
+    // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
+    let lane_group = _mm512_srl_epi32(
+        _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120),
+        _mm_cvtsi32_si128(group.trailing_zeros() as i32),
+    );
+    let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
+    let (ap, xd, xs) = (act.bytes.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
+    for (r, y) in out.iter_mut().enumerate() {
+        let row = first + r;
+        let ahead = row + PREFETCH_ROWS;
+        if ahead < rows {
+            let p = words.as_ptr().add(ahead * row_bytes);
+            for line in (0..row_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+            }
+            for line in (0..row_scales).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(ahead * row_scales + line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(biases.as_ptr().add(ahead * row_scales + line) as *const i8);
+            }
+        }
+        let bp = words.as_ptr().add(row * row_bytes);
+        let (sp, bip) = (scales.as_ptr().add(row * row_scales), biases.as_ptr().add(row * row_scales));
+        let mut acc = _mm512_setzero_ps();
+        let mut base = 0;
+        while base < groups {
+            let n = (groups - base).min(16);
+            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            // Scales times the activation scales, and the bias terms, for up to 16 groups.
+            let sc = _mm512_mul_ps(
+                widen16_masked(sp.add(base * size), dtype, m),
+                _mm512_maskz_loadu_ps(m, xd.add(base)),
+            );
+            acc = _mm512_fmadd_ps(
+                widen16_masked(bip.add(base * size), dtype, m),
+                _mm512_maskz_loadu_ps(m, xs.add(base)),
+                acc,
+            );
+            let first_block = base * group / 128;
+            let mut idx = lane_group;
+            for blk in first_block..first_block + n * group / 128 {
+                let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
+                let lo = _mm512_and_si512(w, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+                let a = ap.add(blk * 256);
+                let v = |k: usize| _mm512_loadu_si512(a.add(64 * k) as *const _);
+                let zero = _mm512_setzero_si512();
+                let sum_lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
+                let sum_hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
+                let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
+                acc = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_permutexvar_ps(idx, sc),
+                    acc,
+                );
+                idx = _mm512_add_epi32(idx, groups_per_block);
+            }
+            base += n;
+        }
+        *y = _mm512_reduce_add_ps(acc);
+    }
 }
