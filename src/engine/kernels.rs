@@ -13,7 +13,9 @@ use crate::convert::quant::FloatDtype;
 /// Rows per parallel task: enough work per task to amortize scheduling.
 const ROWS_PER_TASK: usize = 16;
 
-
+/// Rows per parallel task of a prompt's GEMM (each task unpacks its rows once).
+#[cfg(target_arch = "x86_64")]
+const GEMM_ROWS_PER_TASK: usize = 32;
 
 /// Runs `body` compiled with AVX2 + FMA when the CPU has them, else the portable build.
 macro_rules! simd_dispatch {
@@ -165,7 +167,7 @@ fn affine_row_dot(
 
 /// Widens `out.len()` stored values (scales, biases) into `out`; the dtype is matched once.
 #[inline(always)]
-fn widen_into(bytes: &[u8], dtype: FloatDtype, out: &mut [f32]) {
+pub(crate) fn widen_into(bytes: &[u8], dtype: FloatDtype, out: &mut [f32]) {
     match dtype {
         FloatDtype::BF16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
@@ -440,7 +442,9 @@ fn drive(
     }
     by_row.clear();
     by_row.resize(rows * t, 0.0);
-    pool().for_each_chunk(by_row, ROWS_PER_TASK * t, |first, out| kernel(first / t, out));
+    pool().for_each_chunk(by_row, ROWS_PER_TASK * t, |first, out| {
+        kernel(first / t, out)
+    });
     for k in 0..t {
         for r in 0..rows {
             ys[k * rows + r] = by_row[r * t + k];
@@ -457,9 +461,40 @@ fn x86_matmul(
     ys: &mut [f32],
     scratch: &mut MatmulScratch,
 ) -> bool {
-    use super::x86;
+    use super::{gemm, x86};
     let (rows, cols) = (m.rows(), m.cols());
     match m {
+        Matrix::Affine {
+            words,
+            scales,
+            biases,
+            dtype,
+            bits,
+            group,
+            ..
+        } if t > 1 && x86::vnni_available() && gemm::fits(cols, *bits, *group) => {
+            scratch.panels.set(xs, t, cols, *group);
+            let packed = gemm::PackedRows {
+                words: words.bytes(),
+                scales: scales.bytes(),
+                biases: biases.bytes(),
+                dtype: *dtype,
+                bits: *bits,
+                group: *group,
+                rows,
+                cols,
+            };
+            let (panels, out) = (&scratch.panels, gemm::TokenMajorOut::new(ys));
+            pool().run(rows.div_ceil(GEMM_ROWS_PER_TASK), &|c| {
+                let first = c * GEMM_ROWS_PER_TASK;
+                let n = GEMM_ROWS_PER_TASK.min(rows - first);
+                // SAFETY: VNNI and `fits` checked in the match guard, the panels set for this
+                // matrix above, `ys` borrowed until `run` returns, and task `c` alone writes
+                // rows `first..first + n`.
+                unsafe { gemm::affine_gemm_rows(&packed, panels, first, n, out) }
+            });
+            true
+        }
         Matrix::Float { data, dtype, .. } => {
             let bytes = data.bytes();
             let size = dtype.size();
@@ -479,70 +514,6 @@ fn x86_matmul(
                         let x = &xs[k * cols..(k + 1) * cols];
                         // SAFETY: `x86::available()` was checked by the caller.
                         *y = unsafe { x86::float_row_dot(row, *dtype, x) };
-                    }
-                }
-            });
-            true
-        }
-        Matrix::Affine {
-            words,
-            scales,
-            biases,
-            dtype,
-            bits: 4,
-            group,
-            ..
-        } if group % 64 == 0 && x86::vnni_available() => {
-            let groups = cols / group;
-            let (bytes, sb, bb) = (words.bytes(), scales.bytes(), biases.bytes());
-            let (row_bytes, sz) = (cols / 2, dtype.size());
-            scratch.qact.clear();
-            for k in 0..t {
-                scratch.qact.push(&xs[k * cols..(k + 1) * cols], *group);
-            }
-            let (qa, xsums) = (&scratch.qact, &scratch.xsums);
-            drive(rows, t, ys, &mut scratch.by_row, |first, out| {
-                let (mut s, mut b) = (vec![0f32; groups], vec![0f32; groups]);
-                for (r, o) in out.chunks_exact_mut(t).enumerate() {
-                    let row = first + r;
-                    let w = &bytes[row * row_bytes..(row + 1) * row_bytes];
-                    let range = row * groups * sz..(row + 1) * groups * sz;
-                    widen_into(&sb[range.clone()], *dtype, &mut s);
-                    widen_into(&bb[range], *dtype, &mut b);
-                    // Prompt: four tokens per pass over the row.
-                    let blocks = t / 4;
-                    for q in 0..blocks {
-                        let k = |i: usize| 4 * q + i;
-                        let xq = |i: usize| &qa.values[k(i) * cols..(k(i) + 1) * cols];
-                        let xd = |i: usize| &qa.scales[k(i) * groups..(k(i) + 1) * groups];
-                        let xs_ = |i: usize| &xsums[k(i) * groups..(k(i) + 1) * groups];
-                        // SAFETY: `x86::vnni_available()` was checked in the match guard.
-                        let y = unsafe {
-                            x86::q4_row_dot4_vnni(
-                                w,
-                                &s,
-                                &b,
-                                [xq(0), xq(1), xq(2), xq(3)],
-                                [xd(0), xd(1), xd(2), xd(3)],
-                                [xs_(0), xs_(1), xs_(2), xs_(3)],
-                                *group,
-                            )
-                        };
-                        o[4 * q..4 * q + 4].copy_from_slice(&y);
-                    }
-                    for (k, y) in o.iter_mut().enumerate().skip(4 * blocks) {
-                        // SAFETY: `x86::vnni_available()` was checked in the match guard.
-                        *y = unsafe {
-                            x86::q4_row_dot_vnni(
-                                w,
-                                &s,
-                                &b,
-                                &qa.values[k * cols..(k + 1) * cols],
-                                &qa.scales[k * groups..(k + 1) * groups],
-                                &xsums[k * groups..(k + 1) * groups],
-                                *group,
-                            )
-                        };
                     }
                 }
             });
@@ -604,9 +575,9 @@ pub struct MatmulScratch {
     xperm: Vec<f32>,
     by_row: Vec<f32>,
     #[cfg(target_arch = "x86_64")]
-    qact: super::x86::QuantizedActivations,
-    #[cfg(target_arch = "x86_64")]
     split: super::x86::SplitActivations,
+    #[cfg(target_arch = "x86_64")]
+    panels: super::gemm::TokenPanels,
 }
 
 /// `x * rsqrt(mean(x²) + eps) * weight`, in place.
@@ -665,8 +636,9 @@ mod tests {
     /// every format, one token and several.
     #[test]
     fn dispatched_kernels_equal_the_portable_ones() {
-        // 1024 columns: 16 groups of 64, the shape the in-register decode kernel needs.
-        let (rows, cols) = (40, 1024);
+        // 1024 columns: 16 groups of 64 (a full window of the decode kernel); 43 rows: partial
+        // tasks and a partial block of the prompt GEMM's 8 rows.
+        let (rows, cols) = (43, 1024);
         let mut rng = crate::testkit::Rng::new(3);
         let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
         let mut mats = Vec::new();
@@ -680,8 +652,17 @@ mod tests {
                 cols,
             });
         }
-        // (4, 128): 8 groups per row, a partial window of the 16-group decode kernel.
-        for (bits, group) in [(4, 64), (4, 32), (4, 128), (8, 64), (3, 32)] {
+        // (4, 128): 8 groups per row, a partial window of the 16-group decode kernel. 3, 2 and
+        // 6 bits: the GEMM's generic unpacking (codes straddling bytes).
+        for (bits, group) in [
+            (4, 64),
+            (4, 32),
+            (4, 128),
+            (8, 64),
+            (3, 32),
+            (2, 64),
+            (6, 128),
+        ] {
             let a = Affine::new(bits, group).unwrap();
             let (mut w, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
             for row in values.chunks_exact(cols) {
@@ -706,8 +687,9 @@ mod tests {
                 cols,
             });
         }
-        // 1: decode kernels; 3: per-token prompt path; 6: four-token blocks plus a remainder.
-        for t in [1usize, 3, 6] {
+        // 1: decode kernels; 3 and 6: one partial tile of 16 tokens (and, without VNNI, the
+        // four-token blocks plus a remainder); 21: a full tile and a partial one.
+        for t in [1usize, 3, 6, 21] {
             let xs: Vec<f32> = (0..t * cols).map(|_| rng.next_f32()).collect();
             for m in &mats {
                 let mut fast = vec![0f32; t * rows];
@@ -730,9 +712,11 @@ mod tests {
                     assert_eq!(a, fast);
                     assert_eq!(b, fast);
                 }
-                // The AVX-512 4-bit kernels round activations to 16 bits per group.
+                // The AVX-512 kernels round activations to 16 bits per group: 4-bit decode, and
+                // every width in a prompt (several tokens).
                 let tolerance = match m {
                     Matrix::Affine { bits: 4, .. } => 2e-3,
+                    Matrix::Affine { .. } if t > 1 => 2e-3,
                     _ => 1e-4,
                 };
                 for k in 0..t {

@@ -7,6 +7,8 @@
 //! beside [`model::CpuEngine`] without touching them.
 
 pub mod args;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 pub mod kernels;
 pub mod model;
 mod pool;

@@ -80,7 +80,9 @@ impl Pool {
         let shared = Arc::new(Shared {
             epoch: Line(AtomicUsize::new(0)),
             active: Line(AtomicUsize::new(0)),
-            next: (0..threads.max(1)).map(|_| Line(AtomicUsize::new(0))).collect(),
+            next: (0..threads.max(1))
+                .map(|_| Line(AtomicUsize::new(0)))
+                .collect(),
             chunks: AtomicUsize::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             sleeping: (0..workers).map(|_| Line(AtomicBool::new(false))).collect(),
@@ -105,11 +107,6 @@ impl Pool {
         }
     }
 
-    /// Threads a region runs on (the caller included).
-    pub fn threads(&self) -> usize {
-        self.threads.len() + 1
-    }
-
     /// Calls `job(i)` for every `i` in `0..n`, spread over the pool; returns when all are done.
     pub fn run(&self, n: usize, job: &(dyn Fn(usize) + Sync)) {
         // A chunk that panicked poisons the lock; the pool itself is consistent again by then.
@@ -132,8 +129,7 @@ impl Pool {
             std::hint::spin_loop();
         }
         let job_ref: Job = job;
-        s.job
-            .store(&job_ref as *const Job as *mut (), SeqCst);
+        s.job.store(&job_ref as *const Job as *mut (), SeqCst);
         s.chunks.store(n, SeqCst);
         for (p, next) in s.next.iter().enumerate() {
             next.store(share_start(n, s.next.len(), p), SeqCst);
@@ -274,7 +270,7 @@ fn worker(s: &Shared, w: usize) {
 
 /// Waits for a published region newer than `seen`: spinning first, then parked.
 fn wait_for_region(s: &Shared, w: usize, seen: usize) -> usize {
-    let fresh = |e: usize| e != seen && e % 2 == 0;
+    let fresh = |e: usize| e != seen && e.is_multiple_of(2);
     let mut spins = 0u32;
     loop {
         let e = s.epoch.load(SeqCst);
@@ -322,13 +318,17 @@ mod tests {
     fn several_slices_share_a_region_and_nested_regions_run_inline() {
         let pool = Pool::new(2);
         let (mut a, mut b) = (vec![0usize; 100], vec![0usize; 7]);
-        pool.for_each_chunk_of(&mut [(0, &mut a[..]), (1, &mut b[..])], 16, |s, first, piece| {
-            let mut inner = vec![0usize; piece.len()];
-            pool.for_each_chunk(&mut inner, 1, |i, p| p[0] = i);
-            for (j, v) in piece.iter_mut().enumerate() {
-                *v = 1000 * s + first + inner[j];
-            }
-        });
+        pool.for_each_chunk_of(
+            &mut [(0, &mut a[..]), (1, &mut b[..])],
+            16,
+            |s, first, piece| {
+                let mut inner = vec![0usize; piece.len()];
+                pool.for_each_chunk(&mut inner, 1, |i, p| p[0] = i);
+                for (j, v) in piece.iter_mut().enumerate() {
+                    *v = 1000 * s + first + inner[j];
+                }
+            },
+        );
         assert!(a.iter().enumerate().all(|(i, &v)| v == i));
         assert!(b.iter().enumerate().all(|(i, &v)| v == 1000 + i));
     }

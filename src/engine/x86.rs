@@ -8,16 +8,6 @@ use std::arch::x86_64::*;
 use super::kernels::stored_value;
 use crate::convert::quant::FloatDtype;
 
-/// Asks for every cache line of `bytes` ahead of its use (a hint: no fault, no effect on
-/// results).
-#[inline(always)]
-pub fn prefetch(bytes: &[u8]) {
-    for line in bytes.chunks(64) {
-        // SAFETY: `_mm_prefetch` never faults and `line` is a valid pointer.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
-    }
-}
-
 /// Whether this CPU runs these kernels (std caches the answer).
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -191,155 +181,6 @@ pub fn vnni_available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Activations prepared for [`q4_row_dot_vnni`]: per group of `group` values, a scale and
-/// `group` int16 values in the code order of an expanded 64-value chunk (the 32 even-indexed
-/// values, then the 32 odd-indexed ones). 16 bits keep the rounding of x near f32's effect on a
-/// dot product (relative 2^-15 per group), unlike llama.cpp's 8-bit activations, while the
-/// products become two VNNI instructions per 64 weights.
-#[derive(Default)]
-pub struct QuantizedActivations {
-    pub values: Vec<i16>,
-    pub scales: Vec<f32>,
-}
-
-impl QuantizedActivations {
-    /// Appends one token's `x` (length a multiple of 64 and of `group`).
-    pub fn push(&mut self, x: &[f32], group: usize) {
-        for g in x.chunks_exact(group) {
-            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 32767.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            self.scales.push(d);
-            for c in g.chunks_exact(64) {
-                // Round half away from zero by truncation (no libm call); |v * inv| <= 32767.
-                let q = |v: f32| {
-                    let y = v * inv;
-                    (y + 0.5f32.copysign(y)) as i16
-                };
-                self.values.extend((0..32).map(|j| q(c[2 * j])));
-                self.values.extend((0..32).map(|j| q(c[2 * j + 1])));
-            }
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.values.clear();
-        self.scales.clear();
-    }
-}
-
-/// Adds one 64-weight chunk's `Σ q·x` (32 packed bytes at `w`, 64 int16 activations at `x` in
-/// the expanded order) to the 16 lanes of `isum`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-unsafe fn chunk_isum(isum: __m512i, w: *const u8, x: *const i16) -> __m512i {
-    let low = _mm256_set1_epi8(0x0F);
-    let v = _mm256_loadu_si256(w as *const __m256i);
-    let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
-    let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-    let isum = _mm512_dpwssd_epi32(isum, lo, _mm512_loadu_si512(x as *const _));
-    _mm512_dpwssd_epi32(isum, hi, _mm512_loadu_si512(x.add(32) as *const _))
-}
-
-/// One output of a 4-bit row against int16 activations:
-/// `Σ_g scale_g · d_g · Σ q·xq + bias_g · Σ x` (group size a multiple of 64).
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub unsafe fn q4_row_dot_vnni(
-    bytes: &[u8],
-    scales: &[f32],
-    biases: &[f32],
-    xq: &[i16],
-    xd: &[f32],
-    xsum: &[f32],
-    group: usize,
-) -> f32 {
-    let groups = scales.len();
-    assert!(
-        group.is_multiple_of(64)
-            && biases.len() == groups
-            && xd.len() >= groups
-            && xsum.len() >= groups
-            && bytes.len() >= groups * group / 2
-            && xq.len() >= groups * group
-    );
-    let mut acc = _mm512_setzero_ps();
-    let mut bias_sum = 0f32;
-    let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
-    for g in 0..groups {
-        let mut isum = _mm512_setzero_si512();
-        for c in 0..group / 64 {
-            let (w, x) = (bp.add(g * group / 2 + c * 32), xp.add(g * group + c * 64));
-            isum = chunk_isum(isum, w, x);
-        }
-        acc = _mm512_fmadd_ps(
-            _mm512_cvtepi32_ps(isum),
-            _mm512_set1_ps(*scales.get_unchecked(g) * *xd.get_unchecked(g)),
-            acc,
-        );
-        bias_sum += *biases.get_unchecked(g) * *xsum.get_unchecked(g);
-    }
-    _mm512_reduce_add_ps(acc) + bias_sum
-}
-
-/// [`q4_row_dot_vnni`] for four tokens at once (prompt processing): the row's codes are
-/// expanded once and multiplied with each token's activations.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-pub unsafe fn q4_row_dot4_vnni(
-    bytes: &[u8],
-    scales: &[f32],
-    biases: &[f32],
-    xq: [&[i16]; 4],
-    xd: [&[f32]; 4],
-    xsum: [&[f32]; 4],
-    group: usize,
-) -> [f32; 4] {
-    let groups = scales.len();
-    assert!(
-        group.is_multiple_of(64) && biases.len() == groups && bytes.len() >= groups * group / 2
-    );
-    for k in 0..4 {
-        assert!(xq[k].len() >= groups * group && xd[k].len() >= groups && xsum[k].len() >= groups);
-    }
-    let low = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut bias_sum = [0f32; 4];
-    let bp = bytes.as_ptr();
-    for g in 0..groups {
-        let mut isum = [_mm512_setzero_si512(); 4];
-        for c in 0..group / 64 {
-            let v = _mm256_loadu_si256(bp.add(g * group / 2 + c * 32) as *const __m256i);
-            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(v, low));
-            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-            for k in 0..4 {
-                let x = xq[k].as_ptr().add(g * group + c * 64);
-                isum[k] = _mm512_dpwssd_epi32(isum[k], lo, _mm512_loadu_si512(x as *const _));
-                isum[k] =
-                    _mm512_dpwssd_epi32(isum[k], hi, _mm512_loadu_si512(x.add(32) as *const _));
-            }
-        }
-        let (s, b) = (*scales.get_unchecked(g), *biases.get_unchecked(g));
-        for k in 0..4 {
-            acc[k] = _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(isum[k]),
-                _mm512_set1_ps(s * *xd[k].get_unchecked(g)),
-                acc[k],
-            );
-            bias_sum[k] += b * *xsum[k].get_unchecked(g);
-        }
-    }
-    let mut out = [0f32; 4];
-    for k in 0..4 {
-        out[k] = _mm512_reduce_add_ps(acc[k]) + bias_sum[k];
-    }
-    out
-}
-
 /// `Σ w·x` of one float row against four tokens: each weight is widened once.
 ///
 /// # Safety
@@ -377,77 +218,6 @@ pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) ->
         i += 1;
     }
     out
-}
-
-/// 16 stored values (scales or biases) of `dtype` at `p`, widened.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,f16c")]
-unsafe fn widen16(p: *const u8, dtype: FloatDtype) -> __m512 {
-    match dtype {
-        FloatDtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
-            16,
-        )),
-        FloatDtype::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-        FloatDtype::F32 => _mm512_loadu_ps(p as *const f32),
-    }
-}
-
-/// [`q4_row_dot_vnni`] reading the row's stored scales and biases itself (16 groups at a time,
-/// widened in registers): the decode kernel. The number of groups must be a multiple of 16.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VNNI ([`vnni_available`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn q4_row_dot_vnni_raw(
-    bytes: &[u8],
-    scales: &[u8],
-    biases: &[u8],
-    dtype: FloatDtype,
-    xq: &[i16],
-    xd: &[f32],
-    xsum: &[f32],
-    group: usize,
-) -> f32 {
-    let groups = xd.len();
-    let size = dtype.size();
-    assert!(
-        group.is_multiple_of(64)
-            && groups.is_multiple_of(16)
-            && xsum.len() >= groups
-            && scales.len() >= groups * size
-            && biases.len() >= groups * size
-            && bytes.len() >= groups * group / 2
-            && xq.len() >= groups * group
-    );
-    let mut acc = _mm512_setzero_ps();
-    let mut bias_acc = _mm512_setzero_ps();
-    let (bp, xp) = (bytes.as_ptr(), xq.as_ptr());
-    let mut s16 = [0f32; 16];
-    for block in 0..groups / 16 {
-        // Scales times the activation scales, and the bias terms, for 16 groups at once.
-        let s = _mm512_mul_ps(
-            widen16(scales.as_ptr().add(block * 16 * size), dtype),
-            _mm512_loadu_ps(xd.as_ptr().add(block * 16)),
-        );
-        _mm512_storeu_ps(s16.as_mut_ptr(), s);
-        bias_acc = _mm512_fmadd_ps(
-            widen16(biases.as_ptr().add(block * 16 * size), dtype),
-            _mm512_loadu_ps(xsum.as_ptr().add(block * 16)),
-            bias_acc,
-        );
-        for (j, &scale) in s16.iter().enumerate() {
-            let g = block * 16 + j;
-            let mut isum = _mm512_setzero_si512();
-            for c in 0..group / 64 {
-                let (w, x) = (bp.add(g * group / 2 + c * 32), xp.add(g * group + c * 64));
-                isum = chunk_isum(isum, w, x);
-            }
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(scale), acc);
-        }
-    }
-    _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(bias_acc)
 }
 
 /// Largest |value| of a 16-bit activation code that splits into two signed bytes
@@ -566,7 +336,9 @@ pub unsafe fn q4_rows_split(
     let low = _mm512_set1_epi8(0x0F);
     // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
     let lane_group = _mm512_srl_epi32(
-        _mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120),
+        _mm512_setr_epi32(
+            0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+        ),
         _mm_cvtsi32_si128(group.trailing_zeros() as i32),
     );
     let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
@@ -580,12 +352,19 @@ pub unsafe fn q4_rows_split(
                 _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
             }
             for line in (0..row_scales).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(ahead * row_scales + line) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(biases.as_ptr().add(ahead * row_scales + line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(
+                    scales.as_ptr().add(ahead * row_scales + line) as *const i8
+                );
+                _mm_prefetch::<_MM_HINT_T0>(
+                    biases.as_ptr().add(ahead * row_scales + line) as *const i8
+                );
             }
         }
         let bp = words.as_ptr().add(row * row_bytes);
-        let (sp, bip) = (scales.as_ptr().add(row * row_scales), biases.as_ptr().add(row * row_scales));
+        let (sp, bip) = (
+            scales.as_ptr().add(row * row_scales),
+            biases.as_ptr().add(row * row_scales),
+        );
         let mut acc = _mm512_setzero_ps();
         let mut base = 0;
         while base < groups {
