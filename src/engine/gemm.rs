@@ -297,3 +297,124 @@ unsafe fn unpack_q4_pairs(row: &[u8], out: &mut [i32]) {
         j += 1;
     }
 }
+
+/// A prompt's activations for [`float_gemm_rows`]: tiles of 16 tokens, per column the 16
+/// tokens' values (a short last tile padded with zeros).
+#[derive(Default)]
+pub struct FloatPanels {
+    values: Vec<f32>,
+    tiles: usize,
+    tokens: usize,
+    cols: usize,
+}
+
+impl FloatPanels {
+    /// Prepares `xs` (`t` tokens of `cols` values).
+    pub fn set(&mut self, xs: &[f32], t: usize, cols: usize) {
+        self.tiles = t.div_ceil(LANES);
+        (self.tokens, self.cols) = (t, cols);
+        self.values.clear();
+        self.values.resize(self.tiles * cols * LANES, 0.0);
+        for (k, x) in xs.chunks_exact(cols).take(t).enumerate() {
+            let (tile, lane) = (k / LANES, k % LANES);
+            let panel = &mut self.values[tile * cols * LANES..(tile + 1) * cols * LANES];
+            for (c, &v) in x.iter().enumerate() {
+                panel[c * LANES + lane] = v;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per thread: `ROWS` float rows widened to f32.
+    static FLOAT_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows `first..first + n` of a float matrix (`data`: rows × cols values of `dtype`) times
+/// every token of `panels`, into `out`. f32 products and sums: only the order of the additions
+/// differs from the row-at-a-time kernels.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `panels` must have been set for `cols`; `out` must come
+/// from a `ys` of `tokens × rows` values that is still borrowed, and no other call may write
+/// the same rows concurrently.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn float_gemm_rows(
+    data: &[u8],
+    dtype: FloatDtype,
+    rows: usize,
+    cols: usize,
+    panels: &FloatPanels,
+    first: usize,
+    n: usize,
+    out: TokenMajorOut,
+) {
+    let row_bytes = cols * dtype.size();
+    assert!(
+        panels.cols == cols
+            && first + n <= rows
+            && data.len() >= rows * row_bytes
+            && out.len >= panels.tokens * rows
+    );
+    FLOAT_PANEL.with_borrow_mut(|w| {
+        w.resize(ROWS * cols, 0.0);
+        let mut row = first;
+        while row < first + n {
+            let r = ROWS.min(first + n - row);
+            for i in 0..r {
+                let at = row + i;
+                widen_into(
+                    &data[at * row_bytes..(at + 1) * row_bytes],
+                    dtype,
+                    &mut w[i * cols..(i + 1) * cols],
+                );
+            }
+            for tile in 0..panels.tiles {
+                let mut acc = [[0f32; LANES]; ROWS];
+                if r == ROWS {
+                    float_tile_kernel::<ROWS>(w, panels, tile, &mut acc);
+                } else {
+                    for i in 0..r {
+                        let mut one = [[0f32; LANES]; 1];
+                        float_tile_kernel::<1>(&w[i * cols..], panels, tile, &mut one);
+                        acc[i] = one[0];
+                    }
+                }
+                let tokens = LANES.min(panels.tokens - tile * LANES);
+                for (i, lanes) in acc.iter().enumerate().take(r) {
+                    for (lane, &v) in lanes.iter().enumerate().take(tokens) {
+                        let at = (tile * LANES + lane) * rows + row + i;
+                        // SAFETY: `at < tokens × rows <= out.len` (asserted), and row
+                        // `row + i` belongs to this call alone (the caller's contract).
+                        *out.ptr.add(at) = v;
+                    }
+                }
+            }
+            row += r;
+        }
+    });
+}
+
+/// `R` widened rows (stride `cols`) times the 16 tokens of `tile`: `acc[r][lane]`.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn float_tile_kernel<const R: usize>(
+    w: &[f32],
+    panels: &FloatPanels,
+    tile: usize,
+    acc: &mut [[f32; LANES]; R],
+) {
+    let cols = panels.cols;
+    assert!(w.len() >= (R - 1) * cols + cols);
+    let a = panels.values.as_ptr().add(tile * cols * LANES);
+    let wp = w.as_ptr();
+    let mut f = [_mm512_setzero_ps(); R];
+    for c in 0..cols {
+        let x = _mm512_loadu_ps(a.add(c * LANES));
+        for (r, f) in f.iter_mut().enumerate() {
+            *f = _mm512_fmadd_ps(x, _mm512_set1_ps(*wp.add(r * cols + c)), *f);
+        }
+    }
+    for (out, f) in acc.iter_mut().zip(&f) {
+        _mm512_storeu_ps(out.as_mut_ptr(), *f);
+    }
+}

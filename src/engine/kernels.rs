@@ -495,6 +495,20 @@ fn x86_matmul(
             });
             true
         }
+        Matrix::Float { data, dtype, .. } if t > 1 && x86::avx512_available() => {
+            scratch.float_panels.set(xs, t, cols);
+            let (panels, out) = (&scratch.float_panels, gemm::TokenMajorOut::new(ys));
+            let (bytes, dtype) = (data.bytes(), *dtype);
+            pool().run(rows.div_ceil(GEMM_ROWS_PER_TASK), &|c| {
+                let first = c * GEMM_ROWS_PER_TASK;
+                let n = GEMM_ROWS_PER_TASK.min(rows - first);
+                // SAFETY: AVX-512 checked in the match guard, the panels set for this matrix
+                // above, `ys` borrowed until `run` returns, and task `c` alone writes rows
+                // `first..first + n`.
+                unsafe { gemm::float_gemm_rows(bytes, dtype, rows, cols, panels, first, n, out) }
+            });
+            true
+        }
         Matrix::Float { data, dtype, .. } => {
             let bytes = data.bytes();
             let size = dtype.size();
@@ -578,6 +592,8 @@ pub struct MatmulScratch {
     split: super::x86::SplitActivations,
     #[cfg(target_arch = "x86_64")]
     panels: super::gemm::TokenPanels,
+    #[cfg(target_arch = "x86_64")]
+    float_panels: super::gemm::FloatPanels,
 }
 
 /// `x * rsqrt(mean(x²) + eps) * weight`, in place.

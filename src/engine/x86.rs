@@ -173,6 +173,11 @@ pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
     }
 }
 
+/// Whether this CPU runs the AVX-512 float prompt kernel.
+pub fn avx512_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
 /// Whether this CPU has the AVX-512 VNNI integer dot product the 4-bit kernel below uses.
 pub fn vnni_available() -> bool {
     is_x86_feature_detected!("avx512f")
