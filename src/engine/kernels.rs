@@ -17,32 +17,6 @@ const ROWS_PER_TASK: usize = 16;
 #[cfg(target_arch = "x86_64")]
 const GEMM_ROWS_PER_TASK: usize = 32;
 
-/// Runs `body` compiled with AVX2 + FMA when the CPU has them, else the portable build.
-macro_rules! simd_dispatch {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn portable($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn fast($($arg: $ty),*) {
-                    portable($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
-                {
-                    // SAFETY: the CPU has every feature `fast` is compiled for (checked above).
-                    unsafe { fast($($arg),*) };
-                    return;
-                }
-            }
-            portable($($arg),*)
-        }
-    };
-}
-
 /// Sum of `a[i] * b[i]` with 16 independent accumulators (vectorizes; no FMA contraction).
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -620,19 +594,6 @@ pub fn rope(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
         let (a, b) = (head[i], head[i + half]);
         head[i] = a * cos - b * sin;
         head[i + half] = a * sin + b * cos;
-    }
-}
-
-/// Softmax in place (max-subtracted).
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in x.iter_mut() {
-        *v /= sum;
     }
 }
 

@@ -6,9 +6,8 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use super::args::{Arch, ModelArgs};
-use super::kernels::{
-    matmul, matmul_many, matrix_row, rms_norm, rope, silu_mul, softmax, MatmulScratch,
-};
+use super::attention::{self, KvCache};
+use super::kernels::{matmul, matmul_many, matrix_row, rms_norm, rope, silu_mul, MatmulScratch};
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
 
@@ -28,9 +27,7 @@ struct Layer {
     gate: Matrix,
     up: Matrix,
     down: Matrix,
-    /// Cached keys and values: position-major, `kv_heads * head_dim` per position.
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    cache: KvCache,
 }
 
 /// Per-forward buffers, kept between calls so that decoding allocates nothing once warm.
@@ -124,8 +121,7 @@ impl CpuEngine {
                 gate: files.matrix(a, &format!("{p}.mlp.gate_proj"), a.intermediate, a.hidden)?,
                 up: files.matrix(a, &format!("{p}.mlp.up_proj"), a.intermediate, a.hidden)?,
                 down: files.matrix(a, &format!("{p}.mlp.down_proj"), a.hidden, a.intermediate)?,
-                keys: Vec::new(),
-                values: Vec::new(),
+                cache: KvCache::new(a.kv_heads, a.head_dim),
             });
         }
         let norm = files.vector("model.norm.weight", a.hidden)?;
@@ -241,46 +237,36 @@ impl CpuEngine {
                     rope(head, pos, &a.inv_freq);
                 }
             }
-            let needed = (start + t) * kvd;
-            if layer.keys.len() < needed {
-                layer.keys.resize(needed, 0.0);
-                layer.values.resize(needed, 0.0);
+            for i in 0..t {
+                layer.cache.write(
+                    start + i,
+                    &b.k[i * kvd..(i + 1) * kvd],
+                    &b.v[i * kvd..(i + 1) * kvd],
+                );
             }
-            layer.keys[start * kvd..needed].copy_from_slice(&b.k);
-            layer.values[start * kvd..needed].copy_from_slice(&b.v);
-            let (keys, values, q) = (&layer.keys, &layer.values, &b.q);
-            // One task per (token, head): causal attention over the cache; on the pool only
-            // when there is enough of it to pay for waking the threads.
-            let attend = |task: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-                let (i, h) = (task / a.heads, task % a.heads);
-                let kvh = h / group;
-                let qh = &q[i * hd + h * d..i * hd + (h + 1) * d];
-                let len = start + i + 1;
-                scores.clear();
-                scores.extend((0..len).map(|p| {
-                    super::kernels::dot(qh, &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d])
-                        * scale
-                }));
-                softmax(scores);
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let v = &values[p * kvd + kvh * d..p * kvd + (kvh + 1) * d];
-                    out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                }
+            let (cache, q) = (&layer.cache, &b.q);
+            // One task per (token, kv head): causal attention of the query heads that share
+            // the kv head; on the pool when there is enough of it to pay for the region.
+            let width = group * d;
+            let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+                let task = first / width;
+                let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
+                let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
+                attention::attend(cache, kvh, start + i + 1, qg, scale, out, scores);
             };
             let work = t * (start + t) * hd;
             if work < (1 << 14) {
                 // A short context: on this thread, one reused score buffer.
                 let scores = &mut b.scores;
-                for (task, out) in b.attn.chunks_mut(d).enumerate() {
-                    attend(task, out, scores);
+                for (task, out) in b.attn.chunks_mut(width).enumerate() {
+                    attend(task * width, out, scores);
                 }
             } else {
                 thread_local! {
                     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
                 }
-                super::pool::pool().for_each_chunk(&mut b.attn, d, |first, out| {
-                    SCORES.with_borrow_mut(|scores| attend(first / d, out, scores))
+                super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
+                    SCORES.with_borrow_mut(|scores| attend(first, out, scores))
                 });
             }
             matmul(&layer.o, &b.attn, t, &mut b.o, &mut b.scratch);
@@ -337,13 +323,8 @@ impl Engine for CpuEngine {
     }
 
     fn reserve(&mut self, positions: usize) {
-        let kvd = self.args.kv_heads * self.args.head_dim;
         for l in &mut self.layers {
-            let want = positions * kvd;
-            if l.keys.capacity() < want {
-                l.keys.reserve(want - l.keys.len());
-                l.values.reserve(want - l.values.len());
-            }
+            l.cache.reserve(positions);
         }
     }
 
