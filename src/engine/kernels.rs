@@ -13,6 +13,14 @@ use crate::convert::quant::FloatDtype;
 /// Rows per parallel task: enough work per task to amortize scheduling.
 const ROWS_PER_TASK: usize = 16;
 
+/// Rows per task when decoding: ~32 KiB of weights each. Decoding a task of 16 short rows took
+/// about as long as claiming and dispatching it; much larger tasks leave one thread waiting
+/// for the other's last task at the end of each of the ~100 regions per token.
+#[cfg(target_arch = "x86_64")]
+fn decode_rows_per_task(row_bytes: usize) -> usize {
+    (32 << 10) / row_bytes.max(1)
+}
+
 /// Rows per parallel task of a prompt's GEMM (each task unpacks its rows once).
 #[cfg(target_arch = "x86_64")]
 const GEMM_ROWS_PER_TASK: usize = 32;
@@ -397,7 +405,8 @@ fn x86_fused_decode(
             }
         }
     };
-    pool().for_each_chunk_of(products, ROWS_PER_TASK, |m, first, out| run(m, first, out));
+    let chunk = decode_rows_per_task(first.nbytes() / first.rows().max(1));
+    pool().for_each_chunk_of(products, chunk, |m, first, out| run(m, first, out));
     true
 }
 
@@ -586,15 +595,24 @@ pub fn rms_norm_into(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Rotary embedding of one head at `pos`, mlx's non-traditional layout (pairs i, i + d/2).
-pub fn rope(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
+/// `table` holds the position's (cos, sin) pairs ([`rope_table`]).
+pub fn rope(head: &mut [f32], table: &[(f32, f32)]) {
     let half = head.len() / 2;
-    for (i, &f) in inv_freq.iter().enumerate().take(half) {
-        let angle = pos as f32 * f;
-        let (sin, cos) = angle.sin_cos();
-        let (a, b) = (head[i], head[i + half]);
-        head[i] = a * cos - b * sin;
-        head[i + half] = a * sin + b * cos;
+    let (first, second) = head.split_at_mut(half);
+    for ((a, b), &(cos, sin)) in first.iter_mut().zip(second).zip(table) {
+        let (x, y) = (*a, *b);
+        *a = x * cos - y * sin;
+        *b = x * sin + y * cos;
     }
+}
+
+/// Appends the (cos, sin) pairs of position `pos`: computed once per token for every head and
+/// layer (the angles are the same; sin/cos per head and layer cost ~4% of a decode step).
+pub fn rope_table(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
+    out.extend(inv_freq.iter().map(|&f| {
+        let (sin, cos) = (pos as f32 * f).sin_cos();
+        (cos, sin)
+    }));
 }
 
 /// SiLU(gate) * up, into `gate`.

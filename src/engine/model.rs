@@ -7,7 +7,9 @@ use std::path::Path;
 
 use super::args::{Arch, ModelArgs};
 use super::attention::{self, KvCache};
-use super::kernels::{matmul, matmul_many, matrix_row, rms_norm, rope, silu_mul, MatmulScratch};
+use super::kernels::{
+    matmul, matmul_many, matrix_row, rms_norm, rope, rope_table, silu_mul, MatmulScratch,
+};
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
 
@@ -44,6 +46,8 @@ struct Buffers {
     up: Vec<f32>,
     last: Vec<f32>,
     scores: Vec<f32>,
+    /// (cos, sin) per token and frequency.
+    rope: Vec<(f32, f32)>,
     scratch: MatmulScratch,
 }
 
@@ -190,6 +194,11 @@ impl CpuEngine {
             );
         }
         let start = self.pos;
+        let half = a.inv_freq.len();
+        b.rope.clear();
+        for i in 0..t {
+            rope_table(start + i, &a.inv_freq, &mut b.rope);
+        }
         let scale = 1.0 / (d as f32).sqrt();
         let group = a.heads / a.kv_heads;
         for layer in &mut self.layers {
@@ -223,18 +232,18 @@ impl CpuEngine {
                 }
             }
             for i in 0..t {
-                let pos = start + i;
+                let table = &b.rope[i * half..(i + 1) * half];
                 for head in b.q[i * hd..(i + 1) * hd].chunks_exact_mut(d) {
                     if let Some(n) = &layer.q_norm {
                         rms_norm(head, n, a.eps);
                     }
-                    rope(head, pos, &a.inv_freq);
+                    rope(head, table);
                 }
                 for head in b.k[i * kvd..(i + 1) * kvd].chunks_exact_mut(d) {
                     if let Some(n) = &layer.k_norm {
                         rms_norm(head, n, a.eps);
                     }
-                    rope(head, pos, &a.inv_freq);
+                    rope(head, table);
                 }
             }
             for i in 0..t {
