@@ -40,6 +40,8 @@ pub struct TokenPanels {
     tokens: usize,
     cols: usize,
     group: usize,
+    /// One group's int16 codes while it is laid out.
+    codes: Vec<i16>,
 }
 
 impl TokenPanels {
@@ -54,7 +56,8 @@ impl TokenPanels {
         self.scales.resize(self.tiles * groups * LANES, 0.0);
         self.sums.clear();
         self.sums.resize(self.tiles * groups * LANES, 0.0);
-        let mut codes = vec![0i16; group];
+        self.codes.clear();
+        self.codes.resize(group, 0);
         for (k, x) in xs.chunks_exact(cols).take(t).enumerate() {
             let (tile, lane) = (k / LANES, k % LANES);
             let pairs = &mut self.pairs[tile * half * LANES..(tile + 1) * half * LANES];
@@ -66,11 +69,11 @@ impl TokenPanels {
                 self.scales[at] = d;
                 self.sums[at] = xg.iter().sum();
                 // Round half away from zero by truncation (no libm call); |v * inv| <= 32767.
-                for (c, &v) in codes.iter_mut().zip(xg) {
+                for (c, &v) in self.codes.iter_mut().zip(xg) {
                     let y = v * inv;
                     *c = (y + 0.5f32.copysign(y)) as i16;
                 }
-                for (j, pair) in codes.chunks_exact(2).enumerate() {
+                for (j, pair) in self.codes.chunks_exact(2).enumerate() {
                     let lo = u32::from(pair[0] as u16);
                     let hi = u32::from(pair[1] as u16);
                     pairs[(g * group / 2 + j) * LANES + lane] = (lo | hi << 16) as i32;

@@ -294,7 +294,7 @@ pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut Ma
     debug_assert_eq!(xs.len(), t * cols);
     debug_assert_eq!(ys.len(), t * rows);
     #[cfg(target_arch = "x86_64")]
-    if t == 1 && super::x86::available() && x86_fused_decode(&mut [(m, ys)], xs, scratch) {
+    if t == 1 && super::x86::available() && x86_decode(&mut [(m, ys)], xs, scratch) {
         return;
     }
     scratch.xsums.clear();
@@ -324,7 +324,7 @@ pub fn matmul_many(
     scratch: &mut MatmulScratch,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if t == 1 && super::x86::available() && x86_fused_decode(products, xs, scratch) {
+    if t == 1 && super::x86::available() && x86_decode(products, xs, scratch) {
         return;
     }
     for (m, ys) in products.iter_mut() {
@@ -332,10 +332,11 @@ pub fn matmul_many(
     }
 }
 
-/// [`matmul_many`] for one token when every matrix is float, or every one is 4-bit with the
-/// same group size on a VNNI CPU; `false` otherwise.
+/// One token through one or several products of the same input as one parallel region, when
+/// every matrix is float, or every one is 4-bit with the same group size on a VNNI CPU;
+/// `false` otherwise (the caller then runs the other kernels).
 #[cfg(target_arch = "x86_64")]
-fn x86_fused_decode(
+fn x86_decode(
     products: &mut [(&Matrix, &mut [f32])],
     x: &[f32],
     scratch: &mut MatmulScratch,
