@@ -163,12 +163,12 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     // the activations in that dtype while mlxk keeps f32, so against mlx-lm as users run it the
     // difference is the half-precision rounding of a forward pass; against mlx-lm with the model
     // cast to f32 (`upcast`) it is summation order again. Quantized weights: where the AVX-512
-    // VNNI kernels run (every width in a prompt, 4-bit when decoding) the activations are
-    // rounded to 16 bits per group, elsewhere they stay f32. Measured (32 teacher-forced
-    // steps): f32 ≤ 1.0e-5; upcast ≤ 1.1e-5; 4-bit ≤ 8.5e-4, 8-bit 4.0e-4 and 3-bit 2.2e-4
-    // with VNNI (≤ 1.5e-5 without); as users run it f16 1.9e-2, bf16 6.2e-2, 4-bit with bf16
-    // scales 3.3e-1 (MLX's bf16 KV cache and activations drift over the steps with these
-    // std-0.3 random weights; the upcast cells show the engine itself is exact).
+    // VNNI kernels run (every width, prompt and decode) the activations are rounded to 16 bits
+    // per group, elsewhere they stay f32. Measured (32 teacher-forced steps): f32 ≤ 1.1e-5;
+    // upcast ≤ 1.1e-5; with VNNI 4-bit ≤ 8.5e-4, 8-bit 1.1e-3, 3-bit 2.9e-4 (≤ 1.5e-5
+    // without); as users run it f16 1.9e-2, bf16 6.2e-2, 4-bit with bf16 scales 3.3e-1 (MLX's
+    // bf16 KV cache and activations drift over the steps with these std-0.3 random weights;
+    // the upcast cells show the engine itself is exact).
     let case = |name, upcast, tolerance| Case {
         name,
         upcast,
@@ -179,8 +179,8 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
         case("qwen2", false, 1e-4),
         case("qwen3", false, 1e-4),
         case("llama-q4", false, 2e-3),
-        case("llama-q8", false, 1e-3),
-        case("qwen3-q3", false, 1e-3),
+        case("llama-q8", false, 2e-3),
+        case("qwen3-q3", false, 2e-3),
         case("llama-f16", false, 5e-2),
         case("llama-f16", true, 1e-4),
         case("llama-bf16-tied", false, 1.5e-1),

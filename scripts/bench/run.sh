@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of `mlxk run` (release) on a generated Llama of 0.43B parameters (hidden 1024, 24
-# layers, intermediate 4096, 16 heads, 4 kv heads, vocab 32000): its bf16 original and a 4-bit
-# group-64 version made by `python -m mlx_lm convert` (the venv of scripts/peers.sh). A 64-token
+# layers, intermediate 4096, 16 heads, 4 kv heads, vocab 32000): its bf16 original and 4-bit and
+# 8-bit group-64 versions made by `python -m mlx_lm convert` (the venv of scripts/peers.sh). A 64-token
 # prompt, 128 greedy tokens (repetition penalty off), both cores. Reports prompt and decode
 # tok/s (median and best of RUNS), peak RSS (/usr/bin/time, highest of RUNS), and decode as a
 # fraction of the memory-bandwidth bound: weight bytes read per token over this machine's read
@@ -23,6 +23,7 @@ echo "mlxk-fs $(git rev-parse --short HEAD), $(uname -r), $(nproc) cores, runs=$
 target/release/examples/fixture_cache llama "$work/hub" 1024 24 4096 32000 1 bf16 >/dev/null
 bf16=$(echo "$work"/hub/models--bench--llama/snapshots/*)
 "$py" -m mlx_lm convert --hf-path "$bf16" --mlx-path "$work/q4" -q --q-bits 4 --q-group-size 64 >/dev/null 2>&1
+"$py" -m mlx_lm convert --hf-path "$bf16" --mlx-path "$work/q8" -q --q-bits 8 --q-group-size 64 >/dev/null 2>&1
 # The fixture tokenizer is byte-level: 63 characters and BOS are 64 tokens.
 prompt=$(printf 'The quick brown fox jumps over the lazy dog, again and again ...')
 
@@ -60,5 +61,6 @@ for p, d, bw, _ in rows:
 PY
 }
 bench 4-bit "$work/q4"
+bench 8-bit "$work/q8"
 bench bf16 "$bf16"
-echo "weights on disk: 4-bit $(du -shL "$work/q4/model.safetensors" | cut -f1), bf16 $(du -shL "$bf16/model.safetensors" | cut -f1)"
+echo "weights on disk: 4-bit $(du -shL "$work/q4/model.safetensors" | cut -f1), 8-bit $(du -shL "$work/q8/model.safetensors" | cut -f1), bf16 $(du -shL "$bf16/model.safetensors" | cut -f1)"

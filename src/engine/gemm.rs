@@ -257,6 +257,10 @@ fn unpack_pairs(row: &[u8], bits: u32, out: &mut [i32]) {
     match bits {
         // SAFETY: the caller runs only on CPUs with AVX-512 (see `affine_gemm_rows`).
         4 => unsafe { unpack_q4_pairs(row, out) },
+        // SAFETY: VBMI checked here, AVX-512 F/BW by the caller.
+        2 | 3 | 5 | 6
+            if (2 * out.len()).is_multiple_of(64) && is_x86_feature_detected!("avx512vbmi") =>
+        unsafe { unpack_pairs_vbmi(row, bits as usize, out) },
         8 => {
             for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
                 *o = (u32::from(b[0]) | u32::from(b[1]) << 16) as i32;
@@ -419,5 +423,40 @@ unsafe fn float_tile_kernel<const R: usize>(
     }
     for (out, f) in acc.iter_mut().zip(&f) {
         _mm512_storeu_ps(out.as_mut_ptr(), *f);
+    }
+}
+
+/// [`unpack_pairs`] for 2, 3, 5 and 6 bits with VBMI: per 64 codes (`8·bits` bytes of MLX's
+/// LSB-first stream), a byte permute gives each 64-bit lane the `bits` bytes of 8 codes, a
+/// multishift extracts them at offsets 0, bits, 2·bits, …, a mask clears the neighbours' bits,
+/// and two zero-extensions to 16 bits write the pairs (codes 2j, 2j + 1 are adjacent words).
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn unpack_pairs_vbmi(row: &[u8], bits: usize, out: &mut [i32]) {
+    let codes = 2 * out.len();
+    assert!(codes.is_multiple_of(64) && row.len() * 8 >= codes * bits);
+    let mut perm = [0u8; 64];
+    let mut shifts = [0u8; 64];
+    for q in 0..8 {
+        for j in 0..8 {
+            perm[q * 8 + j] = (q * bits + j.min(bits - 1)) as u8;
+            shifts[q * 8 + j] = (j * bits) as u8;
+        }
+    }
+    let perm = _mm512_loadu_si512(perm.as_ptr() as *const _);
+    let shifts = _mm512_loadu_si512(shifts.as_ptr() as *const _);
+    let mask = _mm512_set1_epi8(((1u32 << bits) - 1) as u8 as i8);
+    let load: __mmask64 = (1u64 << (8 * bits)) - 1;
+    for v in 0..codes / 64 {
+        let src = _mm512_maskz_loadu_epi8(load, row.as_ptr().add(v * 8 * bits) as *const i8);
+        let c = _mm512_and_si512(
+            _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, src)),
+            mask,
+        );
+        let dst = out.as_mut_ptr().add(v * 32) as *mut __m512i;
+        _mm512_storeu_si512(dst, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)));
+        _mm512_storeu_si512(
+            dst.add(1),
+            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(c)),
+        );
     }
 }

@@ -333,8 +333,9 @@ pub fn matmul_many(
 }
 
 /// One token through one or several products of the same input as one parallel region, when
-/// every matrix is float, or every one is 4-bit with the same group size on a VNNI CPU;
-/// `false` otherwise (the caller then runs the other kernels).
+/// every matrix is float, or every one is quantized with the same group size and has a VNNI
+/// kernel (4-bit; 2/3/5/6/8-bit with VBMI); `false` otherwise (the caller then runs the other
+/// kernels).
 #[cfg(target_arch = "x86_64")]
 fn x86_decode(
     products: &mut [(&Matrix, &mut [f32])],
@@ -346,9 +347,17 @@ fn x86_decode(
         return true;
     };
     let cols = first.cols();
-    let q4_group = |m: &Matrix| match m {
-        Matrix::Affine { bits: 4, group, .. } if x86::split_kernel_fits(cols, *group) => {
-            Some(*group)
+    // (group, nibble-order activations needed) of a quantized matrix with a VNNI kernel.
+    let vnni_group = |m: &Matrix| match m {
+        Matrix::Affine { bits: 4, group, .. }
+            if x86::vnni_available() && x86::split_kernel_fits(cols, *group) =>
+        {
+            Some((*group, true))
+        }
+        Matrix::Affine { bits, group, .. }
+            if x86::vbmi_available() && x86::any_width_kernel_fits(cols, *bits, *group) =>
+        {
+            Some((*group, false))
         }
         _ => None,
     };
@@ -358,9 +367,12 @@ fn x86_decode(
     let all_float = products
         .iter()
         .all(|(m, _)| matches!(m, Matrix::Float { .. }));
-    let group = q4_group(first).filter(|_| x86::vnni_available());
-    let all_q4 = group.is_some() && products.iter().all(|(m, _)| q4_group(m) == group);
-    if !same_cols || !(all_float || all_q4) {
+    let group = vnni_group(first).map(|(g, _)| g);
+    let all_vnni = group.is_some()
+        && products
+            .iter()
+            .all(|(m, _)| vnni_group(m).map(|(g, _)| g) == group);
+    if !same_cols || !(all_float || all_vnni) {
         return false;
     }
     if let Some(group) = group {
@@ -368,7 +380,13 @@ fn x86_decode(
         scratch
             .xsums
             .extend(x.chunks_exact(group).map(|g| g.iter().sum::<f32>()));
-        scratch.split.set(x, group);
+        let nibbles = products
+            .iter()
+            .any(|(m, _)| vnni_group(m) == Some((group, true)));
+        let natural = products
+            .iter()
+            .any(|(m, _)| vnni_group(m) == Some((group, false)));
+        scratch.split.set(x, group, nibbles, natural);
     }
     let (sa, xsums) = (&scratch.split, &scratch.xsums);
     // One region: the matrices' row chunks are stolen as one pool of work.
@@ -386,23 +404,29 @@ fn x86_decode(
             scales,
             biases,
             dtype,
+            bits,
             group,
             ..
         } => {
-            // SAFETY: every matrix here passed `q4_group` (`split_kernel_fits`) with
-            // `x86::vnni_available()`.
+            let (w, s, b, d, g) = (
+                words.bytes(),
+                scales.bytes(),
+                biases.bytes(),
+                *dtype,
+                *group,
+            );
+            // SAFETY: every matrix here passed `vnni_group`: 4-bit ones `split_kernel_fits`
+            // with `x86::vnni_available()`, the others `any_width_kernel_fits` with
+            // `x86::vbmi_available()`; the activations were set in the layout each needs.
             unsafe {
-                x86::q4_rows_split(
-                    words.bytes(),
-                    scales.bytes(),
-                    biases.bytes(),
-                    *dtype,
-                    sa,
-                    xsums,
-                    *group,
-                    first,
-                    out,
-                )
+                match bits {
+                    4 => x86::q4_rows_split(w, s, b, d, sa, xsums, g, first, out),
+                    2 => x86::qn_rows_split::<2>(w, s, b, d, sa, xsums, g, first, out),
+                    3 => x86::qn_rows_split::<3>(w, s, b, d, sa, xsums, g, first, out),
+                    5 => x86::qn_rows_split::<5>(w, s, b, d, sa, xsums, g, first, out),
+                    6 => x86::qn_rows_split::<6>(w, s, b, d, sa, xsums, g, first, out),
+                    _ => x86::qn_rows_split::<8>(w, s, b, d, sa, xsums, g, first, out),
+                }
             }
         }
     };
@@ -648,17 +672,19 @@ mod tests {
                 cols,
             });
         }
-        // (4, 128): 8 groups per row, a partial window of the 16-group decode kernel. 3, 2 and
-        // 6 bits: the GEMM's generic unpacking (codes straddling bytes).
-        for (bits, group) in [
+        // (4, 128): 8 groups per row, a partial window of the 16-group decode kernel. 2, 3, 5
+        // and 6 bits: codes straddling bytes (VBMI unpacking where the CPU has it).
+        let widths = [
             (4, 64),
             (4, 32),
             (4, 128),
             (8, 64),
             (3, 32),
             (2, 64),
+            (5, 32),
             (6, 128),
-        ] {
+        ];
+        for (bits, group) in widths {
             let a = Affine::new(bits, group).unwrap();
             let (mut w, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
             for row in values.chunks_exact(cols) {
@@ -708,12 +734,11 @@ mod tests {
                     assert_eq!(a, fast);
                     assert_eq!(b, fast);
                 }
-                // The AVX-512 kernels round activations to 16 bits per group: 4-bit decode, and
-                // every width in a prompt (several tokens).
+                // The AVX-512 VNNI kernels round activations to 16 bits per group (every width,
+                // decode and prompt); float rows stay f32.
                 let tolerance = match m {
-                    Matrix::Affine { bits: 4, .. } => 2e-3,
-                    Matrix::Affine { .. } if t > 1 => 2e-3,
-                    _ => 1e-4,
+                    Matrix::Affine { .. } => 2e-3,
+                    Matrix::Float { .. } => 1e-4,
                 };
                 for k in 0..t {
                     for r in 0..rows {
@@ -726,6 +751,30 @@ mod tests {
                 }
             }
         }
+        // A mixed-width region (as mixed recipes make: 4-bit beside 8- and 2-bit, group 64):
+        // both activation layouts prepared, each matrix equal to its own product.
+        let xs: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
+        let group64: Vec<&Matrix> = mats
+            .iter()
+            .filter(|m| matches!(m, Matrix::Affine { group: 64, .. }))
+            .collect();
+        assert_eq!(group64.len(), 3);
+        let alone: Vec<Vec<f32>> = group64
+            .iter()
+            .map(|m| {
+                let mut y = vec![0f32; rows];
+                matmul(m, &xs, 1, &mut y, &mut MatmulScratch::default());
+                y
+            })
+            .collect();
+        let mut outs = vec![vec![0f32; rows]; 3];
+        let mut products: Vec<(&Matrix, &mut [f32])> = group64
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(m, y)| (*m, &mut y[..]))
+            .collect();
+        matmul_many(&mut products, &xs, 1, &mut MatmulScratch::default());
+        assert_eq!(outs, alone);
     }
     use crate::convert::quant::affine::Affine;
     use crate::convert::quant::pack::unpack_at;

@@ -229,23 +229,33 @@ pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) ->
 /// (`v = 256·hi + lo`, both in -128..=127).
 const SPLIT_MAX: f32 = 32639.0;
 
-/// One token's activations for [`q4_row_dot_split`]: quantized per group to 16 bits (scale
+/// One token's activations for the VNNI decode kernels: quantized per group to 16 bits (scale
 /// `amax / 32639`, round half away from zero), each code split into a low and a high signed
-/// byte so that VNNI's byte dot product (`vpdpbusd`: unsigned 4-bit codes × signed bytes,
-/// 64 products per instruction) computes 16-bit-exact sums: `Σ q·v = Σ q·lo + 256 · Σ q·hi`.
-/// Per 128 values (64 packed bytes of a row), four 64-byte vectors in the order the packed
-/// bytes are read: low bytes of the even-indexed values (the low nibbles' partners), their
-/// high bytes, then the same for the odd-indexed values.
+/// byte so that VNNI's byte dot product (`vpdpbusd`: unsigned codes × signed bytes, 64
+/// products per instruction) computes 16-bit-exact sums: `Σ q·v = Σ q·lo + 256 · Σ q·hi`.
+/// Two layouts, built when asked for:
+/// - `nibble_order` ([`q4_rows_split`]): per 128 values (64 packed bytes of a 4-bit row), four
+///   64-byte vectors in the order the packed bytes are read: low bytes of the even-indexed
+///   values (the low nibbles' partners), their high bytes, then the same for the odd ones;
+/// - `natural` ([`qn_rows_split`]): per 64 values, their 64 low bytes, then their 64 high ones.
 #[derive(Default)]
 pub struct SplitActivations {
-    pub bytes: Vec<i8>,
+    pub nibble_order: Vec<i8>,
+    pub natural: Vec<i8>,
     pub scales: Vec<f32>,
     codes: Vec<i16>,
 }
 
+/// The low and high signed bytes of a 16-bit code (`v = 256·hi + lo`, |v| <= 32639).
+#[inline(always)]
+fn split(v: i16) -> (i8, i8) {
+    let lo = v as i8;
+    (lo, ((v - i16::from(lo)) >> 8) as i8)
+}
+
 impl SplitActivations {
-    /// Prepares `x` (length a multiple of 128 and of `group`).
-    pub fn set(&mut self, x: &[f32], group: usize) {
+    /// Prepares `x` (length a multiple of 128 and of `group`) in the layouts asked for.
+    pub fn set(&mut self, x: &[f32], group: usize, nibble_order: bool, natural: bool) {
         self.codes.clear();
         self.scales.clear();
         for g in x.chunks_exact(group) {
@@ -259,21 +269,34 @@ impl SplitActivations {
                 (y + 0.5f32.copysign(y)) as i16
             }));
         }
-        self.bytes.clear();
-        self.bytes.resize(2 * x.len(), 0);
-        for (block, out) in self
-            .codes
-            .chunks_exact(128)
-            .zip(self.bytes.chunks_exact_mut(256))
-        {
-            let (even, odd) = out.split_at_mut(128);
-            for (half, parity) in [(even, 0), (odd, 1)] {
-                let (lo, hi) = half.split_at_mut(64);
+        self.nibble_order.clear();
+        if nibble_order {
+            self.nibble_order.resize(2 * x.len(), 0);
+            for (block, out) in self
+                .codes
+                .chunks_exact(128)
+                .zip(self.nibble_order.chunks_exact_mut(256))
+            {
+                let (even, odd) = out.split_at_mut(128);
+                for (half, parity) in [(even, 0), (odd, 1)] {
+                    let (lo, hi) = half.split_at_mut(64);
+                    for b in 0..64 {
+                        (lo[b], hi[b]) = split(block[2 * b + parity]);
+                    }
+                }
+            }
+        }
+        self.natural.clear();
+        if natural {
+            self.natural.resize(2 * x.len(), 0);
+            for (block, out) in self
+                .codes
+                .chunks_exact(64)
+                .zip(self.natural.chunks_exact_mut(128))
+            {
+                let (lo, hi) = out.split_at_mut(64);
                 for b in 0..64 {
-                    let v = block[2 * b + parity];
-                    let l = v as i8;
-                    lo[b] = l;
-                    hi[b] = ((v - i16::from(l)) >> 8) as i8;
+                    (lo[b], hi[b]) = split(block[b]);
                 }
             }
         }
@@ -336,7 +359,7 @@ pub unsafe fn q4_rows_split(
             && xsum.len() >= groups
             && scales.len() >= rows * row_scales
             && biases.len() >= rows * row_scales
-            && act.bytes.len() >= 2 * cols
+            && act.nibble_order.len() >= 2 * cols
     );
     let low = _mm512_set1_epi8(0x0F);
     // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
@@ -347,7 +370,11 @@ pub unsafe fn q4_rows_split(
         _mm_cvtsi32_si128(group.trailing_zeros() as i32),
     );
     let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
-    let (ap, xd, xs) = (act.bytes.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
+    let (ap, xd, xs) = (
+        act.nibble_order.as_ptr(),
+        act.scales.as_ptr(),
+        xsum.as_ptr(),
+    );
     for (r, y) in out.iter_mut().enumerate() {
         let row = first + r;
         let ahead = row + PREFETCH_ROWS;
@@ -403,6 +430,143 @@ pub unsafe fn q4_rows_split(
                     acc,
                 );
                 idx = _mm512_add_epi32(idx, groups_per_block);
+            }
+            base += n;
+        }
+        *y = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/// Whether [`qn_rows_split`] runs on this CPU (VNNI and VBMI's byte permutes and multishifts).
+pub fn vbmi_available() -> bool {
+    vnni_available() && is_x86_feature_detected!("avx512vbmi")
+}
+
+/// Whether [`qn_rows_split`] runs rows of `cols` columns of `bits`-bit codes at this group.
+pub fn any_width_kernel_fits(cols: usize, bits: u32, group: usize) -> bool {
+    matches!(bits, 2 | 3 | 5 | 6 | 8) && matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
+}
+
+/// [`q4_rows_split`] for the other widths (2, 3, 5, 6, 8 bits) against the `natural` layout of
+/// [`SplitActivations`]. MLX packs codes as one LSB-first bit stream, so 8 consecutive codes
+/// fill exactly `bits` bytes: per 64 codes, one masked load of `8·bits` bytes, a byte permute
+/// (VBMI) giving each 64-bit lane its `bits` bytes, a multishift pulling the 8 codes out at
+/// offsets 0, bits, 2·bits, … and a mask — 4 instructions to unpack any width — then two byte
+/// dot products. 8-bit codes are loaded as they are.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`vbmi_available`]), and
+/// [`any_width_kernel_fits`] must hold for the matrix's columns, `BITS` and group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn qn_rows_split<const BITS: usize>(
+    words: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    dtype: FloatDtype,
+    act: &SplitActivations,
+    xsum: &[f32],
+    group: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    const PREFETCH_ROWS: usize = 4;
+    let groups = act.scales.len();
+    let cols = groups * group;
+    let size = dtype.size();
+    let (row_bytes, row_scales) = (cols * BITS / 8, groups * size);
+    let rows = words.len() / row_bytes.max(1);
+    // Checked once: every pointer below stays inside these slices.
+    assert!(
+        any_width_kernel_fits(cols, BITS as u32, group)
+            && first + out.len() <= rows
+            && xsum.len() >= groups
+            && scales.len() >= rows * row_scales
+            && biases.len() >= rows * row_scales
+            && act.natural.len() >= 2 * cols
+    );
+    // Lane q of the permuted vector holds source bytes q·BITS .. q·BITS + BITS.
+    let mut perm = [0u8; 64];
+    let mut shifts = [0u8; 64];
+    for q in 0..8 {
+        for j in 0..8 {
+            perm[q * 8 + j] = (q * BITS + j.min(BITS - 1)) as u8;
+            shifts[q * 8 + j] = (j * BITS) as u8;
+        }
+    }
+    let perm = _mm512_loadu_si512(perm.as_ptr() as *const _);
+    let shifts = _mm512_loadu_si512(shifts.as_ptr() as *const _);
+    let code_mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as u8 as i8);
+    let load_mask: __mmask64 = if BITS == 8 {
+        !0
+    } else {
+        (1u64 << (8 * BITS)) - 1
+    };
+    // Lane l of a 64-code vector holds codes 4l..4l + 4: group (v·64 + 4l) / group.
+    let lane_codes = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+    let shift = _mm_cvtsi32_si128(group.trailing_zeros() as i32);
+    let (ap, xd, xs) = (act.natural.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
+    for (r, y) in out.iter_mut().enumerate() {
+        let row = first + r;
+        let ahead = row + PREFETCH_ROWS;
+        if ahead < rows {
+            let p = words.as_ptr().add(ahead * row_bytes);
+            for line in (0..row_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+            }
+            for line in (0..row_scales).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    scales.as_ptr().add(ahead * row_scales + line) as *const i8
+                );
+                _mm_prefetch::<_MM_HINT_T0>(
+                    biases.as_ptr().add(ahead * row_scales + line) as *const i8
+                );
+            }
+        }
+        let bp = words.as_ptr().add(row * row_bytes);
+        let (sp, bip) = (
+            scales.as_ptr().add(row * row_scales),
+            biases.as_ptr().add(row * row_scales),
+        );
+        let mut acc = _mm512_setzero_ps();
+        let mut base = 0;
+        while base < groups {
+            let n = (groups - base).min(16);
+            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let sc = _mm512_mul_ps(
+                widen16_masked(sp.add(base * size), dtype, m),
+                _mm512_maskz_loadu_ps(m, xd.add(base)),
+            );
+            acc = _mm512_fmadd_ps(
+                widen16_masked(bip.add(base * size), dtype, m),
+                _mm512_maskz_loadu_ps(m, xs.add(base)),
+                acc,
+            );
+            let first_vec = base * group / 64;
+            for (k, vec) in (first_vec..first_vec + n * group / 64).enumerate() {
+                let src = bp.add(vec * 8 * BITS) as *const i8;
+                let codes = if BITS == 8 {
+                    _mm512_loadu_si512(src as *const _)
+                } else {
+                    let raw =
+                        _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(load_mask, src));
+                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, raw), code_mask)
+                };
+                let a = ap.add(vec * 128);
+                let zero = _mm512_setzero_si512();
+                let lo = _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a as *const _));
+                let hi =
+                    _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a.add(64) as *const _));
+                let isum = _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 8));
+                let idx = _mm512_srl_epi32(
+                    _mm512_add_epi32(lane_codes, _mm512_set1_epi32((k * 64) as i32)),
+                    shift,
+                );
+                acc = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_permutexvar_ps(idx, sc),
+                    acc,
+                );
             }
             base += n;
         }
