@@ -122,7 +122,7 @@ simd_dispatch! {
             let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
             let mut sum = 0f32;
             for v in s.iter_mut() {
-                *v = (*v * scale - max).exp();
+                *v = super::kernels::exp(*v * scale - max);
                 sum += *v;
             }
             let inv = 1.0 / sum;
