@@ -7,7 +7,8 @@
 # fraction of the memory-bandwidth bound: weight bytes read per token over this machine's read
 # bandwidth (examples/bandwidth.rs). This VM's bandwidth swings between runs (42-63 GB/s seen
 # within minutes), so it is measured again right before every run and each run's fraction is
-# taken against its own measurement; the median fraction is the headline.
+# taken against its own measurement; the median fraction is the headline. One unrecorded warm-up
+# run per model first.
 #
 #   scripts/bench/run.sh [RUNS]   (default 5)
 set -euo pipefail
@@ -34,6 +35,9 @@ bandwidth() { # GB/s, 2 threads, best of 5 passes over 2 GiB
 bench() { # name dir
   local name=$1 dir=$2 rss=0 per_token=0 tokens=0 ptoks=0
   : >"$work/rows"
+  # Warm-up, not recorded: the weights into the page cache (this VM reclaims cold page cache
+  # proactively, so a first run can include reading them from disk).
+  "$mlxk" run "$dir" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
   for _ in $(seq 1 "$runs"); do
     bw=$(bandwidth)
     /usr/bin/time -f "%M" -o "$work/rss" "$mlxk" --json run "$dir" "$prompt" --max-tokens 128 \
