@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::kernels::widen_into;
+use super::x86::CodeUnpacker;
 use crate::convert::quant::FloatDtype;
 
 /// Tokens per vector.
@@ -122,6 +123,29 @@ impl TokenMajorOut {
             len: ys.len(),
         }
     }
+
+    /// Rows `first..first + acc.len()` of token tile `tile` (`acc[row][lane]`), the padding
+    /// lanes past `tokens` left out.
+    ///
+    /// # Safety
+    /// `tokens × rows <= self.len`, and no other thread writes these rows meanwhile.
+    unsafe fn write(
+        &self,
+        acc: &[[f32; LANES]],
+        tile: usize,
+        tokens: usize,
+        rows: usize,
+        first: usize,
+    ) {
+        let live = LANES.min(tokens - tile * LANES);
+        for (i, lanes) in acc.iter().enumerate() {
+            for (lane, &v) in lanes.iter().enumerate().take(live) {
+                let at = (tile * LANES + lane) * rows + first + i;
+                debug_assert!(at < self.len);
+                *self.ptr.add(at) = v;
+            }
+        }
+    }
 }
 
 /// Rows `first..first + n` of `m` times every token of `panels`, into `out`.
@@ -193,15 +217,7 @@ pub unsafe fn affine_gemm_rows(
                         acc[i] = one[0];
                     }
                 }
-                let tokens = LANES.min(panels.tokens - tile * LANES);
-                for (i, lanes) in acc.iter().enumerate().take(r) {
-                    for (lane, &v) in lanes.iter().enumerate().take(tokens) {
-                        let at = (tile * LANES + lane) * m.rows + row + i;
-                        // SAFETY: `at < tokens × rows <= out.len` (asserted), and row
-                        // `row + i` belongs to this call alone (the caller's contract).
-                        *out.ptr.add(at) = v;
-                    }
-                }
+                out.write(&acc[..r], tile, panels.tokens, m.rows, row);
             }
             row += r;
         }
@@ -387,15 +403,7 @@ pub unsafe fn float_gemm_rows(
                         acc[i] = one[0];
                     }
                 }
-                let tokens = LANES.min(panels.tokens - tile * LANES);
-                for (i, lanes) in acc.iter().enumerate().take(r) {
-                    for (lane, &v) in lanes.iter().enumerate().take(tokens) {
-                        let at = (tile * LANES + lane) * rows + row + i;
-                        // SAFETY: `at < tokens × rows <= out.len` (asserted), and row
-                        // `row + i` belongs to this call alone (the caller's contract).
-                        *out.ptr.add(at) = v;
-                    }
-                }
+                out.write(&acc[..r], tile, panels.tokens, rows, row);
             }
             row += r;
         }
@@ -426,32 +434,15 @@ unsafe fn float_tile_kernel<const R: usize>(
     }
 }
 
-/// [`unpack_pairs`] for 2, 3, 5 and 6 bits with VBMI: per 64 codes (`8·bits` bytes of MLX's
-/// LSB-first stream), a byte permute gives each 64-bit lane the `bits` bytes of 8 codes, a
-/// multishift extracts them at offsets 0, bits, 2·bits, …, a mask clears the neighbours' bits,
-/// and two zero-extensions to 16 bits write the pairs (codes 2j, 2j + 1 are adjacent words).
+/// [`unpack_pairs`] for 2, 3, 5 and 6 bits with VBMI ([`CodeUnpacker`]), then two
+/// zero-extensions to 16 bits write the pairs (codes 2j, 2j + 1 are adjacent words).
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn unpack_pairs_vbmi(row: &[u8], bits: usize, out: &mut [i32]) {
     let codes = 2 * out.len();
     assert!(codes.is_multiple_of(64) && row.len() * 8 >= codes * bits);
-    let mut perm = [0u8; 64];
-    let mut shifts = [0u8; 64];
-    for q in 0..8 {
-        for j in 0..8 {
-            perm[q * 8 + j] = (q * bits + j.min(bits - 1)) as u8;
-            shifts[q * 8 + j] = (j * bits) as u8;
-        }
-    }
-    let perm = _mm512_loadu_si512(perm.as_ptr() as *const _);
-    let shifts = _mm512_loadu_si512(shifts.as_ptr() as *const _);
-    let mask = _mm512_set1_epi8(((1u32 << bits) - 1) as u8 as i8);
-    let load: __mmask64 = (1u64 << (8 * bits)) - 1;
+    let unpack = CodeUnpacker::new(bits);
     for v in 0..codes / 64 {
-        let src = _mm512_maskz_loadu_epi8(load, row.as_ptr().add(v * 8 * bits) as *const i8);
-        let c = _mm512_and_si512(
-            _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(perm, src)),
-            mask,
-        );
+        let c = unpack.codes(row.as_ptr().add(v * 8 * bits));
         let dst = out.as_mut_ptr().add(v * 32) as *mut __m512i;
         _mm512_storeu_si512(dst, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)));
         _mm512_storeu_si512(

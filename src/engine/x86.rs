@@ -404,6 +404,54 @@ unsafe fn widen16_masked(p: *const u8, dtype: FloatDtype, m: __mmask16) -> __m51
     }
 }
 
+/// Asks for the cache lines of row `row`'s codes, scales and biases (a hint: no fault).
+#[inline(always)]
+unsafe fn prefetch_row(
+    words: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    row: usize,
+    row_bytes: usize,
+    row_scales: usize,
+) {
+    let p = words.as_ptr().add(row * row_bytes);
+    for line in (0..row_bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+    }
+    for line in (0..row_scales).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(row * row_scales + line) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(biases.as_ptr().add(row * row_scales + line) as *const i8);
+    }
+}
+
+/// For the (up to 16) groups `base..` of a row (lanes in `m`): the row's scales times the
+/// activation scales, and `acc` plus the bias terms `bias_g · Σ x_g`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn window(
+    scales: *const u8,
+    biases: *const u8,
+    dtype: FloatDtype,
+    xd: *const f32,
+    xsum: *const f32,
+    base: usize,
+    m: __mmask16,
+    acc: __m512,
+) -> (__m512, __m512) {
+    let size = dtype.size();
+    let sc = _mm512_mul_ps(
+        widen16_masked(scales.add(base * size), dtype, m),
+        _mm512_maskz_loadu_ps(m, xd.add(base)),
+    );
+    let acc = _mm512_fmadd_ps(
+        widen16_masked(biases.add(base * size), dtype, m),
+        _mm512_maskz_loadu_ps(m, xsum.add(base)),
+        acc,
+    );
+    (sc, acc)
+}
+
 /// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
 pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
     matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
@@ -463,20 +511,15 @@ pub unsafe fn q4_rows_split(
     );
     for (r, y) in out.iter_mut().enumerate() {
         let row = first + r;
-        let ahead = row + PREFETCH_ROWS;
-        if ahead < rows {
-            let p = words.as_ptr().add(ahead * row_bytes);
-            for line in (0..row_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
-            }
-            for line in (0..row_scales).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    scales.as_ptr().add(ahead * row_scales + line) as *const i8
-                );
-                _mm_prefetch::<_MM_HINT_T0>(
-                    biases.as_ptr().add(ahead * row_scales + line) as *const i8
-                );
-            }
+        if row + PREFETCH_ROWS < rows {
+            prefetch_row(
+                words,
+                scales,
+                biases,
+                row + PREFETCH_ROWS,
+                row_bytes,
+                row_scales,
+            );
         }
         let bp = words.as_ptr().add(row * row_bytes);
         let (sp, bip) = (
@@ -488,16 +531,8 @@ pub unsafe fn q4_rows_split(
         while base < groups {
             let n = (groups - base).min(16);
             let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            // Scales times the activation scales, and the bias terms, for up to 16 groups.
-            let sc = _mm512_mul_ps(
-                widen16_masked(sp.add(base * size), dtype, m),
-                _mm512_maskz_loadu_ps(m, xd.add(base)),
-            );
-            acc = _mm512_fmadd_ps(
-                widen16_masked(bip.add(base * size), dtype, m),
-                _mm512_maskz_loadu_ps(m, xs.add(base)),
-                acc,
-            );
+            let sc;
+            (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
             let first_block = base * group / 128;
             let mut idx = lane_group;
             for blk in first_block..first_block + n * group / 128 {
@@ -571,43 +606,22 @@ pub unsafe fn qn_rows_split<const BITS: usize>(
             && biases.len() >= rows * row_scales
             && act.natural.len() >= 2 * cols
     );
-    // Lane q of the permuted vector holds source bytes q·BITS .. q·BITS + BITS.
-    let mut perm = [0u8; 64];
-    let mut shifts = [0u8; 64];
-    for q in 0..8 {
-        for j in 0..8 {
-            perm[q * 8 + j] = (q * BITS + j.min(BITS - 1)) as u8;
-            shifts[q * 8 + j] = (j * BITS) as u8;
-        }
-    }
-    let perm = _mm512_loadu_si512(perm.as_ptr() as *const _);
-    let shifts = _mm512_loadu_si512(shifts.as_ptr() as *const _);
-    let code_mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as u8 as i8);
-    let load_mask: __mmask64 = if BITS == 8 {
-        !0
-    } else {
-        (1u64 << (8 * BITS)) - 1
-    };
+    let unpack = CodeUnpacker::new(BITS.min(7));
     // Lane l of a 64-code vector holds codes 4l..4l + 4: group (v·64 + 4l) / group.
     let lane_codes = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
     let shift = _mm_cvtsi32_si128(group.trailing_zeros() as i32);
     let (ap, xd, xs) = (act.natural.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
     for (r, y) in out.iter_mut().enumerate() {
         let row = first + r;
-        let ahead = row + PREFETCH_ROWS;
-        if ahead < rows {
-            let p = words.as_ptr().add(ahead * row_bytes);
-            for line in (0..row_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
-            }
-            for line in (0..row_scales).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    scales.as_ptr().add(ahead * row_scales + line) as *const i8
-                );
-                _mm_prefetch::<_MM_HINT_T0>(
-                    biases.as_ptr().add(ahead * row_scales + line) as *const i8
-                );
-            }
+        if row + PREFETCH_ROWS < rows {
+            prefetch_row(
+                words,
+                scales,
+                biases,
+                row + PREFETCH_ROWS,
+                row_bytes,
+                row_scales,
+            );
         }
         let bp = words.as_ptr().add(row * row_bytes);
         let (sp, bip) = (
@@ -619,24 +633,15 @@ pub unsafe fn qn_rows_split<const BITS: usize>(
         while base < groups {
             let n = (groups - base).min(16);
             let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let sc = _mm512_mul_ps(
-                widen16_masked(sp.add(base * size), dtype, m),
-                _mm512_maskz_loadu_ps(m, xd.add(base)),
-            );
-            acc = _mm512_fmadd_ps(
-                widen16_masked(bip.add(base * size), dtype, m),
-                _mm512_maskz_loadu_ps(m, xs.add(base)),
-                acc,
-            );
+            let sc;
+            (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
             let first_vec = base * group / 64;
             for (k, vec) in (first_vec..first_vec + n * group / 64).enumerate() {
-                let src = bp.add(vec * 8 * BITS) as *const i8;
+                let src = bp.add(vec * 8 * BITS);
                 let codes = if BITS == 8 {
                     _mm512_loadu_si512(src as *const _)
                 } else {
-                    let raw =
-                        _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(load_mask, src));
-                    _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, raw), code_mask)
+                    unpack.codes(src)
                 };
                 let a = ap.add(vec * 128);
                 let zero = _mm512_setzero_si512();
@@ -657,6 +662,54 @@ pub unsafe fn qn_rows_split<const BITS: usize>(
             base += n;
         }
         *y = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/// Unpacks 64 consecutive `bits`-bit codes (2..=7) of MLX's LSB-first stream into 64 bytes:
+/// 8 codes fill exactly `bits` bytes, so a byte permute gives each 64-bit lane its `bits`
+/// bytes, a multishift pulls the 8 codes out at offsets 0, bits, 2·bits, … and a mask clears
+/// their neighbours' bits (AVX-512 VBMI).
+pub struct CodeUnpacker {
+    perm: __m512i,
+    shifts: __m512i,
+    mask: __m512i,
+    load: __mmask64,
+}
+
+impl CodeUnpacker {
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn new(bits: usize) -> CodeUnpacker {
+        debug_assert!((2..=7).contains(&bits));
+        let (mut perm, mut shifts) = ([0u8; 64], [0u8; 64]);
+        for q in 0..8 {
+            for j in 0..8 {
+                perm[q * 8 + j] = (q * bits + j.min(bits - 1)) as u8;
+                shifts[q * 8 + j] = (j * bits) as u8;
+            }
+        }
+        CodeUnpacker {
+            perm: _mm512_loadu_si512(perm.as_ptr() as *const _),
+            shifts: _mm512_loadu_si512(shifts.as_ptr() as *const _),
+            mask: _mm512_set1_epi8(((1u32 << bits) - 1) as u8 as i8),
+            load: (1u64 << (8 * bits)) - 1,
+        }
+    }
+
+    /// The 64 codes whose `8·bits` bytes start at `src` (only those bytes are read).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VBMI; `src` must point at `8·bits` readable bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub unsafe fn codes(&self, src: *const u8) -> __m512i {
+        let raw = _mm512_maskz_loadu_epi8(self.load, src as *const i8);
+        _mm512_and_si512(
+            _mm512_multishift_epi64_epi8(self.shifts, _mm512_permutexvar_epi8(self.perm, raw)),
+            self.mask,
+        )
     }
 }
 
