@@ -392,45 +392,67 @@ pub unsafe fn float_gemm_rows(
                     &mut w[i * cols..(i + 1) * cols],
                 );
             }
-            for tile in 0..panels.tiles {
+            let mut tile = 0;
+            while tile < panels.tiles {
+                if r == ROWS && tile + 1 < panels.tiles {
+                    // Two tiles per pass: each broadcast weight feeds two FMAs.
+                    let mut acc = [[[0f32; LANES]; ROWS]; 2];
+                    float_tile_kernel::<ROWS, 2>(w, panels, tile, &mut acc);
+                    out.write(&acc[0], tile, panels.tokens, rows, row);
+                    out.write(&acc[1], tile + 1, panels.tokens, rows, row);
+                    tile += 2;
+                    continue;
+                }
                 let mut acc = [[0f32; LANES]; ROWS];
                 if r == ROWS {
-                    float_tile_kernel::<ROWS>(w, panels, tile, &mut acc);
+                    let mut one = [[[0f32; LANES]; ROWS]; 1];
+                    float_tile_kernel::<ROWS, 1>(w, panels, tile, &mut one);
+                    acc = one[0];
                 } else {
                     for i in 0..r {
-                        let mut one = [[0f32; LANES]; 1];
-                        float_tile_kernel::<1>(&w[i * cols..], panels, tile, &mut one);
-                        acc[i] = one[0];
+                        let mut one = [[[0f32; LANES]; 1]; 1];
+                        float_tile_kernel::<1, 1>(&w[i * cols..], panels, tile, &mut one);
+                        acc[i] = one[0][0];
                     }
                 }
                 out.write(&acc[..r], tile, panels.tokens, rows, row);
+                tile += 1;
             }
             row += r;
         }
     });
 }
 
-/// `R` widened rows (stride `cols`) times the 16 tokens of `tile`: `acc[r][lane]`.
+/// `R` widened rows (stride `cols`) times the 16 tokens of each of the `T` tiles from `tile`:
+/// `acc[t][r][lane]`.
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn float_tile_kernel<const R: usize>(
+unsafe fn float_tile_kernel<const R: usize, const T: usize>(
     w: &[f32],
     panels: &FloatPanels,
     tile: usize,
-    acc: &mut [[f32; LANES]; R],
+    acc: &mut [[[f32; LANES]; R]; T],
 ) {
     let cols = panels.cols;
-    assert!(w.len() >= (R - 1) * cols + cols);
+    assert!(w.len() >= (R - 1) * cols + cols && tile + T <= panels.tiles);
     let a = panels.values.as_ptr().add(tile * cols * LANES);
     let wp = w.as_ptr();
-    let mut f = [_mm512_setzero_ps(); R];
+    let mut f = [[_mm512_setzero_ps(); R]; T];
     for c in 0..cols {
-        let x = _mm512_loadu_ps(a.add(c * LANES));
-        for (r, f) in f.iter_mut().enumerate() {
-            *f = _mm512_fmadd_ps(x, _mm512_set1_ps(*wp.add(r * cols + c)), *f);
+        let mut x = [_mm512_setzero_ps(); T];
+        for (t, x) in x.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(a.add((t * cols + c) * LANES));
+        }
+        for r in 0..R {
+            let wv = _mm512_set1_ps(*wp.add(r * cols + c));
+            for (f, x) in f.iter_mut().zip(&x) {
+                f[r] = _mm512_fmadd_ps(*x, wv, f[r]);
+            }
         }
     }
     for (out, f) in acc.iter_mut().zip(&f) {
-        _mm512_storeu_ps(out.as_mut_ptr(), *f);
+        for (o, f) in out.iter_mut().zip(f) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *f);
+        }
     }
 }
 
