@@ -7,8 +7,9 @@
 # fraction of the memory-bandwidth bound: weight bytes read per token over this machine's read
 # bandwidth (examples/bandwidth.rs). This VM's bandwidth swings between runs (42-63 GB/s seen
 # within minutes), so it is measured again right before every run and each run's fraction is
-# taken against its own measurement; the median fraction is the headline. One unrecorded warm-up
-# run per model first.
+# taken against its own measurement; the median fraction is the headline, printed beside the median
+# decode over the median bandwidth (steadier when the probe and the decode see different minutes).
+# One unrecorded warm-up run per model first.
 #
 #   scripts/bench/run.sh [RUNS]   (default 5)
 set -euo pipefail
@@ -58,6 +59,7 @@ med = statistics.median
 print(f"{name:5} prompt {ptoks} tokens: {med(r[0] for r in rows):.1f} tok/s median, {max(r[0] for r in rows):.1f} best"
       f" | decode {tokens} tokens: {med(r[1] for r in rows):.1f} tok/s median, {max(r[1] for r in rows):.1f} best"
       f" | {med(frac):.2f} of the bound median ({min(frac):.2f}-{max(frac):.2f};"
+      f" median decode at the median bandwidth {med(r[1] for r in rows) / (med(r[2] for r in rows) * 1e9 / per_token):.2f};"
       f" {per_token / 1e6:.1f} MB/token, bandwidth {min(r[2] for r in rows):.1f}-{max(r[2] for r in rows):.1f} GB/s)"
       f" | peak RSS {rss / 1024:.0f} MB")
 for p, d, bw, _ in rows:
