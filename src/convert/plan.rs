@@ -342,19 +342,10 @@ fn sanitize(
     Ok((tensors, dropped))
 }
 
-fn float_dtype(d: Dtype) -> Option<FloatDtype> {
-    match d {
-        Dtype::F16 => Some(FloatDtype::F16),
-        Dtype::BF16 => Some(FloatDtype::BF16),
-        Dtype::F32 => Some(FloatDtype::F32),
-        _ => None,
-    }
-}
-
 /// A tensor outside any quantized module: unchanged, or cast to the conversion dtype.
 fn keep_job(input: Input, cast: Option<FloatDtype>) -> Job {
     let out_dtype;
-    let work = match (float_dtype(input.dtype()), cast) {
+    let work = match (FloatDtype::of(input.dtype()), cast) {
         (Some(from), Some(to)) if from != to => {
             out_dtype = to.dtype();
             Work::Cast { from, to }
@@ -452,7 +443,7 @@ fn plan_quantize(
             jobs.push(keep_job(input, cast));
             continue;
         };
-        let source = float_dtype(input.dtype()).ok_or_else(|| {
+        let source = FloatDtype::of(input.dtype()).ok_or_else(|| {
             PlanError::Invalid(format!(
                 "`{name}` is {:?}, not a float tensor: it cannot be quantized",
                 input.dtype()
@@ -665,7 +656,7 @@ fn plan_dequantize(
         }
         let (scale_dtype, out) = match scheme {
             Scheme::Affine(_) => {
-                let sd = float_dtype(scales.dtype()).ok_or_else(|| {
+                let sd = FloatDtype::of(scales.dtype()).ok_or_else(|| {
                     PlanError::Invalid(format!(
                         "`{module}.scales` is {:?}; affine scales are float",
                         scales.dtype()

@@ -14,7 +14,6 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::kernels::widen_into;
 use super::x86::CodeUnpacker;
 use crate::convert::quant::FloatDtype;
 
@@ -188,14 +187,12 @@ pub unsafe fn affine_gemm_rows(
                     m.bits,
                     &mut codes[i * half..(i + 1) * half],
                 );
-                widen_into(
+                m.dtype.widen_into(
                     &m.scales[at * groups * size..(at + 1) * groups * size],
-                    m.dtype,
                     &mut ws[i * groups..(i + 1) * groups],
                 );
-                widen_into(
+                m.dtype.widen_into(
                     &m.biases[at * groups * size..(at + 1) * groups * size],
-                    m.dtype,
                     &mut wb[i * groups..(i + 1) * groups],
                 );
             }
@@ -386,9 +383,8 @@ pub unsafe fn float_gemm_rows(
             let r = ROWS.min(first + n - row);
             for i in 0..r {
                 let at = row + i;
-                widen_into(
+                dtype.widen_into(
                     &data[at * row_bytes..(at + 1) * row_bytes],
-                    dtype,
                     &mut w[i * cols..(i + 1) * cols],
                 );
             }

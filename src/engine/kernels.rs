@@ -4,8 +4,6 @@
 //! split across the rayon pool; inner loops are written for the compiler to vectorize and are
 //! compiled twice (portable, and AVX2 + FMA chosen at run time). Accumulation is in f32.
 
-use half::slice::HalfFloatSliceExt;
-
 use super::pool::pool;
 use super::weights::Matrix;
 use crate::convert::quant::FloatDtype;
@@ -147,66 +145,6 @@ fn affine_row_dot(
     total
 }
 
-/// Widens `out.len()` stored values (scales, biases) into `out`; the dtype is matched once.
-#[inline(always)]
-pub(crate) fn widen_into(bytes: &[u8], dtype: FloatDtype, out: &mut [f32]) {
-    match dtype {
-        FloatDtype::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-            }
-        }
-        FloatDtype::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-            }
-        }
-        FloatDtype::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-    }
-}
-
-/// A float row widened into `buf`.
-#[inline(always)]
-fn float_row<'a>(
-    data: &'a [u8],
-    dtype: FloatDtype,
-    row: usize,
-    cols: usize,
-    buf: &'a mut Vec<f32>,
-) -> &'a [f32] {
-    let size = dtype.size();
-    let bytes = &data[row * cols * size..(row + 1) * cols * size];
-    buf.clear();
-    buf.resize(cols, 0.0);
-    match dtype {
-        FloatDtype::BF16 => {
-            for (o, c) in buf.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-            }
-        }
-        FloatDtype::F16 => {
-            let mut halves = [half::f16::ZERO; 256];
-            for (dst, src) in buf.chunks_mut(256).zip(bytes.chunks(512)) {
-                let k = dst.len();
-                for (h, c) in halves[..k].iter_mut().zip(src.chunks_exact(2)) {
-                    *h = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
-                }
-                halves[..k].convert_to_f32_slice(dst);
-            }
-        }
-        FloatDtype::F32 => {
-            for (o, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-    }
-    buf
-}
-
 /// Row `row` of the matrix as f32 values (an embedding lookup; a dequantized row).
 pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
     match m {
@@ -214,9 +152,8 @@ pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
             data, dtype, cols, ..
         } => {
             let size = dtype.size();
-            widen_into(
+            dtype.widen_into(
                 &data.bytes()[row * cols * size..(row + 1) * cols * size],
-                *dtype,
                 out,
             );
         }
@@ -256,11 +193,12 @@ simd_dispatch! {
         let rows = out.len() / t;
         match m {
             Matrix::Float { data, dtype, cols, .. } => {
-                let mut buf = Vec::with_capacity(*cols);
+                let (mut w, size) = (vec![0f32; *cols], dtype.size());
                 for r in 0..rows {
-                    let w = float_row(data.bytes(), *dtype, first_row + r, *cols, &mut buf);
+                    let row = first_row + r;
+                    dtype.widen_into(&data.bytes()[row * cols * size..(row + 1) * cols * size], &mut w);
                     for k in 0..t {
-                        out[r * t + k] = dot(w, &xs[k * cols..(k + 1) * cols]);
+                        out[r * t + k] = dot(&w, &xs[k * cols..(k + 1) * cols]);
                     }
                 }
             }

@@ -109,15 +109,6 @@ impl Matrix {
     }
 }
 
-fn float_dtype(d: Dtype) -> Option<FloatDtype> {
-    match d {
-        Dtype::F16 => Some(FloatDtype::F16),
-        Dtype::BF16 => Some(FloatDtype::BF16),
-        Dtype::F32 => Some(FloatDtype::F32),
-        _ => None,
-    }
-}
-
 impl WeightFiles {
     /// Maps every `model*.safetensors` of `dir` (headers validated against the file sizes).
     pub fn open(dir: &Path) -> Result<WeightFiles, EngineError> {
@@ -205,7 +196,7 @@ impl WeightFiles {
     /// A float vector (norm weights, biases) widened to f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
         let (blob, e) = self.blob(name)?;
-        let dtype = float_dtype(e.dtype).filter(|_| e.shape.iter().product::<usize>() == len);
+        let dtype = FloatDtype::of(e.dtype).filter(|_| e.shape.iter().product::<usize>() == len);
         let dtype = dtype.ok_or_else(|| EngineError::Model {
             path: self.dir.clone(),
             reason: format!(
@@ -235,7 +226,7 @@ impl WeightFiles {
         };
         if !self.contains(&format!("{module}.scales")) {
             let dtype =
-                float_dtype(e.dtype).ok_or_else(|| bad(format!("{:?} weights", e.dtype)))?;
+                FloatDtype::of(e.dtype).ok_or_else(|| bad(format!("{:?} weights", e.dtype)))?;
             if e.shape != [rows, cols] {
                 return Err(bad(format!(
                     "shape {:?}, expected [{rows}, {cols}]",
@@ -263,7 +254,7 @@ impl WeightFiles {
         }
         let (scales, se) = self.blob(&format!("{module}.scales"))?;
         let (biases, be) = self.blob(&format!("{module}.biases"))?;
-        let dtype = float_dtype(se.dtype).ok_or_else(|| bad("non-float scales".into()))?;
+        let dtype = FloatDtype::of(se.dtype).ok_or_else(|| bad("non-float scales".into()))?;
         let words_per_row = cols * bits as usize / 32;
         if e.dtype != Dtype::U32 || e.shape != [rows, words_per_row] {
             return Err(bad(format!(

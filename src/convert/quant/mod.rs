@@ -59,6 +59,13 @@ impl FloatDtype {
         let n = bytes.len() / self.size();
         out.clear();
         out.resize(n, 0.0);
+        self.widen_into(bytes, out);
+    }
+
+    /// [`FloatDtype::widen`] into a slice: its first `out.len()` values (the engine widens
+    /// rows, scales and biases into buffers it reuses).
+    #[inline]
+    pub fn widen_into(self, bytes: &[u8], out: &mut [f32]) {
         match self {
             FloatDtype::F16 => {
                 let mut halves = [f16::ZERO; 256];
@@ -80,6 +87,16 @@ impl FloatDtype {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
+        }
+    }
+
+    /// The float dtype of a safetensors tensor, if it has one.
+    pub fn of(d: safetensors::Dtype) -> Option<FloatDtype> {
+        match d {
+            safetensors::Dtype::F16 => Some(FloatDtype::F16),
+            safetensors::Dtype::BF16 => Some(FloatDtype::BF16),
+            safetensors::Dtype::F32 => Some(FloatDtype::F32),
+            _ => None,
         }
     }
 
