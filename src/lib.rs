@@ -6,6 +6,8 @@
 pub mod cli;
 pub mod convert;
 pub mod engine;
+pub mod mlx;
+pub mod simd;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

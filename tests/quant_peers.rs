@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use mlxk_fs::convert::quant::affine::{Affine, AFFINE_BITS, AFFINE_GROUPS};
-use mlxk_fs::convert::quant::fp::FpMode;
-use mlxk_fs::convert::quant::FloatDtype;
+use mlxk_fs::mlx::affine::{Affine, AFFINE_BITS, AFFINE_GROUPS};
+use mlxk_fs::mlx::fp::FpMode;
+use mlxk_fs::mlx::FloatDtype;
 use mlxk_fs::testkit::{safetensors_bytes, Rng, TensorSpec};
 use safetensors::{Dtype, SafeTensors};
 

@@ -304,6 +304,6 @@ fn an_interrupted_convert_is_reported_by_health() {
     s.convert_state = Some(mlxk_fs::store::Sentinel::IN_PROGRESS.into());
     s.write_atomic(&ws).unwrap();
     let report = check(&open_workspace(&ws).unwrap());
-    let codes: Vec<&str> = report.problems.iter().map(|p| p.code).collect();
+    let codes: Vec<&str> = report.problems.iter().map(|p| p.code.as_str()).collect();
     assert_eq!(codes, vec!["convert_incomplete"]);
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use super::output::{self, table, Style};
-use crate::fs::daemon::{self, MountOptions, Unmounted};
+use crate::fs::daemon::{self, MountOptions, MountState, Unmounted};
 use crate::store::cache::cache_root;
 use crate::store::mounts::{self, MountRecord};
 use crate::store::overlay::OverlayDir;
@@ -22,8 +22,8 @@ use crate::store::overlay::OverlayDir;
         refs/main names; ~/mlx/<org>/<name>@<ref-or-sha>/ for any other): files served \
         zero-copy from the cache (kernel FUSE passthrough), a synthesized .mlxk_workspace.json, \
         and model.safetensors.index.json rebuilt from the shard headers (a differing cached \
-        index stays readable as model.safetensors.index.json.orig). The cache is never modified; \
-        the mount is read-only.",
+        index stays readable as model.safetensors.index.json.orig). Every write lands in the \
+        overlay directory (--overlay); the cache is never modified.",
     after_help = "Unprivileged mounts need fusermount3 (Debian: apt install fuse3). Logs: RUST_LOG=debug, --log-file."
 )]
 pub struct MlxkFsArgs {
@@ -281,67 +281,47 @@ fn status() -> Result<(Value, String), String> {
     let style = Style::detect();
     let mut rows = Vec::new();
     let mut entries = Vec::new();
-    for r in mounts::list() {
-        let alive = r.alive();
-        let mounted = daemon::is_mlxk_mount(&r.mountpoint);
-        let state = match (alive, mounted) {
-            (true, true) => "active",
-            (false, true) => "stale",
-            (true, false) => "starting",
-            (false, false) => "gone",
+    for m in daemon::status() {
+        let state = m.state.as_str();
+        let fix = (m.state == MountState::Stale)
+            .then(|| format!("mlxk-fs umount {}", m.mountpoint.display()));
+        let activity = match (&m.counters, &fix) {
+            (Some(c), _) if c.get("opens").is_some() => {
+                format!("{} opens, {} lookups", c["opens"], c["lookups"])
+            }
+            (_, Some(f)) => format!("fix: {f}"),
+            _ => String::new(),
         };
-        let counters: Value = if state == "active" {
-            std::fs::read(r.mountpoint.join(crate::fs::namespace::STATUS_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null)
+        let state_cell = if m.state == MountState::Active {
+            style.green(state)
         } else {
-            Value::Null
+            style.red(state)
         };
-        if state == "gone" {
-            let _ = mounts::forget(&r.mountpoint);
+        let Some(r) = &m.record else {
+            rows.push(vec![
+                m.mountpoint.display().to_string(),
+                "?".into(),
+                "-".into(),
+                "-".into(),
+                state_cell,
+                activity,
+            ]);
+            entries.push(json!({"mountpoint": m.mountpoint, "state": state, "fix": fix}));
             continue;
-        }
-        let fix = (state == "stale").then(|| format!("mlxk-fs umount {}", r.mountpoint.display()));
+        };
         rows.push(vec![
             r.mountpoint.display().to_string(),
             r.cache.display().to_string(),
             r.pid.to_string(),
-            if r.passthrough {
-                "on".into()
-            } else {
-                "off".into()
-            },
-            if state == "active" {
-                style.green(state)
-            } else {
-                style.red(state)
-            },
-            counters
-                .get("opens")
-                .map(|o| format!("{o} opens, {} lookups", counters["lookups"]))
-                .unwrap_or_else(|| fix.clone().map(|f| format!("fix: {f}")).unwrap_or_default()),
+            if r.passthrough { "on" } else { "off" }.into(),
+            state_cell,
+            activity,
         ]);
-        let mut e = record_json(&r);
+        let mut e = record_json(r);
         e["state"] = json!(state);
-        e["counters"] = counters;
+        e["counters"] = m.counters.clone().unwrap_or(Value::Null);
         e["fix"] = json!(fix);
         entries.push(e);
-    }
-    for path in daemon::stale_mounts() {
-        if entries.iter().any(|e| e["mountpoint"] == json!(path)) {
-            continue;
-        }
-        let fix = format!("mlxk-fs umount {}", path.display());
-        rows.push(vec![
-            path.display().to_string(),
-            "?".into(),
-            "-".into(),
-            "-".into(),
-            style.red("stale"),
-            format!("fix: {fix}"),
-        ]);
-        entries.push(json!({"mountpoint": path, "state": "stale", "fix": fix}));
     }
     let human = if rows.is_empty() {
         "no mlxk-fs mounts\n".to_string()

@@ -1,18 +1,26 @@
-//! `mlxk`: clap definitions and human / JSON rendering. The work is done by `store` and `convert`.
+//! `mlxk`: clap definitions and human / JSON rendering. The work is done by `store`,
+//! `convert` and `engine`, each returning a report that a command module here renders.
 
-mod commands;
+mod convert;
 #[cfg(target_os = "linux")]
 pub mod fs;
+mod health;
+mod list;
 pub mod output;
 mod run;
+mod show;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::convert::plan::{MixedRecipe, QuantMode};
 use crate::convert::ConvertError;
+use crate::mlx::FloatDtype;
+use crate::store::cache::{cache_root, HubCache};
 use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
@@ -155,20 +163,85 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "N", requires = "quantize")]
     pub q_group_size: Option<usize>,
     /// Quantization mode.
-    #[arg(long, value_name = "MODE", default_value = "affine",
-          value_parser = ["affine", "mxfp4", "mxfp8", "nvfp4"], requires = "quantize")]
-    pub q_mode: String,
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = QuantMode::Affine,
+          requires = "quantize")]
+    pub q_mode: QuantMode,
     /// A mixed-precision recipe of mlx-lm (layer bits low/high); N is then the recorded default.
-    #[arg(long, visible_alias = "quant-predicate", value_name = "RECIPE",
-          value_parser = ["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"], requires = "quantize")]
-    pub mixed_recipe: Option<String>,
+    #[arg(
+        long,
+        visible_alias = "quant-predicate",
+        value_name = "RECIPE",
+        value_enum,
+        requires = "quantize"
+    )]
+    pub mixed_recipe: Option<MixedRecipe>,
     /// Cast every float tensor to this dtype first (default: config.json's torch_dtype).
-    #[arg(long, value_name = "DTYPE", value_parser = ["float16", "bfloat16", "float32"],
-          conflicts_with = "repair_index")]
-    pub dtype: Option<String>,
+    #[arg(
+        long,
+        value_name = "DTYPE",
+        value_enum,
+        conflicts_with = "repair_index"
+    )]
+    pub dtype: Option<FloatDtype>,
     /// Do not run a health check on the result.
     #[arg(long)]
     pub skip_health: bool,
+}
+
+// The value names come from the types themselves (one list each, in the layer that owns it).
+impl ValueEnum for QuantMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &QuantMode::ALL
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+impl ValueEnum for MixedRecipe {
+    fn value_variants<'a>() -> &'a [Self] {
+        &MixedRecipe::ALL
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+impl ValueEnum for FloatDtype {
+    fn value_variants<'a>() -> &'a [Self] {
+        &FloatDtype::ALL
+    }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+/// The cache, if it exists: workspace paths work without one.
+fn open_cache(args: &MlxkArgs) -> Result<Option<HubCache>, CliError> {
+    let root = cache_root(args.cache.as_deref());
+    if !root.exists() {
+        if args.cache.is_some() {
+            return Err(CliError::new(
+                "CommandError",
+                format!("cache directory {} does not exist", root.display()),
+            ));
+        }
+        tracing::debug!(root = %root.display(), "no Hugging Face cache");
+        return Ok(None);
+    }
+    Ok(Some(HubCache::open(&root)?))
+}
+
+fn require_cache(args: &MlxkArgs) -> Result<HubCache, CliError> {
+    open_cache(args)?.ok_or_else(|| {
+        CliError::new(
+            "CommandError",
+            format!(
+                "no Hugging Face cache at {} (set --cache, HF_HUB_CACHE or HF_HOME)",
+                cache_root(args.cache.as_deref()).display()
+            ),
+        )
+    })
 }
 
 /// A failure as the CLI reports it: the JSON error type, the message, extra JSON fields.
@@ -221,13 +294,23 @@ impl From<ConvertError> for CliError {
     }
 }
 
-/// What a command produced: its JSON data, its human text, and whether it counts as success.
+/// What a command produced: its JSON data, its human text, and the failure it amounts to
+/// (a check that found problems, a workspace written unhealthy), if any.
 pub struct Outcome {
     pub data: Value,
     pub human: String,
-    pub ok: bool,
-    /// Shown on failure when `ok` is false (the JSON error type and message).
+    /// The JSON error type and message; the command exits 1.
     pub failure: Option<CliError>,
+}
+
+impl Outcome {
+    fn success(data: Value, human: String) -> Outcome {
+        Outcome {
+            data,
+            human,
+            failure: None,
+        }
+    }
 }
 
 /// Entry point of the `mlxk` binary.
@@ -242,31 +325,32 @@ pub fn mlxk_main() -> ExitCode {
         Command::Run(_) => "run",
     };
     let result = match &args.command {
-        Command::List(a) => commands::list(&args, a),
-        Command::Show(a) => commands::show(&args, a),
-        Command::Health(a) => commands::health(&args, a),
-        Command::Convert(a) => commands::convert(&args, a),
+        Command::List(a) => list::list(&args, a),
+        Command::Show(a) => show::show(&args, a),
+        Command::Health(a) => health::health(&args, a),
+        Command::Convert(a) => convert::convert(&args, a),
         Command::Run(a) => run::run(&args, a),
     };
     match result {
         Ok(outcome) => {
+            let failed = outcome.failure.is_some();
             if args.json {
-                match (&outcome.failure, outcome.ok) {
-                    (Some(f), false) => {
+                match &outcome.failure {
+                    Some(f) => {
                         output::print_error(name, f.kind, &f.message, &f.extra, outcome.data)
                     }
-                    _ => output::print_success(name, outcome.data),
+                    None => output::print_success(name, outcome.data),
                 }
             } else {
                 print!("{}", outcome.human);
-                if let (Some(f), false) = (&outcome.failure, outcome.ok) {
+                if let Some(f) = &outcome.failure {
                     eprintln!("error: {}", f.message);
                 }
             }
-            if outcome.ok {
-                ExitCode::SUCCESS
-            } else {
+            if failed {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             }
         }
         Err(e) => {

@@ -1,18 +1,16 @@
-//! `mlxk run`: resolve the model, check it can run, load it, build the prompt (chat template,
-//! system prompt, stdin), stream the answer; or an interactive chat that keeps its history.
+//! `mlxk run`: the prompt (argument, stdin, or an interactive chat) in, the answer streamed
+//! out. The model, its template, stops and KV-cache reuse live in `engine::session`.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
 
 use serde_json::json;
 
-use super::commands::open_cache;
-use super::{CliError, MlxkArgs, Outcome, RunArgs};
-use crate::engine::model::CpuEngine;
+use super::output::human_size;
+use super::{open_cache, CliError, MlxkArgs, Outcome, RunArgs};
 use crate::engine::sampler::SamplerOptions;
-use crate::engine::template::{ChatTemplate, Message};
-use crate::engine::tokenizer::TextTokenizer;
-use crate::engine::{generate, Engine, EngineError, GenerateOptions, Generation};
+use crate::engine::session::{ChatSession, SessionOptions};
+use crate::engine::template::Message;
+use crate::engine::{EngineError, GenerateOptions, Generation};
 use crate::store::spec;
 
 impl From<EngineError> for CliError {
@@ -21,155 +19,23 @@ impl From<EngineError> for CliError {
             EngineError::Model { .. } => "ModelNotSupported",
             EngineError::Template(_) => "TemplateError",
             EngineError::Input(_) => "InvalidInput",
+            EngineError::InsufficientMemory { .. } => "InsufficientMemory",
         };
         CliError::new(kind, e.to_string())
     }
 }
 
-/// What a prompt turns into: the model, its tokenizer, its template, the options.
-struct Session {
-    engine: CpuEngine,
-    tok: TextTokenizer,
-    template: Option<ChatTemplate>,
-    opts: GenerateOptions,
-    use_template: bool,
-    /// Tokens the engine holds (prompt and answers so far), for reusing the KV cache.
-    context: Vec<u32>,
-}
-
-impl Session {
-    fn prompt_text(&self, messages: &[Message]) -> Result<String, CliError> {
-        match (&self.template, self.use_template) {
-            (Some(t), true) => Ok(t.render(
-                messages,
-                self.tok.bos_token.as_deref(),
-                self.tok.eos_token.as_deref(),
-            )?),
-            _ => Ok(messages
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n\n")),
-        }
-    }
-
-    /// Generates the answer to `messages`, reusing the cached prefix the new prompt shares
-    /// with what the engine already holds.
-    fn answer(
-        &mut self,
-        messages: &[Message],
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<(String, Generation), CliError> {
-        let text = self.prompt_text(messages)?;
-        let ids = self.tok.encode_prompt(&text)?;
-        if ids.is_empty() {
-            return Err(CliError::new("InvalidInput", "the prompt is empty"));
-        }
-        // Keep the common prefix (at least one token must be run to get logits).
-        let common = self
-            .context
-            .iter()
-            .zip(&ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        self.engine.rewind(common);
-        let mut g = generate(
-            &mut self.engine,
-            &self.tok,
-            &ids[common..],
-            &self.opts,
-            on_text,
-        )?;
-        g.prompt_tokens = ids.len();
-        g.cached_tokens = common;
-        self.context = ids;
-        self.context.extend(&g.tokens);
-        Ok((text, g))
-    }
-}
-
-/// MemAvailable of /proc/meminfo, in bytes (Linux).
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-fn weights_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    n.starts_with("model") && n.ends_with(".safetensors")
-                })
-                .filter_map(|e| std::fs::metadata(e.path()).ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
+pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     let cache = open_cache(args)?;
-    let model = match spec::resolve_mounted(Path::new(&a.model)) {
-        Some(m) => m,
-        None => spec::resolve(cache.as_ref(), &a.model)?,
-    };
-    let dir = model.dir().to_path_buf();
-    // Refuse what cannot run before mapping anything.
-    let model_args = crate::engine::args::ModelArgs::load(&dir)?;
-    let need = weights_size(&dir);
-    if let Some(avail) = available_memory() {
-        if need > avail {
-            return Err(CliError::new(
-                "InsufficientMemory",
-                format!(
-                    "{}: the weights need {} but only {} of memory is available",
-                    model.name,
-                    super::output::human_size(need),
-                    super::output::human_size(avail)
-                ),
-            ));
-        }
-    }
-    let started = std::time::Instant::now();
-    let engine = CpuEngine::load_with(&dir, model_args)?;
-    let tok = TextTokenizer::load(&dir)?;
-    let template = ChatTemplate::load(&dir, &tok.config)?;
-    let mut stop = engine.args().eos.clone();
-    if let Some(id) = tok.eos_token.as_deref().and_then(|t| tok.token_id(t)) {
-        if !stop.contains(&id) {
-            stop.push(id);
-        }
-    }
-    if a.verbose {
-        eprintln!(
-            "[mlxk run] {} ({}, {} layers, {} weights mapped, {} bytes read per token) loaded in {:.2} s",
-            model.name,
-            engine.args().model_type,
-            engine.args().layers,
-            super::output::human_size(engine.weight_bytes),
-            engine.weight_bytes_per_token,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    let model = spec::resolve_any(cache.as_ref(), &a.model)?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let mut session = Session {
-        engine,
-        tok,
-        use_template: !a.no_chat_template,
-        template,
-        opts: GenerateOptions {
+    let opts = SessionOptions {
+        generate: GenerateOptions {
             max_tokens: a.max_tokens,
             sampler: SamplerOptions {
                 temperature: a.temperature,
@@ -178,10 +44,34 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
                 seed,
                 ..SamplerOptions::default()
             },
-            stop,
+            stop: Vec::new(),
         },
-        context: Vec::new(),
+        use_template: !a.no_chat_template,
     };
+    let mut session = ChatSession::load(model.dir(), opts).map_err(|e| match e {
+        EngineError::InsufficientMemory { need, available } => CliError::new(
+            "InsufficientMemory",
+            format!(
+                "{}: the weights need {} but only {} of memory is available",
+                model.name,
+                human_size(need),
+                human_size(available)
+            ),
+        ),
+        other => other.into(),
+    })?;
+    if a.verbose {
+        let engine = session.engine();
+        eprintln!(
+            "[mlxk run] {} ({}, {} layers, {} weights mapped, {} bytes read per token) loaded in {:.2} s",
+            model.name,
+            engine.args().model_type,
+            engine.args().layers,
+            human_size(engine.weight_bytes),
+            engine.weight_bytes_per_token,
+            session.load_time.as_secs_f64()
+        );
+    }
     let mut messages = Vec::new();
     if let Some(s) = &a.system {
         messages.push(Message::new("system", s));
@@ -195,13 +85,10 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
                     format!("cannot read the prompt from stdin: {e}"),
                 )
             })?;
-            Some(s.trim_end_matches('\n').to_string())
+            s.trim_end_matches('\n').to_string()
         }
-        Some(p) => Some(p.to_string()),
-        None => None,
-    };
-    let Some(prompt) = prompt else {
-        return chat(&mut session, messages, args.json, a.verbose);
+        Some(p) => p.to_string(),
+        None => return chat(&mut session, messages, args.json, a.verbose),
     };
     messages.push(Message::new("user", &prompt));
     let stream = !args.json && !a.no_stream;
@@ -212,7 +99,7 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             let _ = stdout.flush();
         }
     };
-    let (_, g) = session.answer(&messages, &mut on_text)?;
+    let g = session.answer(&messages, &mut on_text)?;
     if stream {
         // End the streamed line before any timing report on stderr.
         println!();
@@ -225,8 +112,8 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     } else {
         format!("{}\n", g.text)
     };
-    Ok(Outcome {
-        data: json!({
+    Ok(Outcome::success(
+        json!({
             "model": model.name,
             "prompt": prompt,
             "response": g.text,
@@ -238,9 +125,7 @@ pub fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             },
         }),
         human,
-        ok: true,
-        failure: None,
-    })
+    ))
 }
 
 fn report_timing(g: &Generation) {
@@ -258,13 +143,13 @@ fn report_timing(g: &Generation) {
 /// The interactive chat: one line per user turn; `/clear` forgets the history, `/exit` (or
 /// end of input) leaves.
 fn chat(
-    session: &mut Session,
+    session: &mut ChatSession,
     system: Vec<Message>,
     json: bool,
     verbose: bool,
 ) -> Result<Outcome, CliError> {
-    let tty = std::io::stdin().is_terminal();
-    if tty && !json {
+    let prompts = std::io::stdin().is_terminal() && !json;
+    if prompts {
         eprintln!(
             "Chat with the model: /clear forgets the conversation, /exit (or Ctrl-D) leaves."
         );
@@ -274,7 +159,7 @@ fn chat(
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
-        if tty && !json {
+        if prompts {
             eprint!("> ");
         }
         let Some(line) = lines.next() else { break };
@@ -285,7 +170,7 @@ fn chat(
             "/exit" | "/quit" => break,
             "/clear" => {
                 messages = system.clone();
-                if tty && !json {
+                if prompts {
                     eprintln!("(conversation cleared)");
                 }
                 continue;
@@ -300,7 +185,7 @@ fn chat(
                 let _ = stdout.flush();
             }
         };
-        let (_, g) = session.answer(&messages, &mut on_text)?;
+        let g = session.answer(&messages, &mut on_text)?;
         if !json {
             println!();
         }
@@ -311,10 +196,5 @@ fn chat(
         turns.push(json!({"prompt": line, "response": g.text,
             "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len()}}));
     }
-    Ok(Outcome {
-        data: json!({"turns": turns}),
-        human: String::new(),
-        ok: true,
-        failure: None,
-    })
+    Ok(Outcome::success(json!({"turns": turns}), String::new()))
 }

@@ -5,21 +5,96 @@
 pub mod copy;
 pub mod family;
 pub mod plan;
-pub mod quant;
 pub mod repair_index;
 pub mod shards;
 mod target;
 pub mod weights;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::store::cache::HubCache;
 use crate::store::health::Problem;
 use crate::store::index::RebuildError;
 use crate::store::safetensors::HeaderError;
 use crate::store::sentinel::SentinelError;
+use crate::store::spec::ResolvedModel;
+use plan::Operation;
+use target::MountedTarget;
 
 pub use repair_index::{repair_index, RepairOptions, RepairOutcome};
+pub use weights::{WeightsOptions, WeightsOutcome};
+
+/// What `mlxk convert` was asked to do.
+#[derive(Debug, Clone)]
+pub enum ConvertOperation {
+    RepairIndex,
+    Weights(Operation),
+}
+
+/// One convert: a source model, the target directory the user named, the operation.
+#[derive(Debug, Clone)]
+pub struct ConvertRequest<'a> {
+    pub source: &'a ResolvedModel,
+    pub target: &'a Path,
+    pub operation: ConvertOperation,
+    pub skip_health: bool,
+}
+
+/// What a convert produced.
+#[derive(Debug)]
+pub enum ConvertOutcome {
+    Repair(RepairOutcome),
+    Weights(WeightsOutcome),
+}
+
+/// Where a running convert is, for progress bars.
+#[derive(Debug, Clone)]
+pub enum ConvertProgress<'a> {
+    Files(repair_index::Progress<'a>),
+    Tensors(weights::WeightsProgress<'a>),
+}
+
+/// Runs a convert. Neither `cache` (the one configured) nor the cache the source lives in may
+/// receive the output; a target inside a live mount is written into that mount's overlay.
+pub fn convert(
+    cache: Option<&HubCache>,
+    request: &ConvertRequest<'_>,
+    progress: &mut dyn FnMut(ConvertProgress<'_>),
+) -> Result<ConvertOutcome, ConvertError> {
+    let caches: Vec<&HubCache> = cache
+        .iter()
+        .copied()
+        .chain(request.source.cache())
+        .collect();
+    let mounted = MountedTarget::find(request.target)?;
+    let write_to = mounted
+        .as_ref()
+        .map_or(request.target, |t| t.overlay_path.as_path());
+    let result = match &request.operation {
+        ConvertOperation::RepairIndex => {
+            let opts = RepairOptions {
+                skip_health: request.skip_health,
+            };
+            let mut on = |p: repair_index::Progress<'_>| progress(ConvertProgress::Files(p));
+            repair_index(request.source, write_to, &caches, &opts, &mut on)
+                .map(ConvertOutcome::Repair)
+        }
+        ConvertOperation::Weights(op) => {
+            let opts = WeightsOptions {
+                skip_health: request.skip_health,
+                max_shard_bytes: None,
+            };
+            let mut on = |p: weights::WeightsProgress<'_>| progress(ConvertProgress::Tensors(p));
+            weights::convert_weights(request.source, write_to, &caches, op, &opts, &mut on)
+                .map(ConvertOutcome::Weights)
+        }
+    };
+    if let Some(t) = &mounted {
+        t.invalidate();
+    }
+    result
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -34,6 +109,8 @@ pub enum ConvertError {
     TargetNotEmpty { target: PathBuf },
     #[error("target {target} exists and is not a directory")]
     TargetNotDirectory { target: PathBuf },
+    #[error("target {target}: {reason}")]
+    InvalidTarget { target: PathBuf, reason: String },
     #[error("source {source_name} cannot be converted: {}", describe(.problems))]
     SourceUnusable {
         source_name: String,
@@ -73,6 +150,7 @@ impl ConvertError {
             ConvertError::TargetNotEmpty { .. } | ConvertError::TargetNotDirectory { .. } => {
                 "target_exists"
             }
+            ConvertError::InvalidTarget { .. } => "InvalidTarget",
             ConvertError::SourceUnusable { .. } => "source_unhealthy",
             ConvertError::Plan { .. } => "source_unsupported",
             _ => "CommandError",

@@ -9,10 +9,10 @@ use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 
 use super::family::{layer_index, Family, Role, SUPPORTED_MODEL_TYPES};
-use super::quant::affine::Affine;
-use super::quant::fp::FpMode;
-use super::quant::{FloatDtype, Scheme};
 use super::shards::OutTensor;
+use crate::mlx::affine::Affine;
+use crate::mlx::fp::FpMode;
+use crate::mlx::{FloatDtype, Scheme};
 use crate::store::config::QuantizationConfig;
 use crate::store::safetensors::ShardHeader;
 
@@ -108,18 +108,12 @@ pub enum MixedRecipe {
 }
 
 impl MixedRecipe {
-    pub const NAMES: &'static [&'static str] =
-        &["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"];
-
-    pub fn parse(name: &str) -> Option<MixedRecipe> {
-        match name {
-            "mixed_2_6" => Some(MixedRecipe::Mixed2_6),
-            "mixed_3_4" => Some(MixedRecipe::Mixed3_4),
-            "mixed_3_6" => Some(MixedRecipe::Mixed3_6),
-            "mixed_4_6" => Some(MixedRecipe::Mixed4_6),
-            _ => None,
-        }
-    }
+    pub const ALL: [MixedRecipe; 4] = [
+        MixedRecipe::Mixed2_6,
+        MixedRecipe::Mixed3_4,
+        MixedRecipe::Mixed3_6,
+        MixedRecipe::Mixed4_6,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -149,6 +143,13 @@ pub enum QuantMode {
 }
 
 impl QuantMode {
+    pub const ALL: [QuantMode; 4] = [
+        QuantMode::Affine,
+        QuantMode::Fp(FpMode::Mxfp4),
+        QuantMode::Fp(FpMode::Mxfp8),
+        QuantMode::Fp(FpMode::Nvfp4),
+    ];
+
     pub fn parse(name: &str) -> Option<QuantMode> {
         match name {
             "affine" => Some(QuantMode::Affine),

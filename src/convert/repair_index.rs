@@ -121,7 +121,7 @@ fn fill_target(
     let had_index = src.file(INDEX_FILE).is_some();
     let shard_names: Vec<&str> = to_copy
         .iter()
-        .filter(|f| f.is_top_level() && f.rel_path.ends_with(".safetensors"))
+        .filter(|f| f.is_top_level_shard())
         .map(|f| f.rel_path.as_str())
         .collect();
     let mut index_bytes_read = 0;
@@ -147,7 +147,7 @@ fn fill_target(
     let repaired = source_health
         .problems
         .iter()
-        .filter(|p| p.code.starts_with("index_"))
+        .filter(|p| p.code.is_index())
         .cloned()
         .collect();
     let health = check_result(target, opts.skip_health)?;

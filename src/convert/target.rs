@@ -12,27 +12,9 @@ use crate::store::index::{rebuild_index, WeightIndex, INDEX_FILE};
 use crate::store::safetensors::read_header_counted;
 use crate::store::sentinel::write_file_atomic;
 use crate::store::spec::{open_workspace, ModelLocation, ResolvedModel};
+use crate::store::{mounts, overlay};
 
 use super::ConvertError;
-
-/// Problems of a source that no convert can cure: converting would only copy them.
-pub(crate) const BLOCKING: &[&str] = &[
-    "download_incomplete",
-    "file_missing",
-    "link_escapes_cache",
-    "file_unreadable",
-    "lfs_pointer",
-    "config_missing",
-    "config_invalid",
-    "weights_missing",
-    "weights_empty",
-    "shard_truncated",
-    "shard_header_invalid",
-    "shard_header_too_large",
-    "shard_trailing_bytes",
-    "tensor_duplicated",
-    "convert_incomplete",
-];
 
 pub(crate) fn check_target(
     src: &ResolvedModel,
@@ -55,20 +37,26 @@ pub(crate) fn check_target(
             source_dir: src.dir().to_path_buf(),
         });
     }
-    match fs::symlink_metadata(target) {
+    require_absent_or_empty(target, dst)
+}
+
+/// `shown` (where the target is looked at) must not exist or be an empty directory; errors
+/// name `named`, the path the user gave.
+fn require_absent_or_empty(shown: &Path, named: &Path) -> Result<(), ConvertError> {
+    match fs::symlink_metadata(shown) {
         Err(_) => Ok(()),
         Ok(m) if !m.is_dir() => Err(ConvertError::TargetNotDirectory {
-            target: dst.to_path_buf(),
+            target: named.to_path_buf(),
         }),
         Ok(_) => {
-            let mut entries = fs::read_dir(target).map_err(|source| ConvertError::Io {
-                path: dst.to_path_buf(),
+            let mut entries = fs::read_dir(shown).map_err(|source| ConvertError::Io {
+                path: named.to_path_buf(),
                 what: "cannot read the target directory",
                 source,
             })?;
             if entries.next().is_some() {
                 Err(ConvertError::TargetNotEmpty {
-                    target: dst.to_path_buf(),
+                    target: named.to_path_buf(),
                 })
             } else {
                 Ok(())
@@ -121,7 +109,7 @@ pub(crate) fn undo(target: &Path, created: Option<&Path>) {
 
 pub(crate) fn source_identity(src: &ResolvedModel) -> (Option<String>, Option<String>) {
     match &src.location {
-        ModelLocation::Cache { repo, snapshot } => {
+        ModelLocation::Cache { repo, snapshot, .. } => {
             (Some(repo.repo_id.clone()), Some(snapshot.sha.clone()))
         }
         ModelLocation::Workspace { dir, sentinel, .. } => match sentinel {
@@ -142,7 +130,7 @@ pub(crate) fn gate_source(src: &ResolvedModel) -> Result<health::HealthReport, C
     let blocking: Vec<Problem> = report
         .problems
         .iter()
-        .filter(|p| BLOCKING.contains(&p.code))
+        .filter(|p| p.code.blocks_convert())
         .cloned()
         .collect();
     if !blocking.is_empty() {
@@ -193,4 +181,50 @@ pub(crate) fn check_result(
         source: std::io::Error::other(e.to_string()),
     })?;
     Ok(Some(health::check(&ws)))
+}
+
+/// A convert target inside a live mlxk-fs mount: written straight into the mount's overlay
+/// directory (never through FUSE, never into the cache), after which the daemon is asked to
+/// drop the kernel's cached entries along the path.
+pub(crate) struct MountedTarget {
+    pub(crate) overlay_path: PathBuf,
+    mountpoint: PathBuf,
+    rel: String,
+}
+
+impl MountedTarget {
+    /// `None` when `target` is not inside a live mount. The target is checked as the mount
+    /// shows it: not the mount's root, no name the overlay format reserves, absent or empty.
+    pub(crate) fn find(target: &Path) -> Result<Option<MountedTarget>, ConvertError> {
+        let Some(t) = mounts::overlay_target(target) else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConvertError::InvalidTarget {
+            target: target.to_path_buf(),
+            reason,
+        };
+        if t.rel.is_empty() {
+            return Err(invalid(
+                "it is the root of an mlxk-fs mount; convert into <mount>/<org>/<name>".into(),
+            ));
+        }
+        if let Some(c) = t.rel.split('/').find(|c| overlay::is_internal(c)) {
+            return Err(invalid(format!(
+                "names starting with `.wh.` are reserved by the mount's overlay format ({c})"
+            )));
+        }
+        require_absent_or_empty(target, target)?;
+        Ok(Some(MountedTarget {
+            overlay_path: t.overlay_path,
+            mountpoint: t.record.mountpoint,
+            rel: t.rel,
+        }))
+    }
+
+    /// Tells the daemon to drop the kernel's cached entries along the target's path.
+    pub(crate) fn invalidate(&self) {
+        if let Err(e) = mounts::ask_to_invalidate(&self.mountpoint, &self.rel) {
+            tracing::debug!("cannot ask the mount to invalidate {}: {e}", self.rel);
+        }
+    }
 }

@@ -25,12 +25,12 @@ use crate::store::spec::ResolvedModel;
 
 use super::copy::{copy_file, CopyStats};
 use super::plan::{plan, Job, Operation, Plan, Work};
-use super::quant::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
 use super::shards::{Location, ShardFiles, ShardPlan, MAX_SHARD_BYTES};
 use super::target::{
     check_result, check_target, create_target, gate_source, source_identity, undo, write_index,
 };
 use super::ConvertError;
+use crate::mlx::{cast_row, FloatDtype, PackedRow, PackedRowMut, Scheme, Scratch};
 
 /// Source bytes per row block (the unit of parallel work): small enough that the blocks in
 /// flight (one per thread) keep RSS at a few MiB and that big tensors split evenly across
@@ -130,7 +130,7 @@ pub fn convert_weights(
     }
     let weight_files: Vec<_> = src
         .model_files()
-        .filter(|f| f.is_top_level() && f.rel_path.ends_with(".safetensors"))
+        .filter(|f| f.is_top_level_shard())
         .collect();
     if weight_files.is_empty() {
         return Err(ConvertError::Plan {
@@ -231,7 +231,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
     // Everything but the weights, the index, the sentinel and config.json, verbatim.
     let mut copy = CopyStats::default();
     for f in src.model_files() {
-        let weights = f.is_top_level() && f.rel_path.ends_with(".safetensors");
+        let weights = f.is_top_level_shard();
         let regenerated = [INDEX_FILE, SENTINEL_FILE, "config.json"].contains(&f.rel_path.as_str());
         if weights || regenerated {
             continue;

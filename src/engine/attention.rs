@@ -6,6 +6,8 @@
 //! is read once for all the query heads. Plain loops the compiler vectorizes (compiled for
 //! AVX2 + FMA at run time when the CPU has them).
 
+use crate::simd::simd_dispatch;
+
 /// Positions scored per block (the cache's capacity is a multiple of it).
 const BLOCK: usize = 16;
 /// Query heads per kv head handled in registers at once.

@@ -14,8 +14,9 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::weights::QuantizedRows;
 use super::x86::CodeUnpacker;
-use crate::convert::quant::FloatDtype;
+use crate::mlx::FloatDtype;
 
 /// Tokens per vector.
 const LANES: usize = 16;
@@ -89,18 +90,6 @@ thread_local! {
         const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// The quantized matrix a GEMM reads (its stored bytes as mapped).
-pub struct PackedRows<'a> {
-    pub words: &'a [u8],
-    pub scales: &'a [u8],
-    pub biases: &'a [u8],
-    pub dtype: FloatDtype,
-    pub bits: u32,
-    pub group: usize,
-    pub rows: usize,
-    pub cols: usize,
-}
-
 /// Where rows `first..first + n` write their outputs: `ys[token * rows + row]`. Each call of
 /// [`affine_gemm_rows`] owns a distinct row range, so writes from different threads never
 /// overlap.
@@ -154,7 +143,7 @@ impl TokenMajorOut {
 /// have been set for `m.cols` and `m.group`; `out` must come from a `ys` of `tokens × rows`
 /// values that is still borrowed, and no other call may write the same rows concurrently.
 pub unsafe fn affine_gemm_rows(
-    m: &PackedRows,
+    m: &QuantizedRows,
     panels: &TokenPanels,
     first: usize,
     n: usize,
@@ -271,25 +260,17 @@ fn unpack_pairs(row: &[u8], bits: u32, out: &mut [i32]) {
         // SAFETY: the caller runs only on CPUs with AVX-512 (see `affine_gemm_rows`).
         4 => unsafe { unpack_q4_pairs(row, out) },
         // SAFETY: VBMI checked here, AVX-512 F/BW by the caller.
-        2 | 3 | 5 | 6
-            if (2 * out.len()).is_multiple_of(64) && is_x86_feature_detected!("avx512vbmi") =>
-        unsafe { unpack_pairs_vbmi(row, bits as usize, out) },
+        2 | 3 | 5 | 6 if (2 * out.len()).is_multiple_of(64) && crate::simd::cpu().vbmi => unsafe {
+            unpack_pairs_vbmi(row, bits as usize, out)
+        },
         8 => {
             for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
                 *o = (u32::from(b[0]) | u32::from(b[1]) << 16) as i32;
             }
         }
         _ => {
-            // Codes straddle bytes: read them through a 64-bit window.
-            let mask = (1u64 << bits) - 1;
-            let code = |i: usize| -> u32 {
-                let bit = i * bits as usize;
-                let (byte, shift) = (bit / 8, bit % 8);
-                let mut w = [0u8; 8];
-                let end = (byte + 8).min(row.len());
-                w[..end - byte].copy_from_slice(&row[byte..end]);
-                ((u64::from_le_bytes(w) >> shift) & mask) as u32
-            };
+            // Codes straddle bytes (a row is whole little-endian words).
+            let code = |i: usize| crate::mlx::pack::unpack_at(row, bits, i);
             for (j, o) in out.iter_mut().enumerate() {
                 *o = (code(2 * j) | code(2 * j + 1) << 16) as i32;
             }

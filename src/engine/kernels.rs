@@ -1,12 +1,15 @@
 //! The CPU kernels: matrix × vector (decode) and matrix × several vectors (prompt), over float
 //! or MLX-packed weights that stay packed — a quantized row is consumed group by group inside
 //! the dot product (`Σ w·x = scale · Σ q·x + bias · Σ x`), never expanded in memory. Rows are
-//! split across the rayon pool; inner loops are written for the compiler to vectorize and are
-//! compiled twice (portable, and AVX2 + FMA chosen at run time). Accumulation is in f32.
+//! split across the engine's pool. Each matrix carries the kernels chosen for it at load
+//! ([`Kernels`]: the explicit AVX2 / AVX-512 kernels of `x86` and `gemm`, or the portable
+//! loops here, which are written to vectorize and compiled for AVX2 too). Accumulation is in
+//! f32.
 
 use super::pool::pool;
-use super::weights::Matrix;
-use crate::convert::quant::FloatDtype;
+use super::weights::{Matrix, QuantizedRows, Weights};
+use crate::mlx::pack::{unpack_at, PackedWords};
+use crate::simd::{simd_dispatch, Cpu};
 
 /// Rows per parallel task: enough work per task to amortize scheduling.
 const ROWS_PER_TASK: usize = 16;
@@ -22,6 +25,123 @@ fn decode_rows_per_task(row_bytes: usize) -> usize {
 /// Rows per parallel task of a prompt's GEMM (each task unpacks its rows once).
 #[cfg(target_arch = "x86_64")]
 const GEMM_ROWS_PER_TASK: usize = 32;
+
+/// How a matrix is multiplied by one token (decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decode {
+    /// The loops below, compiled for AVX2 where the CPU has it.
+    Portable,
+    /// `x86::float_row_dot` (AVX2 + FMA + F16C).
+    FloatAvx2,
+    /// `x86::q4_row_dot` (AVX2): 4-bit rows, groups a multiple of 16.
+    Q4Avx2,
+    /// `x86::q4_rows_split` (AVX-512 VNNI) over 16-bit split activations.
+    Q4Vnni,
+    /// `x86::qn_rows_split` (AVX-512 VNNI + VBMI): 2/3/5/6/8-bit rows.
+    AnyWidthVbmi,
+}
+
+/// How a matrix is multiplied by several tokens (a prompt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prompt {
+    Portable,
+    /// `x86::float_row_dot4`: four tokens per pass over a row (AVX2).
+    FloatAvx2,
+    /// `x86::q4_row_dot` per token (AVX2).
+    Q4Avx2,
+    /// `gemm::float_gemm_rows` (AVX-512).
+    FloatGemm,
+    /// `gemm::affine_gemm_rows` (AVX-512 VNNI): any width 2-8.
+    AffineGemm,
+}
+
+/// The kernels of one matrix, chosen once when the model loads (by format, bits, group,
+/// shape and CPU features) instead of on every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Kernels {
+    pub(crate) decode: Decode,
+    pub(crate) prompt: Prompt,
+}
+
+impl Kernels {
+    /// The fastest kernels `cpu` has for `weights` of `cols` columns.
+    pub(crate) fn best(weights: &Weights, cols: usize, cpu: Cpu) -> Kernels {
+        Kernels {
+            decode: Kernels::decode_choices(weights, cols, cpu)[0],
+            prompt: Kernels::prompt_choices(weights, cols, cpu)[0],
+        }
+    }
+
+    /// Every decode kernel `cpu` can run for `weights`, fastest first, `Portable` last.
+    pub(crate) fn decode_choices(weights: &Weights, cols: usize, cpu: Cpu) -> Vec<Decode> {
+        let mut out = Vec::new();
+        if cfg!(target_arch = "x86_64") {
+            match *weights {
+                Weights::Float { .. } if cpu.avx2 => out.push(Decode::FloatAvx2),
+                Weights::Float { .. } => {}
+                Weights::Affine { bits, group, .. } => {
+                    if bits == 4 && cpu.vnni && split_kernel_fits(cols, group) {
+                        out.push(Decode::Q4Vnni);
+                    }
+                    if bits != 4 && cpu.vbmi && any_width_kernel_fits(cols, bits, group) {
+                        out.push(Decode::AnyWidthVbmi);
+                    }
+                    if bits == 4 && cpu.avx2 && group.is_multiple_of(16) {
+                        out.push(Decode::Q4Avx2);
+                    }
+                }
+            }
+        }
+        out.push(Decode::Portable);
+        out
+    }
+
+    /// Every prompt kernel `cpu` can run for `weights`, fastest first, `Portable` last.
+    pub(crate) fn prompt_choices(weights: &Weights, cols: usize, cpu: Cpu) -> Vec<Prompt> {
+        let mut out = Vec::new();
+        if cfg!(target_arch = "x86_64") {
+            match *weights {
+                Weights::Float { .. } => {
+                    if cpu.avx512 {
+                        out.push(Prompt::FloatGemm);
+                    }
+                    if cpu.avx2 {
+                        out.push(Prompt::FloatAvx2);
+                    }
+                }
+                Weights::Affine { bits, group, .. } => {
+                    if cpu.vnni && gemm_fits(cols, bits, group) {
+                        out.push(Prompt::AffineGemm);
+                    }
+                    if bits == 4 && cpu.avx2 && group.is_multiple_of(16) {
+                        out.push(Prompt::Q4Avx2);
+                    }
+                }
+            }
+        }
+        out.push(Prompt::Portable);
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use super::gemm::fits as gemm_fits;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{any_width_kernel_fits, split_kernel_fits};
+
+// Other architectures have only the portable kernels.
+#[cfg(not(target_arch = "x86_64"))]
+fn split_kernel_fits(_: usize, _: usize) -> bool {
+    false
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn any_width_kernel_fits(_: usize, _: u32, _: usize) -> bool {
+    false
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn gemm_fits(_: usize, _: u32, _: usize) -> bool {
+    false
+}
 
 /// Sum of `a[i] * b[i]` with 16 independent accumulators (vectorizes; no FMA contraction).
 #[inline(always)]
@@ -46,35 +166,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[inline(always)]
-fn word_at(bytes: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes([
-        bytes[4 * i],
-        bytes[4 * i + 1],
-        bytes[4 * i + 2],
-        bytes[4 * i + 3],
-    ])
-}
-
-/// Stored value `i` of a little-endian `dtype` array (a scale, a bias, a weight).
-#[inline(always)]
-pub(crate) fn stored_value(bytes: &[u8], dtype: FloatDtype, i: usize) -> f32 {
-    match dtype {
-        FloatDtype::BF16 => {
-            f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16)
-        }
-        FloatDtype::F16 => {
-            half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
-        }
-        FloatDtype::F32 => f32::from_le_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ]),
-    }
-}
-
 /// `Σ q·x` over one group whose codes fill whole words (`N` codes of `BITS` bits per word).
 #[inline(always)]
 fn group_dot_whole<const BITS: u32, const N: usize>(
@@ -85,7 +176,7 @@ fn group_dot_whole<const BITS: u32, const N: usize>(
     let mask = (1u32 << BITS) - 1;
     let mut acc = [0f32; N];
     for (w, xs) in x.chunks_exact(N).enumerate() {
-        let word = word_at(words, first_word + w);
+        let word = words.word(first_word + w);
         for j in 0..N {
             acc[j] += ((word >> (j as u32 * BITS)) & mask) as f32 * xs[j];
         }
@@ -93,53 +184,30 @@ fn group_dot_whole<const BITS: u32, const N: usize>(
     acc.iter().sum()
 }
 
-/// `Σ q·x` for widths that straddle words (3, 5, 6 bits).
-#[inline(always)]
-fn group_dot_stream(words: &[u8], first_word: usize, bits: u32, x: &[f32]) -> f32 {
-    let mask = (1u64 << bits) - 1;
-    let mut s = 0f32;
-    for (i, &xi) in x.iter().enumerate() {
-        let bit = i * bits as usize;
-        let w = first_word + bit / 32;
-        let shift = bit % 32;
-        let mut v = u64::from(word_at(words, w)) >> shift;
-        if shift + bits as usize > 32 {
-            v |= u64::from(word_at(words, w + 1)) << (32 - shift);
-        }
-        s += (v & mask) as f32 * xi;
-    }
-    s
-}
-
 /// One output of a quantized row: `Σ_g scale_g · Σ q·x + bias_g · Σ x` (`xsum` = per-group x sums).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn affine_row_dot(
-    words: &[u8],
-    scales: &[u8],
-    biases: &[u8],
-    dtype: FloatDtype,
-    bits: u32,
-    group: usize,
-    row: usize,
-    cols: usize,
-    x: &[f32],
-    xsum: &[f32],
-) -> f32 {
-    let groups = cols / group;
+fn affine_row_dot(m: &QuantizedRows, row: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    let (group, bits, groups) = (m.group, m.bits, m.groups());
     let words_per_group = group * bits as usize / 32;
     let mut total = 0f32;
     for g in 0..groups {
         let xg = &x[g * group..(g + 1) * group];
         let first = (row * groups + g) * words_per_group;
         let qx = match bits {
-            2 => group_dot_whole::<2, 16>(words, first, xg),
-            4 => group_dot_whole::<4, 8>(words, first, xg),
-            8 => group_dot_whole::<8, 4>(words, first, xg),
-            b => group_dot_stream(words, first, b, xg),
+            2 => group_dot_whole::<2, 16>(m.words, first, xg),
+            4 => group_dot_whole::<4, 8>(m.words, first, xg),
+            8 => group_dot_whole::<8, 4>(m.words, first, xg),
+            // Codes straddle words (3, 5, 6 bits): one at a time.
+            _ => {
+                let base = (row * groups + g) * group;
+                xg.iter()
+                    .enumerate()
+                    .map(|(i, &xi)| unpack_at(m.words, bits, base + i) as f32 * xi)
+                    .sum()
+            }
         };
-        let s = stored_value(scales, dtype, row * groups + g);
-        let b = stored_value(biases, dtype, row * groups + g);
+        let s = m.dtype.value_at(m.scales, row * groups + g);
+        let b = m.dtype.value_at(m.biases, row * groups + g);
         total += s * qx + b * xsum[g];
     }
     total
@@ -147,43 +215,24 @@ fn affine_row_dot(
 
 /// Row `row` of the matrix as f32 values (an embedding lookup; a dequantized row).
 pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
-    match m {
-        Matrix::Float {
-            data, dtype, cols, ..
-        } => {
+    let cols = m.cols;
+    match (&m.weights, m.quantized()) {
+        (_, Some(q)) => {
+            let groups = q.groups();
+            for (i, o) in out.iter_mut().enumerate() {
+                let code = unpack_at(q.words, q.bits, row * cols + i) as f32;
+                let g = row * groups + i / q.group;
+                *o = code * q.dtype.value_at(q.scales, g) + q.dtype.value_at(q.biases, g);
+            }
+        }
+        (Weights::Float { data, dtype }, None) => {
             let size = dtype.size();
             dtype.widen_into(
                 &data.bytes()[row * cols * size..(row + 1) * cols * size],
                 out,
             );
         }
-        Matrix::Affine {
-            words,
-            scales,
-            biases,
-            dtype,
-            bits,
-            group,
-            cols,
-            ..
-        } => {
-            let groups = cols / group;
-            let words = words.bytes();
-            let wpr = cols * *bits as usize / 32;
-            for (i, o) in out.iter_mut().enumerate() {
-                let bit = i * *bits as usize;
-                let w = row * wpr + bit / 32;
-                let shift = bit % 32;
-                let mut v = u64::from(word_at(words, w)) >> shift;
-                if shift + *bits as usize > 32 {
-                    v |= u64::from(word_at(words, w + 1)) << (32 - shift);
-                }
-                let q = (v & ((1u64 << *bits) - 1)) as f32;
-                let g = row * groups + i / group;
-                *o = q * stored_value(scales.bytes(), *dtype, g)
-                    + stored_value(biases.bytes(), *dtype, g);
-            }
-        }
+        (Weights::Affine { .. }, None) => unreachable!("an affine matrix is quantized"),
     }
 }
 
@@ -191,9 +240,23 @@ simd_dispatch! {
     fn rows_times_vectors(m: &Matrix, xs: &[f32], t: usize, xsums: &[f32], first_row: usize, out: &mut [f32]) {
         // `out` holds rows first_row.. for every token: out[r * t + k].
         let rows = out.len() / t;
-        match m {
-            Matrix::Float { data, dtype, cols, .. } => {
-                let (mut w, size) = (vec![0f32; *cols], dtype.size());
+        let cols = m.cols;
+        match (&m.weights, m.quantized()) {
+            (_, Some(q)) => {
+                let groups = q.groups();
+                for r in 0..rows {
+                    for k in 0..t {
+                        out[r * t + k] = affine_row_dot(
+                            &q,
+                            first_row + r,
+                            &xs[k * cols..(k + 1) * cols],
+                            &xsums[k * groups..(k + 1) * groups],
+                        );
+                    }
+                }
+            }
+            (Weights::Float { data, dtype }, None) => {
+                let (mut w, size) = (vec![0f32; cols], dtype.size());
                 for r in 0..rows {
                     let row = first_row + r;
                     dtype.widen_into(&data.bytes()[row * cols * size..(row + 1) * cols * size], &mut w);
@@ -202,59 +265,48 @@ simd_dispatch! {
                     }
                 }
             }
-            Matrix::Affine { words, scales, biases, dtype, bits, group, cols, .. } => {
-                let groups = cols / group;
-                for r in 0..rows {
-                    for k in 0..t {
-                        out[r * t + k] = affine_row_dot(
-                            words.bytes(),
-                            scales.bytes(),
-                            biases.bytes(),
-                            *dtype,
-                            *bits,
-                            *group,
-                            first_row + r,
-                            *cols,
-                            &xs[k * cols..(k + 1) * cols],
-                            &xsums[k * groups..(k + 1) * groups],
-                        );
-                    }
-                }
+            (Weights::Affine { .. }, None) => {}
+        }
+    }
+}
+
+/// Per-group sums of each of the `t` vectors of `xs` (what the bias terms multiply).
+fn group_sums(m: &Matrix, xs: &[f32], t: usize, out: &mut Vec<f32>) {
+    out.clear();
+    if let Weights::Affine { group, .. } = m.weights {
+        for k in 0..t {
+            for g in xs[k * m.cols..(k + 1) * m.cols].chunks_exact(group) {
+                out.push(g.iter().sum());
             }
         }
     }
 }
 
-/// `ys[k] = M · xs[k]` for `t` input vectors (`xs`: t × cols, `ys`: t × rows), the weights read
-/// once for all of them. `scratch` holds the row-major intermediate (rows × t) and group sums.
-pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut MatmulScratch) {
-    let (rows, cols) = (m.rows(), m.cols());
-    debug_assert_eq!(xs.len(), t * cols);
-    debug_assert_eq!(ys.len(), t * rows);
-    #[cfg(target_arch = "x86_64")]
-    if t == 1 && super::x86::available() && x86_decode(&mut [(m, ys)], xs, scratch) {
-        return;
-    }
-    scratch.xsums.clear();
-    if let Matrix::Affine { group, .. } = m {
-        for k in 0..t {
-            for g in xs[k * cols..(k + 1) * cols].chunks_exact(*group) {
-                scratch.xsums.push(g.iter().sum());
-            }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::x86::available() && x86_matmul(m, xs, t, ys, scratch) {
-        return;
-    }
+/// The portable kernels over the pool.
+fn portable_matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut MatmulScratch) {
+    group_sums(m, xs, t, &mut scratch.xsums);
     let xsums = &scratch.xsums;
-    drive(rows, t, ys, &mut scratch.by_row, |first, out| {
+    drive(m.rows, t, ys, &mut scratch.by_row, |first, out| {
         rows_times_vectors(m, xs, t, xsums, first, out)
     });
 }
 
+/// `ys[k] = M · xs[k]` for `t` input vectors (`xs`: t × cols, `ys`: t × rows), the weights read
+/// once for all of them, by the kernels chosen for `m` at load. `scratch` holds the
+/// intermediates (no allocation per token once warm).
+pub fn matmul(m: &Matrix, xs: &[f32], t: usize, ys: &mut [f32], scratch: &mut MatmulScratch) {
+    debug_assert_eq!(xs.len(), t * m.cols);
+    debug_assert_eq!(ys.len(), t * m.rows);
+    #[cfg(target_arch = "x86_64")]
+    if x86_matmul(m, xs, t, ys, scratch) {
+        return;
+    }
+    portable_matmul(m, xs, t, ys, scratch);
+}
+
 /// Several products of the same input (q/k/v, gate/up). Decoding one token, they run as one
-/// parallel region: waking the pool's threads once instead of once per matrix.
+/// parallel region when their kernels allow it: waking the pool's threads once instead of
+/// once per matrix.
 pub fn matmul_many(
     products: &mut [(&Matrix, &mut [f32])],
     xs: &[f32],
@@ -262,7 +314,7 @@ pub fn matmul_many(
     scratch: &mut MatmulScratch,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if t == 1 && super::x86::available() && x86_decode(products, xs, scratch) {
+    if t == 1 && x86_decode(products, xs, scratch) {
         return;
     }
     for (m, ys) in products.iter_mut() {
@@ -271,9 +323,9 @@ pub fn matmul_many(
 }
 
 /// One token through one or several products of the same input as one parallel region, when
-/// every matrix is float, or every one is quantized with the same group size and has a VNNI
-/// kernel (4-bit; 2/3/5/6/8-bit with VBMI); `false` otherwise (the caller then runs the other
-/// kernels).
+/// every matrix decodes with `FloatAvx2`, or every one with a split-activation kernel
+/// (`Q4Vnni`, `AnyWidthVbmi`) at one group size; `false` otherwise (the caller then runs each
+/// product by itself).
 #[cfg(target_arch = "x86_64")]
 fn x86_decode(
     products: &mut [(&Matrix, &mut [f32])],
@@ -284,45 +336,32 @@ fn x86_decode(
     let Some(first) = products.first().map(|p| p.0) else {
         return true;
     };
-    let cols = first.cols();
-    // (group, nibble-order activations needed) of a quantized matrix with a VNNI kernel.
-    let vnni_group = |m: &Matrix| match m {
-        Matrix::Affine { bits: 4, group, .. }
-            if x86::vnni_available() && x86::split_kernel_fits(cols, *group) =>
-        {
-            Some((*group, true))
-        }
-        Matrix::Affine { bits, group, .. }
-            if x86::vbmi_available() && x86::any_width_kernel_fits(cols, *bits, *group) =>
-        {
-            Some((*group, false))
-        }
+    let cols = first.cols;
+    let split_group = |m: &Matrix| match (m.kernels.decode, &m.weights) {
+        (Decode::Q4Vnni | Decode::AnyWidthVbmi, Weights::Affine { group, .. }) => Some(*group),
         _ => None,
     };
     let same_cols = products
         .iter()
-        .all(|(m, ys)| m.cols() == cols && ys.len() == m.rows());
+        .all(|(m, ys)| m.cols == cols && ys.len() == m.rows);
     let all_float = products
         .iter()
-        .all(|(m, _)| matches!(m, Matrix::Float { .. }));
-    let group = vnni_group(first).map(|(g, _)| g);
-    let all_vnni = group.is_some()
-        && products
-            .iter()
-            .all(|(m, _)| vnni_group(m).map(|(g, _)| g) == group);
-    if !same_cols || !(all_float || all_vnni) {
+        .all(|(m, _)| m.kernels.decode == Decode::FloatAvx2);
+    let group = split_group(first);
+    let all_split = group.is_some() && products.iter().all(|(m, _)| split_group(m) == group);
+    if !same_cols || !(all_float || all_split) {
         return false;
     }
     if let Some(group) = group {
         let nibbles = products
             .iter()
-            .any(|(m, _)| vnni_group(m) == Some((group, true)));
+            .any(|(m, _)| m.kernels.decode == Decode::Q4Vnni);
         let natural = products
             .iter()
-            .any(|(m, _)| vnni_group(m) == Some((group, false)));
-        // SAFETY: `vnni_group` found a VNNI kernel, so the CPU has AVX-512 F and BW; the
-        // kernels' shapes (columns a multiple of 128, groups of 32 / 64 / 128) are what
-        // `set_fast` needs.
+            .any(|(m, _)| m.kernels.decode == Decode::AnyWidthVbmi);
+        // SAFETY: a split kernel was chosen for these matrices at load, which needs AVX-512 F
+        // and BW (VNNI implies them); their shapes are what `set_fast` needs (columns a
+        // multiple of 128, groups of 32 / 64 / 128).
         unsafe {
             scratch
                 .split
@@ -331,47 +370,35 @@ fn x86_decode(
     }
     let (sa, xsums) = (&scratch.split, &scratch.xsums);
     // One region: the matrices' row chunks are stolen as one pool of work.
-    let run = |m: &Matrix, first: usize, out: &mut [f32]| match m {
-        Matrix::Float { data, dtype, .. } => {
-            let size = dtype.size();
-            for (r, y) in out.iter_mut().enumerate() {
-                let row = &data.bytes()[(first + r) * cols * size..(first + r + 1) * cols * size];
-                // SAFETY: `x86::available()` was checked by the caller.
-                *y = unsafe { x86::float_row_dot(row, *dtype, x) };
+    let run = |m: &Matrix, first: usize, out: &mut [f32]| match (m.kernels.decode, m.quantized()) {
+        // SAFETY (all three arms): the kernel was chosen at load for this matrix only when the
+        // CPU has its features and the matrix's shape fits it (`Kernels::decode_choices`); the
+        // activations were prepared above in the layout each kernel reads.
+        (Decode::Q4Vnni, Some(q)) => unsafe { x86::q4_rows_split(&q, sa, xsums, first, out) },
+        (Decode::AnyWidthVbmi, Some(q)) => unsafe {
+            match q.bits {
+                2 => x86::qn_rows_split::<2>(&q, sa, xsums, first, out),
+                3 => x86::qn_rows_split::<3>(&q, sa, xsums, first, out),
+                5 => x86::qn_rows_split::<5>(&q, sa, xsums, first, out),
+                6 => x86::qn_rows_split::<6>(&q, sa, xsums, first, out),
+                _ => x86::qn_rows_split::<8>(&q, sa, xsums, first, out),
             }
-        }
-        Matrix::Affine {
-            words,
-            scales,
-            biases,
-            dtype,
-            bits,
-            group,
-            ..
-        } => {
-            let (w, s, b, d, g) = (
-                words.bytes(),
-                scales.bytes(),
-                biases.bytes(),
-                *dtype,
-                *group,
-            );
-            // SAFETY: every matrix here passed `vnni_group`: 4-bit ones `split_kernel_fits`
-            // with `x86::vnni_available()`, the others `any_width_kernel_fits` with
-            // `x86::vbmi_available()`; the activations were set in the layout each needs.
-            unsafe {
-                match bits {
-                    4 => x86::q4_rows_split(w, s, b, d, sa, xsums, g, first, out),
-                    2 => x86::qn_rows_split::<2>(w, s, b, d, sa, xsums, g, first, out),
-                    3 => x86::qn_rows_split::<3>(w, s, b, d, sa, xsums, g, first, out),
-                    5 => x86::qn_rows_split::<5>(w, s, b, d, sa, xsums, g, first, out),
-                    6 => x86::qn_rows_split::<6>(w, s, b, d, sa, xsums, g, first, out),
-                    _ => x86::qn_rows_split::<8>(w, s, b, d, sa, xsums, g, first, out),
+        },
+        (Decode::FloatAvx2, None) => {
+            if let Weights::Float { data, dtype } = &m.weights {
+                let size = dtype.size();
+                for (r, y) in out.iter_mut().enumerate() {
+                    let at = (first + r) * cols * size;
+                    // SAFETY: `FloatAvx2` is chosen at load only for a CPU with AVX2, FMA, F16C.
+                    *y = unsafe {
+                        x86::float_row_dot(&data.bytes()[at..at + cols * size], *dtype, x)
+                    };
                 }
             }
         }
+        _ => rows_times_vectors(m, x, 1, xsums, first, out),
     };
-    let chunk = decode_rows_per_task(first.nbytes() / first.rows().max(1));
+    let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1));
     pool().for_each_chunk_of(products, chunk, |m, first, out| run(m, first, out));
     true
 }
@@ -401,7 +428,7 @@ fn drive(
     }
 }
 
-/// The AVX2 kernels for float rows and 4-bit rows; `false` when the format has none.
+/// `m` times the `t` tokens by its x86 kernel; `false` when that is the portable one.
 #[cfg(target_arch = "x86_64")]
 fn x86_matmul(
     m: &Matrix,
@@ -411,87 +438,70 @@ fn x86_matmul(
     scratch: &mut MatmulScratch,
 ) -> bool {
     use super::{gemm, x86};
-    let (rows, cols) = (m.rows(), m.cols());
-    match m {
-        Matrix::Affine {
-            words,
-            scales,
-            biases,
-            dtype,
-            bits,
-            group,
-            ..
-        } if t > 1 && x86::vnni_available() && gemm::fits(cols, *bits, *group) => {
-            scratch.panels.set(xs, t, cols, *group);
-            let packed = gemm::PackedRows {
-                words: words.bytes(),
-                scales: scales.bytes(),
-                biases: biases.bytes(),
-                dtype: *dtype,
-                bits: *bits,
-                group: *group,
-                rows,
-                cols,
-            };
+    let (rows, cols) = (m.rows, m.cols);
+    let kernel = if t == 1 {
+        match m.kernels.decode {
+            Decode::FloatAvx2 | Decode::Q4Vnni | Decode::AnyWidthVbmi => {
+                return x86_decode(&mut [(m, ys)], xs, scratch);
+            }
+            Decode::Q4Avx2 => Prompt::Q4Avx2,
+            Decode::Portable => return false,
+        }
+    } else {
+        m.kernels.prompt
+    };
+    match (kernel, &m.weights, m.quantized()) {
+        (Prompt::AffineGemm, _, Some(q)) => {
+            scratch.panels.set(xs, t, cols, q.group);
             let (panels, out) = (&scratch.panels, gemm::TokenMajorOut::new(ys));
             pool().run(rows.div_ceil(GEMM_ROWS_PER_TASK), &|c| {
                 let first = c * GEMM_ROWS_PER_TASK;
                 let n = GEMM_ROWS_PER_TASK.min(rows - first);
-                // SAFETY: VNNI and `fits` checked in the match guard, the panels set for this
-                // matrix above, `ys` borrowed until `run` returns, and task `c` alone writes
-                // rows `first..first + n`.
-                unsafe { gemm::affine_gemm_rows(&packed, panels, first, n, out) }
+                // SAFETY: the kernel was chosen at load for a CPU with VNNI and a matrix that
+                // `gemm::fits`; the panels were set for this matrix above, `ys` is borrowed
+                // until `run` returns, and task `c` alone writes rows `first..first + n`.
+                unsafe { gemm::affine_gemm_rows(&q, panels, first, n, out) }
             });
-            true
         }
-        Matrix::Float { data, dtype, .. } if t > 1 && x86::avx512_available() => {
+        (Prompt::FloatGemm, Weights::Float { data, dtype }, _) => {
             scratch.float_panels.set(xs, t, cols);
             let (panels, out) = (&scratch.float_panels, gemm::TokenMajorOut::new(ys));
             let (bytes, dtype) = (data.bytes(), *dtype);
             pool().run(rows.div_ceil(GEMM_ROWS_PER_TASK), &|c| {
                 let first = c * GEMM_ROWS_PER_TASK;
                 let n = GEMM_ROWS_PER_TASK.min(rows - first);
-                // SAFETY: AVX-512 checked in the match guard, the panels set for this matrix
-                // above, `ys` borrowed until `run` returns, and task `c` alone writes rows
-                // `first..first + n`.
+                // SAFETY: chosen at load for a CPU with AVX-512; the panels were set for this
+                // matrix above, `ys` is borrowed until `run` returns, and task `c` alone
+                // writes rows `first..first + n`.
                 unsafe { gemm::float_gemm_rows(bytes, dtype, rows, cols, panels, first, n, out) }
             });
-            true
         }
-        Matrix::Float { data, dtype, .. } => {
-            let bytes = data.bytes();
-            let size = dtype.size();
+        (Prompt::FloatAvx2, Weights::Float { data, dtype }, _) => {
+            let (bytes, size) = (data.bytes(), dtype.size());
             drive(rows, t, ys, &mut scratch.by_row, |first, out| {
                 for (r, o) in out.chunks_exact_mut(t).enumerate() {
                     let row = &bytes[(first + r) * cols * size..(first + r + 1) * cols * size];
-                    // Prompt: four tokens per pass over the row.
+                    // Four tokens per pass over the row.
                     let blocks = t / 4;
-                    for q in 0..blocks {
-                        let x = |i: usize| &xs[(4 * q + i) * cols..(4 * q + i + 1) * cols];
-                        // SAFETY: `x86::available()` was checked by the caller.
+                    for b in 0..blocks {
+                        let x = |i: usize| &xs[(4 * b + i) * cols..(4 * b + i + 1) * cols];
+                        // SAFETY: chosen at load for a CPU with AVX2, FMA and F16C.
                         let y =
                             unsafe { x86::float_row_dot4(row, *dtype, [x(0), x(1), x(2), x(3)]) };
-                        o[4 * q..4 * q + 4].copy_from_slice(&y);
+                        o[4 * b..4 * b + 4].copy_from_slice(&y);
                     }
                     for (k, y) in o.iter_mut().enumerate().skip(4 * blocks) {
-                        let x = &xs[k * cols..(k + 1) * cols];
-                        // SAFETY: `x86::available()` was checked by the caller.
-                        *y = unsafe { x86::float_row_dot(row, *dtype, x) };
+                        // SAFETY: as above.
+                        *y = unsafe {
+                            x86::float_row_dot(row, *dtype, &xs[k * cols..(k + 1) * cols])
+                        };
                     }
                 }
             });
-            true
         }
-        Matrix::Affine {
-            words,
-            scales,
-            biases,
-            dtype,
-            bits: 4,
-            group,
-            ..
-        } if group % 16 == 0 => {
-            let groups = cols / group;
+        (Prompt::Q4Avx2, _, Some(q)) => {
+            group_sums(m, xs, t, &mut scratch.xsums);
+            let groups = q.groups();
             scratch.xperm.clear();
             let mut one = Vec::new();
             for k in 0..t {
@@ -499,19 +509,23 @@ fn x86_matmul(
                 scratch.xperm.extend_from_slice(&one);
             }
             let (xperm, xsums) = (&scratch.xperm, &scratch.xsums);
-            let (bytes, sb, bb) = (words.bytes(), scales.bytes(), biases.bytes());
-            let row_bytes = cols / 2;
+            let (row_bytes, size) = (q.row_bytes(), q.dtype.size());
             drive(rows, t, ys, &mut scratch.by_row, |first, out| {
                 let mut s = Vec::with_capacity(groups);
                 let mut b = Vec::with_capacity(groups);
                 for (r, o) in out.chunks_exact_mut(t).enumerate() {
                     let row = first + r;
-                    let sz = dtype.size();
-                    dtype.widen(&sb[row * groups * sz..(row + 1) * groups * sz], &mut s);
-                    dtype.widen(&bb[row * groups * sz..(row + 1) * groups * sz], &mut b);
-                    let w = &bytes[row * row_bytes..(row + 1) * row_bytes];
+                    q.dtype.widen(
+                        &q.scales[row * groups * size..(row + 1) * groups * size],
+                        &mut s,
+                    );
+                    q.dtype.widen(
+                        &q.biases[row * groups * size..(row + 1) * groups * size],
+                        &mut b,
+                    );
+                    let w = &q.words[row * row_bytes..(row + 1) * row_bytes];
                     for (k, y) in o.iter_mut().enumerate() {
-                        // SAFETY: `x86::available()` was checked by the caller.
+                        // SAFETY: chosen at load for a CPU with AVX2 and FMA.
                         *y = unsafe {
                             x86::q4_row_dot(
                                 w,
@@ -519,16 +533,16 @@ fn x86_matmul(
                                 &b,
                                 &xperm[k * cols..(k + 1) * cols],
                                 &xsums[k * groups..(k + 1) * groups],
-                                *group,
+                                q.group,
                             )
                         };
                     }
                 }
             });
-            true
         }
-        _ => false,
+        _ => return false,
     }
+    true
 }
 
 /// Buffers `matmul` reuses across calls (no allocation per token once warm).
@@ -624,11 +638,12 @@ pub fn exp(x_in: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::engine::weights::Blob;
+    use crate::mlx::FloatDtype;
 
-    /// The dispatched `matmul` (AVX2 kernels on this machine) against the portable kernels, for
-    /// every format, one token and several.
+    /// Every kernel this CPU has for a matrix (decode kernels with one token, prompt kernels with
+    /// several) against the portable one, for every format; and the kernels chosen by default.
     #[test]
-    fn dispatched_kernels_equal_the_portable_ones() {
+    fn every_kernel_equals_the_portable_one() {
         // 1024 columns: 16 groups of 64 (a full window of the decode kernel); 43 rows: partial
         // tasks and a partial block of the prompt GEMM's 8 rows.
         let (rows, cols) = (43, 1024);
@@ -638,12 +653,8 @@ mod tests {
         for dtype in [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16] {
             let mut bytes = Vec::new();
             dtype.narrow(&values, &mut bytes);
-            mats.push(Matrix::Float {
-                data: Blob::from_bytes(&bytes),
-                dtype,
-                rows,
-                cols,
-            });
+            let data = Blob::from_bytes(&bytes);
+            mats.push(Matrix::new(Weights::Float { data, dtype }, rows, cols));
         }
         // (4, 128): 8 groups per row, a partial window of the 16-group decode kernel. 2, 3, 5
         // and 6 bits: codes straddling bytes (VBMI unpacking where the CPU has it).
@@ -658,78 +669,75 @@ mod tests {
             (6, 128),
         ];
         for (bits, group) in widths {
-            let a = Affine::new(bits, group).unwrap();
-            let (mut w, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
-            for row in values.chunks_exact(cols) {
-                let mut words = vec![0u32; a.words_per_row(cols)];
-                let (mut sc, mut bi) = (vec![0f32; cols / group], vec![0f32; cols / group]);
-                a.quantize_row(row, FloatDtype::BF16, &mut words, &mut sc, &mut bi);
-                w.extend(words.iter().flat_map(|x| x.to_le_bytes()));
-                s.extend(sc);
-                b.extend(bi);
-            }
-            let (mut sb, mut bb) = (Vec::new(), Vec::new());
-            FloatDtype::BF16.narrow(&s, &mut sb);
-            FloatDtype::BF16.narrow(&b, &mut bb);
-            mats.push(Matrix::Affine {
-                words: Blob::from_bytes(&w),
-                scales: Blob::from_bytes(&sb),
-                biases: Blob::from_bytes(&bb),
-                dtype: FloatDtype::BF16,
-                bits,
-                group,
-                rows,
-                cols,
-            });
+            mats.push(quantized_matrix(&values, rows, cols, bits, group));
         }
-        // 1: decode kernels; 3 and 6: one partial tile of 16 tokens (and, without VNNI, the
-        // four-token blocks plus a remainder); 21: a full tile and a partial one.
+        let cpu = crate::simd::cpu();
+        let mut kernels_run = 0;
+        // 1: decode kernels; 3 and 6: one partial tile of 16 tokens (and the four-token blocks
+        // plus a remainder); 21: a full tile and a partial one.
         for t in [1usize, 3, 6, 21] {
             let xs: Vec<f32> = (0..t * cols).map(|_| rng.next_f32()).collect();
             for m in &mats {
-                let mut fast = vec![0f32; t * rows];
-                matmul(m, &xs, t, &mut fast, &mut MatmulScratch::default());
-                let mut xsums = Vec::new();
-                if let Matrix::Affine { group, .. } = m {
-                    for k in 0..t {
-                        for g in xs[k * cols..(k + 1) * cols].chunks_exact(*group) {
-                            xsums.push(g.iter().sum());
-                        }
-                    }
-                }
-                let mut by_row = vec![0f32; rows * t];
-                rows_times_vectors(m, &xs, t, &xsums, 0, &mut by_row);
-                if t == 1 {
-                    // The fused decode region gives the same outputs as separate products.
-                    let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
-                    let mut scratch = MatmulScratch::default();
-                    matmul_many(&mut [(m, &mut a), (m, &mut b)], &xs, 1, &mut scratch);
-                    assert_eq!(a, fast);
-                    assert_eq!(b, fast);
-                }
-                // The AVX-512 VNNI kernels round activations to 16 bits per group (every width,
-                // decode and prompt); float rows stay f32.
-                let tolerance = match m {
-                    Matrix::Affine { .. } => 2e-3,
-                    Matrix::Float { .. } => 1e-4,
+                let portable = m.with_kernels(Kernels {
+                    decode: Decode::Portable,
+                    prompt: Prompt::Portable,
+                });
+                let mut want = vec![0f32; t * rows];
+                matmul(&portable, &xs, t, &mut want, &mut MatmulScratch::default());
+                let choices: Vec<Kernels> = if t == 1 {
+                    Kernels::decode_choices(&m.weights, cols, cpu)
+                        .into_iter()
+                        .map(|decode| Kernels {
+                            decode,
+                            ..m.kernels
+                        })
+                        .collect()
+                } else {
+                    Kernels::prompt_choices(&m.weights, cols, cpu)
+                        .into_iter()
+                        .map(|prompt| Kernels {
+                            prompt,
+                            ..m.kernels
+                        })
+                        .collect()
                 };
-                for k in 0..t {
-                    for r in 0..rows {
-                        let (a, b) = (fast[k * rows + r], by_row[r * t + k]);
+                assert!(choices.contains(&m.kernels), "the default is a choice");
+                // The AVX-512 VNNI kernels round activations to 16 bits per group (every
+                // width, decode and prompt); float rows stay f32.
+                let tolerance = match m.weights {
+                    Weights::Affine { .. } => 2e-3,
+                    Weights::Float { .. } => 1e-4,
+                };
+                for k in choices {
+                    let m = m.with_kernels(k);
+                    let mut got = vec![0f32; t * rows];
+                    matmul(&m, &xs, t, &mut got, &mut MatmulScratch::default());
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (a - b).abs() <= tolerance * b.abs().max(1.0),
-                            "t {t} row {r}: {a} vs {b}"
+                            "{k:?} t {t} output {i}: {a} vs {b}"
                         );
                     }
+                    if t == 1 {
+                        // The fused decode region gives the same outputs as separate products.
+                        let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
+                        let mut scratch = MatmulScratch::default();
+                        matmul_many(&mut [(&m, &mut a), (&m, &mut b)], &xs, 1, &mut scratch);
+                        assert_eq!(a, got, "{k:?}");
+                        assert_eq!(b, got, "{k:?}");
+                    }
+                    kernels_run += 1;
                 }
             }
         }
+        // At least the portable kernels ran for every matrix and token count.
+        assert!(kernels_run >= 4 * mats.len());
         // A mixed-width region (as mixed recipes make: 4-bit beside 8- and 2-bit, group 64):
         // both activation layouts prepared, each matrix equal to its own product.
         let xs: Vec<f32> = (0..cols).map(|_| rng.next_f32()).collect();
         let group64: Vec<&Matrix> = mats
             .iter()
-            .filter(|m| matches!(m, Matrix::Affine { group: 64, .. }))
+            .filter(|m| matches!(m.weights, Weights::Affine { group: 64, .. }))
             .collect();
         assert_eq!(group64.len(), 3);
         let alone: Vec<Vec<f32>> = group64
@@ -749,8 +757,40 @@ mod tests {
         matmul_many(&mut products, &xs, 1, &mut MatmulScratch::default());
         assert_eq!(outs, alone);
     }
-    use crate::convert::quant::affine::Affine;
-    use crate::convert::quant::pack::unpack_at;
+
+    /// `values` (rows × cols) quantized as `mx.quantize` does (scales and biases in bf16).
+    fn quantized_matrix(
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        bits: u32,
+        group: usize,
+    ) -> Matrix {
+        let a = Affine::new(bits, group).unwrap();
+        let (mut w, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
+        for row in values.chunks_exact(cols) {
+            let mut words = vec![0u32; a.words_per_row(cols)];
+            let (mut sc, mut bi) = (vec![0f32; cols / group], vec![0f32; cols / group]);
+            a.quantize_row(row, FloatDtype::BF16, &mut words, &mut sc, &mut bi);
+            w.extend(words.iter().flat_map(|x| x.to_le_bytes()));
+            s.extend(sc);
+            b.extend(bi);
+        }
+        let (mut sb, mut bb) = (Vec::new(), Vec::new());
+        FloatDtype::BF16.narrow(&s, &mut sb);
+        FloatDtype::BF16.narrow(&b, &mut bb);
+        let weights = Weights::Affine {
+            words: Blob::from_bytes(&w),
+            scales: Blob::from_bytes(&sb),
+            biases: Blob::from_bytes(&bb),
+            dtype: FloatDtype::BF16,
+            bits,
+            group,
+        };
+        Matrix::new(weights, rows, cols)
+    }
+
+    use crate::mlx::affine::Affine;
 
     #[test]
     fn exp_is_within_a_few_ulp_of_libm_and_silu_saturates() {
@@ -793,20 +833,19 @@ mod tests {
             let sb: Vec<u8> = s.iter().flat_map(|v| v.to_le_bytes()).collect();
             let bb: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
             let xsum: Vec<f32> = x.chunks(64).map(|g| g.iter().sum()).collect();
-            let got = affine_row_dot(
-                &bytes,
-                &sb,
-                &bb,
-                FloatDtype::F32,
+            let q = QuantizedRows {
+                words: &bytes,
+                scales: &sb,
+                biases: &bb,
+                dtype: FloatDtype::F32,
                 bits,
-                64,
-                0,
+                group: 64,
+                rows: 1,
                 cols,
-                &x,
-                &xsum,
-            );
+            };
+            let got = affine_row_dot(&q, 0, &x, &xsum);
             let want: f32 = (0..cols)
-                .map(|i| (unpack_at(&words, bits, i) as f32 * s[i / 64] + b[i / 64]) * x[i])
+                .map(|i| (unpack_at(&words[..], bits, i) as f32 * s[i / 64] + b[i / 64]) * x[i])
                 .sum();
             assert!(
                 (got - want).abs() <= 1e-3 * want.abs().max(1.0),

@@ -6,32 +6,6 @@
 //! that trait, so an mlx-rs engine for Apple GPUs can be added as a macOS-only cargo feature
 //! beside [`model::CpuEngine`] without touching them.
 
-/// Runs `body` compiled with AVX2 + FMA when the CPU has them, else the portable build.
-macro_rules! simd_dispatch {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn portable($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn fast($($arg: $ty),*) {
-                    portable($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
-                {
-                    // SAFETY: the CPU has every feature `fast` is compiled for (checked above).
-                    unsafe { fast($($arg),*) };
-                    return;
-                }
-            }
-            portable($($arg),*)
-        }
-    };
-}
-
 pub mod args;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
@@ -40,6 +14,7 @@ pub mod kernels;
 pub mod model;
 mod pool;
 pub mod sampler;
+pub mod session;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;
@@ -60,6 +35,8 @@ pub enum EngineError {
     Template(String),
     #[error("{0}")]
     Input(String),
+    #[error("the weights need {need} bytes but only {available} bytes of memory are available")]
+    InsufficientMemory { need: u64, available: u64 },
 }
 
 /// A loaded model that turns token ids into next-token logits.

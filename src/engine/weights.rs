@@ -10,8 +10,10 @@ use memmap2::Mmap;
 use safetensors::Dtype;
 
 use super::args::ModelArgs;
+use super::kernels::Kernels;
 use super::EngineError;
-use crate::convert::quant::FloatDtype;
+use crate::mlx::FloatDtype;
+use crate::store::files::is_mlx_lm_weights;
 use crate::store::safetensors::read_header;
 
 /// A byte range of a mapped file.
@@ -60,14 +62,12 @@ pub struct WeightFiles {
     pub total_bytes: u64,
 }
 
-/// A 2-D weight as the kernels read it.
+/// How a 2-D weight is stored.
 #[derive(Clone)]
-pub enum Matrix {
+pub enum Weights {
     Float {
         data: Blob,
         dtype: FloatDtype,
-        rows: usize,
-        cols: usize,
     },
     /// MLX affine quantization: `w = q * scale + bias` per group of `group` values.
     Affine {
@@ -77,29 +77,93 @@ pub enum Matrix {
         dtype: FloatDtype,
         bits: u32,
         group: usize,
-        rows: usize,
-        cols: usize,
     },
 }
 
+/// A 2-D weight as the kernels read it, with the kernels chosen for it when it was loaded.
+#[derive(Clone)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub weights: Weights,
+    pub(crate) kernels: Kernels,
+}
+
+/// A quantized matrix's stored bytes as the kernels read them (one argument instead of eight).
+#[derive(Clone, Copy)]
+pub struct QuantizedRows<'a> {
+    pub words: &'a [u8],
+    pub scales: &'a [u8],
+    pub biases: &'a [u8],
+    /// The dtype of the scales and biases.
+    pub dtype: FloatDtype,
+    pub bits: u32,
+    pub group: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl QuantizedRows<'_> {
+    pub fn groups(&self) -> usize {
+        self.cols / self.group
+    }
+
+    /// Bytes of packed codes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols * self.bits as usize / 8
+    }
+}
+
 impl Matrix {
-    pub fn rows(&self) -> usize {
-        match self {
-            Matrix::Float { rows, .. } | Matrix::Affine { rows, .. } => *rows,
+    /// A matrix with the best kernels this CPU has for it.
+    pub fn new(weights: Weights, rows: usize, cols: usize) -> Matrix {
+        let kernels = Kernels::best(&weights, cols, crate::simd::cpu());
+        Matrix {
+            rows,
+            cols,
+            weights,
+            kernels,
         }
     }
 
-    pub fn cols(&self) -> usize {
-        match self {
-            Matrix::Float { cols, .. } | Matrix::Affine { cols, .. } => *cols,
+    /// The same weights multiplied by other kernels (tests compare every kernel the CPU has).
+    #[cfg(test)]
+    pub(crate) fn with_kernels(&self, kernels: Kernels) -> Matrix {
+        Matrix {
+            kernels,
+            ..self.clone()
+        }
+    }
+
+    /// The packed codes, scales and biases of a quantized matrix.
+    pub fn quantized(&self) -> Option<QuantizedRows<'_>> {
+        match &self.weights {
+            Weights::Affine {
+                words,
+                scales,
+                biases,
+                dtype,
+                bits,
+                group,
+            } => Some(QuantizedRows {
+                words: words.bytes(),
+                scales: scales.bytes(),
+                biases: biases.bytes(),
+                dtype: *dtype,
+                bits: *bits,
+                group: *group,
+                rows: self.rows,
+                cols: self.cols,
+            }),
+            Weights::Float { .. } => None,
         }
     }
 
     /// Bytes read for one full pass over the matrix.
     pub fn nbytes(&self) -> usize {
-        match self {
-            Matrix::Float { data, .. } => data.len,
-            Matrix::Affine {
+        match &self.weights {
+            Weights::Float { data, .. } => data.len,
+            Weights::Affine {
                 words,
                 scales,
                 biases,
@@ -107,6 +171,20 @@ impl Matrix {
             } => words.len + scales.len + biases.len,
         }
     }
+}
+
+/// The weight files' total size in `dir` (what loading maps), before opening any of them.
+pub fn weight_files_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_str().is_some_and(is_mlx_lm_weights))
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 impl WeightFiles {
@@ -119,7 +197,7 @@ impl WeightFiles {
             })?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("model") && n.ends_with(".safetensors"))
+            .filter(|n| is_mlx_lm_weights(n))
             .collect();
         names.sort();
         if names.is_empty() {
@@ -233,12 +311,7 @@ impl WeightFiles {
                     e.shape
                 )));
             }
-            return Ok(Matrix::Float {
-                data,
-                dtype,
-                rows,
-                cols,
-            });
+            return Ok(Matrix::new(Weights::Float { data, dtype }, rows, cols));
         }
         let bits = args
             .quantization
@@ -254,7 +327,14 @@ impl WeightFiles {
         }
         let (scales, se) = self.blob(&format!("{module}.scales"))?;
         let (biases, be) = self.blob(&format!("{module}.biases"))?;
-        let dtype = FloatDtype::of(se.dtype).ok_or_else(|| bad("non-float scales".into()))?;
+        let dtype = FloatDtype::of(se.dtype)
+            .ok_or_else(|| bad(format!("scales are {:?}, not a float dtype", se.dtype)))?;
+        if be.dtype != se.dtype {
+            return Err(bad(format!(
+                "biases are {:?} but scales are {:?}: both must have one float dtype",
+                be.dtype, se.dtype
+            )));
+        }
         let words_per_row = cols * bits as usize / 32;
         if e.dtype != Dtype::U32 || e.shape != [rows, words_per_row] {
             return Err(bad(format!(
@@ -277,15 +357,17 @@ impl WeightFiles {
         if !group.is_multiple_of(32) {
             return Err(bad(format!("group size {group} is not implemented")));
         }
-        Ok(Matrix::Affine {
-            words: data,
-            scales,
-            biases,
-            dtype,
-            bits,
-            group,
+        Ok(Matrix::new(
+            Weights::Affine {
+                words: data,
+                scales,
+                biases,
+                dtype,
+                bits,
+                group,
+            },
             rows,
             cols,
-        })
+        ))
     }
 }

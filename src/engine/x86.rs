@@ -5,15 +5,8 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::stored_value;
-use crate::convert::quant::FloatDtype;
-
-/// Whether this CPU runs these kernels (std caches the answer).
-pub fn available() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-}
+use super::weights::QuantizedRows;
+use crate::mlx::FloatDtype;
 
 /// `x` reordered for [`q4_row_dot`]: per 16 values, the 8 even-indexed ones then the 8 odd.
 pub fn permute_for_q4(x: &[f32], out: &mut Vec<f32>) {
@@ -36,7 +29,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// One output of a 4-bit row: `Σ_g scale_g · Σ q·x + bias_g · Σ x`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]).
+/// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q4_row_dot(
     bytes: &[u8],
@@ -80,7 +73,7 @@ pub unsafe fn q4_row_dot(
 /// `Σ w·x` over a bf16 row.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]).
+/// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
@@ -99,7 +92,7 @@ unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        s += stored_value(bytes, FloatDtype::BF16, i) * x[i];
+        s += FloatDtype::BF16.value_at(bytes, i) * x[i];
         i += 1;
     }
     s
@@ -108,7 +101,7 @@ unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// `Σ w·x` over an f16 row.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C ([`available`]).
+/// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
@@ -126,7 +119,7 @@ unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        s += stored_value(bytes, FloatDtype::F16, i) * x[i];
+        s += FloatDtype::F16.value_at(bytes, i) * x[i];
         i += 1;
     }
     s
@@ -135,7 +128,7 @@ unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// `Σ w·x` over an f32 row.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`available`]).
+/// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
@@ -155,7 +148,7 @@ unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
     }
     let mut s = hsum(_mm256_add_ps(a0, a1));
     while i < n {
-        s += stored_value(bytes, FloatDtype::F32, i) * x[i];
+        s += FloatDtype::F32.value_at(bytes, i) * x[i];
         i += 1;
     }
     s
@@ -164,7 +157,7 @@ unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// `Σ w·x` over a float row of `dtype`.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C ([`available`]).
+/// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
     match dtype {
         FloatDtype::BF16 => bf16_row_dot(bytes, x),
@@ -173,23 +166,10 @@ pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
     }
 }
 
-/// Whether this CPU runs the AVX-512 float prompt kernel.
-pub fn avx512_available() -> bool {
-    is_x86_feature_detected!("avx512f")
-}
-
-/// Whether this CPU has the AVX-512 VNNI integer dot product the 4-bit kernel below uses.
-pub fn vnni_available() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
-}
-
 /// `Σ w·x` of one float row against four tokens: each weight is widened once.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C ([`available`]).
+/// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) -> [f32; 4] {
     let n = x[0].len();
@@ -216,7 +196,7 @@ pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) ->
         out[k] = hsum(acc[k]);
     }
     while i < n {
-        let w = stored_value(bytes, dtype, i);
+        let w = dtype.value_at(bytes, i);
         for k in 0..4 {
             out[k] += w * x[k][i];
         }
@@ -258,7 +238,7 @@ impl SplitActivations {
     /// runs on one thread between parallel regions, ~100 times per token).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and BW ([`vnni_available`] implies it).
+    /// The CPU must support AVX-512 F and BW (`crate::simd::cpu().vnni` implies it).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn set_fast(
         &mut self,
@@ -465,22 +445,18 @@ pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
 /// biases) are prefetched a few rows ahead: without it the first touch of each row stalled.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI ([`vnni_available`]), and
+/// The CPU must support AVX-512 F, BW, VL and VNNI (`crate::simd::cpu().vnni`), and
 /// [`split_kernel_fits`] must hold for the matrix's columns and group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn q4_rows_split(
-    words: &[u8],
-    scales: &[u8],
-    biases: &[u8],
-    dtype: FloatDtype,
+    m: &QuantizedRows,
     act: &SplitActivations,
     xsum: &[f32],
-    group: usize,
     first: usize,
     out: &mut [f32],
 ) {
     const PREFETCH_ROWS: usize = 4;
+    let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
     let groups = act.scales.len();
     let cols = groups * group;
     let size = dtype.size();
@@ -558,11 +534,6 @@ pub unsafe fn q4_rows_split(
     }
 }
 
-/// Whether [`qn_rows_split`] runs on this CPU (VNNI and VBMI's byte permutes and multishifts).
-pub fn vbmi_available() -> bool {
-    vnni_available() && is_x86_feature_detected!("avx512vbmi")
-}
-
 /// Whether [`qn_rows_split`] runs rows of `cols` columns of `bits`-bit codes at this group.
 pub fn any_width_kernel_fits(cols: usize, bits: u32, group: usize) -> bool {
     matches!(bits, 2 | 3 | 5 | 6 | 8) && matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
@@ -576,22 +547,18 @@ pub fn any_width_kernel_fits(cols: usize, bits: u32, group: usize) -> bool {
 /// dot products. 8-bit codes are loaded as they are.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI ([`vbmi_available`]), and
+/// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI (`crate::simd::cpu().vbmi`), and
 /// [`any_width_kernel_fits`] must hold for the matrix's columns, `BITS` and group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn qn_rows_split<const BITS: usize>(
-    words: &[u8],
-    scales: &[u8],
-    biases: &[u8],
-    dtype: FloatDtype,
+    m: &QuantizedRows,
     act: &SplitActivations,
     xsum: &[f32],
-    group: usize,
     first: usize,
     out: &mut [f32],
 ) {
     const PREFETCH_ROWS: usize = 4;
+    let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
     let groups = act.scales.len();
     let cols = groups * group;
     let size = dtype.size();
@@ -721,7 +688,7 @@ mod tests {
     /// for every group size the kernels take.
     #[test]
     fn fast_activation_split_equals_the_scalar_form() {
-        if !vnni_available() {
+        if !crate::simd::cpu().vnni {
             eprintln!("SKIP fast_activation_split_equals_the_scalar_form: no AVX-512 VNNI");
             return;
         }

@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::filesystem::MlxkFs;
 use super::lower::LowerTree;
+use super::mountinfo;
 use super::namespace::{Invalidation, Namespace};
 use super::sandbox::PrivateCache;
 use crate::store::cache::HubCache;
@@ -82,29 +83,9 @@ fn mount_hint(e: &io::Error) -> &'static str {
 
 /// Whether `path` is a mountpoint of an mlxk-fs filesystem (per /proc/self/mountinfo).
 pub fn is_mlxk_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-");
-        match (fields.get(4), sep.and_then(|i| fields.get(i + 1))) {
-            (Some(mp), Some(fstype)) => {
-                unescape_mountinfo(mp) == want
-                    && fstype.starts_with("fuse")
-                    && line.contains("mlxk-fs")
-            }
-            _ => false,
-        }
-    })
-}
-
-pub(super) fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    mountinfo::read()
+        .iter()
+        .any(|m| m.mountpoint == path && m.is_mlxk())
 }
 
 /// The kernel caps a FUSE mount's readahead at 128 KiB during init; 1 MiB (what `max_pages`
@@ -113,15 +94,11 @@ pub(super) fn unescape_mountinfo(s: &str) -> String {
 fn raise_readahead(mountpoint: &Path) {
     // The device number comes from mountinfo: a stat of the mountpoint would ask this very
     // daemon, whose request loop is not running yet.
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let want = mountpoint.to_string_lossy();
-    let dev = info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(4).map(|m| unescape_mountinfo(m)) == Some(want.to_string()))
-            .then(|| fields[2].to_string())
-    });
+    let dev = mountinfo::read()
+        .into_iter()
+        .rev()
+        .find(|m| m.mountpoint == mountpoint)
+        .map(|m| m.device);
     if let Some(dev) = dev {
         let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
         match std::fs::write(&knob, "1024") {
@@ -498,20 +475,84 @@ fn detach(path: &Path) -> Result<(), DaemonError> {
 
 /// mlxk-fs mounts in the mount table that no live daemon owns.
 pub fn stale_mounts() -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return vec![];
-    };
-    info.lines()
-        .filter(|l| {
-            l.contains(" - fuse.mlxk-fs ") || (l.contains(" - fuse ") && l.contains(" mlxk-fs "))
-        })
-        .filter_map(|l| {
-            l.split(' ')
-                .nth(4)
-                .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        })
+    mountinfo::read()
+        .into_iter()
+        .filter(|m| m.is_mlxk())
+        .map(|m| m.mountpoint)
         .filter(
             |p| matches!(std::fs::metadata(p), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
         )
         .collect()
+}
+
+/// What `mlxk-fs status` knows of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountState {
+    /// Its daemon is alive and the mount is in the mount table.
+    Active,
+    /// Mounted, but no daemon serves it (killed): `mlxk-fs umount` clears it.
+    Stale,
+    /// Its daemon is alive and has not mounted yet.
+    Starting,
+}
+
+impl MountState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountState::Active => "active",
+            MountState::Stale => "stale",
+            MountState::Starting => "starting",
+        }
+    }
+}
+
+/// One mount as `status` reports it.
+#[derive(Debug, Clone)]
+pub struct MountStatus {
+    pub mountpoint: PathBuf,
+    pub state: MountState,
+    /// Its registry record; `None` for a stale mount the registry no longer knows.
+    pub record: Option<MountRecord>,
+    /// The daemon's counters (its status file), for an active mount.
+    pub counters: Option<serde_json::Value>,
+}
+
+/// Every registered mount and every stale mlxk-fs mount in the mount table. Records whose
+/// daemon is gone and whose mount is gone too are removed from the registry.
+pub fn status() -> Vec<MountStatus> {
+    let mut out = Vec::new();
+    for record in mounts::list() {
+        let state = match (record.alive(), is_mlxk_mount(&record.mountpoint)) {
+            (true, true) => MountState::Active,
+            (false, true) => MountState::Stale,
+            (true, false) => MountState::Starting,
+            (false, false) => {
+                if let Err(e) = mounts::forget(&record.mountpoint) {
+                    tracing::debug!(mountpoint = %record.mountpoint.display(), "cannot forget a gone mount: {e}");
+                }
+                continue;
+            }
+        };
+        let counters = (state == MountState::Active)
+            .then(|| std::fs::read(record.mountpoint.join(super::namespace::STATUS_FILE)).ok())
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        out.push(MountStatus {
+            mountpoint: record.mountpoint.clone(),
+            state,
+            record: Some(record),
+            counters,
+        });
+    }
+    for mountpoint in stale_mounts() {
+        if !out.iter().any(|s| s.mountpoint == mountpoint) {
+            out.push(MountStatus {
+                mountpoint,
+                state: MountState::Stale,
+                record: None,
+                counters: None,
+            });
+        }
+    }
+    out
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 mod errno;
 pub mod filesystem;
 pub mod lower;
+mod mountinfo;
 pub mod namespace;
 mod sandbox;
 pub mod view;

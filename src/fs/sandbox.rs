@@ -45,22 +45,8 @@ impl PrivateCache {
         umount2(mountpoint, MntFlags::MNT_DETACH)?;
         // Copies of other FUSE mounts (other mlxk-fs daemons among them) would pin their
         // superblocks: their owners' unmounts would then never end their sessions.
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            for line in info.lines() {
-                let fields: Vec<&str> = line.split(' ').collect();
-                let fstype = fields
-                    .iter()
-                    .position(|f| *f == "-")
-                    .and_then(|i| fields.get(i + 1));
-                if let (Some(mp), Some(t)) = (fields.get(4), fstype) {
-                    if t.starts_with("fuse") {
-                        let _ = umount2(
-                            Path::new(&super::daemon::unescape_mountinfo(mp)),
-                            MntFlags::MNT_DETACH,
-                        );
-                    }
-                }
-            }
+        for m in super::mountinfo::read().iter().filter(|m| m.is_fuse()) {
+            let _ = umount2(&m.mountpoint, MntFlags::MNT_DETACH);
         }
         mount(
             Some(cache_root),

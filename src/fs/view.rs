@@ -217,7 +217,7 @@ fn compute_virtuals(model: &ResolvedModel, modified: SystemTime) -> Virtuals {
         report
             .problems
             .iter()
-            .filter(|p| p.code.starts_with("index_"))
+            .filter(|p| p.code.is_index())
             .map(|p| json!({"code": p.code, "file": p.file, "message": p.message}))
             .collect()
     } else {
@@ -226,7 +226,7 @@ fn compute_virtuals(model: &ResolvedModel, modified: SystemTime) -> Virtuals {
     let unrepaired: Vec<Value> = report
         .problems
         .iter()
-        .filter(|p| index_bytes.is_none() || !p.code.starts_with("index_"))
+        .filter(|p| index_bytes.is_none() || !p.code.is_index())
         .map(|p| json!({"code": p.code, "file": p.file, "message": p.message}))
         .collect();
     let mut sentinel = json!({

@@ -91,10 +91,95 @@ impl ModelFile {
         self.rel_path.rsplit('/').next().unwrap_or(&self.rel_path)
     }
 
+    pub fn kind(&self) -> FileKind {
+        FileKind::of(&self.rel_path)
+    }
+
+    /// A top-level safetensors file: a shard the index describes.
+    pub fn is_top_level_shard(&self) -> bool {
+        self.is_top_level() && is_safetensors(&self.rel_path)
+    }
+
     /// Top-level file (not in a subdirectory).
     pub fn is_top_level(&self) -> bool {
         !self.rel_path.contains('/')
     }
+}
+
+/// What a model file is, by its name: the one place that knows the naming conventions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Tensor data: safetensors, GGUF, PyTorch pickles, NumPy archives.
+    Weights,
+    /// `model.safetensors.index.json`.
+    Index,
+    Tokenizer,
+    /// `.mlxk_workspace.json`.
+    Sentinel,
+    /// Other JSON and Jinja files (config, generation config, chat templates).
+    Config,
+    Docs,
+    Code,
+    Other,
+}
+
+impl FileKind {
+    /// The kind of the file at `rel` (a `/`-separated path or a bare name).
+    pub fn of(rel: &str) -> FileKind {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        if is_weights_name(name) {
+            FileKind::Weights
+        } else if name == super::INDEX_FILE {
+            FileKind::Index
+        } else if name.starts_with("tokenizer")
+            || name == "special_tokens_map.json"
+            || name == "vocab.json"
+            || name == "merges.txt"
+        {
+            FileKind::Tokenizer
+        } else if name == super::SENTINEL_FILE {
+            FileKind::Sentinel
+        } else if name.ends_with(".json") || name.ends_with(".jinja") {
+            FileKind::Config
+        } else if name.ends_with(".md") {
+            FileKind::Docs
+        } else if name.ends_with(".py") {
+            FileKind::Code
+        } else {
+            FileKind::Other
+        }
+    }
+
+    /// The name `show --files` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Weights => "weights",
+            FileKind::Index => "index",
+            FileKind::Tokenizer => "tokenizer",
+            FileKind::Sentinel => "sentinel",
+            FileKind::Config => "config",
+            FileKind::Docs => "docs",
+            FileKind::Code => "code",
+            FileKind::Other => "other",
+        }
+    }
+}
+
+fn is_weights_name(name: &str) -> bool {
+    [".safetensors", ".gguf", ".bin", ".npz", ".pt", ".pth"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        && !name.ends_with("training_args.bin")
+}
+
+/// A safetensors file (any name): what headers are read from and what an index describes.
+pub fn is_safetensors(name: &str) -> bool {
+    name.ends_with(".safetensors")
+}
+
+/// The weight files mlx-lm loads (`glob("model*.safetensors")` in the model directory).
+pub fn is_mlx_lm_weights(name: &str) -> bool {
+    name.starts_with("model") && is_safetensors(name)
 }
 
 /// Reads a whole small file, bounded by `limit` bytes, counting what was read.

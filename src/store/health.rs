@@ -6,19 +6,22 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::cache::{HubCache, ModelRepo};
 use super::config::{ModelConfig, MLX_LM_MODEL_TYPES};
-use super::files::{read_bounded, FileState, ModelFile};
+use super::error::StoreError;
+use super::files::{is_safetensors, read_bounded, FileKind, FileState, ModelFile};
 use super::index::{
     compare, rebuild_index, IndexDifference, RebuildError, WeightIndex, INDEX_FILE,
 };
+use super::problem::ProblemCode;
 use super::safetensors::{read_header_counted, HeaderError, ShardHeader};
-use super::spec::{ModelLocation, ResolvedModel};
+use super::spec::{open_snapshot, ModelLocation, ResolvedModel};
 
 /// One thing wrong with a model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// Stable identifier, e.g. `index_shard_missing`.
-    pub code: &'static str,
+    pub code: ProblemCode,
     /// The file concerned, relative to the model directory.
     pub file: Option<String>,
     /// One line naming the file and what is wrong.
@@ -107,7 +110,7 @@ impl HealthReport {
 
     /// True when the problems are exactly those `--repair-index` fixes.
     pub fn repairable_by_index_rebuild(&self) -> bool {
-        !self.problems.is_empty() && self.problems.iter().all(|p| p.code.starts_with("index_"))
+        !self.problems.is_empty() && self.problems.iter().all(|p| p.code.is_index())
     }
 }
 
@@ -117,16 +120,59 @@ const LFS_POINTER_MAX: u64 = 1024;
 /// tokenizer.json up to this size is parsed fully; larger ones get a cheap structural check.
 const TOKENIZER_FULL_PARSE_MAX: u64 = 64 * 1024 * 1024;
 
-fn is_weight_file(name: &str) -> bool {
-    [".safetensors", ".gguf", ".bin", ".npz", ".pt", ".pth"]
-        .iter()
-        .any(|ext| name.ends_with(ext))
-        && !name.ends_with("training_args.bin")
-}
-
 /// Runs every check on `model`.
 pub fn check(model: &ResolvedModel) -> HealthReport {
     Checker::new(model).run()
+}
+
+/// A model and what its health check found.
+#[derive(Debug, Clone)]
+pub struct CheckedModel {
+    pub model: ResolvedModel,
+    pub report: HealthReport,
+}
+
+/// Every cached model at its default snapshot, checked on up to 8 threads (header reads
+/// only), sorted by name. A repo whose snapshot cannot be opened is logged and left out.
+pub fn check_cache(cache: &HubCache) -> Result<Vec<CheckedModel>, StoreError> {
+    let repos = cache.repos()?;
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    let chunk = repos.len().div_ceil(threads).max(1);
+    let mut out: Vec<CheckedModel> = std::thread::scope(|s| {
+        let handles: Vec<_> = repos
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|r| check_repo(cache, r))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .flatten()
+            .collect()
+    });
+    out.sort_by(|a, b| a.model.name.cmp(&b.model.name));
+    Ok(out)
+}
+
+fn check_repo(cache: &HubCache, repo: &ModelRepo) -> Option<CheckedModel> {
+    let snapshot = repo.default_snapshot()?;
+    match open_snapshot(cache, repo.clone(), snapshot) {
+        Ok(model) => {
+            let report = check(&model);
+            Some(CheckedModel { model, report })
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    }
 }
 
 struct Checker<'m> {
@@ -160,7 +206,7 @@ impl<'m> Checker<'m> {
         read_bounded(path, limit, &mut self.bytes_read)
     }
 
-    fn push(&mut self, code: &'static str, file: Option<&str>, message: String, hint: String) {
+    fn push(&mut self, code: ProblemCode, file: Option<&str>, message: String, hint: String) {
         self.problems.push(Problem {
             code,
             file: file.map(str::to_string),
@@ -188,7 +234,7 @@ impl<'m> Checker<'m> {
         // First, so that it is the reason shown: whatever else is wrong follows from it.
         if let Some(sentinel) = self.model.sentinel().filter(|s| s.is_incomplete()) {
             self.push(
-                "convert_incomplete",
+                ProblemCode::ConvertIncomplete,
                 Some(super::sentinel::SENTINEL_FILE),
                 format!(
                     "incomplete convert: this workspace is an interrupted `{}` ({}); its files may be partial or missing",
@@ -215,7 +261,7 @@ impl<'m> Checker<'m> {
                 && self.top("processor_config.json").is_none()
             {
                 self.push(
-                    "processor_config_missing",
+                    ProblemCode::ProcessorConfigMissing,
                     Some("preprocessor_config.json"),
                     "vision model without preprocessor_config.json or processor_config.json".into(),
                     "copy the processor config from the source model".into(),
@@ -228,7 +274,7 @@ impl<'m> Checker<'m> {
         } = &self.model.location
         {
             self.push(
-                "sentinel_invalid",
+                ProblemCode::SentinelInvalid,
                 Some(super::sentinel::SENTINEL_FILE),
                 e.clone(),
                 "delete .mlxk_workspace.json to treat the directory as unmanaged, or recreate the workspace with mlxk convert".into(),
@@ -255,7 +301,7 @@ impl<'m> Checker<'m> {
             } => {
                 let hint = self.redownload_hint();
                 self.push(
-                    "download_incomplete",
+                    ProblemCode::DownloadIncomplete,
                     Some(&f.rel_path),
                     format!(
                         "{}: download incomplete (its blob is still .incomplete)",
@@ -271,7 +317,7 @@ impl<'m> Checker<'m> {
                     .map(|t| format!(" -> {}", t.display()))
                     .unwrap_or_default();
                 self.push(
-                    "file_missing",
+                    ProblemCode::FileMissing,
                     Some(&f.rel_path),
                     format!("{}: dangling link{to} (its content is missing)", f.rel_path),
                     hint,
@@ -280,7 +326,7 @@ impl<'m> Checker<'m> {
             FileState::EscapesCache { target } => {
                 let hint = self.redownload_hint();
                 self.push(
-                    "link_escapes_cache",
+                    ProblemCode::LinkEscapesCache,
                     Some(&f.rel_path),
                     format!(
                         "{}: link leaves the cache ({}); not followed",
@@ -299,7 +345,7 @@ impl<'m> Checker<'m> {
                         if is_pointer {
                             lfs_pointers.push(f.rel_path.clone());
                             self.push(
-                                "lfs_pointer",
+                                ProblemCode::LfsPointer,
                                 Some(&f.rel_path),
                                 format!("{}: is a Git LFS pointer ({size} bytes), not the real file", f.rel_path),
                                 "fetch the real content: git lfs pull, or re-download with hf download".into(),
@@ -316,7 +362,7 @@ impl<'m> Checker<'m> {
         let Some(file) = self.top("config.json") else {
             if !has_gguf {
                 self.push(
-                    "config_missing",
+                    ProblemCode::ConfigMissing,
                     Some("config.json"),
                     "config.json is missing".into(),
                     "a model directory needs config.json: copy it from the source model".into(),
@@ -329,7 +375,7 @@ impl<'m> Checker<'m> {
             Ok(b) => b,
             Err(e) => {
                 self.push(
-                    "config_invalid",
+                    ProblemCode::ConfigInvalid,
                     Some("config.json"),
                     format!("config.json: cannot read ({e})"),
                     "check the file's permissions".into(),
@@ -344,7 +390,7 @@ impl<'m> Checker<'m> {
             Ok(c) => {
                 if c.model_type().is_none() {
                     self.push(
-                        "config_model_type_missing",
+                        ProblemCode::ConfigModelTypeMissing,
                         Some("config.json"),
                         "config.json has no `model_type`".into(),
                         "add the source model's model_type (e.g. \"llama\") to config.json".into(),
@@ -354,7 +400,7 @@ impl<'m> Checker<'m> {
             }
             Err(why) => {
                 self.push(
-                    "config_invalid",
+                    ProblemCode::ConfigInvalid,
                     Some("config.json"),
                     format!("config.json {why}"),
                     "restore config.json from the source model".into(),
@@ -367,10 +413,13 @@ impl<'m> Checker<'m> {
     /// Reads every safetensors header (top level and subdirectories); returns the valid
     /// top-level ones, which are what the index describes.
     fn check_weights(&mut self, files: &[&ModelFile], lfs_pointers: &[String]) -> Vec<ShardHeader> {
-        let weights: Vec<&&ModelFile> = files.iter().filter(|f| is_weight_file(f.name())).collect();
+        let weights: Vec<&&ModelFile> = files
+            .iter()
+            .filter(|f| f.kind() == FileKind::Weights)
+            .collect();
         if weights.is_empty() {
             self.push(
-                "weights_missing",
+                ProblemCode::WeightsMissing,
                 None,
                 "no weight files (*.safetensors, *.gguf, *.bin, *.npz)".into(),
                 self.redownload_hint(),
@@ -387,7 +436,7 @@ impl<'m> Checker<'m> {
             }
             if size == 0 {
                 self.push(
-                    "weights_empty",
+                    ProblemCode::WeightsEmpty,
                     Some(&f.rel_path),
                     format!("{}: empty weight file", f.rel_path),
                     self.redownload_hint(),
@@ -398,7 +447,7 @@ impl<'m> Checker<'m> {
                 if let Ok(head) = read_first(path, 4, &mut self.bytes_read) {
                     if head != b"GGUF" {
                         self.push(
-                            "gguf_invalid",
+                            ProblemCode::GgufInvalid,
                             Some(&f.rel_path),
                             format!("{}: not a GGUF file (bad magic)", f.rel_path),
                             self.redownload_hint(),
@@ -407,7 +456,7 @@ impl<'m> Checker<'m> {
                 }
                 continue;
             }
-            if !f.name().ends_with(".safetensors") {
+            if !is_safetensors(f.name()) {
                 continue;
             }
             match read_header_counted(path, &f.rel_path, &mut self.bytes_read) {
@@ -428,7 +477,7 @@ impl<'m> Checker<'m> {
         }
         for (key, a, b) in dups {
             self.push(
-                "tensor_duplicated",
+                ProblemCode::TensorDuplicated,
                 Some(&b),
                 format!("tensor `{key}` is stored in two shards: {a} and {b}"),
                 "remove the stale shard (one of the two files is left over from another conversion)".into(),
@@ -441,13 +490,13 @@ impl<'m> Checker<'m> {
     fn header_problem(&mut self, rel: &str, e: HeaderError) {
         let hint = self.redownload_hint();
         let code = match &e {
-            HeaderError::Truncated { .. } => "shard_truncated",
-            HeaderError::HeaderTooLarge { .. } => "shard_header_too_large",
-            HeaderError::TrailingBytes { .. } => "shard_trailing_bytes",
-            HeaderError::Io { .. } => "file_unreadable",
+            HeaderError::Truncated { .. } => ProblemCode::ShardTruncated,
+            HeaderError::HeaderTooLarge { .. } => ProblemCode::ShardHeaderTooLarge,
+            HeaderError::TrailingBytes { .. } => ProblemCode::ShardTrailingBytes,
+            HeaderError::Io { .. } => ProblemCode::FileUnreadable,
             HeaderError::TooSmall { .. }
             | HeaderError::HeaderPastEnd { .. }
-            | HeaderError::Corrupt { .. } => "shard_header_invalid",
+            | HeaderError::Corrupt { .. } => ProblemCode::ShardHeaderInvalid,
         };
         // The error's own text starts with the absolute path; the report names files relative
         // to the model directory.
@@ -463,10 +512,7 @@ impl<'m> Checker<'m> {
         config: Option<&ModelConfig>,
         lfs_pointers: &[String],
     ) -> (Option<WeightIndex>, Option<WeightIndex>) {
-        let st_files: Vec<&&ModelFile> = files
-            .iter()
-            .filter(|f| f.is_top_level() && f.name().ends_with(".safetensors"))
-            .collect();
+        let st_files: Vec<&&ModelFile> = files.iter().filter(|f| f.is_top_level_shard()).collect();
         let all_headers_ok = !st_files.is_empty() && st_files.len() == shards.len();
         let quant = config.and_then(ModelConfig::quantization);
         let rebuilt = if all_headers_ok {
@@ -482,7 +528,7 @@ impl<'m> Checker<'m> {
             self.check_shard_set(&names);
             if st_files.len() > 1 {
                 self.push(
-                    "index_missing",
+                    ProblemCode::IndexMissing,
                     Some(INDEX_FILE),
                     format!(
                         "Safetensors index missing for sharded model ({} shards, no {INDEX_FILE})",
@@ -507,7 +553,7 @@ impl<'m> Checker<'m> {
             Ok(i) => i,
             Err(why) => {
                 self.push(
-                    "index_invalid",
+                    ProblemCode::IndexInvalid,
                     Some(INDEX_FILE),
                     format!("{INDEX_FILE}: {why}"),
                     self.repair_hint(),
@@ -517,7 +563,7 @@ impl<'m> Checker<'m> {
         };
         if on_disk.weight_map.is_empty() {
             self.push(
-                "index_empty",
+                ProblemCode::IndexEmpty,
                 Some(INDEX_FILE),
                 format!("{INDEX_FILE}: weight_map is empty"),
                 self.repair_hint(),
@@ -579,14 +625,14 @@ impl<'m> Checker<'m> {
                         ""
                     };
                     self.push(
-                        "index_shard_missing",
+                        ProblemCode::IndexShardMissing,
                         Some(shard),
                         format!("{INDEX_FILE} names {shard} ({keys} tensors) but the file does not exist{why}"),
                         hint.clone(),
                     );
                 }
                 IndexDifference::ShardUnlisted { shard } => self.push(
-                    "index_shard_unlisted",
+                    ProblemCode::IndexShardUnlisted,
                     Some(shard),
                     format!("{shard} exists but {INDEX_FILE} does not name it"),
                     hint.clone(),
@@ -611,7 +657,7 @@ impl<'m> Checker<'m> {
                         // Older tools (mlx-knife 2.0.7, older mlx-lm) summed file sizes; loaders
                         // accept it. Worth saying, not a failure.
                         self.notes.push(Problem {
-                            code: "index_total_size_file_convention",
+                            code: ProblemCode::IndexTotalSizeFileConvention,
                             file: Some(INDEX_FILE.to_string()),
                             message: format!(
                                 "{INDEX_FILE}: total_size {on_disk} is the sum of the shard file sizes (older tools' convention); current tools write the tensor bytes, {rebuilt}"
@@ -620,7 +666,7 @@ impl<'m> Checker<'m> {
                         });
                     } else {
                         self.push(
-                            "index_total_size_mismatch",
+                            ProblemCode::IndexTotalSizeMismatch,
                             Some(INDEX_FILE),
                             format!("{INDEX_FILE}: total_size is {on_disk} but the shards hold {rebuilt} bytes of tensor data"),
                             hint.clone(),
@@ -629,7 +675,7 @@ impl<'m> Checker<'m> {
                 }
             }
         }
-        let mut grouped = |code: &'static str, what: &str, items: Vec<String>| {
+        let mut grouped = |code: ProblemCode, what: &str, items: Vec<String>| {
             if items.is_empty() {
                 return;
             }
@@ -648,17 +694,17 @@ impl<'m> Checker<'m> {
             );
         };
         grouped(
-            "index_key_missing",
+            ProblemCode::IndexKeyMissing,
             "in the shards but absent from the index",
             missing_keys,
         );
         grouped(
-            "index_key_extra",
+            ProblemCode::IndexKeyExtra,
             "in the index but in no shard header",
             extra_keys,
         );
         grouped(
-            "index_key_wrong_shard",
+            ProblemCode::IndexKeyWrongShard,
             "mapped to the wrong shard",
             wrong_shard,
         );
@@ -675,7 +721,7 @@ impl<'m> Checker<'m> {
         if totals.len() > 1 {
             let sets: Vec<String> = totals.keys().map(|m| format!("-of-{m:05}")).collect();
             self.push(
-                "shard_set_incomplete",
+                ProblemCode::ShardSetIncomplete,
                 None,
                 format!("shards from different sets are mixed: {}", sets.join(", ")),
                 "remove the shards of the stale set, or re-download the model".into(),
@@ -689,7 +735,7 @@ impl<'m> Checker<'m> {
                 .collect();
             if !missing.is_empty() {
                 self.push(
-                    "shard_set_incomplete",
+                    ProblemCode::ShardSetIncomplete,
                     missing.first().map(String::as_str),
                     format!(
                         "sharded set incomplete: {} of {m} shards missing ({})",
@@ -713,7 +759,7 @@ impl<'m> Checker<'m> {
                 .any(|n| self.top(n).is_some());
             if !alternative {
                 self.push(
-                    "tokenizer_missing",
+                    ProblemCode::TokenizerMissing,
                     Some("tokenizer.json"),
                     "tokenizer_config.json is present but tokenizer.json is missing".into(),
                     "copy tokenizer.json from the source model".into(),
@@ -750,7 +796,7 @@ impl<'m> Checker<'m> {
         };
         if let Err(why) = valid {
             self.push(
-                "tokenizer_invalid",
+                ProblemCode::TokenizerInvalid,
                 Some("tokenizer.json"),
                 format!("tokenizer.json is not valid JSON ({why})"),
                 "copy tokenizer.json again from the source model".into(),
@@ -788,7 +834,7 @@ impl<'m> Checker<'m> {
         }
         if files
             .iter()
-            .any(|f| f.name().ends_with(".safetensors") || f.name().ends_with(".bin"))
+            .any(|f| is_safetensors(f.name()) || f.name().ends_with(".bin"))
         {
             return Framework::PyTorch;
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::cache::{canonicalize_lenient, expand_tilde, HubCache, ModelRepo, Snapshot};
 use super::error::StoreError;
 use super::files::{workspace_files, ModelFile};
+use super::mounts::MountRecord;
 use super::sentinel::{Sentinel, SENTINEL_FILE};
 
 /// Org that bare names are tried in first.
@@ -14,7 +15,11 @@ pub const DEFAULT_ORG: &str = "mlx-community";
 #[derive(Debug, Clone)]
 pub enum ModelLocation {
     /// A snapshot in the HF cache.
-    Cache { repo: ModelRepo, snapshot: Snapshot },
+    Cache {
+        cache: HubCache,
+        repo: ModelRepo,
+        snapshot: Snapshot,
+    },
     /// A directory outside the cache; managed when it holds a valid sentinel.
     Workspace {
         dir: PathBuf,
@@ -31,6 +36,9 @@ pub struct ResolvedModel {
     pub name: String,
     pub location: ModelLocation,
     pub files: Vec<ModelFile>,
+    /// The live mlxk-fs mount the user named the model through, when they did: its files are
+    /// read from the cache directly, and work meant for that path goes to the mount's overlay.
+    pub mount: Option<MountRecord>,
 }
 
 impl ResolvedModel {
@@ -39,6 +47,14 @@ impl ResolvedModel {
         match &self.location {
             ModelLocation::Cache { snapshot, .. } => &snapshot.dir,
             ModelLocation::Workspace { dir, .. } => dir,
+        }
+    }
+
+    /// The cache a cache model lives in (which no convert may write into).
+    pub fn cache(&self) -> Option<&HubCache> {
+        match &self.location {
+            ModelLocation::Cache { cache, .. } => Some(cache),
+            ModelLocation::Workspace { .. } => None,
         }
     }
 
@@ -92,8 +108,13 @@ pub fn open_snapshot(
     let files = cache.snapshot_files(&snapshot)?;
     Ok(ResolvedModel {
         name: repo.repo_id.clone(),
-        location: ModelLocation::Cache { repo, snapshot },
+        location: ModelLocation::Cache {
+            cache: cache.clone(),
+            repo,
+            snapshot,
+        },
         files,
+        mount: None,
     })
 }
 
@@ -125,6 +146,7 @@ pub fn open_workspace(dir: &Path) -> Result<ResolvedModel, StoreError> {
             sentinel_error,
         },
         files,
+        mount: None,
     })
 }
 
@@ -341,7 +363,18 @@ pub fn resolve_mounted(path: &Path) -> Option<ResolvedModel> {
         Some(r) => find_revision(&repo, r).ok()?,
         None => repo.default_snapshot()?,
     };
-    open_snapshot(&cache, repo, snapshot).ok()
+    let mut model = open_snapshot(&cache, repo, snapshot).ok()?;
+    model.mount = Some(record);
+    Some(model)
+}
+
+/// What a command names a model by: a directory inside a live mount reads its cache snapshot
+/// directly ([`resolve_mounted`]); anything else is resolved by [`resolve`].
+pub fn resolve_any(cache: Option<&HubCache>, spec: &str) -> Result<ResolvedModel, StoreError> {
+    match resolve_mounted(Path::new(spec)) {
+        Some(model) => Ok(model),
+        None => resolve(cache, spec),
+    }
 }
 
 /// `name@rev` -> (`name`, Some(`rev`)).

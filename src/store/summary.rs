@@ -1,11 +1,15 @@
 //! The model object users know from mlx-knife's `list` / `show`, derived from a health report.
 
+use std::path::PathBuf;
+
 use serde::Serialize;
 use serde_json::Value;
 
+use super::cache::HubCache;
 use super::config::ModelConfig;
+use super::error::StoreError;
 use super::files::read_bounded;
-use super::health::HealthReport;
+use super::health::{check, check_cache, Framework, HealthReport, Problem};
 use super::sentinel::iso8601;
 use super::spec::{ModelLocation, ResolvedModel};
 
@@ -69,11 +73,7 @@ pub fn summarize(model: &ResolvedModel, report: &HealthReport) -> ModelSummary {
         framework: report.framework.as_str(),
         model_type: kind,
         capabilities,
-        health: if report.healthy() {
-            "healthy"
-        } else {
-            "unhealthy"
-        },
+        health: health_word(report),
         runtime_compatible,
         reason: if report.healthy() {
             runtime_reason
@@ -143,4 +143,142 @@ fn has_chat_template(model: &ResolvedModel) -> bool {
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|v| v.get("chat_template").is_some_and(|t| !t.is_null()))
+}
+
+/// What `list` shows: the cache's models at their default snapshots.
+#[derive(Debug, Clone)]
+pub struct ListReport {
+    pub cache_root: PathBuf,
+    pub models: Vec<ModelSummary>,
+}
+
+/// The models of `cache` whose name contains `pattern` (case-insensitive); MLX ones only
+/// unless `all_frameworks`.
+pub fn list(
+    cache: &HubCache,
+    pattern: Option<&str>,
+    all_frameworks: bool,
+) -> Result<ListReport, StoreError> {
+    let pattern = pattern.map(str::to_lowercase);
+    let models = check_cache(cache)?
+        .into_iter()
+        .filter(|c| {
+            pattern
+                .as_ref()
+                .is_none_or(|p| c.model.name.to_lowercase().contains(p))
+        })
+        .map(|c| summarize(&c.model, &c.report))
+        .filter(|s| all_frameworks || s.framework == Framework::Mlx.as_str())
+        .collect();
+    Ok(ListReport {
+        cache_root: cache.root().to_path_buf(),
+        models,
+    })
+}
+
+/// What `show` shows of one model.
+#[derive(Debug, Clone)]
+pub struct ShowReport {
+    pub model: ResolvedModel,
+    pub report: HealthReport,
+    pub summary: ModelSummary,
+    pub metadata: ModelMetadata,
+}
+
+/// One file as `show --files` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub present: bool,
+}
+
+impl ShowReport {
+    pub fn new(model: ResolvedModel) -> ShowReport {
+        let report = check(&model);
+        let summary = summarize(&model, &report);
+        let metadata = metadata(report.config.as_ref());
+        ShowReport {
+            model,
+            report,
+            summary,
+            metadata,
+        }
+    }
+
+    /// config.json as parsed, when it is there and valid.
+    pub fn config(&self) -> Option<Value> {
+        self.report
+            .config
+            .as_ref()
+            .map(|c| Value::Object(c.raw.clone()))
+    }
+
+    pub fn files(&self) -> Vec<FileEntry> {
+        self.model
+            .files
+            .iter()
+            .map(|f| FileEntry {
+                name: f.rel_path.clone(),
+                size: f.size(),
+                kind: f.kind().as_str(),
+                present: f.readable().is_some(),
+            })
+            .collect()
+    }
+}
+
+/// One model as `health` reports it (JSON `healthy[]` / `unhealthy[]` entries).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthEntry {
+    pub name: String,
+    pub status: &'static str,
+    pub reason: String,
+    pub problems: Vec<Problem>,
+    pub notes: Vec<Problem>,
+    pub framework: &'static str,
+    pub bytes_read: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
+    /// What a mount repaired (the virtual sentinel's `repairs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl HealthEntry {
+    pub fn new(model: &ResolvedModel, report: &HealthReport) -> HealthEntry {
+        HealthEntry {
+            name: model.name.clone(),
+            status: health_word(report),
+            reason: report.reason(),
+            problems: report.problems.clone(),
+            notes: report.notes.clone(),
+            framework: report.framework.as_str(),
+            bytes_read: report.bytes_read,
+            managed: model.managed(),
+            repairs: mount_repairs(model).cloned(),
+            hash: model.snapshot_sha().map(str::to_string),
+        }
+    }
+}
+
+/// What mlxk-fs repaired in a mounted workspace: its virtual sentinel's non-empty `repairs`.
+pub fn mount_repairs(model: &ResolvedModel) -> Option<&Value> {
+    let sentinel = model.sentinel().filter(|s| s.operation == "mount")?;
+    sentinel
+        .extra
+        .get("repairs")
+        .filter(|r| r.as_array().is_some_and(|a| !a.is_empty()))
+}
+
+fn health_word(report: &HealthReport) -> &'static str {
+    if report.healthy() {
+        "healthy"
+    } else {
+        "unhealthy"
+    }
 }

@@ -477,7 +477,7 @@ impl Namespace {
     /// changed the shard set (`Ok(None)`: the cache's view stands; `NotFound`: no index).
     fn union_index(&self, dir: &str) -> NsResult<Option<Arc<[u8]>>> {
         let listing = self.overlay.read_dir(dir)?;
-        let shard = |n: &str| n.ends_with(".safetensors");
+        let shard = crate::store::files::is_safetensors;
         let changed = listing.entries.iter().any(|n| shard(n))
             || listing.whiteouts.iter().any(|n| shard(n))
             || listing.refs.iter().any(|(n, _)| shard(n));
@@ -711,7 +711,7 @@ impl Namespace {
 
     /// The index shown next to a shard may change when the shard does: drop the kernel's entry.
     fn shard_changed(&self, parent: u64, name: &str) {
-        if name.ends_with(".safetensors") {
+        if crate::store::files::is_safetensors(name) {
             self.invalidate(Invalidation::Entry(
                 parent,
                 crate::store::index::INDEX_FILE.to_string(),

@@ -18,6 +18,8 @@ pub enum FloatDtype {
 }
 
 impl FloatDtype {
+    pub const ALL: [FloatDtype; 3] = [FloatDtype::F16, FloatDtype::BF16, FloatDtype::F32];
+
     /// mlx-lm's names (`--dtype`, config `torch_dtype`).
     pub fn parse(name: &str) -> Option<FloatDtype> {
         match name {
@@ -33,6 +35,25 @@ impl FloatDtype {
             FloatDtype::F16 => "float16",
             FloatDtype::BF16 => "bfloat16",
             FloatDtype::F32 => "float32",
+        }
+    }
+
+    /// Stored value `i` of a little-endian array of this dtype (a weight, a scale, a bias).
+    #[inline(always)]
+    pub fn value_at(self, bytes: &[u8], i: usize) -> f32 {
+        match self {
+            FloatDtype::BF16 => f32::from_bits(
+                u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16,
+            ),
+            FloatDtype::F16 => {
+                f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
+            }
+            FloatDtype::F32 => f32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ]),
         }
     }
 

@@ -63,16 +63,42 @@ fn pack_whole<const N: usize>(codes: &[u32], bits: u32, out: &mut [u32]) {
     }
 }
 
-/// The code of element `i` of a packed row.
-#[inline]
-pub fn unpack_at(words: &[u32], bits: u32, i: usize) -> u32 {
+/// Packed u32 words, wherever they are: a `[u32]` being written (convert), or the
+/// little-endian bytes of a mapped file, aligned or not (the engine).
+pub trait PackedWords {
+    fn word(&self, i: usize) -> u32;
+}
+
+impl PackedWords for [u32] {
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        self[i]
+    }
+}
+
+impl PackedWords for [u8] {
+    #[inline(always)]
+    fn word(&self, i: usize) -> u32 {
+        u32::from_le_bytes([
+            self[4 * i],
+            self[4 * i + 1],
+            self[4 * i + 2],
+            self[4 * i + 3],
+        ])
+    }
+}
+
+/// The code of element `i` of a packed stream (rows fill whole words, so element `i` of row
+/// `r` of `cols` columns is element `r * cols + i` of the matrix's stream).
+#[inline(always)]
+pub fn unpack_at<W: PackedWords + ?Sized>(words: &W, bits: u32, i: usize) -> u32 {
     let bit = i * bits as usize;
     let word = bit / 32;
     let shift = bit % 32;
     let mask = (1u64 << bits) - 1;
-    let mut v = u64::from(words[word]) >> shift;
+    let mut v = u64::from(words.word(word)) >> shift;
     if shift + bits as usize > 32 {
-        v |= u64::from(words[word + 1]) << (32 - shift);
+        v |= u64::from(words.word(word + 1)) << (32 - shift);
     }
     (v & mask) as u32
 }
@@ -102,7 +128,7 @@ mod tests {
             pack_row(&codes, bits, &mut words);
             for (i, &c) in codes.iter().enumerate() {
                 assert_eq!(
-                    unpack_at(&words, bits, i),
+                    unpack_at(&words[..], bits, i),
                     u32::from(c),
                     "bits {bits} element {i}"
                 );

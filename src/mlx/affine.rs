@@ -5,6 +5,7 @@
 
 use super::pack::{pack_group, unpack_at};
 use super::FloatDtype;
+use crate::simd::simd_dispatch;
 
 /// Bit widths MLX supports in affine mode.
 pub const AFFINE_BITS: &[u32] = &[1, 2, 3, 4, 5, 6, 8];
@@ -135,31 +136,10 @@ impl Affine {
         scales: &mut [f32],
         biases: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above (the result is cached by std).
-            unsafe { self.quantize_row_avx2(row, dtype, words, scales, biases) };
-            return;
-        }
-        self.quantize_row_portable(row, dtype, words, scales, biases);
+        quantize_row_dispatched(self, row, dtype, words, scales, biases);
     }
 
-    /// The same code compiled for AVX2: 8-wide divides, min/max and integer ops. Only the
-    /// instruction selection changes: every operation is the same IEEE operation (Rust never
-    /// contracts into FMA), so the result is bit-identical to the portable path.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn quantize_row_avx2(
-        &self,
-        row: &[f32],
-        dtype: FloatDtype,
-        words: &mut [u32],
-        scales: &mut [f32],
-        biases: &mut [f32],
-    ) {
-        self.quantize_row_portable(row, dtype, words, scales, biases);
-    }
-
+    /// Written to vectorize: 8-wide divides, min/max and integer ops in the AVX2 build.
     #[inline(always)]
     fn quantize_row_portable(
         &self,
@@ -263,7 +243,7 @@ mod tests {
         }
         x[5] = f32::NAN;
         let (w, _, _) = quantize(&x, a, FloatDtype::F32);
-        assert_eq!(unpack_at(&w, 8, 5), 0);
+        assert_eq!(unpack_at(&w[..], 8, 5), 0);
     }
 
     #[test]
@@ -316,5 +296,18 @@ mod tests {
         assert_eq!(Affine::new(7, 64), Err(AffineError::Bits(7)));
         assert_eq!(Affine::new(4, 48), Err(AffineError::GroupSize(48)));
         assert!(Affine::new(4, 64).unwrap().check_cols(100).is_err());
+    }
+}
+
+simd_dispatch! {
+    fn quantize_row_dispatched(
+        a: &Affine,
+        row: &[f32],
+        dtype: FloatDtype,
+        words: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
+    ) {
+        a.quantize_row_portable(row, dtype, words, scales, biases)
     }
 }

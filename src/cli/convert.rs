@@ -1,0 +1,310 @@
+//! `mlxk convert`: builds the request, shows progress, renders the outcome.
+
+use std::io::IsTerminal;
+
+use serde_json::json;
+
+use super::output::{human_size, Style};
+use super::{open_cache, CliError, ConvertArgs, MlxkArgs, Outcome};
+use crate::convert::plan::{Operation, QuantizeSpec};
+use crate::convert::{
+    self, ConvertOperation, ConvertOutcome, ConvertProgress, ConvertRequest, RepairOutcome,
+    WeightsOutcome,
+};
+use crate::store::health::HealthReport;
+use crate::store::spec::{self, ResolvedModel};
+
+pub(super) fn convert(args: &MlxkArgs, a: &ConvertArgs) -> Result<Outcome, CliError> {
+    let cache = open_cache(args)?;
+    let source = spec::resolve_any(cache.as_ref(), &a.source)?;
+    let operation = if a.repair_index {
+        ConvertOperation::RepairIndex
+    } else {
+        ConvertOperation::Weights(match a.quantize {
+            Some(bits) => Operation::Quantize(QuantizeSpec {
+                mode: a.q_mode,
+                bits,
+                group_size: a.q_group_size,
+                recipe: a.mixed_recipe,
+                dtype: a.dtype,
+            }),
+            None => Operation::Dequantize { dtype: a.dtype },
+        })
+    };
+    let request = ConvertRequest {
+        source: &source,
+        target: &a.target,
+        operation,
+        skip_health: a.skip_health,
+    };
+    let bar = progress_bar(args.json);
+    let mut on_progress = |p: ConvertProgress<'_>| {
+        let Some(bar) = &bar else { return };
+        let (done, total, what) = match p {
+            ConvertProgress::Files(p) => (
+                p.bytes_done,
+                p.bytes_total,
+                format!("{}/{} files {}", p.files_done, p.files_total, p.current),
+            ),
+            ConvertProgress::Tensors(p) => (
+                p.bytes_done,
+                p.bytes_total,
+                format!(
+                    "{}/{} tensors {}",
+                    p.tensors_done, p.tensors_total, p.current
+                ),
+            ),
+        };
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(what);
+    };
+    let result = convert::convert(cache.as_ref(), &request, &mut on_progress);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let target = a.target.display().to_string();
+    Ok(match result? {
+        ConvertOutcome::Repair(o) => render_repair(a, &source, &target, &o),
+        ConvertOutcome::Weights(o) => render_weights(a, &source, &target, &o),
+    })
+}
+
+fn render_repair(
+    a: &ConvertArgs,
+    source: &ResolvedModel,
+    target: &str,
+    outcome: &RepairOutcome,
+) -> Outcome {
+    let style = Style::detect();
+    let verdict = Verdict::of(outcome.health.as_ref());
+    let message = match &outcome.index {
+        Some(_) if outcome.repaired.is_empty() => format!("{} converted to {target}; its index was already right and was rewritten from the headers", source.name),
+        Some(_) => format!("{} converted to {target}; index rebuilt from the shard headers ({} problems fixed)", source.name, outcome.repaired.len()),
+        None => format!("{} converted to {target}; single-file model, no index needed", source.name),
+    };
+    let data = json!({
+        "source": source.name,
+        "target": target,
+        "mode": "repair-index",
+        "health_check": !a.skip_health,
+        "health_status": verdict.status,
+        "health_reason": verdict.reason,
+        "message": message,
+        "files_copied": outcome.copy.files,
+        "files_reflinked": outcome.copy.reflinked,
+        "bytes_copied": outcome.copy.bytes,
+        "index_written": outcome.index.is_some(),
+        "index_bytes_read": outcome.index_bytes_read,
+        "repairs": outcome.repaired,
+        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
+    });
+    let mut human = format!("{} {message}\n", style.green("✓"));
+    human.push_str(&format!(
+        "  {} files, {} ({} reflinked)\n",
+        outcome.copy.files,
+        human_size(outcome.copy.bytes),
+        outcome.copy.reflinked
+    ));
+    // One line per kind of repair: a 624 index can have dozens of each.
+    let mut kinds: Vec<(&str, usize, &str)> = Vec::new();
+    for p in &outcome.repaired {
+        match kinds
+            .iter_mut()
+            .find(|(code, _, _)| *code == p.code.as_str())
+        {
+            Some(k) => k.1 += 1,
+            None => kinds.push((p.code.as_str(), 1, &p.message)),
+        }
+    }
+    for (code, n, first) in kinds {
+        let count = if n > 1 {
+            format!("{n}x ")
+        } else {
+            String::new()
+        };
+        human.push_str(&format!(
+            "  repaired: {count}{} ({first})\n",
+            style.yellow(code)
+        ));
+    }
+    human.push_str(&health_lines(outcome.health.as_ref(), style));
+    verdict.outcome(data, human, target)
+}
+
+fn render_weights(
+    a: &ConvertArgs,
+    source: &ResolvedModel,
+    target: &str,
+    outcome: &WeightsOutcome,
+) -> Outcome {
+    let style = Style::detect();
+    let verdict = Verdict::of(outcome.health.as_ref());
+    let secs = outcome.elapsed.as_secs_f64();
+    let (mode, what) = match outcome.scheme {
+        Some(s) => {
+            let recipe = a
+                .mixed_recipe
+                .map(|r| format!(", {}", r.name()))
+                .unwrap_or_default();
+            (
+                "quantize",
+                format!(
+                    "quantized to {target} ({}-bit {}, group {}{recipe}): {:.3} bits per weight",
+                    s.bits(),
+                    s.mode(),
+                    s.group_size(),
+                    outcome.bits_per_weight()
+                ),
+            )
+        }
+        None => (
+            "dequantize",
+            format!(
+                "dequantized to {target} ({})",
+                outcome
+                    .dtype
+                    .map_or("the scales' dtype".to_string(), |d| d.name().to_string())
+            ),
+        ),
+    };
+    let message = format!("{} {what}", source.name);
+    let data = json!({
+        "source": source.name,
+        "target": target,
+        "mode": mode,
+        "health_check": !a.skip_health,
+        "health_status": verdict.status,
+        "health_reason": verdict.reason,
+        "message": message,
+        "files_copied": outcome.copy.files,
+        "files_reflinked": outcome.copy.reflinked,
+        "bytes_copied": outcome.copy.bytes,
+        "index_written": true,
+        "bits": outcome.scheme.map(|s| s.bits()),
+        "group_size": outcome.scheme.map(|s| s.group_size()),
+        "q_mode": outcome.scheme.map(|s| s.mode()),
+        "mixed_recipe": a.mixed_recipe.map(|r| r.name()),
+        "dtype": outcome.dtype.map(|d| d.name()),
+        "bits_per_weight": (outcome.scheme.is_some()).then(|| (outcome.bits_per_weight() * 1000.0).round() / 1000.0),
+        "quantization": outcome.quantization,
+        "tensors_converted": outcome.converted_tensors,
+        "tensors_kept": outcome.kept_tensors,
+        "tensors_dropped": outcome.dropped,
+        "shards": outcome.shards,
+        "source_bytes": outcome.source_bytes,
+        "output_bytes": outcome.output_bytes,
+        "total_parameters": outcome.index.total_parameters,
+        "elapsed_s": (secs * 1000.0).round() / 1000.0,
+        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
+    });
+    let mut human = format!("{} {message}\n", style.green("✓"));
+    let verb = if mode == "quantize" {
+        "quantized"
+    } else {
+        "dequantized"
+    };
+    let dropped = if outcome.dropped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} dropped ({})",
+            outcome.dropped.len(),
+            outcome.dropped.join(", ")
+        )
+    };
+    human.push_str(&format!(
+        "  {} tensors {verb}, {} kept{dropped}\n",
+        outcome.converted_tensors, outcome.kept_tensors,
+    ));
+    human.push_str(&format!(
+        "  {} in {} shard{} from {} in {:.1} s ({}/s)\n",
+        human_size(outcome.output_bytes),
+        outcome.shards.len(),
+        if outcome.shards.len() == 1 { "" } else { "s" },
+        human_size(outcome.source_bytes),
+        secs,
+        human_size((outcome.source_bytes as f64 / secs.max(1e-3)) as u64),
+    ));
+    human.push_str(&format!(
+        "  {} files carried over ({} reflinked)\n",
+        outcome.copy.files, outcome.copy.reflinked
+    ));
+    human.push_str(&health_lines(outcome.health.as_ref(), style));
+    verdict.outcome(data, human, target)
+}
+
+/// The health of a convert's result, as the reply states it.
+struct Verdict {
+    status: &'static str,
+    reason: String,
+    healthy: bool,
+}
+
+impl Verdict {
+    fn of(report: Option<&HealthReport>) -> Verdict {
+        let (status, reason, healthy) = match report {
+            None => (
+                "skipped",
+                "health check skipped (--skip-health)".into(),
+                true,
+            ),
+            Some(r) if r.healthy() => ("healthy", r.reason(), true),
+            Some(r) => ("unhealthy", r.reason(), false),
+        };
+        Verdict {
+            status,
+            reason,
+            healthy,
+        }
+    }
+
+    /// A written but unhealthy workspace is a failure (exit 1) that still reports the data.
+    fn outcome(self, data: serde_json::Value, human: String, target: &str) -> Outcome {
+        Outcome {
+            data,
+            human,
+            failure: (!self.healthy).then(|| {
+                CliError::new(
+                    "HealthCheckFailed",
+                    format!(
+                        "the workspace {target} was written but is unhealthy: {}",
+                        self.reason
+                    ),
+                )
+            }),
+        }
+    }
+}
+
+fn health_lines(report: Option<&HealthReport>, style: Style) -> String {
+    match report {
+        Some(r) if r.healthy() => format!("  health: {}\n", style.green("healthy")),
+        Some(r) => {
+            let mut out = format!("  health: {}\n", style.red("unhealthy"));
+            for p in &r.problems {
+                out.push_str(&format!(
+                    "    {} {}\n",
+                    style.yellow(p.code.as_str()),
+                    p.message
+                ));
+            }
+            out
+        }
+        None => "  health: skipped\n".to_string(),
+    }
+}
+
+/// A byte progress bar on stderr when it is a terminal (never with --json).
+fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
