@@ -53,6 +53,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "cargo test"
+# The namespace-level operation model (tests/namespace_model.rs, no FUSE): 20,000 operations.
+export MLXK_MODEL_OPS=${MLXK_MODEL_OPS:-20000}
 cargo test --all-targets
 
 step "POSIX conformance of the writable mount (scripts/conformance.sh, pjdfstest)"

@@ -3,6 +3,8 @@
 //! The crate is layered one way: [`cli`] and the FUSE adapter call into [`convert`], [`engine`]
 //! and [`store`]; `store` calls nobody. See docs/ARCHITECTURE.md.
 
+#![warn(unsafe_op_in_unsafe_fn)]
+
 pub mod cli;
 pub mod convert;
 pub mod engine;

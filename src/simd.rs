@@ -21,14 +21,6 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    /// A CPU with none of the features: every caller takes its portable path.
-    pub const PORTABLE: Cpu = Cpu {
-        avx2: false,
-        avx512: false,
-        vnni: false,
-        vbmi: false,
-    };
-
     #[cfg(target_arch = "x86_64")]
     fn detect() -> Cpu {
         use std::arch::is_x86_feature_detected as has;
@@ -45,7 +37,7 @@ impl Cpu {
 
     #[cfg(not(target_arch = "x86_64"))]
     fn detect() -> Cpu {
-        Cpu::PORTABLE
+        Cpu::default()
     }
 }
 

@@ -159,6 +159,86 @@ fn edits_deletes_renames_and_new_workspaces_land_in_the_overlay_and_survive_a_re
     assert_eq!(before, tree_state(&fx.cache), "the cache changed");
 }
 
+/// Names are bytes at the FUSE boundary, as on any Linux filesystem: a name that is not UTF-8
+/// is created, listed, read, renamed (a cache file too: a redirect record), deleted and kept
+/// across a remount, stored under the same bytes in the overlay; names the overlay format
+/// reserves stay refused and hidden whatever follows the prefix.
+#[test]
+fn names_that_are_not_utf8_work_as_on_any_linux_filesystem() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    if !fuse_available("names_that_are_not_utf8_work_as_on_any_linux_filesystem") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let mut m = mount(&fx, &[]);
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    let latin1 = OsStr::from_bytes(b"caf\xe9.txt");
+    let moved = OsStr::from_bytes(b"\xff\xfe-config.json");
+    let dir = OsStr::from_bytes(b"d\x80ir");
+    fs::write(model.join(latin1), b"latin-1 name").unwrap();
+    fs::rename(model.join("config.json"), model.join(moved)).unwrap();
+    fs::create_dir(model.join(dir)).unwrap();
+    fs::write(model.join(dir).join(latin1), b"nested").unwrap();
+    fs::write(model.join("gone"), b"x").unwrap();
+    fs::rename(model.join("gone"), model.join(dir).join("gone\u{fffd}")).unwrap();
+    let reserved = OsStr::from_bytes(b".wh.\xe9");
+    assert_eq!(
+        fs::write(model.join(reserved), b"no")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    let config = fs::read(
+        common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16").join("config.json"),
+    )
+    .unwrap();
+    let check = |m: &MountGuard| {
+        let model = m.path("mlx-community/Llama-tiny-f16");
+        let listed: Vec<std::ffi::OsString> = fs::read_dir(&model)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        for name in [latin1, moved, dir] {
+            assert!(
+                listed.iter().any(|n| n == name),
+                "{name:?} not in {listed:?}"
+            );
+        }
+        assert!(!listed.iter().any(|n| n == "config.json"));
+        assert!(!listed.iter().any(|n| n.as_bytes().starts_with(b".wh.")));
+        assert_eq!(fs::read(model.join(latin1)).unwrap(), b"latin-1 name");
+        assert_eq!(fs::read(model.join(moved)).unwrap(), config);
+        assert_eq!(fs::read(model.join(dir).join(latin1)).unwrap(), b"nested");
+        assert!(model.join(dir).join("gone\u{fffd}").is_file());
+        assert!(fs::symlink_metadata(model.join(reserved)).is_err());
+    };
+    check(&m);
+    // The overlay holds the same bytes, in its documented format.
+    let ov = overlay(&fx, "mlx-community/Llama-tiny-f16");
+    assert_eq!(fs::read(ov.join(latin1)).unwrap(), b"latin-1 name");
+    let mut record = b".wh..wh..ref.".to_vec();
+    record.extend_from_slice(moved.as_bytes());
+    assert_eq!(
+        fs::read_to_string(ov.join(OsStr::from_bytes(&record))).unwrap(),
+        "mlx-community/Llama-tiny-f16/config.json\n"
+    );
+    m.stop(nix::sys::signal::Signal::SIGTERM);
+    drop(m);
+    let m = mount(&fx, &[]);
+    check(&m);
+    // And they go away like any name.
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    fs::remove_file(model.join(latin1)).unwrap();
+    fs::remove_dir_all(model.join(dir)).unwrap();
+    fs::rename(model.join(moved), model.join("config.json")).unwrap();
+    assert_eq!(fs::read(model.join("config.json")).unwrap(), config);
+    assert!(!model.join(latin1).exists() && !model.join(dir).exists());
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
+
 /// Every write path aimed at cache files that are open read-only (with passthrough where the
 /// kernel has it) succeeds by copying up; the open readers keep the cache's bytes; nothing
 /// reaches the cache.

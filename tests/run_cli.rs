@@ -13,7 +13,8 @@ use common::{stderr, stdout, Fixture};
 use mlxk_fs::engine::model::CpuEngine;
 use mlxk_fs::engine::tokenizer::{StreamDecoder, TextTokenizer};
 use mlxk_fs::engine::Engine;
-use mlxk_fs::testkit::{llama_model_files, LlamaSpec};
+use mlxk_fs::testkit::{llama_model_files, safetensors_bytes, LlamaSpec, TensorSpec};
+use safetensors::Dtype;
 use serde_json::Value;
 
 fn model(root: &Path, name: &str, spec: &LlamaSpec) -> PathBuf {
@@ -284,6 +285,103 @@ fn refusals_come_before_loading() {
     let no_tok = model(fx.tmp.path(), "no-tokenizer", &spec());
     fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
     refuse(&no_tok, "tokenizer.json");
+}
+
+/// A model whose weights do not fit its config is refused at load with the tensor named (exit
+/// 1, the JSON error envelope), never a panic inside the kernels.
+#[test]
+fn malformed_weights_are_load_errors_naming_the_tensor() {
+    let fx = Fixture::new();
+    let quantized = LlamaSpec {
+        quantization: Some((4, 32)),
+        ..spec()
+    };
+    let broken = |name: &str, spec: &LlamaSpec, edit: &dyn Fn(&mut Vec<TensorSpec>)| {
+        let dir = model(fx.tmp.path(), name, spec);
+        let mut tensors = spec.tensors();
+        edit(&mut tensors);
+        fs::write(
+            dir.join("model.safetensors"),
+            safetensors_bytes(&tensors, Some("mlx")),
+        )
+        .unwrap();
+        dir
+    };
+    let find = |ts: &mut Vec<TensorSpec>, name: &str| -> usize {
+        ts.iter().position(|t| t.name == name).unwrap()
+    };
+    let cases: Vec<(PathBuf, &str, &str)> = vec![
+        (
+            // Biases stored as f32 beside f16 scales (same shape, twice the bytes).
+            broken("bias-dtype", &quantized, &|ts| {
+                let i = find(ts, "model.layers.1.mlp.up_proj.biases");
+                let t = &mut ts[i];
+                let values: Vec<f32> = t
+                    .data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect();
+                t.dtype = Dtype::F32;
+                t.data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }),
+            "model.layers.1.mlp.up_proj",
+            "biases are F32 but scales are F16",
+        ),
+        (
+            // Scales as integers.
+            broken("scale-dtype", &quantized, &|ts| {
+                let i = find(ts, "model.layers.0.self_attn.k_proj.scales");
+                ts[i].dtype = Dtype::I16;
+            }),
+            "model.layers.0.self_attn.k_proj",
+            "not a float dtype",
+        ),
+        (
+            // Scales of another group count than the biases.
+            broken("scale-shape", &quantized, &|ts| {
+                let i = find(ts, "model.layers.0.self_attn.v_proj.scales");
+                let t = &mut ts[i];
+                t.shape[1] /= 2;
+                t.data.truncate(t.data.len() / 2);
+            }),
+            "model.layers.0.self_attn.v_proj",
+            "do not fit",
+        ),
+        (
+            // A float matrix of the wrong shape.
+            broken("weight-shape", &spec(), &|ts| {
+                let i = find(ts, "model.layers.0.mlp.down_proj.weight");
+                let t = &mut ts[i];
+                t.shape.swap(0, 1);
+            }),
+            "model.layers.0.mlp.down_proj.weight",
+            "shape",
+        ),
+        (
+            // A norm of the wrong length.
+            broken("norm-length", &spec(), &|ts| {
+                let i = find(ts, "model.norm.weight");
+                let t = &mut ts[i];
+                t.shape[0] -= 1;
+                t.data.truncate(t.data.len() - 2);
+            }),
+            "model.norm.weight",
+            "expected 64 float values",
+        ),
+    ];
+    for (dir, tensor, what) in cases {
+        let out = fx.mlxk(&["run", dir.to_str().unwrap(), "Hi", "--json"]);
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{}: {text}", dir.display());
+        assert!(!text.contains("panicked"), "{text}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(v["error"]["type"], "ModelNotSupported", "{v:#}");
+        assert!(
+            msg.contains(tensor) && msg.contains(what),
+            "`{msg}` lacks `{tensor}` / `{what}`"
+        );
+    }
 }
 
 #[test]

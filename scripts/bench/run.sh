@@ -11,12 +11,19 @@
 # decode over the median bandwidth (steadier when the probe and the decode see different minutes).
 # One unrecorded warm-up run per model first.
 #
-#   scripts/bench/run.sh [RUNS]   (default 5)
+# With BASE (another build of `mlxk`, e.g. the commit before a change), every run also runs BASE
+# right after this tree's binary, under the same bandwidth reading, and both are reported: an
+# interleaved A/B that the VM's bandwidth swings cannot bias.
+#
+#   scripts/bench/run.sh [RUNS] [BASE]   (default 5 runs, no BASE)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
+base=${2:-}
 cargo build --release --quiet --bin mlxk --example fixture_cache --example bandwidth
 mlxk=$PWD/target/release/mlxk
+bins=("head:$mlxk")
+[ -n "$base" ] && bins+=("base:$(realpath "$base")")
 py=$(scripts/peers.sh)
 work=$(mktemp -d -p "${MLXK_BENCH_DIR:-/var/tmp}" mlxk-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -34,27 +41,42 @@ bandwidth() { # GB/s, 2 threads, best of 5 passes over 2 GiB
 }
 
 bench() { # name dir
-  local name=$1 dir=$2 rss=0 per_token=0 tokens=0 ptoks=0
-  : >"$work/rows"
-  # Warm-up, not recorded: the weights into the page cache (this VM reclaims cold page cache
-  # proactively, so a first run can include reading them from disk).
-  "$mlxk" run "$dir" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
+  local name=$1 dir=$2 bw label bin
+  declare -A rss=()
+  for entry in "${bins[@]}"; do
+    label=${entry%%:*} bin=${entry#*:}
+    : >"$work/rows.$label"
+    rss[$label]=0
+    # Warm-up, not recorded: the weights into the page cache (this VM reclaims cold page cache
+    # proactively, so a first run can include reading them from disk).
+    "$bin" run "$dir" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
+  done
   for _ in $(seq 1 "$runs"); do
     bw=$(bandwidth)
-    /usr/bin/time -f "%M" -o "$work/rss" "$mlxk" --json run "$dir" "$prompt" --max-tokens 128 \
-      --temperature 0 --repetition-penalty 1 --no-chat-template --verbose >"$work/out.json" 2>"$work/err"
-    read -r p d tokens ptoks < <("$py" -c 'import json,sys; d=json.load(open(sys.argv[1]))["data"]; print(d["timing"]["prompt_tps"], d["timing"]["decode_tps"], d["usage"]["completion_tokens"], d["usage"]["prompt_tokens"])' "$work/out.json")
-    per_token=$(sed -nE 's/.*, ([0-9]+) bytes read per token.*/\1/p' "$work/err")
-    echo "$p $d $bw $per_token" >>"$work/rows"
-    r=$(tail -1 "$work/rss")
-    [ "$r" -gt "$rss" ] && rss=$r
+    for entry in "${bins[@]}"; do
+      label=${entry%%:*} bin=${entry#*:}
+      /usr/bin/time -f "%M" -o "$work/rss" "$bin" --json run "$dir" "$prompt" --max-tokens 128 \
+        --temperature 0 --repetition-penalty 1 --no-chat-template --verbose >"$work/out.json" 2>"$work/err"
+      read -r p d tokens ptoks < <("$py" -c 'import json,sys; d=json.load(open(sys.argv[1]))["data"]; print(d["timing"]["prompt_tps"], d["timing"]["decode_tps"], d["usage"]["completion_tokens"], d["usage"]["prompt_tokens"])' "$work/out.json")
+      per_token=$(sed -nE 's/.*, ([0-9]+) bytes read per token.*/\1/p' "$work/err")
+      echo "$p $d $bw $per_token $tokens $ptoks" >>"$work/rows.$label"
+      r=$(tail -1 "$work/rss")
+      [ "$r" -gt "${rss[$label]}" ] && rss[$label]=$r
+    done
   done
-  "$py" - "$work/rows" "$name" "$rss" "$tokens" "$ptoks" <<'PY'
+  for entry in "${bins[@]}"; do
+    label=${entry%%:*}
+    summary "$work/rows.$label" "$name$([ ${#bins[@]} -gt 1 ] && echo " $label")" "${rss[$label]}"
+  done
+}
+
+summary() { # rows name rss_kb
+  "$py" - "$@" <<'PY'
 import statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
-name, rss, tokens, ptoks = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
-per_token = rows[0][3]
-frac = [d / (bw * 1e9 / per_token) for _, d, bw, _ in rows]
+name, rss = sys.argv[2], int(sys.argv[3])
+per_token, tokens, ptoks = rows[0][3], int(rows[0][4]), int(rows[0][5])
+frac = [d / (bw * 1e9 / per_token) for _, d, bw, *_ in rows]
 med = statistics.median
 print(f"{name:5} prompt {ptoks} tokens: {med(r[0] for r in rows):.1f} tok/s median, {max(r[0] for r in rows):.1f} best"
       f" | decode {tokens} tokens: {med(r[1] for r in rows):.1f} tok/s median, {max(r[1] for r in rows):.1f} best"
@@ -62,7 +84,7 @@ print(f"{name:5} prompt {ptoks} tokens: {med(r[0] for r in rows):.1f} tok/s medi
       f" median decode at the median bandwidth {med(r[1] for r in rows) / (med(r[2] for r in rows) * 1e9 / per_token):.2f};"
       f" {per_token / 1e6:.1f} MB/token, bandwidth {min(r[2] for r in rows):.1f}-{max(r[2] for r in rows):.1f} GB/s)"
       f" | peak RSS {rss / 1024:.0f} MB")
-for p, d, bw, _ in rows:
+for p, d, bw, *_ in rows:
     print(f"      run: prompt {p:.1f} tok/s, decode {d:.1f} tok/s, bandwidth {bw:.1f} GB/s -> {d / (bw * 1e9 / per_token):.2f} of the bound")
 PY
 }

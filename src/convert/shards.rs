@@ -47,11 +47,7 @@ pub struct PlannedShard {
     pub data_len: u64,
 }
 
-impl PlannedShard {
-    pub fn file_len(&self) -> u64 {
-        self.header.len() as u64 + self.data_len
-    }
-}
+impl PlannedShard {}
 
 #[derive(Debug, Clone)]
 pub struct ShardPlan {
@@ -275,7 +271,11 @@ mod tests {
         files.write_at(s.shard, s.offset, &[1u8; 6]).unwrap();
         files.sync().unwrap();
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-        assert_eq!(bytes.len() as u64, plan.shards[0].file_len());
+        let planned = &plan.shards[0];
+        assert_eq!(
+            bytes.len() as u64,
+            planned.header.len() as u64 + planned.data_len
+        );
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("w").unwrap().data(), &[7u8; 16]);
         assert_eq!(st.tensor("s").unwrap().dtype(), Dtype::F16);

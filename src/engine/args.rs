@@ -33,7 +33,6 @@ pub struct ModelArgs {
     pub vocab: usize,
     pub eps: f32,
     pub tie: bool,
-    pub max_position: usize,
     /// Per rotary pair i (of head_dim / 2): the angle per position.
     pub inv_freq: Vec<f32>,
     pub quantization: Option<QuantizationConfig>,
@@ -140,7 +139,6 @@ impl ModelArgs {
             } else {
                 1_000_000.0
             });
-        let max_position = get_usize(c, "max_position_embeddings").unwrap_or(4096);
         let inv_freq = rope_inv_freq(head_dim, theta, c.get("rope_scaling"))?;
         let tie = c
             .get("tie_word_embeddings")
@@ -169,7 +167,6 @@ impl ModelArgs {
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-6) as f32,
             tie,
-            max_position,
             inv_freq,
             quantization,
             eos,

@@ -125,12 +125,16 @@ impl TokenMajorOut {
         rows: usize,
         first: usize,
     ) {
-        let live = LANES.min(tokens - tile * LANES);
-        for (i, lanes) in acc.iter().enumerate() {
-            for (lane, &v) in lanes.iter().enumerate().take(live) {
-                let at = (tile * LANES + lane) * rows + first + i;
-                debug_assert!(at < self.len);
-                *self.ptr.add(at) = v;
+        // SAFETY: this method's `# Safety` contract gives the CPU features; every pointer
+        // below stays inside the slices its length checks cover.
+        unsafe {
+            let live = LANES.min(tokens - tile * LANES);
+            for (i, lanes) in acc.iter().enumerate() {
+                for (lane, &v) in lanes.iter().enumerate().take(live) {
+                    let at = (tile * LANES + lane) * rows + first + i;
+                    debug_assert!(at < self.len);
+                    *self.ptr.add(at) = v;
+                }
             }
         }
     }
@@ -149,69 +153,77 @@ pub unsafe fn affine_gemm_rows(
     n: usize,
     out: TokenMajorOut,
 ) {
-    let (cols, group) = (m.cols, m.group);
-    let (groups, half) = (cols / group, cols / 2);
-    let size = m.dtype.size();
-    let row_bytes = cols * m.bits as usize / 8;
-    assert!(
-        panels.cols == cols
-            && panels.group == group
-            && first + n <= m.rows
-            && m.words.len() >= m.rows * row_bytes
-            && m.scales.len() >= m.rows * groups * size
-            && m.biases.len() >= m.rows * groups * size
-            && out.len >= panels.tokens * m.rows
-    );
-    PANEL.with_borrow_mut(|(codes, ws, wb)| {
-        codes.resize(ROWS * half, 0);
-        ws.resize(ROWS * groups, 0.0);
-        wb.resize(ROWS * groups, 0.0);
-        let mut row = first;
-        while row < first + n {
-            let r = ROWS.min(first + n - row);
-            for i in 0..r {
-                let at = row + i;
-                unpack_pairs(
-                    &m.words[at * row_bytes..(at + 1) * row_bytes],
-                    m.bits,
-                    &mut codes[i * half..(i + 1) * half],
-                );
-                m.dtype.widen_into(
-                    &m.scales[at * groups * size..(at + 1) * groups * size],
-                    &mut ws[i * groups..(i + 1) * groups],
-                );
-                m.dtype.widen_into(
-                    &m.biases[at * groups * size..(at + 1) * groups * size],
-                    &mut wb[i * groups..(i + 1) * groups],
-                );
-            }
-            for tile in 0..panels.tiles {
-                let mut acc = [[0f32; LANES]; ROWS];
-                if r == ROWS {
-                    tile_kernel::<ROWS>(codes, ws, wb, panels, tile, &mut acc);
-                } else {
-                    for i in 0..r {
-                        let mut one = [[0f32; LANES]; 1];
-                        tile_kernel::<1>(
-                            &codes[i * half..],
-                            &ws[i * groups..],
-                            &wb[i * groups..],
-                            panels,
-                            tile,
-                            &mut one,
-                        );
-                        acc[i] = one[0];
-                    }
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let (cols, group) = (m.cols, m.group);
+        let (groups, half) = (cols / group, cols / 2);
+        let size = m.dtype.size();
+        let row_bytes = cols * m.bits as usize / 8;
+        assert!(
+            panels.cols == cols
+                && panels.group == group
+                && first + n <= m.rows
+                && m.words.len() >= m.rows * row_bytes
+                && m.scales.len() >= m.rows * groups * size
+                && m.biases.len() >= m.rows * groups * size
+                && out.len >= panels.tokens * m.rows
+        );
+        PANEL.with_borrow_mut(|(codes, ws, wb)| {
+            codes.resize(ROWS * half, 0);
+            ws.resize(ROWS * groups, 0.0);
+            wb.resize(ROWS * groups, 0.0);
+            let mut row = first;
+            while row < first + n {
+                let r = ROWS.min(first + n - row);
+                for i in 0..r {
+                    let at = row + i;
+                    unpack_pairs(
+                        &m.words[at * row_bytes..(at + 1) * row_bytes],
+                        m.bits,
+                        &mut codes[i * half..(i + 1) * half],
+                    );
+                    m.dtype.widen_into(
+                        &m.scales[at * groups * size..(at + 1) * groups * size],
+                        &mut ws[i * groups..(i + 1) * groups],
+                    );
+                    m.dtype.widen_into(
+                        &m.biases[at * groups * size..(at + 1) * groups * size],
+                        &mut wb[i * groups..(i + 1) * groups],
+                    );
                 }
-                out.write(&acc[..r], tile, panels.tokens, m.rows, row);
+                for tile in 0..panels.tiles {
+                    let mut acc = [[0f32; LANES]; ROWS];
+                    if r == ROWS {
+                        tile_kernel::<ROWS>(codes, ws, wb, panels, tile, &mut acc);
+                    } else {
+                        for i in 0..r {
+                            let mut one = [[0f32; LANES]; 1];
+                            tile_kernel::<1>(
+                                &codes[i * half..],
+                                &ws[i * groups..],
+                                &wb[i * groups..],
+                                panels,
+                                tile,
+                                &mut one,
+                            );
+                            acc[i] = one[0];
+                        }
+                    }
+                    out.write(&acc[..r], tile, panels.tokens, m.rows, row);
+                }
+                row += r;
             }
-            row += r;
-        }
-    });
+        });
+    }
 }
 
 /// `R` rows (codes as pairs at stride `cols / 2`, scales and biases at stride `groups`) times
 /// the 16 tokens of `tile`: `acc[r][lane]`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; `codes`, `ws` and `wb` must hold `R` rows at
+/// their strides for the panels' columns and groups, and `tile < panels.tiles`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
 unsafe fn tile_kernel<const R: usize>(
     codes: &[i32],
@@ -221,36 +233,40 @@ unsafe fn tile_kernel<const R: usize>(
     tile: usize,
     acc: &mut [[f32; LANES]; R],
 ) {
-    let (cols, group) = (panels.cols, panels.group);
-    let (groups, half) = (cols / group, cols / 2);
-    assert!(
-        codes.len() >= (R - 1) * half + half
-            && ws.len() >= (R - 1) * groups + groups
-            && wb.len() >= (R - 1) * groups + groups
-    );
-    let a = panels.pairs.as_ptr().add(tile * half * LANES);
-    let sc = panels.scales.as_ptr().add(tile * groups * LANES);
-    let sm = panels.sums.as_ptr().add(tile * groups * LANES);
-    let (cp, wsp, wbp) = (codes.as_ptr(), ws.as_ptr(), wb.as_ptr());
-    let mut f = [_mm512_setzero_ps(); R];
-    for g in 0..groups {
-        let mut i = [_mm512_setzero_si512(); R];
-        for j in g * group / 2..(g + 1) * group / 2 {
-            let x = _mm512_loadu_si512(a.add(j * LANES) as *const _);
-            for (r, i) in i.iter_mut().enumerate() {
-                *i = _mm512_dpwssd_epi32(*i, x, _mm512_set1_epi32(*cp.add(r * half + j)));
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let (cols, group) = (panels.cols, panels.group);
+        let (groups, half) = (cols / group, cols / 2);
+        assert!(
+            codes.len() >= (R - 1) * half + half
+                && ws.len() >= (R - 1) * groups + groups
+                && wb.len() >= (R - 1) * groups + groups
+        );
+        let a = panels.pairs.as_ptr().add(tile * half * LANES);
+        let sc = panels.scales.as_ptr().add(tile * groups * LANES);
+        let sm = panels.sums.as_ptr().add(tile * groups * LANES);
+        let (cp, wsp, wbp) = (codes.as_ptr(), ws.as_ptr(), wb.as_ptr());
+        let mut f = [_mm512_setzero_ps(); R];
+        for g in 0..groups {
+            let mut i = [_mm512_setzero_si512(); R];
+            for j in g * group / 2..(g + 1) * group / 2 {
+                let x = _mm512_loadu_si512(a.add(j * LANES) as *const _);
+                for (r, i) in i.iter_mut().enumerate() {
+                    *i = _mm512_dpwssd_epi32(*i, x, _mm512_set1_epi32(*cp.add(r * half + j)));
+                }
+            }
+            let d = _mm512_loadu_ps(sc.add(g * LANES));
+            let s = _mm512_loadu_ps(sm.add(g * LANES));
+            for (r, (f, i)) in f.iter_mut().zip(&i).enumerate() {
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(*wsp.add(r * groups + g)));
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*i), scale, *f);
+                *f = _mm512_fmadd_ps(s, _mm512_set1_ps(*wbp.add(r * groups + g)), *f);
             }
         }
-        let d = _mm512_loadu_ps(sc.add(g * LANES));
-        let s = _mm512_loadu_ps(sm.add(g * LANES));
-        for (r, (f, i)) in f.iter_mut().zip(&i).enumerate() {
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(*wsp.add(r * groups + g)));
-            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*i), scale, *f);
-            *f = _mm512_fmadd_ps(s, _mm512_set1_ps(*wbp.add(r * groups + g)), *f);
+        for (out, f) in acc.iter_mut().zip(&f) {
+            _mm512_storeu_ps(out.as_mut_ptr(), *f);
         }
-    }
-    for (out, f) in acc.iter_mut().zip(&f) {
-        _mm512_storeu_ps(out.as_mut_ptr(), *f);
     }
 }
 
@@ -280,22 +296,29 @@ fn unpack_pairs(row: &[u8], bits: u32, out: &mut [i32]) {
 
 /// [`unpack_pairs`] for 4-bit codes: a byte holds codes 2j (low nibble) and 2j + 1 (high),
 /// exactly one pair: zero-extended to 32 bits, the high nibble moved to bit 16.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
 #[target_feature(enable = "avx512f")]
 unsafe fn unpack_q4_pairs(row: &[u8], out: &mut [i32]) {
-    let n = out.len().min(row.len());
-    // Bits 0-3 from the byte, bits 16-19 from the byte shifted left by 12, all else zero.
-    let select = _mm512_set1_epi32(0x0000_F00F);
-    let mut j = 0;
-    while j + 16 <= n {
-        let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(row.as_ptr().add(j) as *const __m128i));
-        let v = _mm512_ternarylogic_epi32::<0xE4>(b, _mm512_slli_epi32(b, 12), select);
-        _mm512_storeu_si512(out.as_mut_ptr().add(j) as *mut _, v);
-        j += 16;
-    }
-    while j < n {
-        let b = u32::from(row[j]);
-        out[j] = ((b & 0x0F) | (b >> 4) << 16) as i32;
-        j += 1;
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = out.len().min(row.len());
+        // Bits 0-3 from the byte, bits 16-19 from the byte shifted left by 12, all else zero.
+        let select = _mm512_set1_epi32(0x0000_F00F);
+        let mut j = 0;
+        while j + 16 <= n {
+            let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(row.as_ptr().add(j) as *const __m128i));
+            let v = _mm512_ternarylogic_epi32::<0xE4>(b, _mm512_slli_epi32(b, 12), select);
+            _mm512_storeu_si512(out.as_mut_ptr().add(j) as *mut _, v);
+            j += 16;
+        }
+        while j < n {
+            let b = u32::from(row[j]);
+            out[j] = ((b & 0x0F) | (b >> 4) << 16) as i32;
+            j += 1;
+        }
     }
 }
 
@@ -350,58 +373,66 @@ pub unsafe fn float_gemm_rows(
     n: usize,
     out: TokenMajorOut,
 ) {
-    let row_bytes = cols * dtype.size();
-    assert!(
-        panels.cols == cols
-            && first + n <= rows
-            && data.len() >= rows * row_bytes
-            && out.len >= panels.tokens * rows
-    );
-    FLOAT_PANEL.with_borrow_mut(|w| {
-        w.resize(ROWS * cols, 0.0);
-        let mut row = first;
-        while row < first + n {
-            let r = ROWS.min(first + n - row);
-            for i in 0..r {
-                let at = row + i;
-                dtype.widen_into(
-                    &data[at * row_bytes..(at + 1) * row_bytes],
-                    &mut w[i * cols..(i + 1) * cols],
-                );
-            }
-            let mut tile = 0;
-            while tile < panels.tiles {
-                if r == ROWS && tile + 1 < panels.tiles {
-                    // Two tiles per pass: each broadcast weight feeds two FMAs.
-                    let mut acc = [[[0f32; LANES]; ROWS]; 2];
-                    float_tile_kernel::<ROWS, 2>(w, panels, tile, &mut acc);
-                    out.write(&acc[0], tile, panels.tokens, rows, row);
-                    out.write(&acc[1], tile + 1, panels.tokens, rows, row);
-                    tile += 2;
-                    continue;
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let row_bytes = cols * dtype.size();
+        assert!(
+            panels.cols == cols
+                && first + n <= rows
+                && data.len() >= rows * row_bytes
+                && out.len >= panels.tokens * rows
+        );
+        FLOAT_PANEL.with_borrow_mut(|w| {
+            w.resize(ROWS * cols, 0.0);
+            let mut row = first;
+            while row < first + n {
+                let r = ROWS.min(first + n - row);
+                for i in 0..r {
+                    let at = row + i;
+                    dtype.widen_into(
+                        &data[at * row_bytes..(at + 1) * row_bytes],
+                        &mut w[i * cols..(i + 1) * cols],
+                    );
                 }
-                let mut acc = [[0f32; LANES]; ROWS];
-                if r == ROWS {
-                    let mut one = [[[0f32; LANES]; ROWS]; 1];
-                    float_tile_kernel::<ROWS, 1>(w, panels, tile, &mut one);
-                    acc = one[0];
-                } else {
-                    for i in 0..r {
-                        let mut one = [[[0f32; LANES]; 1]; 1];
-                        float_tile_kernel::<1, 1>(&w[i * cols..], panels, tile, &mut one);
-                        acc[i] = one[0][0];
+                let mut tile = 0;
+                while tile < panels.tiles {
+                    if r == ROWS && tile + 1 < panels.tiles {
+                        // Two tiles per pass: each broadcast weight feeds two FMAs.
+                        let mut acc = [[[0f32; LANES]; ROWS]; 2];
+                        float_tile_kernel::<ROWS, 2>(w, panels, tile, &mut acc);
+                        out.write(&acc[0], tile, panels.tokens, rows, row);
+                        out.write(&acc[1], tile + 1, panels.tokens, rows, row);
+                        tile += 2;
+                        continue;
                     }
+                    let mut acc = [[0f32; LANES]; ROWS];
+                    if r == ROWS {
+                        let mut one = [[[0f32; LANES]; ROWS]; 1];
+                        float_tile_kernel::<ROWS, 1>(w, panels, tile, &mut one);
+                        acc = one[0];
+                    } else {
+                        for i in 0..r {
+                            let mut one = [[[0f32; LANES]; 1]; 1];
+                            float_tile_kernel::<1, 1>(&w[i * cols..], panels, tile, &mut one);
+                            acc[i] = one[0][0];
+                        }
+                    }
+                    out.write(&acc[..r], tile, panels.tokens, rows, row);
+                    tile += 1;
                 }
-                out.write(&acc[..r], tile, panels.tokens, rows, row);
-                tile += 1;
+                row += r;
             }
-            row += r;
-        }
-    });
+        });
+    }
 }
 
 /// `R` widened rows (stride `cols`) times the 16 tokens of each of the `T` tiles from `tile`:
 /// `acc[t][r][lane]`.
+///
+/// # Safety
+/// The CPU must support AVX-512 F and FMA; `w` must hold `R` rows of the panels' columns and
+/// `tile + T <= panels.tiles`.
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn float_tile_kernel<const R: usize, const T: usize>(
     w: &[f32],
@@ -409,44 +440,56 @@ unsafe fn float_tile_kernel<const R: usize, const T: usize>(
     tile: usize,
     acc: &mut [[[f32; LANES]; R]; T],
 ) {
-    let cols = panels.cols;
-    assert!(w.len() >= (R - 1) * cols + cols && tile + T <= panels.tiles);
-    let a = panels.values.as_ptr().add(tile * cols * LANES);
-    let wp = w.as_ptr();
-    let mut f = [[_mm512_setzero_ps(); R]; T];
-    for c in 0..cols {
-        let mut x = [_mm512_setzero_ps(); T];
-        for (t, x) in x.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(a.add((t * cols + c) * LANES));
-        }
-        for r in 0..R {
-            let wv = _mm512_set1_ps(*wp.add(r * cols + c));
-            for (f, x) in f.iter_mut().zip(&x) {
-                f[r] = _mm512_fmadd_ps(*x, wv, f[r]);
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let cols = panels.cols;
+        assert!(w.len() >= (R - 1) * cols + cols && tile + T <= panels.tiles);
+        let a = panels.values.as_ptr().add(tile * cols * LANES);
+        let wp = w.as_ptr();
+        let mut f = [[_mm512_setzero_ps(); R]; T];
+        for c in 0..cols {
+            let mut x = [_mm512_setzero_ps(); T];
+            for (t, x) in x.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(a.add((t * cols + c) * LANES));
+            }
+            for r in 0..R {
+                let wv = _mm512_set1_ps(*wp.add(r * cols + c));
+                for (f, x) in f.iter_mut().zip(&x) {
+                    f[r] = _mm512_fmadd_ps(*x, wv, f[r]);
+                }
             }
         }
-    }
-    for (out, f) in acc.iter_mut().zip(&f) {
-        for (o, f) in out.iter_mut().zip(f) {
-            _mm512_storeu_ps(o.as_mut_ptr(), *f);
+        for (out, f) in acc.iter_mut().zip(&f) {
+            for (o, f) in out.iter_mut().zip(f) {
+                _mm512_storeu_ps(o.as_mut_ptr(), *f);
+            }
         }
     }
 }
 
 /// [`unpack_pairs`] for 2, 3, 5 and 6 bits with VBMI ([`CodeUnpacker`]), then two
 /// zero-extensions to 16 bits write the pairs (codes 2j, 2j + 1 are adjacent words).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VBMI; `2 * out.len()` must be a multiple of 64 and
+/// `row` must hold `2 * out.len()` codes of `bits` bits.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn unpack_pairs_vbmi(row: &[u8], bits: usize, out: &mut [i32]) {
-    let codes = 2 * out.len();
-    assert!(codes.is_multiple_of(64) && row.len() * 8 >= codes * bits);
-    let unpack = CodeUnpacker::new(bits);
-    for v in 0..codes / 64 {
-        let c = unpack.codes(row.as_ptr().add(v * 8 * bits));
-        let dst = out.as_mut_ptr().add(v * 32) as *mut __m512i;
-        _mm512_storeu_si512(dst, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)));
-        _mm512_storeu_si512(
-            dst.add(1),
-            _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(c)),
-        );
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let codes = 2 * out.len();
+        assert!(codes.is_multiple_of(64) && row.len() * 8 >= codes * bits);
+        let unpack = CodeUnpacker::new(bits);
+        for v in 0..codes / 64 {
+            let c = unpack.codes(row.as_ptr().add(v * 8 * bits));
+            let dst = out.as_mut_ptr().add(v * 32) as *mut __m512i;
+            _mm512_storeu_si512(dst, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(c)));
+            _mm512_storeu_si512(
+                dst.add(1),
+                _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(c)),
+            );
+        }
     }
 }

@@ -568,12 +568,6 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// `out = x` normalized (out-of-place form of [`rms_norm`]).
-pub fn rms_norm_into(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    out.copy_from_slice(x);
-    rms_norm(out, weight, eps);
-}
-
 /// Rotary embedding of one head at `pos`, mlx's non-traditional layout (pairs i, i + d/2).
 /// `table` holds the position's (cos, sin) pairs ([`rope_table`]).
 pub fn rope(head: &mut [f32], table: &[(f32, f32)]) {

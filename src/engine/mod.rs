@@ -51,7 +51,6 @@ pub trait Engine {
     fn position(&self) -> usize;
     /// Room for this many positions (so decoding allocates nothing).
     fn reserve(&mut self, positions: usize);
-    fn vocab_size(&self) -> usize;
 }
 
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@ use super::kernels::{
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
 
-struct Layer {
-    input_norm: Vec<f32>,
-    post_norm: Vec<f32>,
+/// Self-attention of one block: projections (with qwen2's biases, qwen3's q/k norms), RoPE,
+/// GQA over the block's KV cache, output projection.
+struct Attention {
     q: Matrix,
     k: Matrix,
     v: Matrix,
@@ -26,10 +26,21 @@ struct Layer {
     o_bias: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+}
+
+/// The SiLU-gated MLP of one block.
+struct Mlp {
     gate: Matrix,
     up: Matrix,
     down: Matrix,
-    cache: KvCache,
+}
+
+/// One transformer block: pre-norm attention and pre-norm MLP, each added to the residual.
+struct Block {
+    input_norm: Vec<f32>,
+    attn: Attention,
+    post_norm: Vec<f32>,
+    mlp: Mlp,
 }
 
 /// Per-forward buffers, kept between calls so that decoding allocates nothing once warm.
@@ -56,7 +67,10 @@ pub struct CpuEngine {
     embed: Matrix,
     lm_head: Matrix,
     norm: Vec<f32>,
-    layers: Vec<Layer>,
+    blocks: Vec<Block>,
+    /// One KV cache per block, apart from the weights (a batch would hold one set per
+    /// sequence over the same blocks).
+    caches: Vec<KvCache>,
     pos: usize,
     buf: Buffers,
     logits: Vec<f32>,
@@ -96,49 +110,67 @@ impl CpuEngine {
                 Ok(None)
             }
         };
-        let mut layers = Vec::with_capacity(a.layers);
+        let mut blocks = Vec::with_capacity(a.layers);
         for l in 0..a.layers {
             let p = format!("model.layers.{l}");
             let qk_norm = a.arch == Arch::Qwen3;
-            layers.push(Layer {
+            let head_norm = |name: &str| -> Result<Option<Vec<f32>>, EngineError> {
+                if qk_norm {
+                    files
+                        .vector(&format!("{p}.self_attn.{name}.weight"), a.head_dim)
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
                 input_norm: files.vector(&format!("{p}.input_layernorm.weight"), a.hidden)?,
+                attn: Attention {
+                    q: files.matrix(a, &format!("{p}.self_attn.q_proj"), hd, a.hidden)?,
+                    k: files.matrix(a, &format!("{p}.self_attn.k_proj"), kvd, a.hidden)?,
+                    v: files.matrix(a, &format!("{p}.self_attn.v_proj"), kvd, a.hidden)?,
+                    o: files.matrix(a, &format!("{p}.self_attn.o_proj"), a.hidden, hd)?,
+                    q_bias: optional(format!("{p}.self_attn.q_proj.bias"), hd)?,
+                    k_bias: optional(format!("{p}.self_attn.k_proj.bias"), kvd)?,
+                    v_bias: optional(format!("{p}.self_attn.v_proj.bias"), kvd)?,
+                    o_bias: optional(format!("{p}.self_attn.o_proj.bias"), a.hidden)?,
+                    q_norm: head_norm("q_norm")?,
+                    k_norm: head_norm("k_norm")?,
+                },
                 post_norm: files
                     .vector(&format!("{p}.post_attention_layernorm.weight"), a.hidden)?,
-                q: files.matrix(a, &format!("{p}.self_attn.q_proj"), hd, a.hidden)?,
-                k: files.matrix(a, &format!("{p}.self_attn.k_proj"), kvd, a.hidden)?,
-                v: files.matrix(a, &format!("{p}.self_attn.v_proj"), kvd, a.hidden)?,
-                o: files.matrix(a, &format!("{p}.self_attn.o_proj"), a.hidden, hd)?,
-                q_bias: optional(format!("{p}.self_attn.q_proj.bias"), hd)?,
-                k_bias: optional(format!("{p}.self_attn.k_proj.bias"), kvd)?,
-                v_bias: optional(format!("{p}.self_attn.v_proj.bias"), kvd)?,
-                o_bias: optional(format!("{p}.self_attn.o_proj.bias"), a.hidden)?,
-                q_norm: if qk_norm {
-                    Some(files.vector(&format!("{p}.self_attn.q_norm.weight"), a.head_dim)?)
-                } else {
-                    None
+                mlp: Mlp {
+                    gate: files.matrix(
+                        a,
+                        &format!("{p}.mlp.gate_proj"),
+                        a.intermediate,
+                        a.hidden,
+                    )?,
+                    up: files.matrix(a, &format!("{p}.mlp.up_proj"), a.intermediate, a.hidden)?,
+                    down: files.matrix(
+                        a,
+                        &format!("{p}.mlp.down_proj"),
+                        a.hidden,
+                        a.intermediate,
+                    )?,
                 },
-                k_norm: if qk_norm {
-                    Some(files.vector(&format!("{p}.self_attn.k_norm.weight"), a.head_dim)?)
-                } else {
-                    None
-                },
-                gate: files.matrix(a, &format!("{p}.mlp.gate_proj"), a.intermediate, a.hidden)?,
-                up: files.matrix(a, &format!("{p}.mlp.up_proj"), a.intermediate, a.hidden)?,
-                down: files.matrix(a, &format!("{p}.mlp.down_proj"), a.hidden, a.intermediate)?,
-                cache: KvCache::new(a.kv_heads, a.head_dim),
             });
         }
         let norm = files.vector("model.norm.weight", a.hidden)?;
-        let weight_bytes_per_token = layers
+        let weight_bytes_per_token = blocks
             .iter()
-            .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+            .map(|b| {
+                let (at, mlp) = (&b.attn, &b.mlp);
+                [&at.q, &at.k, &at.v, &at.o, &mlp.gate, &mlp.up, &mlp.down]
                     .iter()
                     .map(|m| m.nbytes())
                     .sum::<usize>()
             })
             .sum::<usize>()
             + lm_head.nbytes();
+        let caches = (0..a.layers)
+            .map(|_| KvCache::new(a.kv_heads, a.head_dim))
+            .collect();
         Ok(CpuEngine {
             weight_bytes: files.total_bytes,
             logits: vec![0.0; args.vocab],
@@ -146,7 +178,8 @@ impl CpuEngine {
             embed,
             lm_head,
             norm,
-            layers,
+            blocks,
+            caches,
             pos: 0,
             buf: Buffers::default(),
             weight_bytes_per_token,
@@ -170,22 +203,9 @@ impl CpuEngine {
                 a.vocab
             )));
         }
-        let (hidden, hd, kvd, d) = (
-            a.hidden,
-            a.heads * a.head_dim,
-            a.kv_heads * a.head_dim,
-            a.head_dim,
-        );
+        let hidden = a.hidden;
         let b = &mut self.buf;
-        resize(&mut b.h, t * hidden);
-        resize(&mut b.x, t * hidden);
-        resize(&mut b.q, t * hd);
-        resize(&mut b.k, t * kvd);
-        resize(&mut b.v, t * kvd);
-        resize(&mut b.attn, t * hd);
-        resize(&mut b.o, t * hidden);
-        resize(&mut b.gate, t * a.intermediate);
-        resize(&mut b.up, t * a.intermediate);
+        b.size_for(a, t);
         for (i, &tok) in tokens.iter().enumerate() {
             matrix_row(
                 &self.embed,
@@ -193,115 +213,12 @@ impl CpuEngine {
                 &mut b.h[i * hidden..(i + 1) * hidden],
             );
         }
-        let start = self.pos;
-        let half = a.inv_freq.len();
         b.rope.clear();
         for i in 0..t {
-            rope_table(start + i, &a.inv_freq, &mut b.rope);
+            rope_table(self.pos + i, &a.inv_freq, &mut b.rope);
         }
-        let scale = 1.0 / (d as f32).sqrt();
-        let group = a.heads / a.kv_heads;
-        for layer in &mut self.layers {
-            for i in 0..t {
-                let (h, x) = (
-                    &b.h[i * hidden..(i + 1) * hidden],
-                    &mut b.x[i * hidden..(i + 1) * hidden],
-                );
-                x.copy_from_slice(h);
-                rms_norm(x, &layer.input_norm, a.eps);
-            }
-            matmul_many(
-                &mut [
-                    (&layer.q, &mut b.q),
-                    (&layer.k, &mut b.k),
-                    (&layer.v, &mut b.v),
-                ],
-                &b.x,
-                t,
-                &mut b.scratch,
-            );
-            for (out, bias) in [
-                (&mut b.q, &layer.q_bias),
-                (&mut b.k, &layer.k_bias),
-                (&mut b.v, &layer.v_bias),
-            ] {
-                if let Some(bias) = bias {
-                    for row in out.chunks_exact_mut(bias.len()) {
-                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                    }
-                }
-            }
-            for i in 0..t {
-                let table = &b.rope[i * half..(i + 1) * half];
-                for head in b.q[i * hd..(i + 1) * hd].chunks_exact_mut(d) {
-                    if let Some(n) = &layer.q_norm {
-                        rms_norm(head, n, a.eps);
-                    }
-                    rope(head, table);
-                }
-                for head in b.k[i * kvd..(i + 1) * kvd].chunks_exact_mut(d) {
-                    if let Some(n) = &layer.k_norm {
-                        rms_norm(head, n, a.eps);
-                    }
-                    rope(head, table);
-                }
-            }
-            for i in 0..t {
-                layer.cache.write(
-                    start + i,
-                    &b.k[i * kvd..(i + 1) * kvd],
-                    &b.v[i * kvd..(i + 1) * kvd],
-                );
-            }
-            let (cache, q) = (&layer.cache, &b.q);
-            // One task per (token, kv head): causal attention of the query heads that share
-            // the kv head; on the pool when there is enough of it to pay for the region.
-            let width = group * d;
-            let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-                let task = first / width;
-                let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
-                let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
-                attention::attend(cache, kvh, start + i + 1, qg, scale, out, scores);
-            };
-            let work = t * (start + t) * hd;
-            if work < (1 << 14) {
-                // A short context: on this thread, one reused score buffer.
-                let scores = &mut b.scores;
-                for (task, out) in b.attn.chunks_mut(width).enumerate() {
-                    attend(task * width, out, scores);
-                }
-            } else {
-                thread_local! {
-                    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-                }
-                super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
-                    SCORES.with_borrow_mut(|scores| attend(first, out, scores))
-                });
-            }
-            matmul(&layer.o, &b.attn, t, &mut b.o, &mut b.scratch);
-            if let Some(bias) = &layer.o_bias {
-                for row in b.o.chunks_exact_mut(hidden) {
-                    row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-                }
-            }
-            b.h.iter_mut().zip(&b.o).for_each(|(h, o)| *h += o);
-            for i in 0..t {
-                let (h, x) = (
-                    &b.h[i * hidden..(i + 1) * hidden],
-                    &mut b.x[i * hidden..(i + 1) * hidden],
-                );
-                x.copy_from_slice(h);
-                rms_norm(x, &layer.post_norm, a.eps);
-            }
-            matmul_many(
-                &mut [(&layer.gate, &mut b.gate), (&layer.up, &mut b.up)],
-                &b.x,
-                t,
-                &mut b.scratch,
-            );
-            silu_mul(&mut b.gate, &b.up);
-            matmul(&layer.down, &b.gate, t, &mut b.o, &mut b.scratch);
-            b.h.iter_mut().zip(&b.o).for_each(|(h, o)| *h += o);
+        for (block, cache) in self.blocks.iter().zip(&mut self.caches) {
+            block.forward(a, t, self.pos, cache, b);
         }
         resize(&mut b.last, hidden);
         b.last.copy_from_slice(&b.h[(t - 1) * hidden..t * hidden]);
@@ -309,6 +226,148 @@ impl CpuEngine {
         matmul(&self.lm_head, &b.last, 1, &mut self.logits, &mut b.scratch);
         self.pos += t;
         Ok(())
+    }
+}
+
+impl Buffers {
+    /// Sizes the buffers for `t` tokens (no allocation when the size is unchanged).
+    fn size_for(&mut self, a: &ModelArgs, t: usize) {
+        let (hd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+        resize(&mut self.h, t * a.hidden);
+        resize(&mut self.x, t * a.hidden);
+        resize(&mut self.q, t * hd);
+        resize(&mut self.k, t * kvd);
+        resize(&mut self.v, t * kvd);
+        resize(&mut self.attn, t * hd);
+        resize(&mut self.o, t * a.hidden);
+        resize(&mut self.gate, t * a.intermediate);
+        resize(&mut self.up, t * a.intermediate);
+    }
+
+    /// `x = rms_norm(h) * weight`, token by token.
+    fn norm_residual(&mut self, weight: &[f32], eps: f32) {
+        let hidden = weight.len();
+        for (h, x) in self
+            .h
+            .chunks_exact(hidden)
+            .zip(self.x.chunks_exact_mut(hidden))
+        {
+            x.copy_from_slice(h);
+            rms_norm(x, weight, eps);
+        }
+    }
+
+    /// `h += o`: a sublayer's output joins the residual stream.
+    fn add_to_residual(&mut self) {
+        self.h.iter_mut().zip(&self.o).for_each(|(h, o)| *h += o);
+    }
+}
+
+impl Block {
+    /// The block over the `t` tokens in `b.h` (positions `start..`), in place.
+    fn forward(&self, a: &ModelArgs, t: usize, start: usize, cache: &mut KvCache, b: &mut Buffers) {
+        b.norm_residual(&self.input_norm, a.eps);
+        self.attn.forward(a, t, start, cache, b);
+        b.add_to_residual();
+        b.norm_residual(&self.post_norm, a.eps);
+        self.mlp.forward(t, b);
+        b.add_to_residual();
+    }
+}
+
+/// Adds `bias` to every row of `out`.
+fn add_bias(out: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+impl Attention {
+    /// Attention of the `t` normed tokens in `b.x` (positions `start..`), writing their keys
+    /// and values into `cache` and the projected output into `b.o`.
+    fn forward(&self, a: &ModelArgs, t: usize, start: usize, cache: &mut KvCache, b: &mut Buffers) {
+        let (hd, kvd, d) = (a.heads * a.head_dim, a.kv_heads * a.head_dim, a.head_dim);
+        matmul_many(
+            &mut [
+                (&self.q, &mut b.q),
+                (&self.k, &mut b.k),
+                (&self.v, &mut b.v),
+            ],
+            &b.x,
+            t,
+            &mut b.scratch,
+        );
+        add_bias(&mut b.q, &self.q_bias);
+        add_bias(&mut b.k, &self.k_bias);
+        add_bias(&mut b.v, &self.v_bias);
+        let half = a.inv_freq.len();
+        for i in 0..t {
+            let table = &b.rope[i * half..(i + 1) * half];
+            for head in b.q[i * hd..(i + 1) * hd].chunks_exact_mut(d) {
+                if let Some(n) = &self.q_norm {
+                    rms_norm(head, n, a.eps);
+                }
+                rope(head, table);
+            }
+            for head in b.k[i * kvd..(i + 1) * kvd].chunks_exact_mut(d) {
+                if let Some(n) = &self.k_norm {
+                    rms_norm(head, n, a.eps);
+                }
+                rope(head, table);
+            }
+        }
+        for i in 0..t {
+            cache.write(
+                start + i,
+                &b.k[i * kvd..(i + 1) * kvd],
+                &b.v[i * kvd..(i + 1) * kvd],
+            );
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let group = a.heads / a.kv_heads;
+        let (cache, q) = (&*cache, &b.q);
+        // One task per (token, kv head): causal attention of the query heads that share the kv
+        // head; on the pool when there is enough of it to pay for the region.
+        let width = group * d;
+        let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+            let task = first / width;
+            let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
+            let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
+            attention::attend(cache, kvh, start + i + 1, qg, scale, out, scores);
+        };
+        let work = t * (start + t) * hd;
+        if work < (1 << 14) {
+            // A short context: on this thread, one reused score buffer.
+            let scores = &mut b.scores;
+            for (task, out) in b.attn.chunks_mut(width).enumerate() {
+                attend(task * width, out, scores);
+            }
+        } else {
+            thread_local! {
+                static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+            }
+            super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
+                SCORES.with_borrow_mut(|scores| attend(first, out, scores))
+            });
+        }
+        matmul(&self.o, &b.attn, t, &mut b.o, &mut b.scratch);
+        add_bias(&mut b.o, &self.o_bias);
+    }
+}
+
+impl Mlp {
+    /// `down(silu(gate(x)) * up(x))` of the `t` normed tokens in `b.x`, into `b.o`.
+    fn forward(&self, t: usize, b: &mut Buffers) {
+        matmul_many(
+            &mut [(&self.gate, &mut b.gate), (&self.up, &mut b.up)],
+            &b.x,
+            t,
+            &mut b.scratch,
+        );
+        silu_mul(&mut b.gate, &b.up);
+        matmul(&self.down, &b.gate, t, &mut b.o, &mut b.scratch);
     }
 }
 
@@ -332,12 +391,8 @@ impl Engine for CpuEngine {
     }
 
     fn reserve(&mut self, positions: usize) {
-        for l in &mut self.layers {
-            l.cache.reserve(positions);
+        for cache in &mut self.caches {
+            cache.reserve(positions);
         }
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.args.vocab
     }
 }

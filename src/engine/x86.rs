@@ -1,7 +1,9 @@
-//! AVX2 + FMA kernels for the formats that dominate decode time: 4-bit affine rows (MLX's
-//! packing: byte b of a row holds codes 2b in its low nibble and 2b + 1 in its high one) and
-//! half / f32 float rows. Chosen at run time by `kernels` when the CPU has the features; the
-//! portable kernels compute the same sums in another order.
+//! Explicit x86 kernels for decoding (one token) and for 4-bit prompts on CPUs without
+//! AVX-512: AVX2 float rows and 4-bit rows (MLX's packing: byte b of a row holds codes 2b in its
+//! low nibble and 2b + 1 in its high one), and the AVX-512 VNNI / VBMI decode kernels over
+//! activations split into two signed bytes (4-bit, and any width 2/3/5/6/8). Each matrix is
+//! given one of them when the model loads (`kernels::Kernels`, from `crate::simd::cpu()` and its
+//! shape); the portable kernels compute the same sums in another order.
 
 use std::arch::x86_64::*;
 
@@ -18,12 +20,20 @@ pub fn permute_for_q4(x: &[f32], out: &mut Vec<f32>) {
     }
 }
 
+/// Sum of the 8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX (every caller runs with AVX2 enabled).
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
 }
 
 /// One output of a 4-bit row: `Σ_g scale_g · Σ q·x + bias_g · Σ x`.
@@ -39,35 +49,39 @@ pub unsafe fn q4_row_dot(
     xsum: &[f32],
     group: usize,
 ) -> f32 {
-    let groups = scales.len();
-    // Checked once per row: every pointer below stays inside these slices.
-    assert!(
-        group.is_multiple_of(16)
-            && biases.len() == groups
-            && xsum.len() >= groups
-            && bytes.len() >= groups * group / 2
-            && xperm.len() >= groups * group
-    );
-    let mask = _mm256_set1_epi32(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut bias_sum = 0f32;
-    let (bp, xp) = (bytes.as_ptr(), xperm.as_ptr());
-    for g in 0..groups {
-        let mut even = _mm256_setzero_ps();
-        let mut odd = _mm256_setzero_ps();
-        for c in 0..group / 16 {
-            let b = g * group / 2 + c * 8;
-            let x = g * group + c * 16;
-            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.add(b) as *const __m128i));
-            let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
-            let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
-            even = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xp.add(x)), even);
-            odd = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xp.add(x + 8)), odd);
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let groups = scales.len();
+        // Checked once per row: every pointer below stays inside these slices.
+        assert!(
+            group.is_multiple_of(16)
+                && biases.len() == groups
+                && xsum.len() >= groups
+                && bytes.len() >= groups * group / 2
+                && xperm.len() >= groups * group
+        );
+        let mask = _mm256_set1_epi32(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut bias_sum = 0f32;
+        let (bp, xp) = (bytes.as_ptr(), xperm.as_ptr());
+        for g in 0..groups {
+            let mut even = _mm256_setzero_ps();
+            let mut odd = _mm256_setzero_ps();
+            for c in 0..group / 16 {
+                let b = g * group / 2 + c * 8;
+                let x = g * group + c * 16;
+                let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.add(b) as *const __m128i));
+                let lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+                let hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+                even = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xp.add(x)), even);
+                odd = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xp.add(x + 8)), odd);
+            }
+            acc = _mm256_fmadd_ps(_mm256_add_ps(even, odd), _mm256_set1_ps(scales[g]), acc);
+            bias_sum += biases[g] * xsum[g];
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(even, odd), _mm256_set1_ps(scales[g]), acc);
-        bias_sum += biases[g] * xsum[g];
+        hsum(acc) + bias_sum
     }
-    hsum(acc) + bias_sum
 }
 
 /// `Σ w·x` over a bf16 row.
@@ -76,26 +90,30 @@ pub unsafe fn q4_row_dot(
 /// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(bytes.len() >= 2 * n);
-    let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        let v = _mm256_loadu_si256(bp.add(2 * i) as *const __m256i);
-        let lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), 16);
-        let hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1)), 16);
-        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(xp.add(i)), a0);
-        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(xp.add(i + 8)), a1);
-        i += 16;
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = x.len();
+        assert!(bytes.len() >= 2 * n);
+        let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm256_loadu_si256(bp.add(2 * i) as *const __m256i);
+            let lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), 16);
+            let hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1)), 16);
+            a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), _mm256_loadu_ps(xp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(hi), _mm256_loadu_ps(xp.add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += FloatDtype::BF16.value_at(bytes, i) * x[i];
+            i += 1;
+        }
+        s
     }
-    let mut s = hsum(_mm256_add_ps(a0, a1));
-    while i < n {
-        s += FloatDtype::BF16.value_at(bytes, i) * x[i];
-        i += 1;
-    }
-    s
 }
 
 /// `Σ w·x` over an f16 row.
@@ -104,25 +122,29 @@ unsafe fn bf16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(bytes.len() >= 2 * n);
-    let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i) as *const __m128i));
-        let w1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i + 16) as *const __m128i));
-        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), a0);
-        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), a1);
-        i += 16;
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = x.len();
+        assert!(bytes.len() >= 2 * n);
+        let (bp, xp) = (bytes.as_ptr(), x.as_ptr());
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i) as *const __m128i));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i + 16) as *const __m128i));
+            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(i + 8)), a1);
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += FloatDtype::F16.value_at(bytes, i) * x[i];
+            i += 1;
+        }
+        s
     }
-    let mut s = hsum(_mm256_add_ps(a0, a1));
-    while i < n {
-        s += FloatDtype::F16.value_at(bytes, i) * x[i];
-        i += 1;
-    }
-    s
 }
 
 /// `Σ w·x` over an f32 row.
@@ -131,27 +153,31 @@ unsafe fn f16_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
-    let n = x.len();
-    assert!(bytes.len() >= 4 * n);
-    let (bp, xp) = (bytes.as_ptr() as *const f32, x.as_ptr());
-    let mut a0 = _mm256_setzero_ps();
-    let mut a1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
-        a1 = _mm256_fmadd_ps(
-            _mm256_loadu_ps(bp.add(i + 8)),
-            _mm256_loadu_ps(xp.add(i + 8)),
-            a1,
-        );
-        i += 16;
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = x.len();
+        assert!(bytes.len() >= 4 * n);
+        let (bp, xp) = (bytes.as_ptr() as *const f32, x.as_ptr());
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(bp.add(i)), _mm256_loadu_ps(xp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(bp.add(i + 8)),
+                _mm256_loadu_ps(xp.add(i + 8)),
+                a1,
+            );
+            i += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(a0, a1));
+        while i < n {
+            s += FloatDtype::F32.value_at(bytes, i) * x[i];
+            i += 1;
+        }
+        s
     }
-    let mut s = hsum(_mm256_add_ps(a0, a1));
-    while i < n {
-        s += FloatDtype::F32.value_at(bytes, i) * x[i];
-        i += 1;
-    }
-    s
 }
 
 /// `Σ w·x` over a float row of `dtype`.
@@ -159,10 +185,14 @@ unsafe fn f32_row_dot(bytes: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
-    match dtype {
-        FloatDtype::BF16 => bf16_row_dot(bytes, x),
-        FloatDtype::F16 => f16_row_dot(bytes, x),
-        FloatDtype::F32 => f32_row_dot(bytes, x),
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        match dtype {
+            FloatDtype::BF16 => bf16_row_dot(bytes, x),
+            FloatDtype::F16 => f16_row_dot(bytes, x),
+            FloatDtype::F32 => f32_row_dot(bytes, x),
+        }
     }
 }
 
@@ -172,37 +202,43 @@ pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn float_row_dot4(bytes: &[u8], dtype: FloatDtype, x: [&[f32]; 4]) -> [f32; 4] {
-    let n = x[0].len();
-    assert!(bytes.len() >= n * dtype.size() && x.iter().all(|v| v.len() == n));
-    let bp = bytes.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 8 <= n {
-        let w = match dtype {
-            FloatDtype::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32(
-                _mm256_cvtepu16_epi32(_mm_loadu_si128(bp.add(2 * i) as *const __m128i)),
-                16,
-            )),
-            FloatDtype::F16 => _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i) as *const __m128i)),
-            FloatDtype::F32 => _mm256_loadu_ps(bp.add(4 * i) as *const f32),
-        };
-        for k in 0..4 {
-            acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x[k].as_ptr().add(i)), acc[k]);
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = x[0].len();
+        assert!(bytes.len() >= n * dtype.size() && x.iter().all(|v| v.len() == n));
+        let bp = bytes.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            let w = match dtype {
+                FloatDtype::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128(bp.add(2 * i) as *const __m128i)),
+                    16,
+                )),
+                FloatDtype::F16 => {
+                    _mm256_cvtph_ps(_mm_loadu_si128(bp.add(2 * i) as *const __m128i))
+                }
+                FloatDtype::F32 => _mm256_loadu_ps(bp.add(4 * i) as *const f32),
+            };
+            for k in 0..4 {
+                acc[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x[k].as_ptr().add(i)), acc[k]);
+            }
+            i += 8;
         }
-        i += 8;
-    }
-    let mut out = [0f32; 4];
-    for k in 0..4 {
-        out[k] = hsum(acc[k]);
-    }
-    while i < n {
-        let w = dtype.value_at(bytes, i);
+        let mut out = [0f32; 4];
         for k in 0..4 {
-            out[k] += w * x[k][i];
+            out[k] = hsum(acc[k]);
         }
-        i += 1;
+        while i < n {
+            let w = dtype.value_at(bytes, i);
+            for k in 0..4 {
+                out[k] += w * x[k][i];
+            }
+            i += 1;
+        }
+        out
     }
-    out
 }
 
 /// Largest |value| of a 16-bit activation code that splits into two signed bytes
@@ -248,72 +284,76 @@ impl SplitActivations {
         natural: bool,
         sums: &mut Vec<f32>,
     ) {
-        let n = x.len();
-        assert!(n.is_multiple_of(128) && group.is_multiple_of(32) && n.is_multiple_of(group));
-        self.scales.clear();
-        sums.clear();
-        self.nibble_order.clear();
-        self.nibble_order
-            .resize(if nibble_order { 2 * n } else { 0 }, 0);
-        self.natural.clear();
-        self.natural.resize(if natural { 2 * n } else { 0 }, 0);
-        let (xp, np, tp) = (
-            x.as_ptr(),
-            self.nibble_order.as_mut_ptr(),
-            self.natural.as_mut_ptr(),
-        );
-        // Within 32 values: the 16 even-indexed ones, then the 16 odd ones.
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-        let half = _mm512_set1_ps(0.5);
-        for g in 0..n / group {
-            let base = g * group;
-            let mut amax = _mm512_setzero_ps();
-            let mut sum = _mm512_setzero_ps();
-            for c in (0..group).step_by(16) {
-                let v = _mm512_loadu_ps(xp.add(base + c));
-                amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-                sum = _mm512_add_ps(sum, v);
-            }
-            let amax = _mm512_reduce_max_ps(amax);
-            sums.push(_mm512_reduce_add_ps(sum));
-            let d = amax / SPLIT_MAX;
-            self.scales.push(d);
-            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            // Round half away from zero by truncation, as the scalar form; |v · inv| <= 32639.
-            let quantize = |v: __m512| {
-                let y = _mm512_mul_ps(v, inv);
-                let signed_half = _mm512_or_ps(
-                    half,
-                    _mm512_and_ps(y, _mm512_castsi512_ps(_mm512_set1_epi32(i32::MIN))),
-                );
-                _mm512_cvttps_epi32(_mm512_add_ps(y, signed_half))
-            };
-            // 16 codes → their low and high signed bytes (`v = 256·hi + lo`).
-            let split16 = |q: __m512i| {
-                let lo = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);
-                let hi = _mm512_srai_epi32(_mm512_sub_epi32(q, lo), 8);
-                (_mm512_cvtepi32_epi8(lo), _mm512_cvtepi32_epi8(hi))
-            };
-            for c in (0..group).step_by(32) {
-                let v = base + c;
-                let (a, b) = (_mm512_loadu_ps(xp.add(v)), _mm512_loadu_ps(xp.add(v + 16)));
-                if natural {
-                    let at = (v / 64) * 128 + v % 64;
-                    for (k, q) in [quantize(a), quantize(b)].into_iter().enumerate() {
-                        let (lo, hi) = split16(q);
-                        _mm_storeu_si128(tp.add(at + 16 * k) as *mut __m128i, lo);
-                        _mm_storeu_si128(tp.add(at + 16 * k + 64) as *mut __m128i, hi);
-                    }
+        // SAFETY: this method's `# Safety` contract gives the CPU features; every pointer
+        // below stays inside the slices its length checks cover.
+        unsafe {
+            let n = x.len();
+            assert!(n.is_multiple_of(128) && group.is_multiple_of(32) && n.is_multiple_of(group));
+            self.scales.clear();
+            sums.clear();
+            self.nibble_order.clear();
+            self.nibble_order
+                .resize(if nibble_order { 2 * n } else { 0 }, 0);
+            self.natural.clear();
+            self.natural.resize(if natural { 2 * n } else { 0 }, 0);
+            let (xp, np, tp) = (
+                x.as_ptr(),
+                self.nibble_order.as_mut_ptr(),
+                self.natural.as_mut_ptr(),
+            );
+            // Within 32 values: the 16 even-indexed ones, then the 16 odd ones.
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+            let half = _mm512_set1_ps(0.5);
+            for g in 0..n / group {
+                let base = g * group;
+                let mut amax = _mm512_setzero_ps();
+                let mut sum = _mm512_setzero_ps();
+                for c in (0..group).step_by(16) {
+                    let v = _mm512_loadu_ps(xp.add(base + c));
+                    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+                    sum = _mm512_add_ps(sum, v);
                 }
-                if nibble_order {
-                    let (block, w) = (v / 128, v % 128);
-                    for (parity, idx) in [(0, even), (1, odd)] {
-                        let q = quantize(_mm512_permutex2var_ps(a, idx, b));
-                        let (lo, hi) = split16(q);
-                        let at = block * 256 + parity * 128 + w / 2;
-                        _mm_storeu_si128(np.add(at) as *mut __m128i, lo);
-                        _mm_storeu_si128(np.add(at + 64) as *mut __m128i, hi);
+                let amax = _mm512_reduce_max_ps(amax);
+                sums.push(_mm512_reduce_add_ps(sum));
+                let d = amax / SPLIT_MAX;
+                self.scales.push(d);
+                let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                // Round half away from zero by truncation, as the scalar form; |v · inv| <= 32639.
+                let quantize = |v: __m512| {
+                    let y = _mm512_mul_ps(v, inv);
+                    let signed_half = _mm512_or_ps(
+                        half,
+                        _mm512_and_ps(y, _mm512_castsi512_ps(_mm512_set1_epi32(i32::MIN))),
+                    );
+                    _mm512_cvttps_epi32(_mm512_add_ps(y, signed_half))
+                };
+                // 16 codes → their low and high signed bytes (`v = 256·hi + lo`).
+                let split16 = |q: __m512i| {
+                    let lo = _mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24);
+                    let hi = _mm512_srai_epi32(_mm512_sub_epi32(q, lo), 8);
+                    (_mm512_cvtepi32_epi8(lo), _mm512_cvtepi32_epi8(hi))
+                };
+                for c in (0..group).step_by(32) {
+                    let v = base + c;
+                    let (a, b) = (_mm512_loadu_ps(xp.add(v)), _mm512_loadu_ps(xp.add(v + 16)));
+                    if natural {
+                        let at = (v / 64) * 128 + v % 64;
+                        for (k, q) in [quantize(a), quantize(b)].into_iter().enumerate() {
+                            let (lo, hi) = split16(q);
+                            _mm_storeu_si128(tp.add(at + 16 * k) as *mut __m128i, lo);
+                            _mm_storeu_si128(tp.add(at + 16 * k + 64) as *mut __m128i, hi);
+                        }
+                    }
+                    if nibble_order {
+                        let (block, w) = (v / 128, v % 128);
+                        for (parity, idx) in [(0, even), (1, odd)] {
+                            let q = quantize(_mm512_permutex2var_ps(a, idx, b));
+                            let (lo, hi) = split16(q);
+                            let at = block * 256 + parity * 128 + w / 2;
+                            _mm_storeu_si128(np.add(at) as *mut __m128i, lo);
+                            _mm_storeu_si128(np.add(at + 64) as *mut __m128i, hi);
+                        }
                     }
                 }
             }
@@ -371,20 +411,30 @@ impl SplitActivations {
 
 /// Up to 16 stored values (scales or biases) of `dtype` at `p`, widened; lanes outside `m` are
 /// zero and their memory is not read.
+/// # Safety
+/// The CPU must support AVX-512 F, BW and F16C; the 16 values of `dtype` at `p` selected by
+/// `m` must be readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
 unsafe fn widen16_masked(p: *const u8, dtype: FloatDtype, m: __mmask16) -> __m512 {
-    match dtype {
-        FloatDtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)),
-            16,
-        )),
-        FloatDtype::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16)),
-        FloatDtype::F32 => _mm512_maskz_loadu_ps(m, p as *const f32),
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        match dtype {
+            FloatDtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p as *const i16)),
+                16,
+            )),
+            FloatDtype::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p as *const i16)),
+            FloatDtype::F32 => _mm512_maskz_loadu_ps(m, p as *const f32),
+        }
     }
 }
 
 /// Asks for the cache lines of row `row`'s codes, scales and biases (a hint: no fault).
+/// # Safety
+/// Row `row` must lie inside `words`, `scales` and `biases` (a prefetch does not fault, but the
+/// pointer arithmetic must stay in bounds).
 #[inline(always)]
 unsafe fn prefetch_row(
     words: &[u8],
@@ -394,18 +444,25 @@ unsafe fn prefetch_row(
     row_bytes: usize,
     row_scales: usize,
 ) {
-    let p = words.as_ptr().add(row * row_bytes);
-    for line in (0..row_bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
-    }
-    for line in (0..row_scales).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(row * row_scales + line) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(biases.as_ptr().add(row * row_scales + line) as *const i8);
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let p = words.as_ptr().add(row * row_bytes);
+        for line in (0..row_bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+        }
+        for line in (0..row_scales).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(row * row_scales + line) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(biases.as_ptr().add(row * row_scales + line) as *const i8);
+        }
     }
 }
 
 /// For the (up to 16) groups `base..` of a row (lanes in `m`): the row's scales times the
 /// activation scales, and `acc` plus the bias terms `bias_g · Σ x_g`.
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL, FMA and F16C; the groups `base..` selected by `m`
+/// must be readable at `scales`, `biases` (of `dtype`), `xd` and `xsum`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -419,17 +476,21 @@ unsafe fn window(
     m: __mmask16,
     acc: __m512,
 ) -> (__m512, __m512) {
-    let size = dtype.size();
-    let sc = _mm512_mul_ps(
-        widen16_masked(scales.add(base * size), dtype, m),
-        _mm512_maskz_loadu_ps(m, xd.add(base)),
-    );
-    let acc = _mm512_fmadd_ps(
-        widen16_masked(biases.add(base * size), dtype, m),
-        _mm512_maskz_loadu_ps(m, xsum.add(base)),
-        acc,
-    );
-    (sc, acc)
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let size = dtype.size();
+        let sc = _mm512_mul_ps(
+            widen16_masked(scales.add(base * size), dtype, m),
+            _mm512_maskz_loadu_ps(m, xd.add(base)),
+        );
+        let acc = _mm512_fmadd_ps(
+            widen16_masked(biases.add(base * size), dtype, m),
+            _mm512_maskz_loadu_ps(m, xsum.add(base)),
+            acc,
+        );
+        (sc, acc)
+    }
 }
 
 /// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
@@ -455,82 +516,86 @@ pub unsafe fn q4_rows_split(
     first: usize,
     out: &mut [f32],
 ) {
-    const PREFETCH_ROWS: usize = 4;
-    let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-    let groups = act.scales.len();
-    let cols = groups * group;
-    let size = dtype.size();
-    let (row_bytes, row_scales) = (cols / 2, groups * size);
-    let rows = words.len() / row_bytes.max(1);
-    // Checked once: every pointer below stays inside these slices.
-    assert!(
-        split_kernel_fits(cols, group)
-            && first + out.len() <= rows
-            && xsum.len() >= groups
-            && scales.len() >= rows * row_scales
-            && biases.len() >= rows * row_scales
-            && act.nibble_order.len() >= 2 * cols
-    );
-    let low = _mm512_set1_epi8(0x0F);
-    // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
-    let lane_group = _mm512_srl_epi32(
-        _mm512_setr_epi32(
-            0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
-        ),
-        _mm_cvtsi32_si128(group.trailing_zeros() as i32),
-    );
-    let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
-    let (ap, xd, xs) = (
-        act.nibble_order.as_ptr(),
-        act.scales.as_ptr(),
-        xsum.as_ptr(),
-    );
-    for (r, y) in out.iter_mut().enumerate() {
-        let row = first + r;
-        if row + PREFETCH_ROWS < rows {
-            prefetch_row(
-                words,
-                scales,
-                biases,
-                row + PREFETCH_ROWS,
-                row_bytes,
-                row_scales,
-            );
-        }
-        let bp = words.as_ptr().add(row * row_bytes);
-        let (sp, bip) = (
-            scales.as_ptr().add(row * row_scales),
-            biases.as_ptr().add(row * row_scales),
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        const PREFETCH_ROWS: usize = 4;
+        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
+        let groups = act.scales.len();
+        let cols = groups * group;
+        let size = dtype.size();
+        let (row_bytes, row_scales) = (cols / 2, groups * size);
+        let rows = words.len() / row_bytes.max(1);
+        // Checked once: every pointer below stays inside these slices.
+        assert!(
+            split_kernel_fits(cols, group)
+                && first + out.len() <= rows
+                && xsum.len() >= groups
+                && scales.len() >= rows * row_scales
+                && biases.len() >= rows * row_scales
+                && act.nibble_order.len() >= 2 * cols
         );
-        let mut acc = _mm512_setzero_ps();
-        let mut base = 0;
-        while base < groups {
-            let n = (groups - base).min(16);
-            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let sc;
-            (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
-            let first_block = base * group / 128;
-            let mut idx = lane_group;
-            for blk in first_block..first_block + n * group / 128 {
-                let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
-                let lo = _mm512_and_si512(w, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
-                let a = ap.add(blk * 256);
-                let v = |k: usize| _mm512_loadu_si512(a.add(64 * k) as *const _);
-                let zero = _mm512_setzero_si512();
-                let sum_lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
-                let sum_hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
-                let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
-                acc = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(isum),
-                    _mm512_permutexvar_ps(idx, sc),
-                    acc,
+        let low = _mm512_set1_epi8(0x0F);
+        // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
+        let lane_group = _mm512_srl_epi32(
+            _mm512_setr_epi32(
+                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+            ),
+            _mm_cvtsi32_si128(group.trailing_zeros() as i32),
+        );
+        let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
+        let (ap, xd, xs) = (
+            act.nibble_order.as_ptr(),
+            act.scales.as_ptr(),
+            xsum.as_ptr(),
+        );
+        for (r, y) in out.iter_mut().enumerate() {
+            let row = first + r;
+            if row + PREFETCH_ROWS < rows {
+                prefetch_row(
+                    words,
+                    scales,
+                    biases,
+                    row + PREFETCH_ROWS,
+                    row_bytes,
+                    row_scales,
                 );
-                idx = _mm512_add_epi32(idx, groups_per_block);
             }
-            base += n;
+            let bp = words.as_ptr().add(row * row_bytes);
+            let (sp, bip) = (
+                scales.as_ptr().add(row * row_scales),
+                biases.as_ptr().add(row * row_scales),
+            );
+            let mut acc = _mm512_setzero_ps();
+            let mut base = 0;
+            while base < groups {
+                let n = (groups - base).min(16);
+                let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+                let sc;
+                (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
+                let first_block = base * group / 128;
+                let mut idx = lane_group;
+                for blk in first_block..first_block + n * group / 128 {
+                    let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
+                    let lo = _mm512_and_si512(w, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+                    let a = ap.add(blk * 256);
+                    let v = |k: usize| _mm512_loadu_si512(a.add(64 * k) as *const _);
+                    let zero = _mm512_setzero_si512();
+                    let sum_lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
+                    let sum_hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
+                    let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
+                    acc = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_permutexvar_ps(idx, sc),
+                        acc,
+                    );
+                    idx = _mm512_add_epi32(idx, groups_per_block);
+                }
+                base += n;
+            }
+            *y = _mm512_reduce_add_ps(acc);
         }
-        *y = _mm512_reduce_add_ps(acc);
     }
 }
 
@@ -557,78 +622,83 @@ pub unsafe fn qn_rows_split<const BITS: usize>(
     first: usize,
     out: &mut [f32],
 ) {
-    const PREFETCH_ROWS: usize = 4;
-    let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-    let groups = act.scales.len();
-    let cols = groups * group;
-    let size = dtype.size();
-    let (row_bytes, row_scales) = (cols * BITS / 8, groups * size);
-    let rows = words.len() / row_bytes.max(1);
-    // Checked once: every pointer below stays inside these slices.
-    assert!(
-        any_width_kernel_fits(cols, BITS as u32, group)
-            && first + out.len() <= rows
-            && xsum.len() >= groups
-            && scales.len() >= rows * row_scales
-            && biases.len() >= rows * row_scales
-            && act.natural.len() >= 2 * cols
-    );
-    let unpack = CodeUnpacker::new(BITS.min(7));
-    // Lane l of a 64-code vector holds codes 4l..4l + 4: group (v·64 + 4l) / group.
-    let lane_codes = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
-    let shift = _mm_cvtsi32_si128(group.trailing_zeros() as i32);
-    let (ap, xd, xs) = (act.natural.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
-    for (r, y) in out.iter_mut().enumerate() {
-        let row = first + r;
-        if row + PREFETCH_ROWS < rows {
-            prefetch_row(
-                words,
-                scales,
-                biases,
-                row + PREFETCH_ROWS,
-                row_bytes,
-                row_scales,
-            );
-        }
-        let bp = words.as_ptr().add(row * row_bytes);
-        let (sp, bip) = (
-            scales.as_ptr().add(row * row_scales),
-            biases.as_ptr().add(row * row_scales),
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        const PREFETCH_ROWS: usize = 4;
+        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
+        let groups = act.scales.len();
+        let cols = groups * group;
+        let size = dtype.size();
+        let (row_bytes, row_scales) = (cols * BITS / 8, groups * size);
+        let rows = words.len() / row_bytes.max(1);
+        // Checked once: every pointer below stays inside these slices.
+        assert!(
+            any_width_kernel_fits(cols, BITS as u32, group)
+                && first + out.len() <= rows
+                && xsum.len() >= groups
+                && scales.len() >= rows * row_scales
+                && biases.len() >= rows * row_scales
+                && act.natural.len() >= 2 * cols
         );
-        let mut acc = _mm512_setzero_ps();
-        let mut base = 0;
-        while base < groups {
-            let n = (groups - base).min(16);
-            let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let sc;
-            (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
-            let first_vec = base * group / 64;
-            for (k, vec) in (first_vec..first_vec + n * group / 64).enumerate() {
-                let src = bp.add(vec * 8 * BITS);
-                let codes = if BITS == 8 {
-                    _mm512_loadu_si512(src as *const _)
-                } else {
-                    unpack.codes(src)
-                };
-                let a = ap.add(vec * 128);
-                let zero = _mm512_setzero_si512();
-                let lo = _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a as *const _));
-                let hi =
-                    _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a.add(64) as *const _));
-                let isum = _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 8));
-                let idx = _mm512_srl_epi32(
-                    _mm512_add_epi32(lane_codes, _mm512_set1_epi32((k * 64) as i32)),
-                    shift,
-                );
-                acc = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(isum),
-                    _mm512_permutexvar_ps(idx, sc),
-                    acc,
+        let unpack = CodeUnpacker::new(BITS.min(7));
+        // Lane l of a 64-code vector holds codes 4l..4l + 4: group (v·64 + 4l) / group.
+        let lane_codes =
+            _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+        let shift = _mm_cvtsi32_si128(group.trailing_zeros() as i32);
+        let (ap, xd, xs) = (act.natural.as_ptr(), act.scales.as_ptr(), xsum.as_ptr());
+        for (r, y) in out.iter_mut().enumerate() {
+            let row = first + r;
+            if row + PREFETCH_ROWS < rows {
+                prefetch_row(
+                    words,
+                    scales,
+                    biases,
+                    row + PREFETCH_ROWS,
+                    row_bytes,
+                    row_scales,
                 );
             }
-            base += n;
+            let bp = words.as_ptr().add(row * row_bytes);
+            let (sp, bip) = (
+                scales.as_ptr().add(row * row_scales),
+                biases.as_ptr().add(row * row_scales),
+            );
+            let mut acc = _mm512_setzero_ps();
+            let mut base = 0;
+            while base < groups {
+                let n = (groups - base).min(16);
+                let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+                let sc;
+                (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
+                let first_vec = base * group / 64;
+                for (k, vec) in (first_vec..first_vec + n * group / 64).enumerate() {
+                    let src = bp.add(vec * 8 * BITS);
+                    let codes = if BITS == 8 {
+                        _mm512_loadu_si512(src as *const _)
+                    } else {
+                        unpack.codes(src)
+                    };
+                    let a = ap.add(vec * 128);
+                    let zero = _mm512_setzero_si512();
+                    let lo = _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a as *const _));
+                    let hi =
+                        _mm512_dpbusd_epi32(zero, codes, _mm512_loadu_si512(a.add(64) as *const _));
+                    let isum = _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 8));
+                    let idx = _mm512_srl_epi32(
+                        _mm512_add_epi32(lane_codes, _mm512_set1_epi32((k * 64) as i32)),
+                        shift,
+                    );
+                    acc = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_permutexvar_ps(idx, sc),
+                        acc,
+                    );
+                }
+                base += n;
+            }
+            *y = _mm512_reduce_add_ps(acc);
         }
-        *y = _mm512_reduce_add_ps(acc);
     }
 }
 
@@ -649,19 +719,23 @@ impl CodeUnpacker {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn new(bits: usize) -> CodeUnpacker {
-        debug_assert!((2..=7).contains(&bits));
-        let (mut perm, mut shifts) = ([0u8; 64], [0u8; 64]);
-        for q in 0..8 {
-            for j in 0..8 {
-                perm[q * 8 + j] = (q * bits + j.min(bits - 1)) as u8;
-                shifts[q * 8 + j] = (j * bits) as u8;
+        // SAFETY: this method's `# Safety` contract gives the CPU features; every pointer
+        // below stays inside the slices its length checks cover.
+        unsafe {
+            debug_assert!((2..=7).contains(&bits));
+            let (mut perm, mut shifts) = ([0u8; 64], [0u8; 64]);
+            for q in 0..8 {
+                for j in 0..8 {
+                    perm[q * 8 + j] = (q * bits + j.min(bits - 1)) as u8;
+                    shifts[q * 8 + j] = (j * bits) as u8;
+                }
             }
-        }
-        CodeUnpacker {
-            perm: _mm512_loadu_si512(perm.as_ptr() as *const _),
-            shifts: _mm512_loadu_si512(shifts.as_ptr() as *const _),
-            mask: _mm512_set1_epi8(((1u32 << bits) - 1) as u8 as i8),
-            load: (1u64 << (8 * bits)) - 1,
+            CodeUnpacker {
+                perm: _mm512_loadu_si512(perm.as_ptr() as *const _),
+                shifts: _mm512_loadu_si512(shifts.as_ptr() as *const _),
+                mask: _mm512_set1_epi8(((1u32 << bits) - 1) as u8 as i8),
+                load: (1u64 << (8 * bits)) - 1,
+            }
         }
     }
 
@@ -672,11 +746,15 @@ impl CodeUnpacker {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     pub unsafe fn codes(&self, src: *const u8) -> __m512i {
-        let raw = _mm512_maskz_loadu_epi8(self.load, src as *const i8);
-        _mm512_and_si512(
-            _mm512_multishift_epi64_epi8(self.shifts, _mm512_permutexvar_epi8(self.perm, raw)),
-            self.mask,
-        )
+        // SAFETY: this method's `# Safety` contract gives the CPU features; every pointer
+        // below stays inside the slices its length checks cover.
+        unsafe {
+            let raw = _mm512_maskz_loadu_epi8(self.load, src as *const i8);
+            _mm512_and_si512(
+                _mm512_multishift_epi64_epi8(self.shifts, _mm512_permutexvar_epi8(self.perm, raw)),
+                self.mask,
+            )
+        }
     }
 }
 

@@ -1,22 +1,15 @@
-//! The one place where namespace errors become errno values.
+//! Errors as the client sees them: the namespace's (mapped by [`NsError::errno`], the one
+//! mapping) and the host filesystem's (which carry theirs).
 
 use fuser::Errno;
 
 use super::namespace::NsError;
 
 pub fn to_errno(e: NsError) -> Errno {
-    match e {
-        NsError::NotFound => Errno::ENOENT,
-        NsError::NotADirectory => Errno::ENOTDIR,
-        NsError::IsADirectory => Errno::EISDIR,
-        NsError::ReadOnly => Errno::EROFS,
-        // The kernel retries a path walk once with revalidation on ESTALE: that is how a
-        // copied-up file replaces its cache inode under an open(2) already in flight.
-        NsError::Stale => Errno::ESTALE,
-        NsError::Exists => Errno::EEXIST,
-        NsError::NotEmpty => Errno::ENOTEMPTY,
-        NsError::Invalid => Errno::EINVAL,
-        NsError::NotPermitted => Errno::EPERM,
-        NsError::Io(code) => Errno::from_i32(code),
-    }
+    Errno::from_i32(e.errno())
+}
+
+/// An I/O error of the overlay or the cache, as the client sees it.
+pub fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from(e)
 }

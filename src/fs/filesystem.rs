@@ -1,6 +1,6 @@
 //! The fuser adapter: each callback translates, asks the [`Namespace`], and replies. Errno
 //! mapping lives in [`errno`]; file handles, directory snapshots and passthrough backing ids
-//! live here.
+//! in [`handles`](super::handles).
 //!
 //! The passthrough rule: a backing id is registered from the file a handle reads, one per
 //! inode, shared by its handles. Cache blobs are only ever opened read-only and a write-intent
@@ -9,17 +9,15 @@
 //! by path with the CLIENT's flags and the daemon's rights, so a cache backing handed to a write
 //! would write into the cache. Overlay files are ours to write and get passthrough both ways.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
@@ -27,7 +25,8 @@ use fuser::{
     ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::errno::to_errno;
+use super::errno::{io_errno, to_errno};
+use super::handles::{Handle, Handles};
 use super::namespace::{Caller, Kind, Namespace, NodeInfo, NsError, Opened, SetAttr};
 
 /// Names and attributes can change (a model is pulled, a file written): revalidate every second.
@@ -39,30 +38,11 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-enum Handle {
-    /// A cache blob (read-only) or an overlay file: read by the kernel itself (passthrough) or
-    /// by pread / pwrite here.
-    File {
-        ino: u64,
-        file: File,
-        writable: bool,
-        _backing: Option<Arc<BackingId>>,
-    },
-    /// Served from memory.
-    Bytes(Arc<[u8]>),
-}
-
 pub struct MlxkFs {
     ns: Arc<Namespace>,
     want_passthrough: bool,
     passthrough: AtomicBool,
-    handles: DashMap<u64, Handle>,
-    /// Directory listings, taken at opendir (and at each rewind), so that entries removed
-    /// while a reader walks the directory do not shift what it has not seen yet.
-    dirs: DashMap<u64, Vec<String>>,
-    next_fh: AtomicU64,
-    /// One backing id per inode, shared by its open handles, dropped with the last of them.
-    backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+    handles: Handles,
 }
 
 impl MlxkFs {
@@ -71,10 +51,7 @@ impl MlxkFs {
             ns,
             want_passthrough,
             passthrough: AtomicBool::new(false),
-            handles: DashMap::new(),
-            dirs: DashMap::new(),
-            next_fh: AtomicU64::new(1),
-            backing: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
         }
     }
 
@@ -116,10 +93,6 @@ impl MlxkFs {
         to_errno(e)
     }
 
-    fn next_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
-    }
-
     fn reply_entry(&self, reply: ReplyEntry, result: Result<NodeInfo, NsError>) {
         match result {
             // The name can come to mean another inode (refs/main moves, a copy-up), so the
@@ -129,22 +102,6 @@ impl MlxkFs {
             }
             Err(e) => reply.error(self.error(e)),
         }
-    }
-
-    /// The inode's live backing id, or a new one registered from `file` by `register`.
-    fn backing_for(
-        &self,
-        ino: u64,
-        register: impl FnOnce() -> std::io::Result<BackingId>,
-    ) -> std::io::Result<Arc<BackingId>> {
-        let mut map = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = map.get(&ino).and_then(Weak::upgrade) {
-            return Ok(id);
-        }
-        let id = Arc::new(register()?);
-        map.insert(ino, Arc::downgrade(&id));
-        map.retain(|_, w| w.strong_count() > 0);
-        Ok(id)
     }
 
     /// Keeps an open file as handle `fh`. With passthrough on, the inode's backing id (shared,
@@ -159,7 +116,7 @@ impl MlxkFs {
         open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let backing = if self.passthrough.load(Ordering::Relaxed) {
-            match self.backing_for(ino, || open_backing(&file)) {
+            match self.handles.backing_for(ino, || open_backing(&file)) {
                 Ok(id) => {
                     self.ns
                         .counters
@@ -195,26 +152,24 @@ impl MlxkFs {
         self.ns.passthrough.store(false, Ordering::Relaxed);
     }
 
-    fn with_file<T>(&self, fh: FileHandle, f: impl FnOnce(&File, bool) -> T) -> Result<T, Errno> {
-        match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::File { file, writable, .. }) => Ok(f(file, *writable)),
-            Some(Handle::Bytes(_)) => Err(Errno::EBADF),
-            None => Err(Errno::EBADF),
-        }
+    /// Runs `f` on handle `fh`'s file, which must have been opened for writing.
+    fn with_writable<T>(&self, fh: FileHandle, f: impl FnOnce(&File) -> T) -> Result<T, Errno> {
+        let h = self.handles.get(fh.0).ok_or(Errno::EBADF)?;
+        h.writable_file().map(f).ok_or(Errno::EBADF)
     }
 
     fn snapshot_dir(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         let names = self.ns.list(ino).map_err(|e| self.error(e))?;
-        self.dirs.insert(fh, names);
+        self.handles.set_listing(fh, names);
         Ok(())
     }
 
     /// The listing a directory handle reads from (taken afresh when a reader starts over).
-    fn dir_names(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<String>, Errno> {
+    fn dir_names(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<OsString>, Errno> {
         if offset == 0 {
             self.snapshot_dir(ino, fh)?;
         }
-        self.dirs.get(&fh).map(|n| n.clone()).ok_or(Errno::EBADF)
+        self.handles.listing(fh).ok_or(Errno::EBADF)
     }
 }
 
@@ -235,10 +190,6 @@ pub fn write_intent(flags: OpenFlags) -> bool {
     flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    name.to_str().ok_or(Errno::EINVAL)
-}
-
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -251,10 +202,6 @@ fn time_of(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
         TimeOrNow::SpecificTime(t) => Some(t),
         TimeOrNow::Now => None,
     })
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from(e)
 }
 
 impl Filesystem for MlxkFs {
@@ -290,11 +237,8 @@ impl Filesystem for MlxkFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
         let r = self.ns.lookup(parent.0, name);
-        tracing::trace!(parent = parent.0, name, result = ?r.as_ref().map(|i| i.ino), "lookup");
+        tracing::trace!(parent = parent.0, ?name, result = ?r.as_ref().map(|i| i.ino), "lookup");
         self.reply_entry(reply, r);
     }
 
@@ -304,23 +248,14 @@ impl Filesystem for MlxkFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let handle = fh.and_then(|fh| self.handles.get(&fh.0));
-        let file = match handle.as_deref() {
-            Some(Handle::File { file, .. }) => Some(file),
-            _ => None,
-        };
+        let handle = fh.and_then(|fh| self.handles.get(fh.0));
+        let file = handle.as_deref().and_then(Handle::file);
         let r = match self.ns.getattr(ino.0, file) {
             // fstat(2) of an open, unlinked file comes without its handle: any handle of the
             // inode describes it.
             Err(NsError::NotFound | NsError::Stale) => self
                 .handles
-                .iter()
-                .find_map(|h| match h.value() {
-                    Handle::File { ino: i, file, .. } if *i == ino.0 => {
-                        Some(self.ns.getattr(ino.0, Some(file)))
-                    }
-                    _ => None,
-                })
+                .any_file_of(ino.0, |f| self.ns.getattr(ino.0, Some(f)))
                 .unwrap_or(Err(NsError::Stale)),
             r => r,
         };
@@ -357,15 +292,8 @@ impl Filesystem for MlxkFs {
             mtime: time_of(mtime),
         };
         // A truncate through a writable handle uses that handle (the file may be unlinked).
-        let handle = fh.and_then(|fh| self.handles.get(&fh.0));
-        let file = match handle.as_deref() {
-            Some(Handle::File {
-                file,
-                writable: true,
-                ..
-            }) => Some(file),
-            _ => None,
-        };
+        let handle = fh.and_then(|fh| self.handles.get(fh.0));
+        let file = handle.as_deref().and_then(Handle::writable_file);
         match self.ns.setattr(ino.0, &set, file) {
             // A cache inode answers with its own, unchanged attributes, not cached: the change
             // went to its copy, which the next lookup finds.
@@ -392,9 +320,6 @@ impl Filesystem for MlxkFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::EINVAL);
-        };
         let r = self
             .ns
             .mknod(parent.0, name, mode & !umask, rdev, caller(req));
@@ -410,17 +335,11 @@ impl Filesystem for MlxkFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::EINVAL);
-        };
         let r = self.ns.mkdir(parent.0, name, mode & !umask, caller(req));
         self.reply_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::ENOENT);
-        };
         match self.ns.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
@@ -428,9 +347,6 @@ impl Filesystem for MlxkFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::ENOENT);
-        };
         match self.ns.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
@@ -445,9 +361,7 @@ impl Filesystem for MlxkFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let Ok(name) = name_str(link_name) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = link_name;
         let r = self.ns.symlink(parent.0, name, target, caller(req));
         self.reply_entry(reply, r);
     }
@@ -462,9 +376,6 @@ impl Filesystem for MlxkFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Ok(name), Ok(newname)) = (name_str(name), name_str(newname)) else {
-            return reply.error(Errno::EINVAL);
-        };
         match self
             .ns
             .rename(parent.0, name, newparent.0, newname, flags.bits())
@@ -482,9 +393,7 @@ impl Filesystem for MlxkFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let Ok(name) = name_str(newname) else {
-            return reply.error(Errno::EINVAL);
-        };
+        let name = newname;
         let r = self.ns.link(ino.0, newparent.0, name);
         self.reply_entry(reply, r);
     }
@@ -499,7 +408,7 @@ impl Filesystem for MlxkFs {
                 return reply.error(self.error(e));
             }
         };
-        let fh = self.next_fh();
+        let fh = self.handles.next_fh();
         let (file, writable, cacheable) = match opened {
             Opened::Bytes(bytes) => {
                 self.handles.insert(fh, Handle::Bytes(bytes));
@@ -535,9 +444,6 @@ impl Filesystem for MlxkFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::EINVAL);
-        };
         let (info, file) = match self
             .ns
             .create(parent.0, name, mode & !umask, flags, caller(req))
@@ -546,7 +452,7 @@ impl Filesystem for MlxkFs {
             Err(e) => return reply.error(self.error(e)),
         };
         self.ns.counters.opens.fetch_add(1, Ordering::Relaxed);
-        let fh = self.next_fh();
+        let fh = self.handles.next_fh();
         let attr = Self::attr(&info);
         let flags = FopenFlags::empty();
         match self.keep_file(fh, info.ino, file, true, |f| reply.open_backing(f)) {
@@ -568,7 +474,7 @@ impl Filesystem for MlxkFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(handle) = self.handles.get(&fh.0) else {
+        let Some(handle) = self.handles.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
         self.ns.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -619,12 +525,7 @@ impl Filesystem for MlxkFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.with_file(fh, |file, writable| {
-            if !writable {
-                return Err(Errno::EBADF);
-            }
-            file.write_all_at(data, offset).map_err(io_errno)
-        });
+        let r = self.with_writable(fh, |file| file.write_all_at(data, offset).map_err(io_errno));
         match r.and_then(|r| r) {
             Ok(()) => {
                 let c = &self.ns.counters;
@@ -659,7 +560,7 @@ impl Filesystem for MlxkFs {
         reply: ReplyEmpty,
     ) {
         // Dropping the handle drops its share of the backing id (and closes the fd).
-        if let Some((_, Handle::File { writable: true, .. })) = self.handles.remove(&fh.0) {
+        if let Some(Handle::File { writable: true, .. }) = self.handles.remove(fh.0) {
             self.ns.released_writable(ino.0);
         }
         reply.ok();
@@ -673,19 +574,11 @@ impl Filesystem for MlxkFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = match self.handles.get(&fh.0).as_deref() {
-            Some(Handle::File {
-                file,
-                writable: true,
-                ..
-            }) => {
-                if datasync {
-                    file.sync_data()
-                } else {
-                    file.sync_all()
-                }
-            }
-            _ => Ok(()),
+        let handle = self.handles.get(fh.0);
+        let r = match handle.as_deref().and_then(Handle::writable_file) {
+            Some(file) if datasync => file.sync_data(),
+            Some(file) => file.sync_all(),
+            None => Ok(()),
         };
         match r {
             Ok(()) => reply.ok(),
@@ -697,7 +590,7 @@ impl Filesystem for MlxkFs {
         if write_intent(flags) {
             return reply.error(Errno::EISDIR);
         }
-        let fh = self.next_fh();
+        let fh = self.handles.next_fh();
         match self.snapshot_dir(ino.0, fh) {
             Ok(()) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -800,7 +693,7 @@ impl Filesystem for MlxkFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.remove(&fh.0);
+        self.handles.remove_listing(fh.0);
         reply.ok();
     }
 
@@ -841,9 +734,6 @@ impl Filesystem for MlxkFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::EINVAL);
-        };
         match self.ns.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
@@ -851,9 +741,6 @@ impl Filesystem for MlxkFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::NO_XATTR);
-        };
         match self.ns.getxattr(ino.0, name, size as usize) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -870,9 +757,6 @@ impl Filesystem for MlxkFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Ok(name) = name_str(name) else {
-            return reply.error(Errno::NO_XATTR);
-        };
         match self.ns.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
@@ -898,10 +782,7 @@ impl Filesystem for MlxkFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.with_file(fh, |file, writable| {
-            if !writable {
-                return Err(Errno::EBADF);
-            }
+        let r = self.with_writable(fh, |file| {
             nix::fcntl::fallocate(
                 file,
                 nix::fcntl::FallocateFlags::from_bits_retain(mode),
@@ -925,19 +806,16 @@ impl Filesystem for MlxkFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let r = self.with_file(fh, |file, _| {
-            // SAFETY: a valid fd owned by the handle, which the map entry keeps alive.
-            let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
-            if r < 0 {
-                Err(io_errno(std::io::Error::last_os_error()))
-            } else {
-                Ok(r)
-            }
-        });
-        match r.and_then(|r| r) {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(e),
+        let handle = self.handles.get(fh.0);
+        let Some(file) = handle.as_deref().and_then(Handle::file) else {
+            return reply.error(Errno::EBADF);
+        };
+        // SAFETY: a valid fd owned by the handle, which the map entry keeps alive.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+        if r < 0 {
+            return reply.error(io_errno(std::io::Error::last_os_error()));
         }
+        reply.offset(r)
     }
 
     fn copy_file_range(
@@ -953,17 +831,12 @@ impl Filesystem for MlxkFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let input = self.handles.get(&fh_in.0);
-        let output = self.handles.get(&fh_out.0);
-        let (
-            Some(Handle::File { file: src, .. }),
-            Some(Handle::File {
-                file: dst,
-                writable: true,
-                ..
-            }),
-        ) = (input.as_deref(), output.as_deref())
-        else {
+        let input = self.handles.get(fh_in.0);
+        let output = self.handles.get(fh_out.0);
+        let (Some(src), Some(dst)) = (
+            input.as_deref().and_then(Handle::file),
+            output.as_deref().and_then(Handle::writable_file),
+        ) else {
             return reply.error(Errno::EBADF);
         };
         let mut off_in = offset_in as i64;

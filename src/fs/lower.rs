@@ -12,6 +12,7 @@ use dashmap::DashMap;
 
 use super::view::{ModelView, ViewEntry, VirtualFile};
 use crate::store::cache::{dir_name_from_repo_id, HubCache, ModelRepo, Snapshot};
+use crate::store::files::join_rel;
 use crate::store::spec::{find_revision, open_snapshot, split_rev};
 
 /// A node of the cache tree.
@@ -69,7 +70,6 @@ pub enum LowerContent {
 /// Attributes of a lower node.
 #[derive(Debug, Clone)]
 pub struct LowerAttr {
-    pub is_dir: bool,
     pub size: u64,
     pub mtime: SystemTime,
     pub perm: u16,
@@ -86,14 +86,6 @@ pub struct LowerTree {
 
 /// How long a listing of the cache's repos is trusted without the watcher's word.
 const REPO_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn join(rel: &str, name: &str) -> String {
-    if rel.is_empty() {
-        name.to_string()
-    } else {
-        format!("{rel}/{name}")
-    }
-}
 
 impl LowerTree {
     pub fn new(cache: HubCache) -> LowerTree {
@@ -324,7 +316,6 @@ impl LowerTree {
                 .unwrap_or(self.started)
         };
         let dir = |mtime| LowerAttr {
-            is_dir: true,
             size: 0,
             mtime,
             perm: 0o755,
@@ -345,7 +336,6 @@ impl LowerTree {
                 let path = view.model.file(rel)?.readable()?.to_path_buf();
                 let meta = std::fs::metadata(path).ok()?;
                 LowerAttr {
-                    is_dir: false,
                     size: meta.len(),
                     mtime: meta.modified().unwrap_or(view.modified),
                     perm: (std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)
@@ -355,7 +345,6 @@ impl LowerTree {
             LowerNode::Virtual { repo, sha, file } => {
                 let view = self.view_at(repo, sha)?;
                 LowerAttr {
-                    is_dir: false,
                     size: view.virtual_bytes(*file)?.len() as u64,
                     mtime: view.modified,
                     // Editable like any file (a write copies it up).
@@ -384,14 +373,14 @@ impl LowerTree {
 
 fn child_in_view(view: &ModelView, rel: &str, name: &str) -> Option<LowerNode> {
     let entry = view.lookup(rel, name)?;
-    let child_rel = join(rel, name);
+    let child_rel = join_rel(rel, name);
     Some(match entry {
         ViewEntry::Dir => LowerNode::Dir {
             repo: view.repo_id.clone(),
             sha: view.sha.clone(),
             rel: child_rel,
         },
-        ViewEntry::File(_) => LowerNode::File {
+        ViewEntry::File => LowerNode::File {
             repo: view.repo_id.clone(),
             sha: view.sha.clone(),
             rel: child_rel,

@@ -1,17 +1,19 @@
-//! The FUSE adapter: the cache as a tree of managed, repaired workspaces.
+//! The FUSE adapter: the cache as a tree of managed, repaired, writable workspaces.
 //!
-//! - [`namespace`]: the union of the overlay over the cache, the inode table, lookups and opens;
-//!   its `write` part: copy-up, creation, removal, rename (whiteouts, redirects), attributes
-//!   (no FUSE types);
+//! - [`namespace`]: the union of the overlay over the cache, without FUSE types (one room per
+//!   concern: inodes, resolve, attr, open, copyup, create, remove, rename, xattr);
 //! - [`lower`]: the cache as the read-only tree below the overlay;
 //! - [`view`]: one snapshot as shown, with its virtual sentinel and rebuilt index;
-//! - [`filesystem`]: fuser callbacks, handles, passthrough backing ids;
-//! - [`daemon`]: mounting, signals, the registry record, the cache watcher;
-//! - [`errno`]: namespace errors to errno.
+//! - [`filesystem`]: fuser callbacks, which only translate; `handles`: open files, directory
+//!   snapshots, passthrough backing ids;
+//! - [`daemon`]: mounting, signals, the registry record, the cache watcher, status;
+//! - `errno`, `mountinfo`, `sandbox`, `watch`: errno values, the mount table, root's private
+//!   read-only view of the cache, cache change events.
 
 pub mod daemon;
 mod errno;
 pub mod filesystem;
+mod handles;
 pub mod lower;
 mod mountinfo;
 pub mod namespace;

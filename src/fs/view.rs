@@ -8,11 +8,11 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
+use crate::store::files::join_rel;
 use crate::store::health;
 use crate::store::index::INDEX_FILE;
 use crate::store::sentinel::{iso8601, SENTINEL_FILE};
 use crate::store::spec::ResolvedModel;
-use crate::store::ModelFile;
 
 /// Name under which a differing cached index stays readable.
 pub const ORIG_INDEX_FILE: &str = "model.safetensors.index.json.orig";
@@ -21,8 +21,8 @@ pub const ORIG_INDEX_FILE: &str = "model.safetensors.index.json.orig";
 #[derive(Debug, Clone)]
 pub enum ViewEntry {
     Dir,
-    /// Index into `ModelView::model.files`.
-    File(usize),
+    /// A file of the snapshot (found by its path in `ModelView::model`).
+    File,
     Virtual(VirtualFile),
 }
 
@@ -71,12 +71,12 @@ impl ModelView {
         let repo_id = model.repo_id().unwrap_or_default().to_string();
         let sha = model.snapshot_sha().unwrap_or_default().to_string();
         let modified = match &model.location {
-            crate::store::ModelLocation::Cache { snapshot, .. } => snapshot.modified,
-            crate::store::ModelLocation::Workspace { .. } => SystemTime::UNIX_EPOCH,
+            crate::store::spec::ModelLocation::Cache { snapshot, .. } => snapshot.modified,
+            crate::store::spec::ModelLocation::Workspace { .. } => SystemTime::UNIX_EPOCH,
         };
         let mut dirs: BTreeMap<String, BTreeMap<String, ViewEntry>> = BTreeMap::new();
         dirs.insert(String::new(), BTreeMap::new());
-        for (i, f) in model.files.iter().enumerate() {
+        for f in &model.files {
             // Missing and escaping links are not served; health on the mount names them.
             if f.readable().is_none() {
                 continue;
@@ -86,7 +86,7 @@ impl ModelView {
             for (depth, part) in parts.iter().enumerate() {
                 let is_last = depth == parts.len() - 1;
                 let entry = if is_last {
-                    ViewEntry::File(i)
+                    ViewEntry::File
                 } else {
                     ViewEntry::Dir
                 };
@@ -94,11 +94,7 @@ impl ModelView {
                     .or_default()
                     .insert(part.to_string(), entry);
                 if !is_last {
-                    parent = if parent.is_empty() {
-                        part.to_string()
-                    } else {
-                        format!("{parent}/{part}")
-                    };
+                    parent = join_rel(&parent, part);
                     dirs.entry(parent.clone()).or_default();
                 }
             }
@@ -111,10 +107,6 @@ impl ModelView {
             dirs,
             virtuals: OnceLock::new(),
         }
-    }
-
-    pub fn file(&self, i: usize) -> Option<&ModelFile> {
-        self.model.files.get(i)
     }
 
     /// Entries of directory `rel` ("" = model root), virtual files included at the root.

@@ -57,7 +57,7 @@ fn run(ns: &Namespace, root: &Path, rx: &mpsc::Receiver<notify::Result<notify::E
             tracing::debug!(%repo, "cache changed");
             ns.invalidate_repo(repo);
         }
-        ns.invalidate_path("");
+        ns.invalidate_path(Path::new(""));
     }
 }
 

@@ -24,8 +24,6 @@ pub enum AffineError {
     Bits(u32),
     #[error("affine quantization supports group sizes {AFFINE_GROUPS:?}, not {0}")]
     GroupSize(usize),
-    #[error("the last dimension ({cols}) is not divisible by the group size {group_size}")]
-    NotDivisible { cols: usize, group_size: usize },
 }
 
 /// 1.5 * 2^23: `(v + M) - M` is `v` rounded half to even for |v| <= 2^22.
@@ -108,17 +106,6 @@ impl Affine {
             return Err(AffineError::GroupSize(group_size));
         }
         Ok(Affine { bits, group_size })
-    }
-
-    /// Checks that rows of `cols` values can be quantized.
-    pub fn check_cols(&self, cols: usize) -> Result<(), AffineError> {
-        if !cols.is_multiple_of(self.group_size) {
-            return Err(AffineError::NotDivisible {
-                cols,
-                group_size: self.group_size,
-            });
-        }
-        Ok(())
     }
 
     /// u32 words per row of `cols` values.
@@ -295,7 +282,6 @@ mod tests {
     fn parameters_are_validated() {
         assert_eq!(Affine::new(7, 64), Err(AffineError::Bits(7)));
         assert_eq!(Affine::new(4, 48), Err(AffineError::GroupSize(48)));
-        assert!(Affine::new(4, 64).unwrap().check_cols(100).is_err());
     }
 }
 

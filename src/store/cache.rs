@@ -170,11 +170,7 @@ impl HubCache {
                 tracing::warn!(path = %entry.path().display(), "skipping a file whose name is not UTF-8");
                 continue;
             };
-            let rel = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
+            let rel = super::files::join_rel(prefix, &name);
             let path = entry.path();
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
@@ -271,11 +267,6 @@ impl ModelRepo {
         }
         snapshots.into_iter().next()
     }
-
-    /// The org part of the repo id (empty for org-less repos such as `gpt2`).
-    pub fn org(&self) -> &str {
-        self.repo_id.split_once('/').map(|(o, _)| o).unwrap_or("")
-    }
 }
 
 fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, depth: usize) {
@@ -286,11 +277,7 @@ fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, de
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        let key = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let key = super::files::join_rel(prefix, &name);
         let path = entry.path();
         if path.is_dir() && depth < 8 {
             collect_refs(&path, &key, out, depth + 1);

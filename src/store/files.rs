@@ -182,6 +182,16 @@ pub fn is_mlx_lm_weights(name: &str) -> bool {
     name.starts_with("model") && is_safetensors(name)
 }
 
+/// `prefix/name` for the `/`-separated relative paths of a model directory or the cache tree
+/// (`name` alone when `prefix` is empty): the one place these paths are joined.
+pub fn join_rel(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
 /// Reads a whole small file, bounded by `limit` bytes, counting what was read.
 pub fn read_bounded(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
@@ -217,11 +227,7 @@ fn walk_workspace(
         if name == ".git" {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = join_rel(prefix, &name);
         let path = entry.path();
         match fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => walk_workspace(&path, &rel, out, depth + 1)?,

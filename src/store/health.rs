@@ -61,8 +61,6 @@ pub struct HealthReport {
     pub config: Option<ModelConfig>,
     /// Valid headers of the top-level safetensors files, by file name.
     pub shards: Vec<ShardHeader>,
-    /// The index file as found, if it parsed.
-    pub on_disk_index: Option<WeightIndex>,
     /// The index the shard headers imply, when every header could be read.
     pub rebuilt_index: Option<WeightIndex>,
     /// Bytes this check read from the model's files (headers and small metadata files only).
@@ -106,11 +104,6 @@ impl HealthReport {
             ),
             None => (false, "config.json has no model_type".to_string()),
         }
-    }
-
-    /// True when the problems are exactly those `--repair-index` fixes.
-    pub fn repairable_by_index_rebuild(&self) -> bool {
-        !self.problems.is_empty() && self.problems.iter().all(|p| p.code.is_index())
     }
 }
 
@@ -252,8 +245,7 @@ impl<'m> Checker<'m> {
         }
         let config = self.check_config(&files);
         let shards = self.check_weights(&files, &lfs_pointers);
-        let (on_disk_index, rebuilt_index) =
-            self.check_index(&files, &shards, config.as_ref(), &lfs_pointers);
+        let rebuilt_index = self.check_index(&files, &shards, config.as_ref(), &lfs_pointers);
         self.check_tokenizer();
         if let Some(c) = &config {
             if c.has_vision()
@@ -287,7 +279,6 @@ impl<'m> Checker<'m> {
             framework,
             config,
             shards,
-            on_disk_index,
             rebuilt_index,
             bytes_read: self.bytes_read,
             size_bytes,
@@ -511,7 +502,7 @@ impl<'m> Checker<'m> {
         shards: &[ShardHeader],
         config: Option<&ModelConfig>,
         lfs_pointers: &[String],
-    ) -> (Option<WeightIndex>, Option<WeightIndex>) {
+    ) -> Option<WeightIndex> {
         let st_files: Vec<&&ModelFile> = files.iter().filter(|f| f.is_top_level_shard()).collect();
         let all_headers_ok = !st_files.is_empty() && st_files.len() == shards.len();
         let quant = config.and_then(ModelConfig::quantization);
@@ -537,13 +528,13 @@ impl<'m> Checker<'m> {
                     self.repair_hint(),
                 );
             }
-            return (None, rebuilt);
+            return rebuilt;
         };
         if lfs_pointers.iter().any(|p| p == INDEX_FILE) {
-            return (None, rebuilt);
+            return rebuilt;
         }
         if index_file.readable().is_none() {
-            return (None, rebuilt);
+            return rebuilt;
         }
         let parsed = self
             .read(index_file, 256 * 1024 * 1024)
@@ -558,7 +549,7 @@ impl<'m> Checker<'m> {
                     format!("{INDEX_FILE}: {why}"),
                     self.repair_hint(),
                 );
-                return (None, rebuilt);
+                return rebuilt;
             }
         };
         if on_disk.weight_map.is_empty() {
@@ -568,7 +559,7 @@ impl<'m> Checker<'m> {
                 format!("{INDEX_FILE}: weight_map is empty"),
                 self.repair_hint(),
             );
-            return (Some(on_disk), rebuilt);
+            return rebuilt;
         }
         let sizes: Vec<(String, u64)> = st_files
             .iter()
@@ -603,7 +594,7 @@ impl<'m> Checker<'m> {
                 self.report_index_differences(&diffs, &sizes);
             }
         }
-        (Some(on_disk), rebuilt)
+        rebuilt
     }
 
     fn report_index_differences(&mut self, diffs: &[IndexDifference], present: &[(String, u64)]) {

@@ -309,7 +309,6 @@ mod tests {
         ShardHeader {
             file_name: name.into(),
             header_len: 100,
-            file_len: 0,
             tensors,
             metadata: Default::default(),
         }

@@ -15,12 +15,11 @@ pub mod sentinel;
 pub mod spec;
 pub mod summary;
 
-pub use cache::{cache_root, HubCache, ModelRepo, Snapshot};
+pub use cache::HubCache;
 pub use error::StoreError;
-pub use files::{FileState, ModelFile};
-pub use health::{check, Framework, HealthReport, Problem};
-pub use index::{rebuild_index, WeightIndex, INDEX_FILE};
-pub use problem::ProblemCode;
-pub use safetensors::{read_header, ShardHeader};
+pub use files::ModelFile;
+pub use health::check;
+pub use index::{WeightIndex, INDEX_FILE};
+pub use safetensors::read_header;
 pub use sentinel::{Sentinel, SENTINEL_FILE};
-pub use spec::{resolve, ModelLocation, ResolvedModel};
+pub use spec::resolve;

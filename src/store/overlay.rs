@@ -16,8 +16,10 @@
 //! create it. Precedence for a name: an overlay entry, then a redirect, then a whiteout, then
 //! the layer below (unless an ancestor or the directory is opaque).
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -27,8 +29,18 @@ pub const REF_PREFIX: &str = ".wh..wh..ref.";
 pub const TMP_DIR: &str = ".wh..wh..tmp";
 
 /// Whether `name` belongs to the overlay format (hidden in the mount, refused as a user name).
-pub fn is_internal(name: &str) -> bool {
-    name.starts_with(WHITEOUT_PREFIX)
+/// Names are bytes: a workspace may hold any name Linux allows.
+pub fn is_internal(name: impl AsRef<OsStr>) -> bool {
+    name.as_ref()
+        .as_bytes()
+        .starts_with(WHITEOUT_PREFIX.as_bytes())
+}
+
+/// The record file `<prefix><name>`.
+fn record(prefix: &str, name: impl AsRef<OsStr>) -> OsString {
+    let mut r = OsString::from(prefix);
+    r.push(name);
+    r
 }
 
 /// `$XDG_DATA_HOME/mlxk-fs/overlay`, else `~/.local/share/mlxk-fs/overlay`.
@@ -56,8 +68,8 @@ pub struct OverlayDir {
     base: PathBuf,
 }
 
-fn join_rel(root: &Path, rel: &str) -> PathBuf {
-    if rel.is_empty() {
+fn join_rel(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
         root.to_path_buf()
     } else {
         root.join(rel)
@@ -104,8 +116,8 @@ impl OverlayDir {
     }
 
     /// The overlay's path for mount path `rel` ("" = the root).
-    pub fn path(&self, rel: &str) -> PathBuf {
-        join_rel(&self.base, rel)
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        join_rel(&self.base, rel.as_ref())
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -122,29 +134,30 @@ impl OverlayDir {
     }
 
     /// The redirect of `name` in directory `dir`, if any.
-    pub fn redirect(&self, dir: &str, name: &str) -> Option<String> {
-        fs::read_to_string(self.path(dir).join(format!("{REF_PREFIX}{name}")))
+    pub fn redirect(&self, dir: impl AsRef<Path>, name: impl AsRef<OsStr>) -> Option<String> {
+        fs::read_to_string(self.path(dir).join(record(REF_PREFIX, name)))
             .ok()
             .map(|t| t.trim_end_matches('\n').to_string())
     }
 
     /// The marker of `name` in directory `dir` (a redirect wins over a whiteout).
-    pub fn marker(&self, dir: &str, name: &str) -> Option<Marker> {
+    pub fn marker(&self, dir: impl AsRef<Path>, name: impl AsRef<OsStr>) -> Option<Marker> {
+        let (dir, name) = (dir.as_ref(), name.as_ref());
         if let Some(target) = self.redirect(dir, name) {
             return Some(Marker::Ref(target));
         }
-        fs::symlink_metadata(self.path(dir).join(format!("{WHITEOUT_PREFIX}{name}")))
+        fs::symlink_metadata(self.path(dir).join(record(WHITEOUT_PREFIX, name)))
             .ok()
             .map(|_| Marker::Whiteout)
     }
 
-    pub fn is_opaque(&self, dir: &str) -> bool {
+    pub fn is_opaque(&self, dir: impl AsRef<Path>) -> bool {
         fs::symlink_metadata(self.path(dir).join(OPAQUE_MARKER)).is_ok()
     }
 
     /// Records a whiteout for `name` in `dir` (whose overlay directory must exist).
-    pub fn add_whiteout(&self, dir: &str, name: &str) -> io::Result<()> {
-        let p = self.path(dir).join(format!("{WHITEOUT_PREFIX}{name}"));
+    pub fn add_whiteout(&self, dir: impl AsRef<Path>, name: impl AsRef<OsStr>) -> io::Result<()> {
+        let p = self.path(dir).join(record(WHITEOUT_PREFIX, name));
         match record_options().open(&p) {
             Ok(f) => f.sync_all(),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -152,25 +165,34 @@ impl OverlayDir {
         }
     }
 
-    pub fn remove_whiteout(&self, dir: &str, name: &str) -> io::Result<()> {
-        remove_if_present(&self.path(dir).join(format!("{WHITEOUT_PREFIX}{name}")))
+    pub fn remove_whiteout(
+        &self,
+        dir: impl AsRef<Path>,
+        name: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        remove_if_present(&self.path(dir).join(record(WHITEOUT_PREFIX, name)))
     }
 
     /// Records that `name` in `dir` shows `target` of the layer below (atomically replaced).
-    pub fn set_ref(&self, dir: &str, name: &str, target: &str) -> io::Result<()> {
+    pub fn set_ref(
+        &self,
+        dir: impl AsRef<Path>,
+        name: impl AsRef<OsStr>,
+        target: &str,
+    ) -> io::Result<()> {
         let tmp = self.tmp_path("ref");
         let mut f = record_options().open(&tmp)?;
         f.write_all(target.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
-        fs::rename(&tmp, self.path(dir).join(format!("{REF_PREFIX}{name}")))
+        fs::rename(&tmp, self.path(dir).join(record(REF_PREFIX, name)))
     }
 
-    pub fn remove_ref(&self, dir: &str, name: &str) -> io::Result<()> {
-        remove_if_present(&self.path(dir).join(format!("{REF_PREFIX}{name}")))
+    pub fn remove_ref(&self, dir: impl AsRef<Path>, name: impl AsRef<OsStr>) -> io::Result<()> {
+        remove_if_present(&self.path(dir).join(record(REF_PREFIX, name)))
     }
 
-    pub fn set_opaque(&self, dir: &str) -> io::Result<()> {
+    pub fn set_opaque(&self, dir: impl AsRef<Path>) -> io::Result<()> {
         match record_options().open(self.path(dir).join(OPAQUE_MARKER)) {
             Ok(f) => f.sync_all(),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -179,27 +201,31 @@ impl OverlayDir {
     }
 
     /// The user-visible names of overlay directory `dir` and the markers it holds.
-    pub fn read_dir(&self, dir: &str) -> io::Result<OverlayListing> {
+    pub fn read_dir(&self, dir: impl AsRef<Path>) -> io::Result<OverlayListing> {
+        let dir = dir.as_ref();
         let mut out = OverlayListing::default();
         let rd = match fs::read_dir(self.path(dir)) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e),
         };
+        let strip = |name: &OsStr, prefix: &str| {
+            name.as_bytes()
+                .strip_prefix(prefix.as_bytes())
+                .map(|n| OsStr::from_bytes(n).to_os_string())
+        };
         for entry in rd {
             let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
+            let name = entry.file_name();
             if name == OPAQUE_MARKER {
                 out.opaque = true;
-            } else if let Some(n) = name.strip_prefix(REF_PREFIX) {
+            } else if let Some(n) = strip(&name, REF_PREFIX) {
                 let target = fs::read_to_string(entry.path()).unwrap_or_default();
                 out.refs
-                    .push((n.to_string(), target.trim_end_matches('\n').to_string()));
-            } else if name == TMP_DIR && dir.is_empty() {
-            } else if let Some(n) = name.strip_prefix(WHITEOUT_PREFIX) {
-                out.whiteouts.push(n.to_string());
+                    .push((n, target.trim_end_matches('\n').to_string()));
+            } else if name == TMP_DIR && dir.as_os_str().is_empty() {
+            } else if let Some(n) = strip(&name, WHITEOUT_PREFIX) {
+                out.whiteouts.push(n);
             } else {
                 out.entries.push(name);
             }
@@ -208,13 +234,6 @@ impl OverlayDir {
         out.refs.sort();
         out.whiteouts.sort();
         Ok(out)
-    }
-
-    /// Whether overlay directory `dir` holds nothing but format records (whiteouts, redirects,
-    /// the opaque marker): the directory is empty as the mount shows it, apart from the layer
-    /// below.
-    pub fn only_records(&self, dir: &str) -> io::Result<bool> {
-        Ok(self.read_dir(dir)?.entries.is_empty())
     }
 }
 
@@ -235,11 +254,11 @@ fn remove_if_present(p: &Path) -> io::Result<()> {
 /// One overlay directory as read by [`OverlayDir::read_dir`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct OverlayListing {
-    /// Real entries (files, directories, symlinks), sorted.
-    pub entries: Vec<String>,
-    pub whiteouts: Vec<String>,
+    /// Real entries (files, directories, symlinks), sorted (bytewise).
+    pub entries: Vec<OsString>,
+    pub whiteouts: Vec<OsString>,
     /// (name, target in the layer below).
-    pub refs: Vec<(String, String)>,
+    pub refs: Vec<(OsString, String)>,
     pub opaque: bool,
 }
 
@@ -261,70 +280,48 @@ impl OverlayDir {
     /// Every change recorded under mount path `rel` (a model directory), depth first, sorted.
     pub fn changes(&self, rel: &str) -> io::Result<Vec<Change>> {
         let mut out = Vec::new();
-        self.collect_changes(rel, "", &mut out)?;
+        self.collect_changes(rel, Path::new(""), &mut out)?;
         Ok(out)
     }
 
-    fn collect_changes(&self, base: &str, sub: &str, out: &mut Vec<Change>) -> io::Result<()> {
-        let dir = if sub.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}/{sub}")
-        };
+    fn collect_changes(&self, base: &str, sub: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+        let dir = Path::new(base).join(sub);
         let listing = self.read_dir(&dir)?;
-        let child = |n: &str| {
-            if sub.is_empty() {
-                n.to_string()
-            } else {
-                format!("{sub}/{n}")
-            }
+        // Shown as text; a name that is not UTF-8 is shown with replacement characters.
+        let shown = |p: &Path| p.to_string_lossy().into_owned();
+        let change = |path: String, kind, from, size| Change {
+            path,
+            kind,
+            from,
+            size,
         };
         if listing.opaque {
-            out.push(Change {
-                path: if sub.is_empty() {
-                    ".".into()
-                } else {
-                    sub.into()
-                },
-                kind: "opaque",
-                from: None,
-                size: None,
-            });
+            let path = if sub.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                shown(sub)
+            };
+            out.push(change(path, "opaque", None, None));
         }
         for n in &listing.whiteouts {
-            out.push(Change {
-                path: child(n),
-                kind: "deleted",
-                from: None,
-                size: None,
-            });
+            out.push(change(shown(&sub.join(n)), "deleted", None, None));
         }
         for (n, target) in &listing.refs {
-            out.push(Change {
-                path: child(n),
-                kind: "moved",
-                from: Some(target.clone()),
-                size: None,
-            });
+            out.push(change(
+                shown(&sub.join(n)),
+                "moved",
+                Some(target.clone()),
+                None,
+            ));
         }
         for n in &listing.entries {
-            let p = self.path(&dir).join(n);
-            let meta = fs::symlink_metadata(&p)?;
+            let child = sub.join(n);
+            let meta = fs::symlink_metadata(self.path(&dir).join(n))?;
             if meta.is_dir() {
-                out.push(Change {
-                    path: child(n),
-                    kind: "directory",
-                    from: None,
-                    size: None,
-                });
-                self.collect_changes(base, &child(n), out)?;
+                out.push(change(shown(&child), "directory", None, None));
+                self.collect_changes(base, &child, out)?;
             } else {
-                out.push(Change {
-                    path: child(n),
-                    kind: "written",
-                    from: None,
-                    size: Some(meta.len()),
-                });
+                out.push(change(shown(&child), "written", None, Some(meta.len())));
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(b.kind)));
@@ -371,12 +368,16 @@ impl OverlayDir {
                 continue;
             }
             let l = self.read_dir(org)?;
-            out.extend(l.entries.iter().map(|n| format!("{org}/{n}")));
-            out.extend(l.whiteouts.iter().map(|n| format!("{org}/{n}")));
-            out.extend(l.refs.iter().map(|(n, _)| format!("{org}/{n}")));
+            let org = org.to_string_lossy();
+            let names = l
+                .entries
+                .iter()
+                .chain(&l.whiteouts)
+                .chain(l.refs.iter().map(|(n, _)| n));
+            out.extend(names.map(|n| format!("{org}/{}", n.to_string_lossy())));
         }
-        out.extend(top.whiteouts.iter().cloned());
-        out.extend(top.refs.iter().map(|(n, _)| n.clone()));
+        let names = top.whiteouts.iter().chain(top.refs.iter().map(|(n, _)| n));
+        out.extend(names.map(|n| n.to_string_lossy().into_owned()));
         out.sort();
         out.dedup();
         Ok(out)

@@ -34,8 +34,6 @@ pub struct ShardHeader {
     pub file_name: String,
     /// `N`, the JSON header length.
     pub header_len: u64,
-    /// Size of the whole file.
-    pub file_len: u64,
     /// Sorted by tensor name.
     pub tensors: BTreeMap<String, TensorMeta>,
     /// `__metadata__`, if present.
@@ -192,7 +190,6 @@ pub fn read_header_counted(
     Ok(ShardHeader {
         file_name: file_name.to_string(),
         header_len,
-        file_len,
         tensors,
         metadata,
     })

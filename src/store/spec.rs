@@ -326,16 +326,12 @@ pub fn resolve_mounted(path: &Path) -> Option<ResolvedModel> {
     let parts: Vec<&str> = rel.iter().filter_map(|p| p.to_str()).collect();
     if let Some(overlay) = &record.overlay {
         let o = super::overlay::OverlayDir::at(overlay);
-        let mut dir = String::new();
+        let mut dir = PathBuf::new();
         for name in &parts {
             if o.marker(&dir, name).is_some() {
                 return None;
             }
-            dir = if dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir}/{name}")
-            };
+            dir.push(name);
         }
         if o.path(&dir).exists() {
             return None;

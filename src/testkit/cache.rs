@@ -612,3 +612,26 @@ pub fn fixture_cache(root: &Path) -> io::Result<FixtureCache> {
     fs::create_dir_all(root.join(".locks/models--mlx-community--Llama-tiny-f16"))?;
     Ok(cache)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of fixture repos says exactly what the fixture writes.
+    #[test]
+    fn the_fixture_writes_exactly_the_repos_its_table_lists() {
+        let t = tempfile::tempdir().unwrap();
+        fixture_cache(t.path()).unwrap();
+        let cache = crate::store::HubCache::open(t.path()).unwrap();
+        let mut written: Vec<String> = cache
+            .repos()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.repo_id)
+            .collect();
+        let mut listed: Vec<String> = FIXTURE_REPOS.iter().map(|(r, _)| r.to_string()).collect();
+        written.sort();
+        listed.sort();
+        assert_eq!(written, listed);
+    }
+}

@@ -6,8 +6,5 @@
 pub mod cache;
 pub mod model;
 
-pub use cache::{fake_sha, fixture_cache, FixtureCache, FIXTURE_REPOS};
-pub use model::{
-    llama_model_files, safetensors_bytes, sparse_shard, tokenizer_json, LlamaSpec, Rng, TensorSpec,
-    WeightDtype,
-};
+pub use cache::{fake_sha, fixture_cache, FixtureCache};
+pub use model::{llama_model_files, safetensors_bytes, LlamaSpec, Rng, TensorSpec, WeightDtype};

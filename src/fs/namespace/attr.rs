@@ -1,0 +1,246 @@
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::fs::lower::LowerNode;
+
+impl Namespace {
+    pub(super) fn info_of(&self, node: &Node) -> NsResult<NodeInfo> {
+        match &node.kind {
+            NodeKind::Dir { .. } => {
+                let path = self.path_of(node.ino)?;
+                match fs::symlink_metadata(self.overlay.path(&path)) {
+                    Ok(m) if m.is_dir() => return Ok(self.meta_info(node.ino, &m)),
+                    Ok(_) => return Err(NsError::Stale),
+                    Err(_) => {}
+                }
+                let attr = self
+                    .lower_dir(&path)
+                    .and_then(|(_, n)| self.lower.attr(&n))
+                    .ok_or(if node.ino == ROOT_INO {
+                        NsError::Io(libc::EIO)
+                    } else {
+                        NsError::Stale
+                    })?;
+                Ok(self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false))
+            }
+            NodeKind::Upper { .. } => {
+                let (_, m) = self.upper_of(node).map_err(gone_is_stale)?;
+                Ok(self.meta_info(node.ino, &m))
+            }
+            NodeKind::Lower { node: lower, .. } => {
+                if !self.still_shown(node) {
+                    return Err(NsError::Stale);
+                }
+                self.lower_info(node.ino, lower)
+            }
+            NodeKind::Generated { bytes } => {
+                if !self.still_shown(node) {
+                    return Err(NsError::Stale);
+                }
+                Ok(self.synthetic(
+                    node.ino,
+                    Kind::File,
+                    bytes.len() as u64,
+                    self.started,
+                    0o644,
+                    false,
+                ))
+            }
+            NodeKind::Status => Ok(self.synthetic(
+                node.ino,
+                Kind::File,
+                self.status_json().len() as u64,
+                SystemTime::now(),
+                0o444,
+                false,
+            )),
+        }
+    }
+
+    pub(super) fn lower_info(&self, ino: u64, lower: &LowerNode) -> NsResult<NodeInfo> {
+        let attr = self.lower.attr(lower).ok_or(NsError::NotFound)?;
+        // A virtual file's place can come to show other bytes (the index follows the shards).
+        let immutable = matches!(lower, LowerNode::File { .. });
+        Ok(self.synthetic(ino, Kind::File, attr.size, attr.mtime, attr.perm, immutable))
+    }
+
+    pub(super) fn synthetic(
+        &self,
+        ino: u64,
+        kind: Kind,
+        size: u64,
+        mtime: SystemTime,
+        perm: u16,
+        immutable: bool,
+    ) -> NodeInfo {
+        NodeInfo {
+            ino,
+            kind,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            perm,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            immutable,
+        }
+    }
+
+    pub(super) fn meta_info(&self, ino: u64, m: &Metadata) -> NodeInfo {
+        let t = |s: i64, ns: i64| {
+            if s >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::new(s as u64, ns as u32)
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+                    + Duration::from_nanos(ns as u64)
+            }
+        };
+        use std::os::unix::fs::FileTypeExt;
+        let ft = m.file_type();
+        NodeInfo {
+            ino,
+            kind: if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_socket() {
+                Kind::Socket
+            } else if ft.is_char_device() {
+                Kind::CharDevice
+            } else if ft.is_block_device() {
+                Kind::BlockDevice
+            } else {
+                Kind::File
+            },
+            size: m.len(),
+            blocks: m.blocks(),
+            atime: t(m.atime(), m.atime_nsec()),
+            mtime: t(m.mtime(), m.mtime_nsec()),
+            ctime: t(m.ctime(), m.ctime_nsec()),
+            perm: (m.mode() & 0o7777) as u16,
+            nlink: m.nlink() as u32,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: m.rdev() as u32,
+            immutable: false,
+        }
+    }
+
+    /// Attributes of `ino`; `by_handle` when asked through an open file (a replaced node then
+    /// still describes what that handle reads).
+    pub fn getattr(&self, ino: u64, handle: Option<&File>) -> NsResult<NodeInfo> {
+        let _g = self.read_tree();
+        let node = self.node(ino)?;
+        match (&node.kind, handle) {
+            (NodeKind::Lower { node: lower, .. }, Some(_)) => self.lower_info(ino, lower),
+            // Open, perhaps unlinked: the handle knows the file.
+            (NodeKind::Upper { .. }, Some(f)) => Ok(self.meta_info(ino, &f.metadata()?)),
+            _ => self.info_of(&node),
+        }
+    }
+
+    /// Changes attributes. A cache or virtual file is copied up and the change applied to the
+    /// copy; the answer then still describes the old inode (marked `immutable`): its open
+    /// handles keep reading the cache, and by path it answers ESTALE, so the next lookup finds
+    /// the copy.
+    pub fn setattr(&self, ino: u64, set: &SetAttr, handle: Option<&File>) -> NsResult<NodeInfo> {
+        let node = self.node(ino)?;
+        let path = match (self.writable_path(&node), &node.kind, handle) {
+            (Ok(p), _, _) => p,
+            // An open, unlinked overlay file: only its handle reaches it.
+            (Err(NsError::NotFound), NodeKind::Upper { .. }, Some(f)) => {
+                return self.setattr_fd(ino, set, f);
+            }
+            (Err(e), _, _) => return Err(e),
+        };
+        let replaced = match &node.kind {
+            NodeKind::Lower { node: lower, .. } => Some(self.lower_info(ino, lower)?),
+            NodeKind::Generated { bytes } => Some(self.synthetic(
+                ino,
+                Kind::File,
+                bytes.len() as u64,
+                self.started,
+                0o644,
+                true,
+            )),
+            _ => None,
+        };
+        // A handle of the old inode is not the copy's.
+        let handle = if replaced.is_some() { None } else { handle };
+        let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if let Some(size) = set.size {
+            match handle {
+                Some(f) => f.set_len(size)?,
+                None => OpenOptions::new().write(true).open(&path)?.set_len(size)?,
+            }
+        }
+        if let Some(mode) = set.mode {
+            if !is_link {
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::lchown(&path, set.uid, set.gid)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            use nix::sys::stat::{utimensat, UtimensatFlags};
+            use nix::sys::time::TimeSpec;
+            let spec = |t: &Option<Option<SystemTime>>| match t {
+                None => TimeSpec::UTIME_OMIT,
+                Some(None) => TimeSpec::UTIME_NOW,
+                Some(Some(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+                    Ok(d) => TimeSpec::from_duration(d),
+                    Err(e) => -TimeSpec::from_duration(e.duration()),
+                },
+            };
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                &spec(&set.atime),
+                &spec(&set.mtime),
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| NsError::Io(e as i32))?;
+        }
+        if let Some(info) = replaced {
+            return Ok(NodeInfo {
+                immutable: true,
+                ..info
+            });
+        }
+        let m = fs::symlink_metadata(&path)?;
+        Ok(self.meta_info(ino, &m))
+    }
+
+    pub(super) fn setattr_fd(&self, ino: u64, set: &SetAttr, f: &File) -> NsResult<NodeInfo> {
+        if let Some(size) = set.size {
+            f.set_len(size)?;
+        }
+        if let Some(mode) = set.mode {
+            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            std::os::unix::fs::fchown(f, set.uid, set.gid)?;
+        }
+        let mut times = fs::FileTimes::new();
+        let now = SystemTime::now();
+        if let Some(t) = set.atime {
+            times = times.set_accessed(t.unwrap_or(now));
+        }
+        if let Some(t) = set.mtime {
+            times = times.set_modified(t.unwrap_or(now));
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            f.set_times(times)?;
+        }
+        Ok(self.meta_info(ino, &f.metadata()?))
+    }
+}
