@@ -20,8 +20,7 @@ use std::os::unix::fs::FileExt;
 
 use common::mount::{fuse_available, MountGuard};
 use common::{tree_state, Fixture};
-use mlxk_fs::testkit::Rng;
-use ops::{apply, copy_view, diff, op_dirs, snapshot, snapshot_dirs, touched, Gen, ALL_MODES};
+use ops::{copy_view, diff, snapshot, Dir, Run, ALL_MODES};
 
 /// The part of the mount the exerciser works in: an org with several cached models.
 const WORK: &str = "mlx-community";
@@ -31,30 +30,7 @@ fn randomized_operations_match_a_reference_directory() {
     if !fuse_available("randomized_operations_match_a_reference_directory") {
         return;
     }
-    let ops: usize = std::env::var("MLXK_EXERCISER_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let seed: u64 = std::env::var("MLXK_EXERCISER_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    // Compare the whole trees every this many steps (the directories an operation touched are
-    // compared at every step either way). 1 in scripts/test.sh; scripts/stress.sh raises it.
-    let tree_every: usize = std::env::var("MLXK_EXERCISER_TREE_EVERY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1);
-    eprintln!(
-        "exerciser: {ops} operations, MLXK_EXERCISER_SEED={seed}, whole trees compared every {tree_every} step(s)"
-    );
-
+    let run = Run::from_env("MLXK_EXERCISER", "exerciser", 2000, 1);
     let fx = Fixture::new();
     let cache_before = tree_state(&fx.cache);
     let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
@@ -96,57 +72,7 @@ fn randomized_operations_match_a_reference_directory() {
         .collect();
     assert!(held.len() >= 4);
 
-    let mut gen = Gen {
-        rng: Rng::new(seed),
-        modes: ALL_MODES,
-    };
-    let mut tree = snapshot(&reference, false);
-    for step in 0..ops {
-        let op = gen.op(&tree);
-        let got = apply(&work, &op);
-        let want = apply(&reference, &op);
-        let last = step + 1 == ops;
-        let whole = step % tree_every == tree_every - 1 || last;
-        // Every file's content too, every 50 steps (or at each whole-tree step when rarer).
-        let content_every = tree_every.max(50);
-        let full = step % content_every == content_every - 1 || last;
-        let b = snapshot(&reference, full);
-        let d = if whole {
-            diff(&snapshot(&work, full), &b)
-        } else {
-            let dirs = op_dirs(&op);
-            diff(
-                &snapshot_dirs(&work, &dirs),
-                &snapshot_dirs(&reference, &dirs),
-            )
-        };
-        if got != want || !d.is_empty() {
-            panic!(
-                "seed {seed}, step {step}: {op:?}\n  mount: {got:?}  reference: {want:?}\n{d}\
-                 reproduce: MLXK_EXERCISER_SEED={seed} MLXK_EXERCISER_OPS={} cargo test --test exerciser",
-                step + 1
-            );
-        }
-        tree = b;
-        if (step + 1) % 10_000 == 0 {
-            eprintln!(
-                "exerciser: {} operations done, {} entries in the tree",
-                step + 1,
-                tree.len()
-            );
-        }
-        // Content of what the operation touched, every step.
-        for t in touched(&op) {
-            let (x, y) = (
-                fs::read(work.join(t)).ok(),
-                fs::read(reference.join(t)).ok(),
-            );
-            assert!(
-                x == y,
-                "seed {seed}, step {step}: content of {t} differs after {op:?}"
-            );
-        }
-    }
+    run.go(&mut Dir(work.clone()), &reference, ALL_MODES);
     for (f, bytes) in &held {
         let mut again = vec![0u8; bytes.len()];
         f.read_exact_at(&mut again, 0).unwrap();
@@ -162,6 +88,7 @@ fn randomized_operations_match_a_reference_directory() {
     assert_eq!(
         cache_before,
         tree_state(&fx.cache),
-        "seed {seed}: the cache changed"
+        "seed {}: the cache changed",
+        run.seed
     );
 }

@@ -31,8 +31,7 @@ use mlxk_fs::fs::namespace::{
 };
 use mlxk_fs::store::cache::HubCache;
 use mlxk_fs::store::overlay::OverlayDir;
-use mlxk_fs::testkit::Rng;
-use ops::{apply, diff, op_dirs, snapshot, snapshot_dirs, touched, Entry, Gen, Op, Outcome};
+use ops::{diff, snapshot, Entry, Op, Outcome, Run, Subject};
 
 /// The directory of the union the run works in: an org with several cached models.
 const WORK: &str = "mlx-community";
@@ -249,12 +248,6 @@ impl<'a> Vfs<'a> {
             .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
         self.ns.released_writable(ino);
         Ok(())
-    }
-
-    fn apply(&mut self, op: &Op) -> Outcome {
-        let r = self.apply_inner(op);
-        self.release();
-        r
     }
 
     fn apply_inner(&mut self, op: &Op) -> Outcome {
@@ -633,6 +626,23 @@ impl<'a> Vfs<'a> {
     }
 }
 
+impl Subject for Vfs<'_> {
+    fn apply(&mut self, op: &Op) -> Outcome {
+        let r = self.apply_inner(op);
+        self.release();
+        r
+    }
+    fn snapshot(&mut self, with_content: bool) -> BTreeMap<String, Entry> {
+        Vfs::snapshot(self, with_content)
+    }
+    fn snapshot_dirs(&mut self, dirs: &[String]) -> BTreeMap<String, Entry> {
+        Vfs::snapshot_dirs(self, dirs)
+    }
+    fn content(&mut self, path: &str) -> Option<Vec<u8>> {
+        Vfs::content(self, path)
+    }
+}
+
 /// Reads a whole file by position (the handle may be shared).
 trait ReadAtAll {
     fn read_at_all(&self, out: &mut Vec<u8>) -> std::io::Result<()>;
@@ -651,25 +661,9 @@ impl ReadAtAll for File {
     }
 }
 
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn randomized_operations_on_the_namespace_match_a_reference_directory() {
-    let ops = env_number("MLXK_MODEL_OPS").unwrap_or(20_000) as usize;
-    let seed = env_number("MLXK_MODEL_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
-    let tree_every = env_number("MLXK_MODEL_TREE_EVERY")
-        .filter(|n| *n > 0)
-        .unwrap_or(10) as usize;
-    eprintln!(
-        "namespace model: {ops} operations, MLXK_MODEL_SEED={seed}, whole trees compared every {tree_every} step(s)"
-    );
+    let run = Run::from_env("MLXK_MODEL", "namespace_model", 20_000, 10);
     let root = nix::unistd::geteuid().is_root();
     let umask = {
         // SAFETY: umask only swaps the process mask; it is restored at once.
@@ -746,53 +740,15 @@ fn randomized_operations_on_the_namespace_match_a_reference_directory() {
     assert!(held.len() >= 4);
     assert!(held.iter().all(|(o, _)| matches!(o, Opened::Blob(_))));
 
-    let mut gen = Gen {
-        rng: Rng::new(seed),
-        modes: if root {
+    run.go(
+        &mut vfs,
+        &reference,
+        if root {
             ops::ALL_MODES
         } else {
             ops::OWNER_MODES
         },
-    };
-    let mut tree = snapshot(&reference, false);
-    for step in 0..ops {
-        let op = gen.op(&tree);
-        let got = vfs.apply(&op);
-        let want = apply(&reference, &op);
-        let last = step + 1 == ops;
-        let whole = step % tree_every == tree_every - 1 || last;
-        let content_every = tree_every.max(50);
-        let full = step % content_every == content_every - 1 || last;
-        let b = snapshot(&reference, full);
-        let d = if whole {
-            diff(&vfs.snapshot(full), &b)
-        } else {
-            let dirs = op_dirs(&op);
-            diff(&vfs.snapshot_dirs(&dirs), &snapshot_dirs(&reference, &dirs))
-        };
-        if got != want || !d.is_empty() {
-            panic!(
-                "seed {seed}, step {step}: {op:?}\n  namespace: {got:?}  reference: {want:?}\n{d}\
-                 reproduce: MLXK_MODEL_SEED={seed} MLXK_MODEL_OPS={} cargo test --test namespace_model",
-                step + 1
-            );
-        }
-        tree = b;
-        for t in touched(&op) {
-            let (x, y) = (vfs.content(t), fs::read(reference.join(t)).ok());
-            assert!(
-                x == y,
-                "seed {seed}, step {step}: content of {t} differs after {op:?}"
-            );
-        }
-        if (step + 1) % 5_000 == 0 {
-            eprintln!(
-                "namespace model: {} operations done, {} entries in the tree",
-                step + 1,
-                tree.len()
-            );
-        }
-    }
+    );
     for (opened, bytes) in &held {
         let again = Vfs::read_all(opened).unwrap();
         assert!(
@@ -817,6 +773,7 @@ fn randomized_operations_on_the_namespace_match_a_reference_directory() {
     assert_eq!(
         cache_before,
         tree_state(&fx.cache),
-        "seed {seed}: the cache changed"
+        "seed {}: the cache changed",
+        run.seed
     );
 }

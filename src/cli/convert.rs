@@ -2,10 +2,11 @@
 
 use std::io::IsTerminal;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::output::{human_size, Style};
 use super::{open_cache, CliError, ConvertArgs, MlxkArgs, Outcome};
+use crate::convert::copy::CopyStats;
 use crate::convert::plan::{Operation, QuantizeSpec};
 use crate::convert::{
     self, ConvertOperation, ConvertOutcome, ConvertProgress, ConvertRequest, RepairOutcome,
@@ -83,22 +84,23 @@ fn render_repair(
         Some(_) => format!("{} converted to {target}; index rebuilt from the shard headers ({} problems fixed)", source.name, outcome.repaired.len()),
         None => format!("{} converted to {target}; single-file model, no index needed", source.name),
     };
-    let data = json!({
-        "source": source.name,
-        "target": target,
-        "mode": "repair-index",
-        "health_check": !a.skip_health,
-        "health_status": verdict.status,
-        "health_reason": verdict.reason,
-        "message": message,
-        "files_copied": outcome.copy.files,
-        "files_reflinked": outcome.copy.reflinked,
-        "bytes_copied": outcome.copy.bytes,
-        "index_written": outcome.index.is_some(),
-        "index_bytes_read": outcome.index_bytes_read,
-        "repairs": outcome.repaired,
-        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
-    });
+    let data = Reply {
+        skip_health: a.skip_health,
+        source,
+        target,
+        mode: "repair-index",
+        verdict: &verdict,
+        message: &message,
+        copy: outcome.copy,
+    }
+    .data(
+        json!({
+            "index_written": outcome.index.is_some(),
+            "index_bytes_read": outcome.index_bytes_read,
+            "repairs": outcome.repaired,
+        }),
+        outcome.health.as_ref(),
+    );
     let mut human = format!("{} {message}\n", style.green("✓"));
     human.push_str(&format!(
         "  {} files, {} ({} reflinked)\n",
@@ -169,35 +171,36 @@ fn render_weights(
         ),
     };
     let message = format!("{} {what}", source.name);
-    let data = json!({
-        "source": source.name,
-        "target": target,
-        "mode": mode,
-        "health_check": !a.skip_health,
-        "health_status": verdict.status,
-        "health_reason": verdict.reason,
-        "message": message,
-        "files_copied": outcome.copy.files,
-        "files_reflinked": outcome.copy.reflinked,
-        "bytes_copied": outcome.copy.bytes,
-        "index_written": true,
-        "bits": outcome.scheme.map(|s| s.bits()),
-        "group_size": outcome.scheme.map(|s| s.group_size()),
-        "q_mode": outcome.scheme.map(|s| s.mode()),
-        "mixed_recipe": a.mixed_recipe.map(|r| r.name()),
-        "dtype": outcome.dtype.map(|d| d.name()),
-        "bits_per_weight": (outcome.scheme.is_some()).then(|| (outcome.bits_per_weight() * 1000.0).round() / 1000.0),
-        "quantization": outcome.quantization,
-        "tensors_converted": outcome.converted_tensors,
-        "tensors_kept": outcome.kept_tensors,
-        "tensors_dropped": outcome.dropped,
-        "shards": outcome.shards,
-        "source_bytes": outcome.source_bytes,
-        "output_bytes": outcome.output_bytes,
-        "total_parameters": outcome.index.total_parameters,
-        "elapsed_s": (secs * 1000.0).round() / 1000.0,
-        "problems": outcome.health.as_ref().map(|h| h.problems.clone()).unwrap_or_default(),
-    });
+    let reply = Reply {
+        skip_health: a.skip_health,
+        source,
+        target,
+        mode,
+        verdict: &verdict,
+        message: &message,
+        copy: outcome.copy,
+    };
+    let data = reply.data(
+        json!({
+            "index_written": true,
+            "bits": outcome.scheme.map(|s| s.bits()),
+            "group_size": outcome.scheme.map(|s| s.group_size()),
+            "q_mode": outcome.scheme.map(|s| s.mode()),
+            "mixed_recipe": a.mixed_recipe.map(|r| r.name()),
+            "dtype": outcome.dtype.map(|d| d.name()),
+            "bits_per_weight": (outcome.scheme.is_some()).then(|| (outcome.bits_per_weight() * 1000.0).round() / 1000.0),
+            "quantization": outcome.quantization,
+            "tensors_converted": outcome.converted_tensors,
+            "tensors_kept": outcome.kept_tensors,
+            "tensors_dropped": outcome.dropped,
+            "shards": outcome.shards,
+            "source_bytes": outcome.source_bytes,
+            "output_bytes": outcome.output_bytes,
+            "total_parameters": outcome.index.total_parameters,
+            "elapsed_s": (secs * 1000.0).round() / 1000.0,
+        }),
+        outcome.health.as_ref(),
+    );
     let mut human = format!("{} {message}\n", style.green("✓"));
     let verb = if mode == "quantize" {
         "quantized"
@@ -234,6 +237,41 @@ fn render_weights(
     verdict.outcome(data, human, target)
 }
 
+/// What every convert's JSON reply says first.
+struct Reply<'a> {
+    skip_health: bool,
+    source: &'a ResolvedModel,
+    target: &'a str,
+    mode: &'a str,
+    verdict: &'a Verdict,
+    message: &'a str,
+    copy: CopyStats,
+}
+
+impl Reply<'_> {
+    /// The JSON data in its fixed order: the common fields, the operation's `own`, then the
+    /// problems of the result's health check.
+    fn data(&self, own: Value, health: Option<&HealthReport>) -> Value {
+        let mut data = json!({
+            "source": self.source.name,
+            "target": self.target,
+            "mode": self.mode,
+            "health_check": !self.skip_health,
+            "health_status": self.verdict.status,
+            "health_reason": self.verdict.reason,
+            "message": self.message,
+            "files_copied": self.copy.files,
+            "files_reflinked": self.copy.reflinked,
+            "bytes_copied": self.copy.bytes,
+        });
+        if let (Some(d), Value::Object(own)) = (data.as_object_mut(), own) {
+            d.extend(own);
+        }
+        data["problems"] = json!(health.map(|h| h.problems.clone()).unwrap_or_default());
+        data
+    }
+}
+
 /// The health of a convert's result, as the reply states it.
 struct Verdict {
     status: &'static str,
@@ -260,7 +298,7 @@ impl Verdict {
     }
 
     /// A written but unhealthy workspace is a failure (exit 1) that still reports the data.
-    fn outcome(self, data: serde_json::Value, human: String, target: &str) -> Outcome {
+    fn outcome(self, data: Value, human: String, target: &str) -> Outcome {
         Outcome {
             data,
             human,

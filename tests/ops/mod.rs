@@ -644,3 +644,137 @@ pub fn touched(op: &Op) -> Vec<&String> {
         _ => vec![],
     }
 }
+
+/// What the operations are applied to besides the reference: a directory of a mount, or the
+/// namespace through a model of the VFS.
+pub trait Subject {
+    fn apply(&mut self, op: &Op) -> Outcome;
+    /// The whole working tree, as [`snapshot`] records a real one.
+    fn snapshot(&mut self, with_content: bool) -> BTreeMap<String, Entry>;
+    /// The entries of some directories only, as [`snapshot_dirs`] records them.
+    fn snapshot_dirs(&mut self, dirs: &[String]) -> BTreeMap<String, Entry>;
+    /// The content of a file (None when there is no file to read there).
+    fn content(&mut self, path: &str) -> Option<Vec<u8>>;
+}
+
+/// A directory of a real filesystem (the mount).
+pub struct Dir(pub PathBuf);
+
+impl Subject for Dir {
+    fn apply(&mut self, op: &Op) -> Outcome {
+        apply(&self.0, op)
+    }
+    fn snapshot(&mut self, with_content: bool) -> BTreeMap<String, Entry> {
+        snapshot(&self.0, with_content)
+    }
+    fn snapshot_dirs(&mut self, dirs: &[String]) -> BTreeMap<String, Entry> {
+        snapshot_dirs(&self.0, dirs)
+    }
+    fn content(&mut self, path: &str) -> Option<Vec<u8>> {
+        fs::read(self.0.join(path)).ok()
+    }
+}
+
+/// One run's settings, from `<PREFIX>_OPS`, `<PREFIX>_SEED` (default: from the clock) and
+/// `<PREFIX>_TREE_EVERY`.
+pub struct Run {
+    pub ops: usize,
+    pub seed: u64,
+    /// Whole trees are compared every this many steps (the directories an operation touched,
+    /// and the content it wrote, at every step).
+    pub tree_every: usize,
+    /// The environment prefix, and the test target that reproduces a failure.
+    pub prefix: &'static str,
+    pub test: &'static str,
+}
+
+impl Run {
+    pub fn from_env(
+        prefix: &'static str,
+        test: &'static str,
+        ops: usize,
+        tree_every: usize,
+    ) -> Run {
+        let var = |k: &str| -> Option<u64> {
+            std::env::var(format!("{prefix}_{k}"))
+                .ok()
+                .and_then(|v| v.parse().ok())
+        };
+        let run = Run {
+            ops: var("OPS").map_or(ops, |v| v as usize),
+            seed: var("SEED").unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            }),
+            tree_every: var("TREE_EVERY")
+                .filter(|n| *n > 0)
+                .map_or(tree_every, |v| v as usize),
+            prefix,
+            test,
+        };
+        eprintln!(
+            "{test}: {} operations, {prefix}_SEED={}, whole trees compared every {} step(s)",
+            run.ops, run.seed, run.tree_every
+        );
+        run
+    }
+
+    /// Applies `ops` random operations (Chmod from `modes`) to `subject` and to the plain
+    /// directory `reference`: after every step the same result and equal trees, or a panic
+    /// naming the seed, the step and the way to reproduce it.
+    pub fn go(&self, subject: &mut impl Subject, reference: &Path, modes: &'static [u32]) {
+        let seed = self.seed;
+        let mut gen = Gen {
+            rng: Rng::new(seed),
+            modes,
+        };
+        let mut tree = snapshot(reference, false);
+        for step in 0..self.ops {
+            let op = gen.op(&tree);
+            let got = subject.apply(&op);
+            let want = apply(reference, &op);
+            let last = step + 1 == self.ops;
+            let whole = step % self.tree_every == self.tree_every - 1 || last;
+            // Every file's content too, every 50 steps (or at each whole-tree step when rarer).
+            let content_every = self.tree_every.max(50);
+            let full = step % content_every == content_every - 1 || last;
+            let b = snapshot(reference, full);
+            let d = if whole {
+                diff(&subject.snapshot(full), &b)
+            } else {
+                let dirs = op_dirs(&op);
+                diff(
+                    &subject.snapshot_dirs(&dirs),
+                    &snapshot_dirs(reference, &dirs),
+                )
+            };
+            if got != want || !d.is_empty() {
+                panic!(
+                    "seed {seed}, step {step}: {op:?}\n  {}: {got:?}  reference: {want:?}\n{d}\
+                     reproduce: {p}_SEED={seed} {p}_OPS={} cargo test --test {t}",
+                    self.test,
+                    step + 1,
+                    p = self.prefix,
+                    t = self.test,
+                );
+            }
+            tree = b;
+            for t in touched(&op) {
+                let (x, y) = (subject.content(t), fs::read(reference.join(t)).ok());
+                assert!(
+                    x == y,
+                    "seed {seed}, step {step}: content of {t} differs after {op:?}"
+                );
+            }
+            if (step + 1) % 10_000 == 0 {
+                eprintln!(
+                    "{}: {} operations done, {} entries in the tree",
+                    self.test,
+                    step + 1,
+                    tree.len()
+                );
+            }
+        }
+    }
+}
