@@ -51,9 +51,14 @@ bench() { # name dir
     # proactively, so a first run can include reading them from disk).
     "$bin" run "$dir" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
   done
-  for _ in $(seq 1 "$runs"); do
+  local order
+  for i in $(seq 1 "$runs"); do
     bw=$(bandwidth)
-    for entry in "${bins[@]}"; do
+    # With BASE, the two binaries take turns going first (the first run after the probe is
+    # not the second's equal).
+    order=("${bins[@]}")
+    if [ $((i % 2)) = 0 ] && [ ${#bins[@]} -gt 1 ]; then order=("${bins[1]}" "${bins[0]}"); fi
+    for entry in "${order[@]}"; do
       label=${entry%%:*} bin=${entry#*:}
       /usr/bin/time -f "%M" -o "$work/rss" "$bin" --json run "$dir" "$prompt" --max-tokens 128 \
         --temperature 0 --repetition-penalty 1 --no-chat-template --verbose >"$work/out.json" 2>"$work/err"
