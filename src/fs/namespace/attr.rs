@@ -1,3 +1,6 @@
+//! Attributes: what a node is now (overlay metadata, or synthesized for cache, virtual and
+//! generated files), and setattr (a cache file is copied up and the change applied to the copy).
+
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::{Duration, SystemTime};

@@ -1,3 +1,6 @@
+//! Copy-up: a cache, virtual or generated file becomes an overlay file (complete in the temp
+//! directory first, then renamed into place), and the overlay directories a change needs.
+
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;

@@ -1,3 +1,6 @@
+//! New names: create, mkdir, mknod, symlink and hard links, each in the overlay, replacing a
+//! whiteout of the same name (a directory made over one is opaque).
+
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;

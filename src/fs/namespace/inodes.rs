@@ -1,3 +1,6 @@
+//! The inode table: nodes, their identities and places, the kernel's lookup counts, and the
+//! retirement of nodes whose place now shows something else.
+
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;

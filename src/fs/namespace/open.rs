@@ -1,3 +1,6 @@
+//! Opening files: overlay files with the client's access mode, cache blobs read-only (what a
+//! passthrough backing is registered from), virtual and generated files from memory.
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;

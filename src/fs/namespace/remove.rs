@@ -1,3 +1,6 @@
+//! unlink and rmdir: the overlay's entry removed, and a whiteout written first wherever the
+//! cache below would show the name again.
+
 use std::ffi::OsStr;
 use std::fs;
 

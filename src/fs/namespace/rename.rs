@@ -1,3 +1,6 @@
+//! rename: overlay entries move; what lives in the cache moves as a redirect record, never a
+//! copy (so never EXDEV); whiteouts hide what the cache shows at the old name.
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -1,3 +1,7 @@
+//! Resolution: a node's path, what a name of a union directory shows (overlay entry, redirect,
+//! whiteout, opaque directory, cache), lookups and listings, and the index recomputed from the
+//! union's shards.
+
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};

@@ -1,3 +1,6 @@
+//! Extended attributes: on overlay files and directories (a cache file is copied up to get
+//! one); the hidden status file's invalidation request.
+
 use std::ffi::{CString, OsStr};
 use std::fs::{self};
 use std::io;
