@@ -48,7 +48,7 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
         },
         use_template: !a.no_chat_template,
     };
-    let mut session = ChatSession::load(model.dir(), opts).map_err(|e| match e {
+    let mut session = ChatSession::load(&model, opts).map_err(|e| match e {
         EngineError::InsufficientMemory { need, available } => CliError::new(
             "InsufficientMemory",
             format!(

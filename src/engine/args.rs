@@ -1,6 +1,7 @@
 //! What the engine needs from config.json (and generation_config.json), checked before a
 //! byte of weights is mapped: the family, the shapes, RoPE, the eos ids, the quantization.
 
+use crate::store::files::read_small;
 use std::path::Path;
 
 use serde_json::Value;
@@ -58,11 +59,14 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// The largest config.json / generation_config.json read (real ones are a few KB).
+const CONFIG_MAX: u64 = 16 << 20;
+
 impl ModelArgs {
     /// Reads and checks `dir/config.json` (and `generation_config.json` for eos ids).
     pub fn load(dir: &Path) -> Result<ModelArgs, EngineError> {
         let path = dir.join("config.json");
-        let bytes = std::fs::read(&path).map_err(|e| EngineError::Model {
+        let bytes = read_small(&path, CONFIG_MAX, &mut 0).map_err(|e| EngineError::Model {
             path: path.clone(),
             reason: format!("cannot read: {e}"),
         })?;
@@ -70,7 +74,7 @@ impl ModelArgs {
             path: path.clone(),
             reason: format!("not valid JSON ({e})"),
         })?;
-        let generation = std::fs::read(dir.join("generation_config.json"))
+        let generation = read_small(&dir.join("generation_config.json"), CONFIG_MAX, &mut 0)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
         ModelArgs::from_config(&config, generation.as_ref())

@@ -2,7 +2,6 @@
 //! and the tokens the engine already holds, so that a new turn runs only what it does not
 //! share with the conversation so far.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::args::ModelArgs;
@@ -11,6 +10,8 @@ use super::template::{ChatTemplate, Message};
 use super::tokenizer::TextTokenizer;
 use super::weights::weight_files_size;
 use super::{generate, Engine, EngineError, GenerateOptions, Generation};
+use crate::store::files::{is_mlx_lm_weights, FileState};
+use crate::store::spec::ResolvedModel;
 
 /// How a session samples and renders prompts.
 #[derive(Debug, Clone)]
@@ -35,9 +36,15 @@ pub struct ChatSession {
 }
 
 impl ChatSession {
-    /// Loads the model in `dir`: refuses what cannot run (unsupported configs, weights larger
-    /// than the memory available) before mapping anything.
-    pub fn load(dir: &Path, mut opts: SessionOptions) -> Result<ChatSession, EngineError> {
+    /// Loads `model`: refuses what cannot run (a file it reads that is a link leaving the
+    /// cache or not a regular file, an unsupported config, weights larger than the memory
+    /// available) before mapping anything.
+    pub fn load(
+        model: &ResolvedModel,
+        mut opts: SessionOptions,
+    ) -> Result<ChatSession, EngineError> {
+        check_files(model)?;
+        let dir = model.dir();
         let args = ModelArgs::load(dir)?;
         let need = weight_files_size(dir);
         if let Some(available) = available_memory().filter(|&a| need > a) {
@@ -125,6 +132,40 @@ impl ChatSession {
         self.context.extend(&g.tokens);
         Ok(g)
     }
+}
+
+/// The files `mlxk run` reads: the weights mlx-lm loads, the configs, the tokenizer files and
+/// the chat template.
+fn read_by_run(rel: &str) -> bool {
+    is_mlx_lm_weights(rel)
+        || matches!(
+            rel,
+            "config.json"
+                | "generation_config.json"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "chat_template.jinja"
+        )
+}
+
+/// The store's containment and file-type rules, as health and convert apply them: a cache
+/// model's link that leaves the cache is never followed, a FIFO or device is never opened.
+fn check_files(model: &ResolvedModel) -> Result<(), EngineError> {
+    for f in model.files.iter().filter(|f| read_by_run(&f.rel_path)) {
+        let reason = match &f.state {
+            FileState::EscapesCache { target } => format!(
+                "a link that leaves the cache ({}); not followed",
+                target.display()
+            ),
+            FileState::NotRegular { what } => format!("is {what}, not a regular file"),
+            _ => continue,
+        };
+        return Err(EngineError::Model {
+            path: f.path.clone(),
+            reason,
+        });
+    }
+    Ok(())
 }
 
 /// MemAvailable of /proc/meminfo, in bytes (Linux; `None` elsewhere or when unreadable).

@@ -4,6 +4,7 @@
 //! (minijinja-contrib's pycompat), `raise_exception`, `strftime_now`, and a `tojson` that
 //! prints like Python's `json.dumps`.
 
+use crate::store::files::read_small;
 use std::path::Path;
 
 use minijinja::value::Value as JValue;
@@ -146,7 +147,9 @@ fn strftime(fmt: &str, t: std::time::SystemTime) -> String {
 impl ChatTemplate {
     /// The model's template, if it has one.
     pub fn load(dir: &Path, tokenizer_config: &Value) -> Result<Option<ChatTemplate>, EngineError> {
-        let from_file = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
+        let from_file = read_small(&dir.join("chat_template.jinja"), 1 << 20, &mut 0)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
         let source = from_file.or_else(|| match tokenizer_config.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Array(named)) => named

@@ -1,6 +1,7 @@
 //! The model's tokenizer (`tokenizer.json` through the `tokenizers` crate), its special tokens
 //! from tokenizer_config.json, and a streaming decoder that never emits half a character.
 
+use crate::store::files::read_small;
 use std::path::Path;
 
 use serde_json::Value;
@@ -24,6 +25,11 @@ fn token_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The largest tokenizer.json loaded (the biggest real ones are ~30 MB).
+const TOKENIZER_MAX: u64 = 256 << 20;
+/// The largest tokenizer_config.json read.
+const CONFIG_MAX: u64 = 16 << 20;
+
 impl TextTokenizer {
     pub fn load(dir: &Path) -> Result<TextTokenizer, EngineError> {
         let path = dir.join("tokenizer.json");
@@ -33,11 +39,17 @@ impl TextTokenizer {
                 reason: "missing: `mlxk run` reads the tokenizer from tokenizer.json".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::Model {
+        // Read as a regular file of bounded size first: a FIFO or a device must not hang or
+        // flood the load.
+        let bytes = read_small(&path, TOKENIZER_MAX, &mut 0).map_err(|e| EngineError::Model {
+            path: path.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| EngineError::Model {
             path: path.clone(),
             reason: format!("cannot load the tokenizer: {e}"),
         })?;
-        let config: Value = std::fs::read(dir.join("tokenizer_config.json"))
+        let config: Value = read_small(&dir.join("tokenizer_config.json"), CONFIG_MAX, &mut 0)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);

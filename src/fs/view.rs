@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::store::files::join_rel;
+use crate::store::files::{join_rel, read_small};
 use crate::store::health;
 use crate::store::index::INDEX_FILE;
 use crate::store::sentinel::{iso8601, SENTINEL_FILE};
@@ -16,6 +16,8 @@ use crate::store::spec::ResolvedModel;
 
 /// Name under which a differing cached index stays readable.
 pub const ORIG_INDEX_FILE: &str = "model.safetensors.index.json.orig";
+/// The largest cached index served as it is (a 1,000-shard index is a few MB).
+const INDEX_MAX: u64 = 64 << 20;
 
 /// A directory entry of a model view.
 #[derive(Debug, Clone)]
@@ -176,7 +178,9 @@ impl ModelView {
             VirtualFile::Index => virtuals.index.clone(),
             VirtualFile::OrigIndex if virtuals.orig_index => {
                 let f = self.model.file(INDEX_FILE)?;
-                std::fs::read(f.readable()?).ok().map(Arc::from)
+                read_small(f.readable()?, INDEX_MAX, &mut 0)
+                    .ok()
+                    .map(Arc::from)
             }
             VirtualFile::OrigIndex => None,
         }
@@ -203,7 +207,8 @@ fn compute_virtuals(model: &ResolvedModel, modified: SystemTime) -> Virtuals {
         .as_ref()
         .filter(|_| shard_count >= 2 || cached_index.is_some())
         .map(|i| i.to_json_string().into_bytes());
-    let original: Option<Vec<u8>> = cached_index.and_then(|f| std::fs::read(f.readable()?).ok());
+    let original: Option<Vec<u8>> =
+        cached_index.and_then(|f| read_small(f.readable()?, INDEX_MAX, &mut 0).ok());
     let orig_index = matches!((&index_bytes, &original), (Some(a), Some(b)) if a != b);
     let repairs: Vec<Value> = if index_bytes.is_some() {
         report

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -104,8 +105,37 @@ impl HubCache {
 
     /// Whether `path` (which need not exist) lies inside the cache once every symlink of its
     /// existing part is resolved.
+    ///
+    /// Checked by path (canonicalized) and by identity: a bind mount or another alias of the
+    /// cache shows its directories under another path, with the same device and inode, so
+    /// every existing ancestor of `path` is compared with the cache's root and its repo,
+    /// `snapshots` and `blobs` directories.
     pub fn contains(&self, path: &Path) -> bool {
-        canonicalize_lenient(path).starts_with(&self.canonical_root)
+        let canonical = canonicalize_lenient(path);
+        if canonical.starts_with(&self.canonical_root) {
+            return true;
+        }
+        let ids = self.directory_identities();
+        canonical
+            .ancestors()
+            .filter_map(|a| fs::metadata(a).ok())
+            .any(|m| ids.contains(&(m.dev(), m.ino())))
+    }
+
+    /// (device, inode) of the cache's root and of its repos' directories (for [`Self::contains`]).
+    fn directory_identities(&self) -> std::collections::HashSet<(u64, u64)> {
+        let mut dirs = vec![self.canonical_root.clone()];
+        if let Ok(entries) = fs::read_dir(&self.canonical_root) {
+            for e in entries.flatten() {
+                let repo = e.path();
+                dirs.extend([repo.join("snapshots"), repo.join("blobs"), repo]);
+            }
+        }
+        dirs.iter()
+            .filter_map(|d| fs::symlink_metadata(d).ok())
+            .filter(|m| m.is_dir())
+            .map(|m| (m.dev(), m.ino()))
+            .collect()
     }
 
     /// Every model repo, sorted by repo id. Datasets, spaces and stray entries are skipped.
@@ -214,6 +244,9 @@ impl HubCache {
                 Ok(meta) if meta.is_file() => {
                     ModelFile::present(rel, link.to_path_buf(), resolved, &meta)
                 }
+                Ok(meta) if !meta.is_dir() => {
+                    ModelFile::not_regular(rel, link.to_path_buf(), &meta)
+                }
                 _ => ModelFile::missing(rel, link.to_path_buf(), Some(target), false),
             },
             Err(_) => {
@@ -281,7 +314,16 @@ fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, de
         let path = entry.path();
         if path.is_dir() && depth < 8 {
             collect_refs(&path, &key, out, depth + 1);
-        } else if let Ok(text) = fs::read_to_string(&path) {
+        } else {
+            // A ref is 40 hex digits: anything that is not a small regular file (a FIFO, a
+            // link to a device) is skipped without waiting on it or reading it whole.
+            let text = match super::files::read_small(&path, 4096, &mut 0) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => {
+                    tracing::warn!("skipping ref {key}: {e}");
+                    continue;
+                }
+            };
             let sha = text.trim();
             if !sha.is_empty() && sha.len() <= 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 out.insert(key, sha.to_string());

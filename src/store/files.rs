@@ -31,6 +31,9 @@ pub enum FileState {
     },
     /// A snapshot link pointing outside the cache: never followed.
     EscapesCache { target: PathBuf },
+    /// Something that is not a regular file where a file is (a FIFO, a device, a socket):
+    /// never opened.
+    NotRegular { what: &'static str },
 }
 
 impl ModelFile {
@@ -61,6 +64,26 @@ impl ModelFile {
             rel_path,
             path,
             state: FileState::Missing { target, incomplete },
+        }
+    }
+
+    /// A file that is not a regular file (`what` says what it is).
+    pub fn not_regular(rel_path: String, path: PathBuf, meta: &fs::Metadata) -> ModelFile {
+        use std::os::unix::fs::FileTypeExt;
+        let ft = meta.file_type();
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        ModelFile {
+            rel_path,
+            path,
+            state: FileState::NotRegular { what },
         }
     }
 
@@ -192,13 +215,77 @@ pub fn join_rel(prefix: &str, name: &str) -> String {
     }
 }
 
-/// Reads a whole small file, bounded by `limit` bytes, counting what was read.
-pub fn read_bounded(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+/// Opens `path` for reading if it is a regular file. The open is non-blocking, so a FIFO never
+/// makes it wait for a writer; FIFOs, devices (a link to `/dev/zero`), sockets and directories
+/// are refused with an error naming the file and what it is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    let what = if ft.is_file() {
+        return Ok(file);
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{} is {what}, not a regular file", path.display()),
+    ))
+}
+
+/// Reads a whole small regular file of at most `limit` bytes, counting what was read. A larger
+/// file is an error saying so (never a truncated read that looks complete).
+pub fn read_small(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than the {} limit for this file",
+                path.display(),
+                limit_text(limit)
+            ),
+        )
+    };
+    if file.metadata()?.len() > limit {
+        return Err(too_large());
+    }
     let mut buf = Vec::new();
-    file.take(limit).read_to_end(&mut buf)?;
+    file.take(limit + 1).read_to_end(&mut buf)?;
+    *bytes_read += buf.len() as u64;
+    if buf.len() as u64 > limit {
+        return Err(too_large()); // it grew while it was read
+    }
+    Ok(buf)
+}
+
+/// The first (at most) `n` bytes of a regular file, counting what was read.
+pub fn read_prefix(path: &Path, n: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    open_regular(path)?.take(n).read_to_end(&mut buf)?;
     *bytes_read += buf.len() as u64;
     Ok(buf)
+}
+
+fn limit_text(limit: u64) -> String {
+    if limit >= 1 << 20 && limit.is_multiple_of(1 << 20) {
+        format!("{} MiB", limit >> 20)
+    } else if limit >= 1 << 10 && limit.is_multiple_of(1 << 10) {
+        format!("{} KiB", limit >> 10)
+    } else {
+        format!("{limit}-byte")
+    }
 }
 
 /// Lists a workspace directory's files recursively (symlinks followed, `.git` skipped).
@@ -239,7 +326,7 @@ fn walk_workspace(
                 };
                 out.push(ModelFile::present(rel, path, resolved, &meta));
             }
-            Ok(_) => {} // sockets, fifos: not model files
+            Ok(meta) => out.push(ModelFile::not_regular(rel, path, &meta)),
             Err(_) => {
                 let target = fs::read_link(&path).ok();
                 out.push(ModelFile::missing(rel, path, target, false));

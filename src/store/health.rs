@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::cache::{HubCache, ModelRepo};
 use super::config::{ModelConfig, MLX_LM_MODEL_TYPES};
 use super::error::StoreError;
-use super::files::{is_safetensors, read_bounded, FileKind, FileState, ModelFile};
+use super::files::{
+    is_safetensors, open_regular, read_prefix, read_small, FileKind, FileState, ModelFile,
+};
 use super::index::{
     compare, rebuild_index, IndexDifference, RebuildError, WeightIndex, INDEX_FILE,
 };
@@ -196,7 +198,7 @@ impl<'m> Checker<'m> {
         let path = f
             .readable()
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
-        read_bounded(path, limit, &mut self.bytes_read)
+        read_small(path, limit, &mut self.bytes_read)
     }
 
     fn push(&mut self, code: ProblemCode, file: Option<&str>, message: String, hint: String) {
@@ -314,6 +316,18 @@ impl<'m> Checker<'m> {
                     hint,
                 );
             }
+            FileState::NotRegular { what } => {
+                let hint = self.redownload_hint();
+                self.push(
+                    ProblemCode::FileUnreadable,
+                    Some(&f.rel_path),
+                    format!(
+                        "{}: is {what}, not a regular file (never opened)",
+                        f.rel_path
+                    ),
+                    hint,
+                );
+            }
             FileState::EscapesCache { target } => {
                 let hint = self.redownload_hint();
                 self.push(
@@ -329,8 +343,7 @@ impl<'m> Checker<'m> {
             }
             FileState::Present { resolved, size, .. } => {
                 if *size <= LFS_POINTER_MAX && *size >= LFS_POINTER_PREFIX.len() as u64 {
-                    if let Ok(head) = read_bounded(resolved, LFS_POINTER_MAX, &mut self.bytes_read)
-                    {
+                    if let Ok(head) = read_prefix(resolved, LFS_POINTER_MAX, &mut self.bytes_read) {
                         let is_pointer = head.starts_with(LFS_POINTER_PREFIX);
                         self.small_files.insert(f.rel_path.clone(), head);
                         if is_pointer {
@@ -773,7 +786,7 @@ impl<'m> Checker<'m> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         } else if size <= TOKENIZER_FULL_PARSE_MAX {
-            match std::fs::File::open(path) {
+            match open_regular(path) {
                 Ok(f) => {
                     self.bytes_read += size;
                     serde_json::from_reader::<_, serde::de::IgnoredAny>(std::io::BufReader::new(f))
@@ -814,7 +827,8 @@ impl<'m> Checker<'m> {
             return Framework::Mlx;
         }
         if let Some(readme) = self.top("README.md").filter(|f| f.readable().is_some()) {
-            if let Ok(text) = self.read(readme, 64 * 1024) {
+            let path = readme.readable().unwrap_or(Path::new(""));
+            if let Ok(text) = read_prefix(path, 64 * 1024, &mut self.bytes_read) {
                 if readme_declares_mlx(&String::from_utf8_lossy(&text)) {
                     return Framework::Mlx;
                 }
@@ -849,13 +863,13 @@ pub fn parse_shard_name(name: &str) -> Option<(u32, u32)> {
 }
 
 fn read_first(path: &Path, n: usize, bytes_read: &mut u64) -> std::io::Result<Vec<u8>> {
-    read_bounded(path, n as u64, bytes_read)
+    read_prefix(path, n as u64, bytes_read)
 }
 
 /// For files too large to parse on every health check: starts with `{` and ends with `}`.
 fn structurally_json_object(path: &Path, size: u64, bytes_read: &mut u64) -> Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut f = open_regular(path).map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = f.read(&mut head).map_err(|e| e.to_string())?;
     let tail_len = 64.min(size);

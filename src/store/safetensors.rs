@@ -1,7 +1,6 @@
 //! Safetensors headers, read from the first `8 + N` bytes of a file and never from its data.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -117,7 +116,7 @@ pub fn read_header_counted(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io_err)?;
+    let mut file = super::files::open_regular(path).map_err(io_err)?;
     let file_len = file.metadata().map_err(io_err)?.len();
     if file_len < 8 {
         return Err(HeaderError::TooSmall {
@@ -208,6 +207,7 @@ fn parse_header_json(json: &[u8]) -> Result<Metadata, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

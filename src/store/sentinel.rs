@@ -47,6 +47,9 @@ pub enum SentinelError {
     },
 }
 
+/// The largest sentinel read (they are a few hundred bytes).
+const SENTINEL_MAX: u64 = 1 << 20;
+
 impl Sentinel {
     /// A new managed sentinel stamped with this crate's version and the current time.
     pub fn new(
@@ -82,10 +85,11 @@ impl Sentinel {
         Ok(s)
     }
 
-    /// Reads the sentinel of `dir`; `Ok(None)` when there is none.
+    /// Reads the sentinel of `dir` (a regular file of at most 1 MiB); `Ok(None)` when there is
+    /// none.
     pub fn read(dir: &Path) -> Result<Option<Sentinel>, SentinelError> {
         let path = dir.join(SENTINEL_FILE);
-        let bytes = match fs::read(&path) {
+        let bytes = match super::files::read_small(&path, SENTINEL_MAX, &mut 0) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(SentinelError::Read { path, source }),

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::cache::HubCache;
 use super::config::ModelConfig;
 use super::error::StoreError;
-use super::files::read_bounded;
+use super::files::read_small;
 use super::health::{check, check_cache, Framework, HealthReport, Problem};
 use super::sentinel::iso8601;
 use super::spec::{ModelLocation, ResolvedModel};
@@ -139,7 +139,7 @@ fn has_chat_template(model: &ResolvedModel) -> bool {
     else {
         return false;
     };
-    read_bounded(path, 16 * 1024 * 1024, &mut 0)
+    read_small(path, 16 << 20, &mut 0)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|v| v.get("chat_template").is_some_and(|t| !t.is_null()))

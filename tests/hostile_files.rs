@@ -1,0 +1,263 @@
+//! Odd files where the store expects small regular ones (issue 15, B2/B3): a FIFO or a link to
+//! `/dev/zero` as a ref, a config or a tokenizer; a config larger than its limit. Every command
+//! must finish promptly with a message naming the file — never wait on a FIFO, never read a
+//! device whole, never parse a truncated read as if it were the file — and the mount must stay
+//! responsive and unmount cleanly.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::{fuse_available, MountGuard};
+use common::Fixture;
+use serde_json::Value;
+
+/// How long any of these commands may take: they read headers and small files only.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` to completion, or kills it and fails the test at the deadline.
+fn finish(mut cmd: Command, what: &str) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+            child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+            return Output {
+                status,
+                stdout: out,
+                stderr: err,
+            };
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{what}` hung: still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mlxk(fx: &Fixture, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk"));
+    cmd.arg("--cache").arg(&fx.cache).args(args);
+    cmd.env("NO_COLOR", "1");
+    finish(cmd, &format!("mlxk {}", args.join(" ")))
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn mkfifo(p: &Path) {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+}
+
+fn repo_dir(fx: &Fixture, repo: &str) -> std::path::PathBuf {
+    fx.cache
+        .join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// A FIFO and a link to /dev/zero as refs: list, health and show finish, and the models
+/// still resolve (their newest snapshot stands in for the unreadable ref).
+#[test]
+fn fifo_and_device_refs_do_not_hang_or_flood_the_commands() {
+    let fx = Fixture::new();
+    let fifo_repo = "mlx-community/Llama-tiny-f16";
+    let zero_repo = "mlx-community/Llama-tiny-bf16";
+    let fifo = repo_dir(&fx, fifo_repo).join("refs/main");
+    std::fs::remove_file(&fifo).unwrap();
+    mkfifo(&fifo);
+    let zero = repo_dir(&fx, zero_repo).join("refs/main");
+    std::fs::remove_file(&zero).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    std::fs::create_dir_all(repo_dir(&fx, zero_repo).join("refs/pr")).unwrap();
+    mkfifo(&repo_dir(&fx, zero_repo).join("refs/pr/1"));
+
+    let out = mlxk(&fx, &["list", "--all", "--json"]);
+    let v = json(&out);
+    let names: Vec<&str> = v["data"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&fifo_repo) && names.contains(&zero_repo),
+        "{names:?}"
+    );
+    let out = mlxk(&fx, &["list", "--health"]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = mlxk(&fx, &["health", "--json"]);
+    assert!(json(&out)["data"]["summary"]["total"].as_u64().unwrap() > 10);
+    for repo in [fifo_repo, zero_repo] {
+        let out = mlxk(&fx, &["show", repo, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        assert_eq!(json(&out)["data"]["model"]["name"], repo);
+        let out = mlxk(&fx, &["health", repo, "--json"]);
+        assert_eq!(json(&out)["data"]["summary"]["total"], 1);
+    }
+}
+
+/// Small files of a workspace that are FIFOs, devices or too large: health names them, run
+/// refuses them, both promptly.
+#[test]
+fn fifo_device_and_oversized_model_files_are_named_not_waited_on() {
+    let fx = Fixture::new();
+    let fifo_ws = fx.copy_of("mlx-community/Llama-tiny-f16", "fifo-config");
+    std::fs::remove_file(fifo_ws.join("config.json")).unwrap();
+    mkfifo(&fifo_ws.join("config.json"));
+    let out = mlxk(&fx, &["health", fifo_ws.to_str().unwrap(), "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FIFO"), "{text}");
+    let out = mlxk(&fx, &["run", fifo_ws.to_str().unwrap(), "Hi", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("config.json") && msg.contains("FIFO"), "{msg}");
+
+    let zero_ws = fx.copy_of("mlx-community/Llama-tiny-f16", "zero-tokenizer");
+    std::fs::remove_file(zero_ws.join("tokenizer.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero_ws.join("tokenizer.json")).unwrap();
+    let out = mlxk(&fx, &["run", zero_ws.to_str().unwrap(), "Hi", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("device"),
+        "{msg}"
+    );
+    let out = mlxk(&fx, &["health", zero_ws.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+
+    // A valid config.json past the 16 MiB limit: said so, not "invalid JSON at column ...".
+    let big_ws = fx.copy_of("mlx-community/Llama-tiny-f16", "big-config");
+    let config = std::fs::read_to_string(big_ws.join("config.json")).unwrap();
+    let padded = format!("{}{}", " ".repeat(17 << 20), config);
+    std::fs::write(big_ws.join("config.json"), padded).unwrap();
+    let out = mlxk(&fx, &["health", big_ws.to_str().unwrap(), "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("larger than the 16 MiB limit"), "{text}");
+    assert!(!text.contains("column"), "{text}");
+    let out = mlxk(&fx, &["run", big_ws.to_str().unwrap(), "Hi", "--json"]);
+    let msg = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("larger than the 16 MiB limit"), "{msg}");
+}
+
+/// The mount over a cache whose refs are a FIFO and a device link: listings finish, the
+/// models show, and it unmounts cleanly.
+#[test]
+fn the_mount_stays_responsive_over_fifo_and_device_refs() {
+    if !fuse_available("the_mount_stays_responsive_over_fifo_and_device_refs") {
+        return;
+    }
+    let fx = Fixture::new();
+    let fifo = repo_dir(&fx, "mlx-community/Llama-tiny-f16").join("refs/main");
+    std::fs::remove_file(&fifo).unwrap();
+    mkfifo(&fifo);
+    let zero = repo_dir(&fx, "mlx-community/Llama-tiny-bf16").join("refs/main");
+    std::fs::remove_file(&zero).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
+    for _ in 0..3 {
+        let mut ls = Command::new("ls");
+        ls.arg("-lR").arg(m.path(""));
+        let out = finish(ls, "ls -lR of the mount");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Llama-tiny-f16") && text.contains("Llama-tiny-bf16"));
+    }
+    let mut cat = Command::new("cat");
+    cat.arg(m.path("mlx-community/Llama-tiny-f16/config.json"));
+    assert!(finish(cat, "cat through the mount").status.success());
+    let state = fx.path("state");
+    let mut umount = Command::new(env!("CARGO_BIN_EXE_mlxk-fs"));
+    umount
+        .arg("umount")
+        .arg(m.path(""))
+        .env("MLXK_FS_STATE_DIR", &state);
+    assert!(finish(umount, "mlxk-fs umount").status.success());
+}
+
+/// `mlxk run` follows the store's containment: a cache model's file that links out of the
+/// cache is refused, not read (it read `/etc/passwd` as a config before).
+#[test]
+fn run_refuses_links_that_leave_the_cache() {
+    let fx = Fixture::new();
+    let out = mlxk(&fx, &["run", "broken/escaping-link", "Hi", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let msg = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("leaves the cache"),
+        "{msg}"
+    );
+    let snapshot = common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f32");
+    std::fs::remove_file(snapshot.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", snapshot.join("config.json")).unwrap();
+    let out = mlxk(
+        &fx,
+        &["run", "mlx-community/Llama-tiny-f32", "Hi", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let msg = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("config.json") && msg.contains("leaves the cache"),
+        "{msg}"
+    );
+}
+
+/// A bind mount of the cache (or of one of its repos) is the cache under another path: a convert
+/// into it is refused by identity, and nothing is written (as root; elsewhere mounts need it).
+#[test]
+fn convert_refuses_a_bind_mount_alias_of_the_cache() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP convert_refuses_a_bind_mount_alias_of_the_cache: bind mounts need root");
+        return;
+    }
+    let fx = Fixture::new();
+    let before = common::tree_state(&fx.cache);
+    let repo = repo_dir(&fx, "mlx-community/Llama-tiny-f16");
+    for (source, alias) in [
+        (fx.cache.clone(), fx.path("alias")),
+        (repo, fx.path("repo-alias")),
+    ] {
+        std::fs::create_dir_all(&alias).unwrap();
+        nix::mount::mount(
+            Some(&source),
+            &alias,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount");
+        let target = alias.join("new-ws");
+        let out = mlxk(
+            &fx,
+            &[
+                "convert",
+                "mlx-community/Llama-tiny-bf16",
+                target.to_str().unwrap(),
+                "--repair-index",
+                "--json",
+            ],
+        );
+        let v = json(&out);
+        let exists = target.exists();
+        nix::mount::umount2(&alias, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        assert_eq!(out.status.code(), Some(1), "{v:#}");
+        assert_eq!(v["error"]["type"], "target_in_cache", "{v:#}");
+        assert!(!exists, "{} was created", target.display());
+    }
+    assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");
+}
