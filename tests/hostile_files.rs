@@ -261,3 +261,35 @@ fn convert_refuses_a_bind_mount_alias_of_the_cache() {
     }
     assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");
 }
+
+/// A mountpoint inside (or equal to) the cache is refused before anything is mounted: the
+/// daemon would read the cache through its own mount and wait on itself.
+#[test]
+fn a_mountpoint_inside_the_cache_is_refused() {
+    if !fuse_available("a_mountpoint_inside_the_cache_is_refused") {
+        return;
+    }
+    let fx = Fixture::new();
+    let state = fx.path("state");
+    let snapshots = repo_dir(&fx, "mlx-community/Llama-tiny-f16").join("snapshots");
+    for mountpoint in [fx.cache.clone(), snapshots] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk-fs"));
+        cmd.arg("mount")
+            .arg(&mountpoint)
+            .arg("--cache")
+            .arg(&fx.cache)
+            .arg("--overlay")
+            .arg(fx.path("overlay"))
+            .env("MLXK_FS_STATE_DIR", &state);
+        let out = finish(cmd, "mlxk-fs mount inside the cache");
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("inside the cache"), "{err}");
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounted.contains(mountpoint.to_str().unwrap()),
+            "{} was mounted",
+            mountpoint.display()
+        );
+    }
+}

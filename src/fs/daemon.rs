@@ -47,6 +47,8 @@ pub enum DaemonError {
     CacheInOverlay { overlay: PathBuf, cache: PathBuf },
     #[error("overlay directory {0} is inside the mountpoint; choose a directory outside it")]
     OverlayInMount(PathBuf),
+    #[error("mountpoint {mountpoint} is inside the cache {cache}: the mount would hide part of the cache from the daemon serving it; choose a directory outside the cache (e.g. ~/mlx)")]
+    MountpointInCache { mountpoint: PathBuf, cache: PathBuf },
     #[error("overlay directory {overlay} is already used by the mount at {mountpoint} (pid {pid}); two daemons must not write one overlay")]
     OverlayBusy {
         overlay: PathBuf,
@@ -175,6 +177,14 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     let mountpoint = preflight(&opts.mountpoint)?;
     let cache = HubCache::open(&opts.cache)?;
     let cache_root = std::fs::canonicalize(cache.root())?;
+    // A daemon that reads the cache through its own mount waits on itself (unprivileged
+    // daemons have no private view of the cache to escape it).
+    if cache.contains(&mountpoint) {
+        return Err(DaemonError::MountpointInCache {
+            mountpoint,
+            cache: cache_root,
+        });
+    }
     let overlay = open_overlay(&opts.overlay, &cache_root, &mountpoint)?;
     // Modes of what users create are exactly what they ask for (the kernel applied their umask).
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
