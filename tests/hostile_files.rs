@@ -293,3 +293,42 @@ fn a_mountpoint_inside_the_cache_is_refused() {
         );
     }
 }
+
+/// As root the daemon sees the cache read-only in its own namespace — submounts under the
+/// cache included (the bind is recursive, and so is the read-only flag now) — and says so.
+#[test]
+fn the_daemons_view_of_the_cache_is_read_only_submounts_included() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP the_daemons_view_of_the_cache_is_read_only_submounts_included: needs root");
+        return;
+    }
+    if !fuse_available("the_daemons_view_of_the_cache_is_read_only_submounts_included") {
+        return;
+    }
+    let fx = Fixture::new();
+    let sub = repo_dir(&fx, "mlx-community/Llama-tiny-f16").join("extra-disk");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID,
+        Some("size=1m"),
+    )
+    .expect("tmpfs under the cache");
+    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
+    let record = m.record.clone();
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", m.pid())).unwrap();
+    drop(m);
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).expect("umount tmpfs");
+    assert_eq!(record["cache_read_only"], true, "{record:#}");
+    let sub = std::fs::canonicalize(&sub).unwrap_or(sub);
+    let line = info
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == sub.to_str())
+        .unwrap_or_else(|| panic!("no submount in the daemon's namespace:\n{info}"));
+    let options: Vec<&str> = line.split(' ').nth(5).unwrap().split(',').collect();
+    assert!(options.contains(&"ro"), "{line}");
+    assert!(options.contains(&"nosuid"), "kept its other flags: {line}");
+}

@@ -249,7 +249,7 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     } else {
         None
     };
-    let isolated = sandbox.is_some();
+    let isolated = sandbox.as_ref().is_some_and(|s| s.read_only);
     let notifier = session.notifier();
     let (inval_tx, inval_rx) = std::sync::mpsc::channel::<Invalidation>();
     ns.set_invalidator(inval_tx);

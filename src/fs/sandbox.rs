@@ -20,10 +20,29 @@ use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::statvfs::{statvfs, FsFlags};
+
+/// The nosuid / nodev / noexec flags of a mount, to keep across a read-only remount.
+fn restrictions(flags: FsFlags) -> MsFlags {
+    let mut keep = MsFlags::empty();
+    for (have, set) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if flags.contains(have) {
+            keep |= set;
+        }
+    }
+    keep
+}
 
 pub struct PrivateCache {
     original_ns: File,
     mountpoint: CString,
+    /// Whether every mount at or below the cache's root is read-only here (checked, not
+    /// assumed: what `mlxk-fs status` reports as `cache_read_only`).
+    pub read_only: bool,
 }
 
 impl PrivateCache {
@@ -62,7 +81,39 @@ impl PrivateCache {
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
         )?;
+        // The bind is recursive, the read-only flag is not: each mount below the cache's root
+        // (a disk mounted under a repo, a bind of another directory) is made read-only too,
+        // keeping its other restrictions.
+        let below = |m: &&super::mountinfo::MountEntry| {
+            m.mountpoint != cache_root && m.mountpoint.starts_with(cache_root)
+        };
+        for m in super::mountinfo::read().iter().filter(below) {
+            let keep = statvfs(&m.mountpoint).map_or(MsFlags::empty(), |s| restrictions(s.flags()));
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep;
+            if let Err(e) = mount(
+                None::<&str>,
+                &m.mountpoint,
+                None::<&str>,
+                flags,
+                None::<&str>,
+            ) {
+                tracing::warn!(mount = %m.mountpoint.display(), "cannot make it read-only: {e}");
+            }
+        }
+        // What is true, not what was asked for: every mount at or below the root read-only.
+        let read_only = super::mountinfo::read()
+            .iter()
+            .filter(|m| m.mountpoint.starts_with(cache_root))
+            .all(|m| {
+                let ro = statvfs(&m.mountpoint)
+                    .is_ok_and(|s| s.flags().contains(FsFlags::ST_RDONLY));
+                if !ro {
+                    tracing::warn!(mount = %m.mountpoint.display(), "writable below the read-only cache");
+                }
+                ro
+            });
         Ok(PrivateCache {
+            read_only,
             original_ns,
             mountpoint: mountpoint_c,
         })
