@@ -332,3 +332,80 @@ fn the_daemons_view_of_the_cache_is_read_only_submounts_included() {
     assert!(options.contains(&"ro"), "{line}");
     assert!(options.contains(&"nosuid"), "kept its other flags: {line}");
 }
+
+/// The registry is the user's alone (0700 directory, 0600 records, whatever the daemon's
+/// umask), and `mlxk-fs umount` trusts a record only when it is: a record someone else owns or
+/// can write is refused with the reason, and a pid that is not an mlxk-fs daemon is never
+/// signalled (a tampered record once sent SIGTERM to an unrelated process).
+#[test]
+fn the_registry_is_private_and_tampered_records_are_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !fuse_available("the_registry_is_private_and_tampered_records_are_refused") {
+        return;
+    }
+    let fx = Fixture::new();
+    let state = fx.path("state");
+    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &state, &[]);
+    let records: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = records[0].clone();
+    assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&record).unwrap().mode() & 0o777, 0o600);
+    let original = std::fs::read(&record).unwrap();
+    let umount = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk-fs"));
+        cmd.arg("umount")
+            .arg(m.path(""))
+            .env("MLXK_FS_STATE_DIR", &state);
+        finish(cmd, "mlxk-fs umount")
+    };
+    let refused = |needle: &str| {
+        let out = umount();
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(needle), "`{err}` lacks `{needle}`");
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mounted.contains(m.path("").to_str().unwrap().trim_end_matches('/')));
+    };
+
+    // Writable by others.
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused("writable by others");
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Owned by another user (root can make one for the test).
+    if nix::unistd::geteuid().is_root() {
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", "mlxk-test-other"])
+            .output();
+        let other = nix::unistd::User::from_name("mlxk-test-other")
+            .unwrap()
+            .expect("useradd mlxk-test-other");
+        std::os::unix::fs::lchown(&record, Some(other.uid.as_raw()), None).unwrap();
+        refused("owned by uid");
+        std::os::unix::fs::lchown(&record, Some(0), None).unwrap();
+    }
+
+    // A pid that is not an mlxk-fs daemon: refused, and the process is left alone.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut v: Value = serde_json::from_slice(&original).unwrap();
+    v["pid"] = bystander.id().into();
+    std::fs::write(&record, serde_json::to_vec(&v).unwrap()).unwrap();
+    refused("not an mlxk-fs daemon");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+
+    // The real record: unmounts.
+    std::fs::write(&record, &original).unwrap();
+    let out = umount();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    drop(m);
+}

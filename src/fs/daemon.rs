@@ -160,7 +160,12 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, DaemonError> {
         Ok(_) => {}
     }
     let canonical = std::fs::canonicalize(mountpoint)?;
-    if let Some(r) = mounts::find(&canonical).filter(MountRecord::alive) {
+    // An untrusted record is ignored here: `mlxk-fs umount` and `status` name it.
+    if let Some(r) = mounts::find(&canonical)
+        .ok()
+        .flatten()
+        .filter(MountRecord::alive)
+    {
         if is_mlxk_mount(&canonical) {
             return Err(DaemonError::AlreadyMounted {
                 path: canonical,
@@ -419,8 +424,23 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted, DaemonError> {
     } else {
         std::fs::canonicalize(mountpoint)?
     };
-    if let Some(record) = mounts::find(&canonical).filter(MountRecord::alive) {
+    let record = mounts::find(&canonical).map_err(|e| DaemonError::Io(io::Error::other(e)))?;
+    if let Some(record) = record.filter(MountRecord::alive) {
         if !stale {
+            // Signalled only if it is this user's daemon, serving this mountpoint.
+            record.check_daemon().map_err(|why| {
+                DaemonError::Io(io::Error::other(format!(
+                    "refusing to signal the process of {}'s record: {why}",
+                    canonical.display()
+                )))
+            })?;
+            if !is_mlxk_mount(&canonical) {
+                return Err(DaemonError::Io(io::Error::other(format!(
+                    "refusing to signal pid {}: {} is not an mlxk-fs mount (yet, or any more)",
+                    record.pid,
+                    canonical.display()
+                ))));
+            }
             let pid = nix::unistd::Pid::from_raw(record.pid as i32);
             nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(io::Error::from)?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -4,15 +4,19 @@
 //! Records live in `$MLXK_FS_STATE_DIR`, else `$XDG_RUNTIME_DIR/mlxk-fs/mounts`, else
 //! `~/.local/state/mlxk-fs/mounts`. The daemon writes its record once the mount works and
 //! removes it when it ends; a record whose daemon is gone is stale.
+//!
+//! What the registry trusts: the directory is created 0700 and records 0600, whatever the
+//! process umask; a record is read only when it and its directory belong to this user and no
+//! one else can write them (anything else is refused with the reason), and a record's pid is
+//! signalled only when it is an `mlxk-fs` process of this user ([`MountRecord::check_daemon`]).
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use super::sentinel::write_file_atomic;
 
 /// Hidden, unlisted file at a mount's root with the daemon's counters (JSON).
 pub const STATUS_FILE: &str = ".mlxk-fs-status";
@@ -58,24 +62,136 @@ fn record_path(dir: &Path, mountpoint: &Path) -> PathBuf {
     dir.join(format!("{name}.json"))
 }
 
+/// A record (or the registry directory) that is not this user's alone.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing the mount registry record {path}: {why}; remove it if it is not yours")]
+pub struct UntrustedRecord {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// The registry directory, created 0700 (parents too) if missing; one that exists is made
+/// 0700 if it is this user's and more open (older versions made it 0777).
+fn registry_dir_for_writing() -> io::Result<PathBuf> {
+    let dir = registry_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let meta = fs::metadata(&dir)?;
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(dir)
+}
+
+/// Why `path` (a record or the registry directory) cannot be trusted, if it cannot.
+fn untrusted(path: &Path) -> Option<String> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(e.to_string()),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.file_type().is_symlink() {
+        Some("it is a symbolic link".into())
+    } else if meta.uid() != me {
+        Some(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "it is writable by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    }
+}
+
+/// Reads the record at `path` if it and its directory can be trusted.
+fn read_record(path: &Path) -> Result<Option<MountRecord>, UntrustedRecord> {
+    if !path.exists() && fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let refuse = |why: String| UntrustedRecord {
+        path: path.to_path_buf(),
+        why,
+    };
+    if let Some(why) = untrusted(dir) {
+        return Err(refuse(format!("its directory: {why}")));
+    }
+    if let Some(why) = untrusted(path) {
+        return Err(refuse(why));
+    }
+    let bytes =
+        super::files::read_small(path, 1 << 20, &mut 0).map_err(|e| refuse(e.to_string()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| refuse(format!("not a record ({e})")))
+}
+
 impl MountRecord {
+    /// Writes the record (0600, atomically) into the registry (0700).
     pub fn write(&self) -> io::Result<()> {
-        let dir = registry_dir();
-        fs::create_dir_all(&dir)?;
+        let dir = registry_dir_for_writing()?;
         let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_file_atomic(&record_path(&dir, &self.mountpoint), &json)
+        let path = record_path(&dir, &self.mountpoint);
+        let tmp = dir.join(format!(".record.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Removes this mount's record if it is still this daemon's.
     pub fn remove(&self) -> io::Result<()> {
         let path = record_path(&registry_dir(), &self.mountpoint);
-        match fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
-        {
-            Some(r) if r.pid == self.pid => fs::remove_file(path),
+        match read_record(&path) {
+            Ok(Some(r)) if r.pid == self.pid => fs::remove_file(path),
             _ => Ok(()),
         }
+    }
+
+    /// That the record's pid is an `mlxk-fs` process of this user: what must hold before it is
+    /// signalled (a record pointing at another process must not get it killed).
+    pub fn check_daemon(&self) -> Result<(), String> {
+        let proc = PathBuf::from(format!("/proc/{}", self.pid));
+        let exe = fs::read_link(proc.join("exe"))
+            .map_err(|e| format!("pid {} cannot be inspected ({e})", self.pid))?;
+        let name = exe.file_name().map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        });
+        if name.as_deref() != Some("mlxk-fs") {
+            return Err(format!(
+                "pid {} is {}, not an mlxk-fs daemon",
+                self.pid,
+                exe.display()
+            ));
+        }
+        let owner = fs::metadata(&proc).map_err(|e| e.to_string())?.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != me {
+            return Err(format!(
+                "pid {} belongs to uid {owner}, not to you (uid {me})",
+                self.pid
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the daemon process is still running.
@@ -106,26 +222,29 @@ fn pid_alive(pid: u32) -> bool {
     )
 }
 
-/// Every record, sorted by mountpoint. Unreadable records are skipped.
+/// Every trusted record, sorted by mountpoint. Records that cannot be trusted or read are
+/// skipped, with a warning saying why.
 pub fn list() -> Vec<MountRecord> {
     let mut out: Vec<MountRecord> = fs::read_dir(registry_dir())
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| fs::read(e.path()).ok())
-        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .filter_map(|e| match read_record(&e.path()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        })
         .collect();
     out.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
     out
 }
 
-/// The record of the mount at exactly `mountpoint`.
-pub fn find(mountpoint: &Path) -> Option<MountRecord> {
-    let path = record_path(&registry_dir(), mountpoint);
-    fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+/// The record of the mount at exactly `mountpoint` (`Ok(None)`: there is none).
+pub fn find(mountpoint: &Path) -> Result<Option<MountRecord>, UntrustedRecord> {
+    read_record(&record_path(&registry_dir(), mountpoint))
 }
 
 /// Removes the record of `mountpoint` whatever daemon wrote it (for stale records).
