@@ -409,3 +409,51 @@ fn the_registry_is_private_and_tampered_records_are_refused() {
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     drop(m);
 }
+
+/// Sizes no model has (0 heads, 10⁹ layers, negative or fractional sizes, kv heads that do
+/// not divide the heads): health says so, as run refuses them.
+#[test]
+fn absurd_architecture_sizes_are_health_problems() {
+    let fx = Fixture::new();
+    let cases: [(&str, Value, &str); 5] = [
+        ("heads", 0.into(), "`num_attention_heads` is 0"),
+        (
+            "layers",
+            1_000_000_000u64.into(),
+            "`num_hidden_layers` is 1000000000, beyond 4096",
+        ),
+        (
+            "negative",
+            (-64).into(),
+            "`hidden_size` is -64, not a positive integer",
+        ),
+        (
+            "fraction",
+            1.5.into(),
+            "`intermediate_size` is 1.5, not a positive integer",
+        ),
+        ("kv", 3.into(), "`num_key_value_heads` (3) does not divide"),
+    ];
+    for (name, value, needle) in cases {
+        let ws = fx.copy_of("mlx-community/Llama-tiny-f16", name);
+        let p = ws.join("config.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let key = match name {
+            "heads" => "num_attention_heads",
+            "layers" => "num_hidden_layers",
+            "negative" => "hidden_size",
+            "fraction" => "intermediate_size",
+            _ => "num_key_value_heads",
+        };
+        c[key] = value;
+        std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+        let out = mlxk(&fx, &["health", ws.to_str().unwrap(), "--json"]);
+        let v = json(&out);
+        let text = v.to_string();
+        assert!(text.contains(needle), "{name}: {text}");
+        assert_eq!(v["data"]["summary"]["unhealthy_count"], 1, "{name}");
+    }
+    // The fixture's own configs stay healthy.
+    let out = mlxk(&fx, &["health", "mlx-community/Llama-tiny-f16", "--json"]);
+    assert_eq!(json(&out)["data"]["summary"]["healthy_count"], 1);
+}

@@ -312,6 +312,12 @@ fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, de
         };
         let key = super::files::join_rel(prefix, &name);
         let path = entry.path();
+        // Refs are plain files the hub client writes: a link is never followed (it could lead
+        // anywhere outside the cache).
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            tracing::warn!("skipping ref {key}: a symbolic link");
+            continue;
+        }
         if path.is_dir() && depth < 8 {
             collect_refs(&path, &key, out, depth + 1);
         } else {

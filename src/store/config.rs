@@ -160,6 +160,44 @@ impl ModelConfig {
     pub fn num_hidden_layers(&self) -> Option<u64> {
         self.u64_field("num_hidden_layers")
     }
+
+    /// What is wrong with the architecture's sizes, each a sentence: a size present at the top
+    /// level must be a positive integer within what any model has (no runtime could allocate
+    /// 10⁹ layers), and the kv heads must divide the heads.
+    pub fn shape_problems(&self) -> Vec<String> {
+        const BOUNDS: [(&str, u64); 7] = [
+            ("hidden_size", 1 << 20),
+            ("num_hidden_layers", 4096),
+            ("num_attention_heads", 4096),
+            ("num_key_value_heads", 4096),
+            ("head_dim", 4096),
+            ("intermediate_size", 1 << 22),
+            ("vocab_size", 1 << 24),
+        ];
+        let mut out = Vec::new();
+        for (key, max) in BOUNDS {
+            match self.raw.get(key) {
+                None | Some(Value::Null) => {}
+                Some(v) => match v.as_u64() {
+                    Some(0) => out.push(format!("`{key}` is 0")),
+                    Some(n) if n > max => out.push(format!("`{key}` is {n}, beyond {max}")),
+                    Some(_) => {}
+                    None => out.push(format!("`{key}` is {v}, not a positive integer")),
+                },
+            }
+        }
+        if let (Some(h), Some(kv)) = (
+            self.u64_field("num_attention_heads"),
+            self.u64_field("num_key_value_heads"),
+        ) {
+            if kv > 0 && h > 0 && h % kv != 0 {
+                out.push(format!(
+                    "`num_key_value_heads` ({kv}) does not divide `num_attention_heads` ({h})"
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// Model types mlx-lm 0.32.2 can load: its `mlx_lm/models/*.py` modules plus the names its

@@ -392,6 +392,14 @@ impl<'m> Checker<'m> {
         }
         match ModelConfig::parse(&bytes) {
             Ok(c) => {
+                for why in c.shape_problems() {
+                    self.push(
+                        ProblemCode::ConfigInvalid,
+                        Some("config.json"),
+                        format!("config.json: {why}"),
+                        "restore config.json from the source model".into(),
+                    );
+                }
                 if c.model_type().is_none() {
                     self.push(
                         ProblemCode::ConfigModelTypeMissing,
