@@ -201,13 +201,65 @@ fn parse_header_json(json: &[u8]) -> Result<Metadata, String> {
     if !text.trim_start().starts_with('{') {
         return Err("header is not a JSON object".to_string());
     }
+    // A JSON object keeps the last of two equal keys: a tensor listed twice would otherwise
+    // surface as "trailing bytes" (its first range unaccounted for).
+    let keys: TopLevelKeys = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(name) = keys.duplicates.first() {
+        return Err(format!("tensor `{name}` is listed twice in the header"));
+    }
     serde_json::from_str::<Metadata>(text).map_err(|e| e.to_string())
+}
+
+/// The keys of a JSON object that appear more than once (values skipped, not parsed).
+struct TopLevelKeys {
+    duplicates: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevelKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = TopLevelKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevelKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut duplicates = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(key.clone()) {
+                        duplicates.push(key);
+                    }
+                }
+                Ok(TopLevelKeys { duplicates })
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs::File;
+
+    #[test]
+    fn a_tensor_listed_twice_is_named_not_reported_as_trailing_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0u8; 8]);
+        let p = dir.path().join("dup.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        let e = read_header(&p, "dup.safetensors").unwrap_err();
+        assert!(matches!(e, HeaderError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("tensor `a` is listed twice"), "{e}");
+    }
     use std::io::Write;
 
     fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
