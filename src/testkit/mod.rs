@@ -4,6 +4,7 @@
 //! Everything is deterministic: the same calls write the same bytes.
 
 pub mod cache;
+pub mod fuzz;
 pub mod model;
 
 pub use cache::{fake_sha, fixture_cache, FixtureCache};
