@@ -456,7 +456,7 @@ impl<'m> Checker<'m> {
                 continue;
             }
             if f.name().ends_with(".gguf") {
-                if let Ok(head) = read_first(path, 4, &mut self.bytes_read) {
+                if let Ok(head) = read_prefix(path, 4, &mut self.bytes_read) {
                     if head != b"GGUF" {
                         self.push(
                             ProblemCode::GgufInvalid,
@@ -868,10 +868,6 @@ pub fn parse_shard_name(name: &str) -> Option<(u32, u32)> {
     let rest = name.strip_prefix("model-")?.strip_suffix(".safetensors")?;
     let (i, m) = rest.split_once("-of-")?;
     Some((i.parse().ok()?, m.parse().ok()?))
-}
-
-fn read_first(path: &Path, n: usize, bytes_read: &mut u64) -> std::io::Result<Vec<u8>> {
-    read_prefix(path, n as u64, bytes_read)
 }
 
 /// For files too large to parse on every health check: starts with `{` and ends with `}`.
