@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Provision the Python peer venv (the oracle: mlx[cpu], mlx-lm, safetensors) idempotently.
+# Provision the Python peer venv idempotently: the oracle (mlx[cpu], mlx-lm, safetensors,
+# tokenizers), mlx-knife's JSON schema validator (jsonschema), the hub client (huggingface_hub)
+# and the OpenAI client (openai).
 # Prints the venv's python path on stdout; everything else goes to stderr.
 # The venv lives outside the checkout so that a fresh clone reuses it: its directory name
 # carries a hash of the pins, so changing a pin builds a new one instead of mutating the old.
@@ -10,6 +12,9 @@ PINS=(
   "mlx-lm==0.32.2"
   "safetensors==0.8.0"
   "tokenizers==0.23.3"
+  "jsonschema==4.26.0"
+  "huggingface_hub==2.4.0"
+  "openai==3.57.0"
 )
 
 pin_hash=$(printf '%s\n' "${PINS[@]}" | sha256sum | cut -c1-12)
@@ -34,7 +39,7 @@ mkdir -p "$(dirname "$venv")"
 "$venv/bin/pip" install --quiet --disable-pip-version-check "${PINS[@]}" >&2
 # Smoke-check the oracle before declaring the venv good.
 "$venv/bin/python" - >&2 <<'PY'
-import mlx.core as mx, mlx_lm, safetensors, tokenizers
+import mlx.core as mx, mlx_lm, safetensors, tokenizers, jsonschema, huggingface_hub, openai
 mx.set_default_device(mx.cpu)
 assert mx.array([1, 2]).sum().item() == 3
 PY

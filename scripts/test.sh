@@ -55,7 +55,24 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test"
 # The namespace-level operation model (tests/namespace_model.rs, no FUSE): 20,000 operations.
 export MLXK_MODEL_OPS=${MLXK_MODEL_OPS:-20000}
+# Every `mlxk --json` reply the tests produce is kept here and checked against mlx-knife's
+# JSON schema below.
+MLXK_JSON_REPLIES=$(mktemp -d "${TMPDIR:-/tmp}/mlxk-json-replies.XXXXXX")
+export MLXK_JSON_REPLIES
+trap 'rm -rf "$MLXK_JSON_REPLIES"' EXIT
 cargo test --all-targets
+
+step "mlx-knife JSON API: every --json reply against its schema (scripts/validate_json.py)"
+if [ -n "${MLXK_PEER_PYTHON:-}" ]; then
+  "$MLXK_PEER_PYTHON" scripts/validate_json.py \
+    tests/interop/mlx-knife-json-api.schema.json "$MLXK_JSON_REPLIES"
+else
+  echo "!!!!!!!! SKIP: no peer python (jsonschema); the replies were not validated !!!!!!!!"
+  if [ "${MLXK_REQUIRE_PEERS:-0}" = 1 ]; then
+    echo "MLXK_REQUIRE_PEERS=1: failing" >&2
+    exit 1
+  fi
+fi
 
 step "POSIX conformance of the writable mount (scripts/conformance.sh, pjdfstest)"
 CONFORMANCE_PEERS=0 scripts/conformance.sh

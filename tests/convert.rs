@@ -120,7 +120,12 @@ fn repairs_the_624_model_into_a_healthy_managed_workspace(fx: &Fixture) {
     assert_eq!(sentinel.mlxk_version, env!("CARGO_PKG_VERSION"));
     assert!(!sentinel.is_incomplete());
 
-    let (code, v) = fx.json(&["health", out_dir.to_str().unwrap()]);
+    let (code, v) = fx.json(&[
+        "health",
+        out_dir.to_str().unwrap(),
+        "--details",
+        "--fail-on-unhealthy",
+    ]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["data"]["healthy"][0]["managed"], true);
     // Regular files, not links into the cache.
@@ -188,7 +193,7 @@ fn already_correct_sharded_index_is_rewritten_identically(fx: &Fixture) {
     ] {
         let out_dir = fx.path(dir);
         fx.repair(repo, out_dir.to_str().unwrap());
-        let (code, _) = fx.json(&["health", out_dir.to_str().unwrap()]);
+        let (code, _) = fx.json(&["health", out_dir.to_str().unwrap(), "--fail-on-unhealthy"]);
         assert_eq!(code, 0, "{repo}");
     }
 }
@@ -364,15 +369,32 @@ fn json_output_has_mlx_knife_fields(fx: &Fixture) {
         "target",
         "mode",
         "health_check",
-        "health_status",
-        "health_reason",
         "message",
+        "content_hash",
     ] {
         assert!(d.get(key).is_some(), "convert data lacks `{key}`: {d}");
     }
     assert_eq!(d["mode"], "repair-index");
     assert_eq!(d["health_check"], false);
-    assert_eq!(d["health_status"], "skipped");
+    // The schema knows healthy | unhealthy: a skipped check states neither.
+    assert!(
+        d.get("health_status").is_none() && d.get("health_reason").is_none(),
+        "{d:#}"
+    );
+    // Repair has no bits: the key is left out, never null.
+    assert!(
+        d.get("bits").is_none() && d.get("group_size").is_none(),
+        "{d:#}"
+    );
+    assert_eq!(
+        d["content_hash"],
+        Sentinel::read(&target)
+            .unwrap()
+            .unwrap()
+            .content_hash()
+            .unwrap(),
+        "the reply's content hash is the one the sentinel records"
+    );
     assert_eq!(d["index_written"], true);
     assert!(d["repairs"]
         .as_array()

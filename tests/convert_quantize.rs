@@ -120,6 +120,10 @@ fn quantize_then_dequantize_a_cache_model(fx: &Fixture) {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["data"]["mode"], "dequantize");
     assert_eq!(v["data"]["tensors_converted"], 16);
+    assert!(
+        v["data"].get("bits").is_none() && v["data"].get("group_size").is_none(),
+        "no null where the schema wants an integer: {v:#}"
+    );
     let config: Value =
         serde_json::from_slice(&fs::read(back.join("config.json")).unwrap()).unwrap();
     assert!(config.get("quantization").is_none() && config.get("quantization_config").is_none());
@@ -307,7 +311,7 @@ fn big_spec() -> LlamaSpec {
 fn assert_incomplete(fx: &Fixture, ws: &Path) {
     let sentinel = Sentinel::read(ws).unwrap().unwrap();
     assert!(sentinel.is_incomplete(), "{sentinel:?}");
-    let (code, v) = fx.json(&["health", s(ws)]);
+    let (code, v) = fx.json(&["health", s(ws), "--details", "--fail-on-unhealthy"]);
     assert_eq!(code, 1, "{v:#}");
     let unhealthy = &v["data"]["unhealthy"][0];
     assert_eq!(
@@ -357,7 +361,7 @@ fn killed_convert_leaves_an_incomplete_workspace_and_a_rerun_works() {
     let (code, v) = fx.json(&["convert", s(&src), s(&fresh), "--quantize", "4"]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["data"]["health_status"], "healthy");
-    assert_eq!(fx.json(&["health", s(&fresh)]).0, 0);
+    assert_eq!(fx.json(&["health", s(&fresh), "--fail-on-unhealthy"]).0, 0);
 }
 
 #[test]

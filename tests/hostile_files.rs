@@ -50,7 +50,9 @@ fn mlxk(fx: &Fixture, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mlxk"));
     cmd.arg("--cache").arg(&fx.cache).args(args);
     cmd.env("NO_COLOR", "1");
-    finish(cmd, &format!("mlxk {}", args.join(" ")))
+    let out = finish(cmd, &format!("mlxk {}", args.join(" ")));
+    common::record_json_reply(args, &out);
+    out
 }
 
 fn json(out: &Output) -> Value {
@@ -121,7 +123,10 @@ fn fifo_device_and_oversized_model_files_are_named_not_waited_on() {
     let fifo_ws = fx.copy_of("mlx-community/Llama-tiny-f16", "fifo-config");
     std::fs::remove_file(fifo_ws.join("config.json")).unwrap();
     mkfifo(&fifo_ws.join("config.json"));
-    let out = mlxk(&fx, &["health", fifo_ws.to_str().unwrap(), "--json"]);
+    let out = mlxk(
+        &fx,
+        &["health", fifo_ws.to_str().unwrap(), "--json", "--details"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("FIFO"), "{text}");
     let out = mlxk(&fx, &["run", fifo_ws.to_str().unwrap(), "Hi", "--json"]);
@@ -139,7 +144,15 @@ fn fifo_device_and_oversized_model_files_are_named_not_waited_on() {
         msg.contains("tokenizer.json") && msg.contains("device"),
         "{msg}"
     );
-    let out = mlxk(&fx, &["health", zero_ws.to_str().unwrap(), "--json"]);
+    let out = mlxk(
+        &fx,
+        &[
+            "health",
+            zero_ws.to_str().unwrap(),
+            "--json",
+            "--fail-on-unhealthy",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
 
     // A valid config.json past the 16 MiB limit: said so, not "invalid JSON at column ...".
@@ -147,7 +160,10 @@ fn fifo_device_and_oversized_model_files_are_named_not_waited_on() {
     let config = std::fs::read_to_string(big_ws.join("config.json")).unwrap();
     let padded = format!("{}{}", " ".repeat(17 << 20), config);
     std::fs::write(big_ws.join("config.json"), padded).unwrap();
-    let out = mlxk(&fx, &["health", big_ws.to_str().unwrap(), "--json"]);
+    let out = mlxk(
+        &fx,
+        &["health", big_ws.to_str().unwrap(), "--json", "--details"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("larger than the 16 MiB limit"), "{text}");
     assert!(!text.contains("column"), "{text}");
@@ -447,7 +463,10 @@ fn absurd_architecture_sizes_are_health_problems() {
         };
         c[key] = value;
         std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
-        let out = mlxk(&fx, &["health", ws.to_str().unwrap(), "--json"]);
+        let out = mlxk(
+            &fx,
+            &["health", ws.to_str().unwrap(), "--json", "--details"],
+        );
         let v = json(&out);
         let text = v.to_string();
         assert!(text.contains(needle), "{name}: {text}");

@@ -173,7 +173,15 @@ fn the_624_model_is_served_as_a_repaired_managed_workspace() {
     assert_eq!(fs::read(in_overlay.join(INDEX_FILE)).unwrap(), served);
     assert_eq!(fs::read(target.join(INDEX_FILE)).unwrap(), served);
     let (code, health) = {
-        let out = common::mlxk(&["--json", "health", target.to_str().unwrap()], &env);
+        let out = common::mlxk(
+            &[
+                "--json",
+                "health",
+                target.to_str().unwrap(),
+                "--fail-on-unhealthy",
+            ],
+            &env,
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         (out.status.code(), v)
     };
@@ -206,7 +214,12 @@ fn the_624_model_is_served_as_a_repaired_managed_workspace() {
     );
 
     // mlxk on the mounted path: healthy, managed, and it says what the mount repaired.
-    let (code, v) = fx.json(&["health", dir.to_str().unwrap()]);
+    let (code, v) = fx.json(&[
+        "health",
+        dir.to_str().unwrap(),
+        "--details",
+        "--fail-on-unhealthy",
+    ]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["data"]["healthy"][0]["managed"], true);
     assert!(
@@ -242,8 +255,9 @@ fn the_624_model_is_served_as_a_repaired_managed_workspace() {
         .unwrap()
         .iter()
         .any(|p| p["code"] == "shard_truncated"));
-    let (code, v) = fx.json(&["health", truncated.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    let (code, v) = fx.json(&["health", truncated.to_str().unwrap(), "--details"]);
+    assert_eq!(code, 0);
+    assert_eq!(v["data"]["summary"]["unhealthy_count"], 1);
     assert!(common::problem_codes(&v).contains(&"shard_truncated".to_string()));
 }
 
@@ -575,7 +589,15 @@ fn quantize_into_the_mount_lands_in_the_overlay() {
     let sentinel = Sentinel::read(&target).unwrap().unwrap();
     assert_eq!(sentinel.mode.as_deref(), Some("quantize"));
     assert!(!sentinel.is_incomplete());
-    let out = common::mlxk(&["--json", "health", target.to_str().unwrap()], &env);
+    let out = common::mlxk(
+        &[
+            "--json",
+            "health",
+            target.to_str().unwrap(),
+            "--fail-on-unhealthy",
+        ],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
     drop(m);
     assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");

@@ -102,7 +102,7 @@ fn rebuilt_index_is_byte_identical_to_what_mlx_lm_convert_writes() {
         let reference = fs::read(mlx_out.join(INDEX_FILE)).unwrap();
         // Break it the way mlx-vlm did (the source's index copied over), then repair.
         fs::copy(src.join(INDEX_FILE), mlx_out.join(INDEX_FILE)).unwrap();
-        let (code, _) = fx.json(&["health", mlx_out.to_str().unwrap()]);
+        let (code, _) = fx.json(&["health", mlx_out.to_str().unwrap(), "--fail-on-unhealthy"]);
         assert_eq!(code, 1, "{name}: the broken index is noticed");
         let ws = fx.path(&format!("{name}-repaired"));
         let out = fx.mlxk(&[

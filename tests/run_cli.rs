@@ -53,7 +53,9 @@ fn with_stdin(fx: &Fixture, args: &[&str], input: &str) -> std::process::Output 
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    common::record_json_reply(args, &out);
+    out
 }
 
 #[test]

@@ -219,6 +219,7 @@ fn health_and_index_rebuild_read_only_header_bytes_of_64_shards() {
             "--json",
             "health",
             "big/sparse",
+            "--details",
         ],
         &[],
     );

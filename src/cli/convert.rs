@@ -92,6 +92,7 @@ fn render_repair(
         verdict: &verdict,
         message: &message,
         copy: outcome.copy,
+        content_hash: &outcome.content_hash,
     }
     .data(
         json!({
@@ -179,6 +180,7 @@ fn render_weights(
         verdict: &verdict,
         message: &message,
         copy: outcome.copy,
+        content_hash: &outcome.content_hash,
     };
     let data = reply.data(
         json!({
@@ -246,6 +248,7 @@ struct Reply<'a> {
     verdict: &'a Verdict,
     message: &'a str,
     copy: CopyStats,
+    content_hash: &'a str,
 }
 
 impl Reply<'_> {
@@ -257,15 +260,21 @@ impl Reply<'_> {
             "target": self.target,
             "mode": self.mode,
             "health_check": !self.skip_health,
-            "health_status": self.verdict.status,
-            "health_reason": self.verdict.reason,
-            "message": self.message,
-            "files_copied": self.copy.files,
-            "files_reflinked": self.copy.reflinked,
-            "bytes_copied": self.copy.bytes,
         });
+        // mlx-knife's schema knows healthy | unhealthy: a skipped check has neither key.
+        if let Some(status) = self.verdict.status {
+            data["health_status"] = json!(status);
+            data["health_reason"] = json!(self.verdict.reason);
+        }
+        data["message"] = json!(self.message);
+        data["content_hash"] = json!(self.content_hash);
+        data["files_copied"] = json!(self.copy.files);
+        data["files_reflinked"] = json!(self.copy.reflinked);
+        data["bytes_copied"] = json!(self.copy.bytes);
         if let (Some(d), Value::Object(own)) = (data.as_object_mut(), own) {
-            d.extend(own);
+            // A field this operation does not have is left out, never null (the schema wants
+            // integers where it names bits and group_size).
+            d.extend(own.into_iter().filter(|(_, v)| !v.is_null()));
         }
         data["problems"] = json!(health.map(|h| h.problems.clone()).unwrap_or_default());
         data
@@ -274,7 +283,8 @@ impl Reply<'_> {
 
 /// The health of a convert's result, as the reply states it.
 struct Verdict {
-    status: &'static str,
+    /// healthy | unhealthy; `None` when the check was skipped.
+    status: Option<&'static str>,
     reason: String,
     healthy: bool,
 }
@@ -282,13 +292,9 @@ struct Verdict {
 impl Verdict {
     fn of(report: Option<&HealthReport>) -> Verdict {
         let (status, reason, healthy) = match report {
-            None => (
-                "skipped",
-                "health check skipped (--skip-health)".into(),
-                true,
-            ),
-            Some(r) if r.healthy() => ("healthy", r.reason(), true),
-            Some(r) => ("unhealthy", r.reason(), false),
+            None => (None, "health check skipped (--skip-health)".into(), true),
+            Some(r) if r.healthy() => (Some("healthy"), r.reason(), true),
+            Some(r) => (Some("unhealthy"), r.reason(), false),
         };
         Verdict {
             status,

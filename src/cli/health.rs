@@ -7,14 +7,19 @@ use super::{open_cache, require_cache, CliError, HealthArgs, MlxkArgs, Outcome};
 use crate::store::health::{self, CheckedModel};
 use crate::store::spec;
 use crate::store::summary::{mount_repairs, HealthEntry};
+use crate::store::StoreError;
 
 pub(super) fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliError> {
     let checked: Vec<CheckedModel> = match &a.model {
-        Some(name) => {
-            let model = spec::resolve(open_cache(args)?.as_ref(), name)?;
-            let report = health::check(&model);
-            vec![CheckedModel { model, report }]
-        }
+        Some(name) => match spec::resolve(open_cache(args)?.as_ref(), name) {
+            Ok(model) => {
+                let report = health::check(&model);
+                vec![CheckedModel { model, report }]
+            }
+            // mlx-knife: a name nothing matches is a check of zero models, not an error.
+            Err(StoreError::ModelNotFound { .. }) => vec![],
+            Err(e) => return Err(e.into()),
+        },
         None => health::check_cache(&require_cache(args)?)?,
     };
     let style = Style::detect();
@@ -22,33 +27,51 @@ pub(super) fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliErro
     let mut human = String::new();
     for c in &checked {
         human.push_str(&render(c, style));
-        let entry = HealthEntry::new(&c.model, &c.report);
+        let entry = HealthEntry::new(&c.model, &c.report, a.details);
         if c.report.healthy() {
             healthy.push(entry);
         } else {
             unhealthy.push(entry);
         }
     }
-    if checked.len() != 1 {
-        human.push_str(&format!(
-            "\n{} models: {} healthy, {} unhealthy\n",
-            checked.len(),
+    match (&a.model, checked.len()) {
+        (Some(name), 0) => human.push_str(&format!("No model matches `{name}`.\n")),
+        (None, 0) => human.push_str("No models in the cache.\n"),
+        (_, 1) => {}
+        (_, n) => human.push_str(&format!(
+            "\n{n} models: {} healthy, {} unhealthy\n",
             healthy.len(),
             unhealthy.len()
-        ));
+        )),
     }
-    let failure = (!unhealthy.is_empty()).then(|| {
-        CliError::new(
+    // The check ran, so the command succeeded (mlx-knife's semantics); CI asks for a failing
+    // exit with --fail-on-unhealthy.
+    let failure = if !a.fail_on_unhealthy {
+        None
+    } else if !unhealthy.is_empty() {
+        Some(CliError::new(
             "HealthCheckFailed",
             format!("{} of {} models unhealthy", unhealthy.len(), checked.len()),
-        )
-    });
-    let summary = json!({
+        ))
+    } else if checked.is_empty() {
+        Some(CliError::new(
+            "HealthCheckFailed",
+            match &a.model {
+                Some(name) => format!("no model matches `{name}`: nothing was checked"),
+                None => "the cache holds no models: nothing was checked".to_string(),
+            },
+        ))
+    } else {
+        None
+    };
+    let mut summary = json!({
         "total": checked.len(),
         "healthy_count": healthy.len(),
         "unhealthy_count": unhealthy.len(),
-        "bytes_read": checked.iter().map(|c| c.report.bytes_read).sum::<u64>(),
     });
+    if a.details {
+        summary["bytes_read"] = json!(checked.iter().map(|c| c.report.bytes_read).sum::<u64>());
+    }
     let data = json!({"healthy": healthy, "unhealthy": unhealthy, "summary": summary});
     Ok(Outcome {
         data,

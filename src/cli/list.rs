@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::output::{human_size, short_time, table, Style};
 use super::{open_cache, CliError, ListArgs, MlxkArgs, Outcome};
+use crate::store::health::Framework;
 use crate::store::summary::{self, ListReport};
 
 pub(super) fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
@@ -13,12 +14,15 @@ pub(super) fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
             "No models (no Hugging Face cache found).\n".into(),
         ));
     };
-    let report = summary::list(&cache, a.pattern.as_deref(), a.all)?;
-    let human = render(&report, a, Style::detect());
-    Ok(Outcome::success(
-        json!({"models": report.models, "count": report.models.len()}),
-        human,
-    ))
+    // JSON lists every framework, as mlx-knife does; the table keeps to MLX unless --all.
+    let mut report = summary::list(&cache, a.pattern.as_deref(), true)?;
+    let data = json!({"models": report.models, "count": report.models.len()});
+    if !a.all {
+        report
+            .models
+            .retain(|m| m.framework == Framework::Mlx.as_str());
+    }
+    Ok(Outcome::success(data, render(&report, a, Style::detect())))
 }
 
 fn render(report: &ListReport, a: &ListArgs, style: Style) -> String {
@@ -47,7 +51,7 @@ fn render(report: &ListReport, a: &ListArgs, style: Style) -> String {
                     hash.chars().take(8).collect()
                 },
                 human_size(s.size_bytes),
-                short_time(s.last_modified.as_deref()),
+                short_time(Some(&s.last_modified)),
                 s.framework.to_string(),
                 s.model_type.to_string(),
             ];
@@ -59,7 +63,7 @@ fn render(report: &ListReport, a: &ListArgs, style: Style) -> String {
                 });
             }
             if a.verbose {
-                row.push(s.reason.clone());
+                row.push(s.reason.clone().unwrap_or_else(|| "ready to run".into()));
             }
             row
         })

@@ -32,7 +32,7 @@ use crate::store::StoreError;
         Models are named as `org/name`, `org/name@<ref or sha prefix>`, a bare `name` (tried as \
         mlx-community/<name>, then as a unique substring), or a directory path (a workspace).",
     after_help = "Cache location: --cache, else HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub.\n\
-        Logs: RUST_LOG=debug. Exit codes: 0 success, 1 error or unhealthy, 2 usage."
+        Logs: RUST_LOG=debug. Exit codes: 0 success, 1 error (or an unhealthy model under `health --fail-on-unhealthy`), 2 usage."
 )]
 pub struct MlxkArgs {
     /// The Hugging Face hub cache directory.
@@ -47,7 +47,7 @@ pub struct MlxkArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List cached models (MLX ones unless --all).
+    /// List cached models (the table: MLX ones unless --all; --json: every framework).
     List(ListArgs),
     /// Show one model: identity, architecture, health, workspace sentinel.
     Show(ShowArgs),
@@ -57,7 +57,18 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Generate text from a model on the CPU (prompt, stdin with `-`, or an interactive chat).
     Run(RunArgs),
+    /// Print the version of mlxk and of the JSON API it speaks.
+    Version,
 }
+
+/// The version of mlx-knife's JSON API (its schema, API 0.2.4) that `--json` replies follow.
+pub const JSON_API_SPEC_VERSION: &str = "0.2.4";
+
+/// The commands of mlx-knife's JSON envelope (`command`), which its schema enumerates.
+const ENVELOPE_COMMANDS: [&str; 12] = [
+    "list", "show", "health", "pull", "rm", "clone", "convert", "version", "push", "run", "server",
+    "embed",
+];
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -104,7 +115,7 @@ pub struct RunArgs {
 pub struct ListArgs {
     /// Only models whose name contains this (case-insensitive).
     pub pattern: Option<String>,
-    /// Include every framework (PyTorch, GGUF, unknown), not only MLX.
+    /// Include every framework (PyTorch, GGUF, unknown) in the table, not only MLX (--json always does).
     #[arg(long)]
     pub all: bool,
     /// Add the health column.
@@ -125,12 +136,28 @@ pub struct ShowArgs {
     /// Print config.json.
     #[arg(long)]
     pub config: bool,
+    /// Hash a managed workspace's content now (reads every file) and record it in its
+    /// sentinel: the current state becomes the clean one.
+    #[arg(long)]
+    pub recalc_hash: bool,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "The check succeeds (exit 0) whatever it finds, as mlx-knife's does; \
+    unhealthy models are listed under `unhealthy`. For CI, --fail-on-unhealthy exits 1 when a \
+    model is unhealthy or nothing matched."
+)]
 pub struct HealthArgs {
     /// Model spec or workspace path; every cached model when omitted.
     pub model: Option<String>,
+    /// Exit 1 (JSON: error HealthCheckFailed) when any model is unhealthy or none matched.
+    #[arg(long)]
+    pub fail_on_unhealthy: bool,
+    /// With --json: each entry's problems (code, file, message, fix), notes, framework, bytes
+    /// read (an extension of mlx-knife's schema, which admits none there).
+    #[arg(long)]
+    pub details: bool,
 }
 
 #[derive(Debug, Args)]
@@ -316,13 +343,19 @@ impl Outcome {
 /// Entry point of the `mlxk` binary.
 pub fn mlxk_main() -> ExitCode {
     init_logging();
-    let args = MlxkArgs::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let want_json = argv.iter().skip(1).any(|a| a == "--json");
+    let args = match MlxkArgs::try_parse_from(&argv) {
+        Ok(args) => args,
+        Err(e) => return usage_error(e, &argv, want_json),
+    };
     let name = match &args.command {
         Command::List(_) => "list",
         Command::Show(_) => "show",
         Command::Health(_) => "health",
         Command::Convert(_) => "convert",
         Command::Run(_) => "run",
+        Command::Version => "version",
     };
     let result = match &args.command {
         Command::List(a) => list::list(&args, a),
@@ -330,6 +363,7 @@ pub fn mlxk_main() -> ExitCode {
         Command::Health(a) => health::health(&args, a),
         Command::Convert(a) => convert::convert(&args, a),
         Command::Run(a) => run::run(&args, a),
+        Command::Version => Ok(version()),
     };
     match result {
         Ok(outcome) => {
@@ -362,6 +396,81 @@ pub fn mlxk_main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// What clap refused. With --json: `--version` prints the version envelope, `--help` the help
+/// text, and a usage error mlx-knife's error envelope (type CommandError, exit 2), naming the
+/// command when it is one of the envelope's (null otherwise, as mlx-knife does).
+fn usage_error(e: clap::Error, argv: &[std::ffi::OsString], want_json: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayVersion if want_json => {
+            output::print_success("version", version().data);
+            ExitCode::SUCCESS
+        }
+        _ if !want_json || !e.use_stderr() => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+        _ => {
+            let command = argv
+                .iter()
+                .skip(1)
+                .filter_map(|a| a.to_str())
+                .find(|a| ENVELOPE_COMMANDS.contains(a));
+            // clap's message on one line, without its `error: ` prefix and the usage footer.
+            let text = e.to_string();
+            let message = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message
+                .strip_prefix("error: ")
+                .unwrap_or(&message)
+                .to_string();
+            output::print_json(&json!({
+                "status": "error",
+                "command": command,
+                "data": null,
+                "error": {"type": "CommandError", "message": message},
+            }));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `mlxk version`: the CLI's version, the JSON API's, and the machine's memory.
+fn version() -> Outcome {
+    let memory = total_memory_bytes();
+    Outcome::success(
+        json!({
+            "cli_version": crate::VERSION,
+            "json_api_spec_version": JSON_API_SPEC_VERSION,
+            "system": memory.map(|m| json!({"memory_total_bytes": m})),
+        }),
+        format!(
+            "mlxk {} (JSON API {JSON_API_SPEC_VERSION})\n",
+            crate::VERSION
+        ),
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn total_memory_bytes() -> Option<u64> {
+    use nix::unistd::{sysconf, SysconfVar};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok()??;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??;
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn total_memory_bytes() -> Option<u64> {
+    None
 }
 
 /// tracing to stderr, filtered by RUST_LOG (default: warnings).

@@ -4,6 +4,9 @@ use std::io::{IsTerminal, Write};
 
 use serde_json::{json, Value};
 
+/// Sizes as mlx-knife's JSON and the tables show them (the model object's file sizes use it).
+pub use crate::store::summary::human_size;
+
 /// Prints the mlx-knife envelope for a success.
 pub fn print_success(command: &str, data: Value) {
     print_json(&json!({"status": "success", "command": command, "data": data, "error": null}));
@@ -21,7 +24,7 @@ pub fn print_error(command: &str, kind: &str, message: &str, extra: &Value, data
     print_json(&json!({"status": "error", "command": command, "data": data, "error": error}));
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     let text = serde_json::to_string_pretty(v).unwrap_or_default();
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth reporting.
@@ -107,21 +110,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>], style: Style) -> String {
         line(row.clone(), &mut out);
     }
     out
-}
-
-/// `1.2 GB`, `523.0 MB`, `12.0 KB`, `100 B` (decimal units, as model hubs show sizes).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KB", "MB", "GB", "TB", "PB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1000.0;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// `2025-12-29T10:30:00Z` -> `2025-12-29 10:30`.

@@ -118,6 +118,8 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             "prompt": prompt,
             "response": g.text,
             "finish_reason": g.finish_reason,
+            "tokens_generated": g.tokens.len(),
+            "generation_time_s": ((g.prompt_time + g.decode_time).as_secs_f64() * 1000.0).round() / 1000.0,
             "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len()},
             "timing": {
                 "prompt_tps": (g.prompt_tps() * 10.0).round() / 10.0,

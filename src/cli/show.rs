@@ -9,12 +9,23 @@ use crate::store::summary::ShowReport;
 
 pub(super) fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
     let cache = open_cache(args)?;
-    let report = ShowReport::new(spec::resolve(cache.as_ref(), &a.model)?);
+    let mut report = ShowReport::new(spec::resolve(cache.as_ref(), &a.model)?);
+    if a.recalc_hash {
+        report.recalc_hash().map_err(|e| {
+            CliError::new(
+                "CommandError",
+                format!("{}: --recalc-hash: {e}", report.model.name),
+            )
+        })?;
+    }
     let style = Style::detect();
+    // mlx-knife's keys first; what it does not have goes beside them (show's data admits it).
     let mut data = json!({
         "model": report.summary,
         "workspace_metadata": report.model.sentinel(),
         "metadata": report.metadata,
+        "path": report.model.dir(),
+        "managed": report.model.managed(),
     });
     let human = if a.config {
         let config = report.config().ok_or_else(|| {
@@ -34,16 +45,16 @@ pub(super) fn show(args: &MlxkArgs, a: &ShowArgs) -> Result<Outcome, CliError> {
         let rows: Vec<Vec<String>> = files
             .iter()
             .map(|f| {
-                vec![
-                    f.name.clone(),
-                    f.size
-                        .map(human_size)
-                        .unwrap_or_else(|| style.red("missing")),
-                    f.kind.to_string(),
-                ]
+                let size = if f.size == "missing" {
+                    style.red("missing")
+                } else {
+                    f.size.clone()
+                };
+                vec![f.name.clone(), size, f.kind.to_string()]
             })
             .collect();
         data["files"] = json!(files);
+        data["file_details"] = json!(report.file_details());
         table(&["FILE", "SIZE", "TYPE"], &rows, style)
     } else {
         render(&report, style)
@@ -62,7 +73,7 @@ fn render(r: &ShowReport, style: Style) -> String {
         None => out.push_str(&field("Path", &model.dir().display().to_string())),
     }
     out.push_str(&field("Size", &human_size(r.report.size_bytes)));
-    out.push_str(&field("Modified", &short_time(s.last_modified.as_deref())));
+    out.push_str(&field("Modified", &short_time(Some(&s.last_modified))));
     out.push_str(&field("Framework", s.framework));
     out.push_str(&field("Type", s.model_type));
     out.push_str(&field("Capabilities", &s.capabilities.join(", ")));
@@ -79,11 +90,12 @@ fn render(r: &ShowReport, style: Style) -> String {
             p.message
         ));
     }
-    let runnable = if s.runtime_compatible { "yes" } else { "no" };
-    out.push_str(&field(
-        "Runtime compatible",
-        &format!("{runnable} ({})", s.reason),
-    ));
+    let runnable = match (&s.reason, s.runtime_compatible) {
+        (None, _) => "yes".to_string(),
+        (Some(why), true) => format!("yes ({why})"),
+        (Some(why), false) => format!("no ({why})"),
+    };
+    out.push_str(&field("Runtime compatible", &runnable));
     out.push_str(&field("Model type", &opt(meta.model_type.as_deref())));
     out.push_str(&field("Architecture", &opt(meta.architecture.as_deref())));
     if let Some(q) = meta.quantization.as_ref().and_then(Value::as_object) {
@@ -128,6 +140,16 @@ fn render(r: &ShowReport, style: Style) -> String {
                 out.push_str(&field("  Source", &format!("{src}{rev}")));
             }
         }
+        if let Some(hash) = &s.content_hash {
+            let when = s.hash_modified.as_deref().unwrap_or("-");
+            out.push_str(&field("  Content hash", &format!("{hash} ({when})")));
+        }
+        let clean = match s.clean {
+            Some(true) => "yes (unchanged since the content hash was taken)",
+            Some(false) => "no (modified since the content hash was taken)",
+            None => "unknown (no content hash recorded)",
+        };
+        out.push_str(&field("  Clean", clean));
     }
     out
 }

@@ -14,10 +14,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::store::cache::HubCache;
+use crate::store::content;
+use crate::store::files::workspace_files;
 use crate::store::health::Problem;
 use crate::store::index::RebuildError;
 use crate::store::safetensors::HeaderError;
-use crate::store::sentinel::SentinelError;
+use crate::store::sentinel::{Sentinel, SentinelError};
 use crate::store::spec::ResolvedModel;
 use plan::Operation;
 use target::MountedTarget;
@@ -139,6 +141,27 @@ fn describe(problems: &[Problem]) -> String {
         .map(|p| format!("{} [{}]", p.message, p.code))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Marks a workspace complete: its content hashed and fingerprinted into the sentinel, which
+/// is then written without the in-progress mark. Returns the content hash.
+pub(crate) fn finish_sentinel(
+    target: &Path,
+    sentinel: &mut Sentinel,
+) -> Result<String, ConvertError> {
+    let io_err = |what: &'static str| {
+        move |source: io::Error| ConvertError::Io {
+            path: target.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    let files = workspace_files(target).map_err(io_err("listing the result"))?;
+    let stamp = content::stamp(&files).map_err(io_err("hashing the result"))?;
+    sentinel.record_content(&stamp);
+    sentinel.convert_state = None;
+    sentinel.write_atomic(target)?;
+    Ok(stamp.content_hash)
 }
 
 impl ConvertError {

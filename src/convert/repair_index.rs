@@ -43,6 +43,8 @@ pub struct RepairOutcome {
     pub health: Option<HealthReport>,
     /// Header bytes read to rebuild the index (tensor data is never read for it).
     pub index_bytes_read: u64,
+    /// The workspace's content hash (`sha256:<hex>`), recorded in its sentinel.
+    pub content_hash: String,
 }
 
 /// Converts `src` into a new managed workspace at `dst` with a rebuilt index.
@@ -141,8 +143,7 @@ fn fill_target(
         None
     };
 
-    sentinel.convert_state = None;
-    sentinel.write_atomic(target)?;
+    let content_hash = super::finish_sentinel(target, &mut sentinel)?;
 
     let repaired = source_health
         .problems
@@ -158,5 +159,6 @@ fn fill_target(
         repaired,
         health,
         index_bytes_read,
+        content_hash,
     })
 }

@@ -77,6 +77,8 @@ pub struct WeightsOutcome {
     pub output_bytes: u64,
     pub elapsed: Duration,
     pub health: Option<HealthReport>,
+    /// The workspace's content hash (`sha256:<hex>`), recorded in its sentinel.
+    pub content_hash: String,
 }
 
 impl WeightsOutcome {
@@ -259,8 +261,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
         .map(|s| s.file_name.as_str())
         .collect();
     let index = write_index(target, &names, quant_config.as_ref(), &mut 0)?;
-    sentinel.convert_state = None;
-    sentinel.write_atomic(target)?;
+    let content_hash = super::finish_sentinel(target, &mut sentinel)?;
     tracing::debug!(elapsed = ?started.elapsed(), "index and sentinel written");
 
     let health = check_result(target, opts.skip_health)?;
@@ -292,6 +293,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
         source_bytes: bytes_total,
         elapsed: started.elapsed(),
         health,
+        content_hash,
     })
 }
 

@@ -85,26 +85,25 @@ impl HealthReport {
         }
     }
 
-    /// Model type known to mlx-lm, framework MLX, healthy: what mlx-knife calls runtime compatible.
-    pub fn runtime_compatibility(&self) -> (bool, String) {
+    /// Model type known to mlx-lm, framework MLX, healthy: what mlx-knife calls runtime
+    /// compatible. The reason is `None` for a runnable model (mlx-knife's `reason: null`).
+    pub fn runtime_compatibility(&self) -> (bool, Option<String>) {
         if !self.healthy() {
-            return (false, self.reason());
+            return (false, Some(self.reason()));
         }
         if self.framework != Framework::Mlx {
             return (
                 false,
-                format!("framework is {}, not MLX", self.framework.as_str()),
+                Some(format!("framework is {}, not MLX", self.framework.as_str())),
             );
         }
         match self.config.as_ref().and_then(ModelConfig::model_type) {
-            Some(t) if MLX_LM_MODEL_TYPES.contains(&t) => {
-                (true, "ready to run with mlx-lm".to_string())
-            }
+            Some(t) if MLX_LM_MODEL_TYPES.contains(&t) => (true, None),
             Some(t) => (
                 false,
-                format!("model_type `{t}` is not supported by mlx-lm"),
+                Some(format!("model_type `{t}` is not supported by mlx-lm")),
             ),
-            None => (false, "config.json has no model_type".to_string()),
+            None => (false, Some("config.json has no model_type".to_string())),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod files;
 pub mod health;

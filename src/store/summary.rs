@@ -1,6 +1,8 @@
 //! The model object users know from mlx-knife's `list` / `show`, derived from a health report.
 
+use std::fs;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -10,27 +12,38 @@ use super::config::ModelConfig;
 use super::error::StoreError;
 use super::files::read_small;
 use super::health::{check, check_cache, Framework, HealthReport, Problem};
-use super::sentinel::iso8601;
+use super::sentinel::{iso8601, Sentinel};
 use super::spec::{ModelLocation, ResolvedModel};
 
-/// mlx-knife's model object (its field names), plus `managed` for workspaces.
+/// mlx-knife's model object, exactly its fields (its JSON schema admits no others): what this
+/// project knows beyond them goes beside it (`show`'s data) or behind `--details`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSummary {
     pub name: String,
     pub hash: Option<String>,
     pub size_bytes: u64,
-    pub last_modified: Option<String>,
+    /// ISO 8601 UTC (`Z`): the snapshot's time, or a workspace's newest file (or the directory).
+    pub last_modified: String,
     pub framework: &'static str,
     pub model_type: &'static str,
     pub capabilities: Vec<&'static str>,
     pub health: &'static str,
     pub runtime_compatible: bool,
-    pub reason: String,
+    /// Why the model is unhealthy or cannot run; `None` for a healthy, runnable model.
+    pub reason: Option<String>,
     pub cached: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub managed: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    /// A workspace's source repo (from its sentinel); `None` for cache models.
+    pub origin: Option<String>,
+    /// A workspace's recorded content hash (`sha256:<hex>`).
+    pub content_hash: Option<String>,
+    /// When `content_hash` was taken.
+    pub hash_modified: Option<String>,
+    /// Whether a workspace is unchanged since its content hash was taken; `None` when unknown.
+    pub clean: Option<bool>,
+    /// A workspace's path as the user gave it.
+    pub display_name: Option<String>,
+    /// config.json's quantization defaults (bits, group_size, mode), `None` when unquantized.
+    pub quantization: Option<Value>,
 }
 
 /// The architecture facts `show` prints (mlx-knife's `metadata` object).
@@ -62,14 +75,22 @@ pub fn summarize(model: &ResolvedModel, report: &HealthReport) -> ModelSummary {
         capabilities.push("vision");
     }
     let last_modified = match &model.location {
-        ModelLocation::Cache { snapshot, .. } => Some(snapshot.modified),
-        ModelLocation::Workspace { .. } => model.files.iter().filter_map(|f| f.modified()).max(),
+        ModelLocation::Cache { snapshot, .. } => snapshot.modified,
+        ModelLocation::Workspace { dir, .. } => model
+            .files
+            .iter()
+            .filter_map(|f| f.modified())
+            .max()
+            .or_else(|| fs::metadata(dir).and_then(|m| m.modified()).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH),
     };
+    let workspace = matches!(model.location, ModelLocation::Workspace { .. });
+    let sentinel = model.sentinel();
     ModelSummary {
         name: model.name.clone(),
         hash: model.snapshot_sha().map(str::to_string),
         size_bytes: report.size_bytes,
-        last_modified: last_modified.map(iso8601),
+        last_modified: iso8601(last_modified),
         framework: report.framework.as_str(),
         model_type: kind,
         capabilities,
@@ -78,14 +99,20 @@ pub fn summarize(model: &ResolvedModel, report: &HealthReport) -> ModelSummary {
         reason: if report.healthy() {
             runtime_reason
         } else {
-            report.reason()
+            Some(report.reason())
         },
-        cached: matches!(model.location, ModelLocation::Cache { .. }),
-        managed: model.managed(),
-        path: match &model.location {
-            ModelLocation::Cache { .. } => None,
-            ModelLocation::Workspace { dir, .. } => Some(dir.display().to_string()),
-        },
+        cached: !workspace,
+        origin: sentinel.and_then(|s| s.source_repo.clone()),
+        content_hash: sentinel
+            .and_then(Sentinel::content_hash)
+            .map(str::to_string),
+        hash_modified: sentinel
+            .filter(|s| s.content_hash().is_some())
+            .and_then(Sentinel::hash_modified)
+            .map(str::to_string),
+        clean: sentinel.and_then(|s| s.clean(&model.files)),
+        display_name: workspace.then(|| model.name.clone()),
+        quantization: metadata(report.config.as_ref()).quantization,
     }
 }
 
@@ -185,13 +212,37 @@ pub struct ShowReport {
     pub metadata: ModelMetadata,
 }
 
-/// One file as `show --files` lists it.
+/// Why `show --recalc-hash` recorded nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RecalcError {
+    #[error("a cache model has no content hash to record (its blobs are named by theirs)")]
+    CacheModel,
+    #[error("an unmanaged workspace has no sentinel to record a content hash in (`mlxk convert` makes a managed one)")]
+    Unmanaged,
+    #[error("a mounted model's sentinel is the mount's (read-only); convert it into a workspace to pin its content")]
+    Mounted,
+    #[error("cannot hash the workspace: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Sentinel(#[from] super::sentinel::SentinelError),
+}
+
+/// One file as `show --files` lists it: mlx-knife's fields, the size as text (`1.2 KB`, or
+/// `missing`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FileEntry {
     pub name: String,
-    pub size: Option<u64>,
+    pub size: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
+}
+
+/// What `show --files` knows of a file beyond [`FileEntry`]: the exact size, and whether its
+/// content is there (`data.file_details`, beside mlx-knife's `files`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileDetail {
+    pub name: String,
+    pub size_bytes: Option<u64>,
     pub present: bool,
 }
 
@@ -208,6 +259,27 @@ impl ShowReport {
         }
     }
 
+    /// mlx-knife's `show --recalc-hash`: hashes a managed workspace's content now and records
+    /// it in the sentinel, pinning the current state as clean.
+    pub fn recalc_hash(&mut self) -> Result<(), RecalcError> {
+        let ModelLocation::Workspace { dir, sentinel, .. } = &mut self.model.location else {
+            return Err(RecalcError::CacheModel);
+        };
+        let Some(sentinel) = sentinel.as_mut().filter(|s| s.managed) else {
+            return Err(RecalcError::Unmanaged);
+        };
+        if sentinel.operation == "mount" {
+            return Err(RecalcError::Mounted);
+        }
+        let stamp = super::content::stamp(&self.model.files)?;
+        sentinel.record_content(&stamp);
+        sentinel.write_atomic(dir)?;
+        self.summary.content_hash = Some(stamp.content_hash);
+        self.summary.hash_modified = sentinel.hash_modified().map(str::to_string);
+        self.summary.clean = Some(true);
+        Ok(())
+    }
+
     /// config.json as parsed, when it is there and valid.
     pub fn config(&self) -> Option<Value> {
         self.report
@@ -222,20 +294,40 @@ impl ShowReport {
             .iter()
             .map(|f| FileEntry {
                 name: f.rel_path.clone(),
-                size: f.size(),
+                size: f.size().map_or_else(|| "missing".to_string(), human_size),
                 kind: f.kind().as_str(),
+            })
+            .collect()
+    }
+
+    pub fn file_details(&self) -> Vec<FileDetail> {
+        self.model
+            .files
+            .iter()
+            .map(|f| FileDetail {
+                name: f.rel_path.clone(),
+                size_bytes: f.size(),
                 present: f.readable().is_some(),
             })
             .collect()
     }
 }
 
-/// One model as `health` reports it (JSON `healthy[]` / `unhealthy[]` entries).
+/// One model as `health` reports it: mlx-knife's `healthy[]` / `unhealthy[]` entry, and with
+/// `--details` what this project adds (problems with their fixes, notes, bytes read...).
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthEntry {
     pub name: String,
     pub status: &'static str,
     pub reason: String,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<HealthDetails>,
+}
+
+/// The `--details` part of a [`HealthEntry`] (mlx-knife's schema admits no extra keys there,
+/// so it is opt-in).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthDetails {
     pub problems: Vec<Problem>,
     pub notes: Vec<Problem>,
     pub framework: &'static str,
@@ -250,18 +342,20 @@ pub struct HealthEntry {
 }
 
 impl HealthEntry {
-    pub fn new(model: &ResolvedModel, report: &HealthReport) -> HealthEntry {
+    pub fn new(model: &ResolvedModel, report: &HealthReport, details: bool) -> HealthEntry {
         HealthEntry {
             name: model.name.clone(),
             status: health_word(report),
             reason: report.reason(),
-            problems: report.problems.clone(),
-            notes: report.notes.clone(),
-            framework: report.framework.as_str(),
-            bytes_read: report.bytes_read,
-            managed: model.managed(),
-            repairs: mount_repairs(model).cloned(),
-            hash: model.snapshot_sha().map(str::to_string),
+            details: details.then(|| HealthDetails {
+                problems: report.problems.clone(),
+                notes: report.notes.clone(),
+                framework: report.framework.as_str(),
+                bytes_read: report.bytes_read,
+                managed: model.managed(),
+                repairs: mount_repairs(model).cloned(),
+                hash: model.snapshot_sha().map(str::to_string),
+            }),
         }
     }
 }
@@ -281,4 +375,19 @@ fn health_word(report: &HealthReport) -> &'static str {
     } else {
         "unhealthy"
     }
+}
+
+/// `1.2 GB`, `523.0 MB`, `12.0 KB`, `100 B` (decimal units, as model hubs show sizes).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KB", "MB", "GB", "TB", "PB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }

@@ -56,7 +56,9 @@ impl Fixture {
         all.extend_from_slice(args);
         let mut cmd = base_command(&all, &[]);
         cmd.current_dir(cwd);
-        cmd.output().expect("run mlxk")
+        let out = cmd.output().expect("run mlxk");
+        record_json_reply(&all, &out);
+        out
     }
 
     /// `mlxk convert SRC DST --repair-index`, which must succeed.
@@ -88,7 +90,40 @@ impl Fixture {
 }
 
 pub fn mlxk(args: &[&str], env: &[(&str, &str)]) -> Output {
-    base_command(args, env).output().expect("run mlxk")
+    let out = base_command(args, env).output().expect("run mlxk");
+    record_json_reply(args, &out);
+    out
+}
+
+/// With MLXK_JSON_REPLIES=DIR (scripts/test.sh sets it), every `mlxk --json` reply the tests
+/// produce is kept there with its arguments and exit code, and scripts/validate_json.py
+/// checks each against mlx-knife's JSON schema after the tests.
+pub fn record_json_reply(args: &[&str], out: &Output) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("MLXK_JSON_REPLIES") else {
+        return;
+    };
+    if !args.contains(&"--json") {
+        return;
+    }
+    let record = serde_json::json!({
+        "argv": args,
+        "exit": out.status.code(),
+        "stdout": String::from_utf8_lossy(&out.stdout),
+    });
+    let name = format!(
+        "{}-{}-{}.json",
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_default(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = PathBuf::from(dir);
+    let _ = fs::create_dir_all(&dir);
+    fs::write(dir.join(name), record.to_string()).expect("record a --json reply");
 }
 
 fn base_command(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -194,7 +229,7 @@ pub fn snapshot_dir(cache: &Path, repo_id: &str) -> PathBuf {
     repo.join("snapshots").join(sha.trim())
 }
 
-/// The codes of every problem of the (single) model in a `health --json` envelope.
+/// The codes of every problem of the (single) model in a `health --json --details` envelope.
 pub fn problem_codes(v: &Value) -> Vec<String> {
     let entries = v["data"]["unhealthy"]
         .as_array()
@@ -202,7 +237,12 @@ pub fn problem_codes(v: &Value) -> Vec<String> {
         .flatten()
         .chain(v["data"]["healthy"].as_array().into_iter().flatten());
     entries
-        .flat_map(|e| e["problems"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| {
+            e["problems"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| panic!("a health entry without problems (ask --details): {e}"))
+        })
         .filter_map(|p| p["code"].as_str().map(str::to_string))
         .collect()
 }
