@@ -395,12 +395,7 @@ fn the_registry_is_private_and_tampered_records_are_refused() {
 
     // Owned by another user (root can make one for the test).
     if nix::unistd::geteuid().is_root() {
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "mlxk-test-other"])
-            .output();
-        let other = nix::unistd::User::from_name("mlxk-test-other")
-            .unwrap()
-            .expect("useradd mlxk-test-other");
+        let other = other_user();
         std::os::unix::fs::lchown(&record, Some(other.uid.as_raw()), None).unwrap();
         refused("owned by uid");
         std::os::unix::fs::lchown(&record, Some(0), None).unwrap();
@@ -475,4 +470,269 @@ fn absurd_architecture_sizes_are_health_problems() {
     // The fixture's own configs stay healthy.
     let out = mlxk(&fx, &["health", "mlx-community/Llama-tiny-f16", "--json"]);
     assert_eq!(json(&out)["data"]["summary"]["healthy_count"], 1);
+}
+
+/// B7: an editor saving (write a temp file, rename it over the name) while loaders open the
+/// name. On a local filesystem no such open fails; through the mount an open whose lookup came
+/// before the rename used to fail with ESTALE (the kernel retries once, and in a storm the retry
+/// races the next save). Cache files (the first save detaches the cached file's node) and
+/// overlay files, with and without passthrough: zero failed opens, and every open reads one
+/// whole version, never a mix.
+#[test]
+fn opens_racing_atomic_replaces_never_fail() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    if !fuse_available("opens_racing_atomic_replaces_never_fail") {
+        return;
+    }
+    const SAVES: usize = 4000;
+    for (label, extra) in [
+        ("passthrough", &[][..]),
+        ("daemon", &["--no-passthrough"][..]),
+    ] {
+        let fx = Fixture::new();
+        let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), extra);
+        let ws = m.path("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(ws.join("notes.json"), version_text(0)).unwrap();
+        let targets = [
+            m.path("mlx-community/Llama-tiny-f16/config.json"),
+            m.path("mlx-community/Llama-tiny-bf16/tokenizer_config.json"),
+            ws.join("notes.json"),
+        ];
+        let done = Arc::new(AtomicBool::new(false));
+        let opens = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = (0..3)
+            .map(|r| {
+                let (done, opens, targets) = (done.clone(), opens.clone(), targets.clone());
+                std::thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut i = r;
+                    while !done.load(Ordering::Relaxed) {
+                        let path = &targets[i % targets.len()];
+                        i += 1;
+                        match std::fs::read(path) {
+                            Ok(bytes) => {
+                                let text = String::from_utf8_lossy(&bytes);
+                                // The cached originals, or one whole saved version.
+                                let whole = text.starts_with('{') && text.trim_end().ends_with('}');
+                                if !whole {
+                                    let head: String = text.chars().take(40).collect();
+                                    failures.push(format!(
+                                        "{}: torn read of {} bytes: {head:?}…",
+                                        path.display(),
+                                        bytes.len()
+                                    ));
+                                }
+                            }
+                            Err(e) => failures.push(format!("{}: {e}", path.display())),
+                        }
+                        opens.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failures
+                })
+            })
+            .collect();
+        for n in 1..=SAVES {
+            let target = &targets[n % targets.len()];
+            let tmp = target.with_extension(format!("tmp{n}"));
+            std::fs::write(&tmp, version_text(n)).unwrap();
+            std::fs::rename(&tmp, target).unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        let failures: Vec<String> = readers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let opens = opens.load(Ordering::Relaxed);
+        assert!(opens > 1000, "{label}: only {opens} opens ran");
+        assert!(
+            failures.is_empty(),
+            "{label}: {} of {opens} opens failed, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        // The last save is what every name shows now.
+        for (i, t) in targets.iter().enumerate() {
+            let last = (1..=SAVES).rev().find(|n| n % targets.len() == i).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(t).unwrap(),
+                version_text(last),
+                "{label}"
+            );
+        }
+        drop(m);
+    }
+}
+
+fn version_text(n: usize) -> String {
+    format!(
+        "{{\"version\": {n}, \"pad\": \"{}\"}}\n",
+        "x".repeat(n % 4096)
+    )
+}
+
+/// A second local user for the tests that need one (root creates it once).
+fn other_user() -> nix::unistd::User {
+    let _ = Command::new("useradd")
+        .args(["--system", "--no-create-home", "mlxk-test-other"])
+        .output();
+    nix::unistd::User::from_name("mlxk-test-other")
+        .unwrap()
+        .expect("useradd mlxk-test-other")
+}
+
+/// Puts /dev/fuse's mode back when dropped.
+struct DeviceMode(u32);
+
+impl Drop for DeviceMode {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+/// B8. A user who may open /dev/fuse (mode 0666, fuse3's default) but may not mount(2) mounts
+/// through fusermount3 (fuser's fallback) — in the background, as the README says to — reads
+/// and writes through the mount, and unmounts with `mlxk-fs umount`. Where /dev/fuse is 0600
+/// (as on this machine) no user but root can mount FUSE at all — fusermount3 opens the device
+/// with the user's rights and is refused too — and the refusal says so and what helps, instead
+/// of telling the user to install the fuse3 that is installed.
+#[test]
+fn an_unprivileged_user_mounts_through_fusermount3_or_is_told_why_not() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    const TEST: &str = "an_unprivileged_user_mounts_through_fusermount3_or_is_told_why_not";
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP {TEST}: needs root to act as another user and to set /dev/fuse's mode");
+        return;
+    }
+    if !fuse_available(TEST) {
+        return;
+    }
+    let original = std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
+    let _restore = DeviceMode(original);
+    let user = other_user();
+    let fx = Fixture::new();
+    std::fs::set_permissions(fx.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mnt, home) = (fx.path("mnt"), fx.path("home"));
+    for dir in [&mnt, &home] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    }
+    let as_user = |program: &str, args: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .env("HOME", &home)
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env("NO_COLOR", "1")
+            .current_dir(&home);
+        finish(cmd, &format!("{program} {args:?} as mlxk-test-other"))
+    };
+    let mounted = |mnt: &Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == mnt.to_str() && l.contains("fuse.mlxk-fs"))
+    };
+    let fs_bin = env!("CARGO_BIN_EXE_mlxk-fs");
+    let mount_args = [
+        "mount".as_ref(),
+        mnt.as_os_str(),
+        "--cache".as_ref(),
+        fx.cache.as_os_str(),
+    ];
+
+    // The device closed to users: refused with the reason, nothing mounted.
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = as_user(fs_bin, &mount_args);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("/dev/fuse (mode 600") && err.contains("chmod 0666 /dev/fuse"),
+        "{err}"
+    );
+    assert!(!err.contains("install"), "fuse3 is installed: {err}");
+    assert!(!mounted(&mnt));
+
+    // The device open to users: mount(2) refuses them, fusermount3 mounts.
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_user(fs_bin, &mount_args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "mount: {}",
+        common::stderr(&out)
+    );
+    assert!(mounted(&mnt), "not in mountinfo");
+    // B9: passthrough needs CAP_SYS_ADMIN; a user's mount says it is off, and why.
+    let said = common::stdout(&out);
+    assert!(said.contains("passthrough off: it needs root"), "{said}");
+    let out = as_user(fs_bin, &["--json".as_ref(), "status".as_ref()]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = status["data"]["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == mnt.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .clone();
+    assert_eq!(mine["passthrough"], false, "{mine:#}");
+    assert_eq!(mine["counters"]["passthrough_opens"], 0, "{mine:#}");
+    let config = mnt.join("mlx-community/Llama-tiny-f16/config.json");
+    let out = as_user("cat", &[config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let cached = std::fs::read(
+        common::snapshot_dir(&fx.cache, "mlx-community/Llama-tiny-f16").join("config.json"),
+    )
+    .unwrap();
+    assert_eq!(out.stdout, cached, "the mount serves the cached file");
+    let note = mnt.join("mlx-community/Llama-tiny-f16/notes.txt");
+    let out = as_user("touch", &[note.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    // The write is in the user's own overlay (the default, under their home), owned by them.
+    let overlay = home.join(".local/share/mlxk-fs/overlay");
+    let written = walk_files(&overlay)
+        .into_iter()
+        .find(|p| p.ends_with("notes.txt"))
+        .unwrap_or_else(|| panic!("the write is not in {}", overlay.display()));
+    assert_eq!(
+        std::fs::metadata(&written).unwrap().uid(),
+        user.uid.as_raw()
+    );
+    let out = as_user(fs_bin, &["umount".as_ref(), mnt.as_os_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "umount: {}",
+        common::stderr(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mounted(&mnt) {
+        assert!(Instant::now() < deadline, "still mounted after umount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(_restore);
+    assert_eq!(
+        std::fs::metadata("/dev/fuse").unwrap().mode() & 0o7777,
+        original
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

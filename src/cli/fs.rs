@@ -249,7 +249,12 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
             .map(|o| o.display().to_string())
             .unwrap_or_default(),
         record.pid,
-        if record.passthrough { "on" } else { "off" }
+        match (record.passthrough, m.no_passthrough) {
+            (true, _) => "on",
+            (false, true) => "off",
+            (false, false) if nix::unistd::geteuid().is_root() => "off: this kernel lacks it",
+            (false, false) => "off: it needs root; the daemon serves every read",
+        }
     );
     Ok((record_json(&record), human))
 }
@@ -309,15 +314,22 @@ fn status() -> Result<(Value, String), String> {
             entries.push(json!({"mountpoint": m.mountpoint, "state": state, "fix": fix}));
             continue;
         };
+        // The daemon's live word wins over the record's: passthrough can be refused later.
+        let passthrough = m
+            .counters
+            .as_ref()
+            .and_then(|c| c["passthrough"].as_bool())
+            .unwrap_or(r.passthrough);
         rows.push(vec![
             r.mountpoint.display().to_string(),
             r.cache.display().to_string(),
             r.pid.to_string(),
-            if r.passthrough { "on" } else { "off" }.into(),
+            if passthrough { "on" } else { "off" }.into(),
             state_cell,
             activity,
         ]);
         let mut e = record_json(r);
+        e["passthrough"] = json!(passthrough);
         e["state"] = json!(state);
         e["counters"] = m.counters.clone().unwrap_or(Value::Null);
         e["fix"] = json!(fix);

@@ -61,6 +61,13 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("/dev/fuse (mode {mode:o}, owner uid {owner}, group gid {group}) may not be opened by uid {uid}: this system lets only root mount FUSE filesystems, and fusermount3 refuses too (it opens the device with your rights). An administrator can allow users with `chmod 0666 /dev/fuse` (the mode fuse3's udev rule sets), or mount as root")]
+    DeviceRefused {
+        mode: u32,
+        owner: u32,
+        group: u32,
+        uid: u32,
+    },
     #[error("cannot open the cache: {0}")]
     Cache(#[from] crate::store::StoreError),
     #[error("cannot mount {path}: {source}{}", mount_hint(.source))]
@@ -75,12 +82,19 @@ pub enum DaemonError {
 
 fn mount_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
+        Some(libc::EPERM) | Some(libc::EACCES) if !fusermount_installed() => {
             " (unprivileged mounts need fusermount3: install Debian's `fuse3` package, or run as root)"
         }
         Some(libc::ENOENT) | Some(libc::ENODEV) => " (is the fuse kernel module loaded? /dev/fuse must exist)",
         _ => "",
     }
+}
+
+/// Whether `fusermount3` (fuser's fallback for users mount(2) refuses) is on the PATH.
+fn fusermount_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
+    })
 }
 
 /// Whether `path` is a mountpoint of an mlxk-fs filesystem (per /proc/self/mountinfo).
@@ -230,11 +244,19 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let mut session =
-        Session::new(fs, &mountpoint, &config).map_err(|source| DaemonError::Mount {
-            path: mountpoint.clone(),
-            source,
-        })?;
+    let mount_error = |source| DaemonError::Mount {
+        path: mountpoint.clone(),
+        source,
+    };
+    // fuser falls back to fusermount3 when mount(2) refuses a user; a device the user may not
+    // open is refused by fusermount3 as well (it opens /dev/fuse with the user's rights), so
+    // that case is said plainly instead of ending in a bare EACCES.
+    if !nix::unistd::geteuid().is_root() {
+        if let Some(device) = fuse_device_refused() {
+            return Err(device);
+        }
+    }
+    let mut session = Session::new(fs, &mountpoint, &config).map_err(mount_error)?;
     raise_readahead(&mountpoint);
     let mut unmounter = session.unmount_callable();
     // Still single-threaded here: the one moment the daemon can change mount namespace.
@@ -475,6 +497,31 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted, DaemonError> {
     let _ = mounts::forget(&canonical);
     Ok(Unmounted::Detached)
 }
+
+/// `/dev/fuse` exists but this user may not open it: the error that says why and what helps.
+fn fuse_device_refused() -> Option<DaemonError> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEVICE)
+    {
+        Ok(_) => false,
+        Err(e) => matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)),
+    };
+    if !refused {
+        return None;
+    }
+    let meta = std::fs::metadata(FUSE_DEVICE).ok()?;
+    Some(DaemonError::DeviceRefused {
+        mode: meta.mode() & 0o777,
+        owner: meta.uid(),
+        group: meta.gid(),
+        uid: nix::unistd::getuid().as_raw(),
+    })
+}
+
+const FUSE_DEVICE: &str = "/dev/fuse";
 
 /// Lazily detaches a mount: umount2(MNT_DETACH) as root, else `fusermount3 -uz`.
 fn detach(path: &Path) -> Result<(), DaemonError> {

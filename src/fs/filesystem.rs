@@ -218,7 +218,14 @@ impl Filesystem for MlxkFs {
             }
         }
         let _ = config.set_max_write(1 << 20);
-        if self.want_passthrough {
+        if self.want_passthrough && !may_register_backing_files() {
+            // The kernel checks CAP_SYS_ADMIN when a backing file is registered: without it
+            // every open would be refused, so passthrough is off from the start and the
+            // mount says so.
+            tracing::info!(
+                "kernel FUSE passthrough needs CAP_SYS_ADMIN (root): serving reads from the daemon"
+            );
+        } else if self.want_passthrough {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {
                     // Backing files on a stacked filesystem (overlayfs) need depth 2.
@@ -873,4 +880,17 @@ impl Filesystem for MlxkFs {
     ) {
         reply.error(Errno::ENOTTY);
     }
+}
+
+/// Whether this process holds CAP_SYS_ADMIN, which the kernel requires to register a
+/// passthrough backing file (FUSE_DEV_IOC_BACKING_OPEN).
+fn may_register_backing_files() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }

@@ -28,18 +28,23 @@ impl Namespace {
                     })?;
                 Ok(self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false))
             }
-            NodeKind::Upper { .. } => {
-                let (_, m) = self.upper_of(node).map_err(gone_is_stale)?;
-                Ok(self.meta_info(node.ino, &m))
-            }
+            NodeKind::Upper { .. } => match self.upper_of(node) {
+                Ok((_, m)) => Ok(self.meta_info(node.ino, &m)),
+                // Detached by a rename over it or an unlink: its attributes are still those of
+                // the file (nlink 0), as on a local filesystem.
+                Err(e) => match lock(&node.orphan).as_ref().map(File::metadata) {
+                    Some(Ok(m)) => Ok(self.meta_info(node.ino, &m)),
+                    _ => Err(gone_is_stale(e)),
+                },
+            },
             NodeKind::Lower { node: lower, .. } => {
-                if !self.still_shown(node) {
+                if !self.still_shown(node) && !node.detached.load(Ordering::Acquire) {
                     return Err(NsError::Stale);
                 }
                 self.lower_info(node.ino, lower)
             }
             NodeKind::Generated { bytes } => {
-                if !self.still_shown(node) {
+                if !self.still_shown(node) && !node.detached.load(Ordering::Acquire) {
                     return Err(NsError::Stale);
                 }
                 Ok(self.synthetic(

@@ -2,7 +2,7 @@
 //! retirement of nodes whose place now shows something else.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::Metadata;
+use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,14 @@ pub struct Node {
     pub(super) refs: Mutex<Refs>,
     /// Replaced at its place (copied up, deleted, renamed over): by-path callers get ESTALE.
     pub(super) superseded: AtomicBool,
+    /// Its name was removed by a rename over it or an unlink that came through the kernel. The
+    /// kernel already dropped the name, so an open that still reaches this node raced that
+    /// operation (its lookup came first): like a local filesystem, it opens the old file
+    /// instead of failing with ESTALE, which the kernel retries only once.
+    pub(super) detached: AtomicBool,
+    /// For an overlay file detached that way: a handle on the file taken before its name went,
+    /// so that it can still be opened and stat'ed until the kernel forgets the node.
+    pub(super) orphan: Mutex<Option<File>>,
 }
 
 /// The kernel's references to a node (its lookup count). A node is dropped from the tables at
@@ -167,6 +175,8 @@ impl Namespace {
                 forgotten: false,
             }),
             superseded: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            orphan: Mutex::new(None),
         });
         self.nodes.insert(ino, node.clone());
         self.ids.insert(ident, ino);
@@ -227,7 +237,39 @@ impl Namespace {
         if let Some((_, ino)) = self.ids.remove(&ident) {
             if let Ok(node) = self.node(ino) {
                 node.superseded.store(true, Ordering::Release);
+                node.detached.store(true, Ordering::Release);
             }
+        }
+    }
+
+    /// Before a rename over (or an unlink of) the overlay file at `path`, which `found`
+    /// describes: keeps a handle on it in its node, if the kernel holds one, so that an open
+    /// racing the operation still lands on it (see [`Node::detached`]).
+    pub(super) fn keep_victim(&self, found: &Found, path: &Path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Found::Upper(m) = found else { return };
+        if !m.is_file() {
+            return;
+        }
+        let Some(ino) = self.ids.get(&upper_ident(m)).map(|i| *i) else {
+            return;
+        };
+        let Ok(node) = self.node(ino) else { return };
+        // O_PATH: no access to the content is needed to keep the file; it is reopened with the
+        // client's own flags through /proc/self/fd.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path)
+        else {
+            return;
+        };
+        if file
+            .metadata()
+            .is_ok_and(|f| f.dev() == m.dev() && f.ino() == m.ino())
+        {
+            *lock(&node.orphan) = Some(file);
+            node.detached.store(true, Ordering::Release);
         }
     }
 

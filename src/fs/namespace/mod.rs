@@ -243,6 +243,8 @@ impl Namespace {
                 forgotten: false,
             }),
             superseded: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            orphan: Mutex::new(None),
         });
         ns.nodes.insert(ROOT_INO, root);
         ns

@@ -25,7 +25,9 @@ impl Namespace {
             self.overlay.add_whiteout(&dir, name)?;
         }
         if let Found::Upper(_) = found {
-            fs::remove_file(self.overlay.path(dir.join(name)))?;
+            let path = self.overlay.path(dir.join(name));
+            self.keep_victim(&found, &path);
+            fs::remove_file(path)?;
         }
         self.overlay.remove_ref(&dir, name)?;
         self.retire(parent, name, &found);

@@ -98,6 +98,9 @@ impl Namespace {
                 fs::remove_dir_all(&dst_upper)?;
             }
         }
+        if let Some(d) = &dst {
+            self.keep_victim(d, &dst_upper);
+        }
         if src_has_upper {
             fs::rename(&src_upper, &dst_upper)?;
         } else if let Some(Found::Upper(_)) = &dst {
