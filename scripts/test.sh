@@ -33,6 +33,12 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   fi
 fi
 command -v fusermount3 >/dev/null 2>&1 && fusermount3 -V
+# curl: tests/hub.rs drives the stand-in hub's control endpoint with it (and the pull benchmark
+# compares against it).
+if ! command -v curl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null \
+    || echo "warning: could not install curl; the hub tests will fail"
+fi
 # rsync: tests/overlay.rs runs it (with git, cp and tar) in workspaces of the mount.
 if ! command -v rsync >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null \

@@ -50,6 +50,15 @@ REQUIRED = [
     ("convert --skip-health", lambda a, e: e["command"] == "convert" and e["status"] == "success"
         and e["data"]["health_check"] is False),
     ("run", lambda a, e: e["command"] == "run" and e["status"] == "success"),
+    ("pull", lambda a, e: e["command"] == "pull" and e["status"] == "success"
+        and e["data"]["download_status"] == "success"),
+    ("pull of a model already there", lambda a, e: e["command"] == "pull" and e["status"] == "success"
+        and e["data"]["download_status"] == "already_present"),
+    ("clone from the cache", lambda a, e: e["command"] == "clone" and e["status"] == "success"
+        and e["data"]["from_cache"] is True),
+    ("clone from the hub", lambda a, e: e["command"] == "clone" and e["status"] == "success"
+        and e["data"]["from_cache"] is False),
+    ("rm", lambda a, e: e["command"] == "rm" and e["status"] == "success" and e["data"]["action"] == "removed"),
     ("version", lambda a, e: e["command"] == "version" and e["status"] == "success"),
     ("a usage error", lambda a, e: e["status"] == "error" and e["error"]["type"] == "CommandError"
         and e["command"] is not None),

@@ -18,3 +18,5 @@ pub mod testkit;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[cfg(target_os = "linux")]
 pub mod fs;
+/// Downloads from a Hugging Face hub (pull, clone) and removals from the cache (rm).
+pub mod hub;

@@ -1,12 +1,15 @@
 //! `mlxk`: clap definitions and human / JSON rendering. The work is done by `store`,
 //! `convert` and `engine`, each returning a report that a command module here renders.
 
+mod clone;
 mod convert;
 #[cfg(target_os = "linux")]
 pub mod fs;
 mod health;
 mod list;
 pub mod output;
+mod pull;
+mod rm;
 mod run;
 mod show;
 
@@ -57,8 +60,67 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Generate text from a model on the CPU (prompt, stdin with `-`, or an interactive chat).
     Run(RunArgs),
+    /// Download a model from the Hugging Face hub into the cache (resumable, verified).
+    Pull(PullArgs),
+    /// Remove a model, or one snapshot of it (`org/name@rev`), from the cache.
+    Rm(RmArgs),
+    /// Make a managed workspace from a model: copied from the cache, or downloaded straight
+    /// into the workspace when the cache does not have it (the cache is left alone).
+    Clone(CloneArgs),
     /// Print the version of mlxk and of the JSON API it speaks.
     Version,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    mlxk pull mlx-community/Qwen3-0.6B-4bit\n  \
+    mlxk pull Qwen3-0.6B-4bit                      (a bare name is mlx-community/<name>)\n  \
+    mlxk pull org/name@v1.0                        (a branch, tag, refs/pr/N or commit sha)\n  \
+    mlxk pull org/name --include '*.json' --exclude '*.gguf'\n\n\
+    Environment: HF_ENDPOINT (default https://huggingface.co), HF_TOKEN (else $HF_HOME/token, \
+    as `hf auth login` writes it), HF_HUB_CACHE / HF_HOME, HF_HUB_OFFLINE=1 (refuses). \
+    An interrupted pull resumes where it stopped when run again.")]
+pub struct PullArgs {
+    /// `org/name[@revision]`.
+    pub model: String,
+    /// Only files matching this pattern (fnmatch: `*` matches `/` too; `dir/` is everything
+    /// below dir); repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out files matching this pattern; repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = crate::hub::pull::DEFAULT_WORKERS, value_name = "N")]
+    pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    mlxk clone mlx-community/Qwen3-0.6B-4bit ./ws\n  \
+    mlxk clone org/name@v1.0 ./ws-v1\n\n\
+    The target must be new or empty, and outside the cache. An interrupted download resumes \
+    when the same command is run again.")]
+pub struct CloneArgs {
+    /// `org/name[@revision]` (a bare name is mlx-community/<name>).
+    pub model: String,
+    /// The workspace directory to create.
+    pub target: std::path::PathBuf,
+    /// Do not run a health check on the result.
+    #[arg(long, visible_alias = "no-health-check")]
+    pub skip_health: bool,
+    /// Files downloaded at once (when not in the cache).
+    #[arg(long, default_value_t = crate::hub::pull::DEFAULT_WORKERS, value_name = "N")]
+    pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// `org/name` (exactly), or `org/name@<ref or sha prefix>` for one snapshot.
+    pub model: String,
+    /// Do not ask for confirmation (needed without a terminal, and with --json).
+    #[arg(long, short)]
+    pub force: bool,
 }
 
 /// The version of mlx-knife's JSON API (its schema, API 0.2.4) that `--json` replies follow.
@@ -355,6 +417,9 @@ pub fn mlxk_main() -> ExitCode {
         Command::Health(_) => "health",
         Command::Convert(_) => "convert",
         Command::Run(_) => "run",
+        Command::Pull(_) => "pull",
+        Command::Rm(_) => "rm",
+        Command::Clone(_) => "clone",
         Command::Version => "version",
     };
     let result = match &args.command {
@@ -363,6 +428,9 @@ pub fn mlxk_main() -> ExitCode {
         Command::Health(a) => health::health(&args, a),
         Command::Convert(a) => convert::convert(&args, a),
         Command::Run(a) => run::run(&args, a),
+        Command::Pull(a) => pull::pull(&args, a),
+        Command::Rm(a) => rm::rm(&args, a),
+        Command::Clone(a) => clone::clone(&args, a),
         Command::Version => Ok(version()),
     };
     match result {

@@ -2,6 +2,7 @@
 //! `--quantize` and `--dequantize`.
 //! Sources are only ever read; nothing here opens a cache file for writing.
 
+pub mod clone;
 pub mod copy;
 pub mod family;
 pub mod plan;
@@ -144,10 +145,12 @@ fn describe(problems: &[Problem]) -> String {
 }
 
 /// Marks a workspace complete: its content hashed and fingerprinted into the sentinel, which
-/// is then written without the in-progress mark. Returns the content hash.
+/// is then written without the in-progress mark. Files in `known` (copies of cache blobs named
+/// by their sha256) are not read again. Returns the content hash.
 pub(crate) fn finish_sentinel(
     target: &Path,
     sentinel: &mut Sentinel,
+    known: &std::collections::HashMap<String, String>,
 ) -> Result<String, ConvertError> {
     let io_err = |what: &'static str| {
         move |source: io::Error| ConvertError::Io {
@@ -157,7 +160,7 @@ pub(crate) fn finish_sentinel(
         }
     };
     let files = workspace_files(target).map_err(io_err("listing the result"))?;
-    let stamp = content::stamp(&files).map_err(io_err("hashing the result"))?;
+    let stamp = content::stamp_known(&files, known).map_err(io_err("hashing the result"))?;
     sentinel.record_content(&stamp);
     sentinel.convert_state = None;
     sentinel.write_atomic(target)?;

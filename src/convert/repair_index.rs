@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::store::cache::{canonicalize_lenient, HubCache};
 use crate::store::config::ModelConfig;
+use crate::store::content;
 use crate::store::health::{HealthReport, Problem};
 use crate::store::index::{WeightIndex, INDEX_FILE};
 use crate::store::sentinel::{Sentinel, SENTINEL_FILE};
@@ -143,7 +144,9 @@ fn fill_target(
         None
     };
 
-    let content_hash = super::finish_sentinel(target, &mut sentinel)?;
+    let mut known = content::known_digests(src);
+    known.remove(INDEX_FILE); // rewritten from the headers, not copied
+    let content_hash = super::finish_sentinel(target, &mut sentinel, &known)?;
 
     let repaired = source_health
         .problems

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::store::cache::{canonicalize_lenient, HubCache};
 use crate::store::config::QuantizationConfig;
+use crate::store::content;
 use crate::store::health::HealthReport;
 use crate::store::index::{to_python_json, WeightIndex, INDEX_FILE};
 use crate::store::safetensors::{read_header, ShardHeader};
@@ -232,6 +233,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
 
     // Everything but the weights, the index, the sentinel and config.json, verbatim.
     let mut copy = CopyStats::default();
+    let mut carried = std::collections::HashSet::new();
     for f in src.model_files() {
         let weights = f.is_top_level_shard();
         let regenerated = [INDEX_FILE, SENTINEL_FILE, "config.json"].contains(&f.rel_path.as_str());
@@ -240,6 +242,7 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
         }
         if let Some(from) = f.readable() {
             copy_file(from, &target.join(&f.rel_path), &mut copy)?;
+            carried.insert(f.rel_path.clone());
         }
     }
     write_config(target, &mut config, plan.quantization.as_ref())?;
@@ -261,7 +264,10 @@ fn fill_target(input: FillInput<'_, '_>) -> Result<WeightsOutcome, ConvertError>
         .map(|s| s.file_name.as_str())
         .collect();
     let index = write_index(target, &names, quant_config.as_ref(), &mut 0)?;
-    let content_hash = super::finish_sentinel(target, &mut sentinel)?;
+    // Only the files carried over verbatim are the source's bytes; the rest was computed.
+    let mut known = content::known_digests(src);
+    known.retain(|rel, _| carried.contains(rel));
+    let content_hash = super::finish_sentinel(target, &mut sentinel, &known)?;
     tracing::debug!(elapsed = ?started.elapsed(), "index and sentinel written");
 
     let health = check_result(target, opts.skip_health)?;

@@ -6,6 +6,7 @@
 //! a stat fingerprint (each file's path, size and mtime), and a workspace whose fingerprint
 //! still matches is clean. `show --recalc-hash` hashes the content itself.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::files::{open_regular, FileState, ModelFile};
 use super::sentinel::{iso8601, Sentinel, SENTINEL_FILE};
+use super::spec::ResolvedModel;
 
 /// Sentinel keys (beside mlx-knife's own fields) holding what [`ContentStamp`] records.
 pub const CONTENT_HASH_KEY: &str = "content_hash";
@@ -37,30 +39,79 @@ fn content_files<'a>(files: &'a [ModelFile]) -> impl Iterator<Item = &'a ModelFi
 /// A file that is missing or not a regular file is an error: such a workspace has no content
 /// identity.
 pub fn content_hash(files: &[ModelFile]) -> io::Result<String> {
+    content_hash_known(files, &HashMap::new())
+}
+
+/// [`content_hash`], taking the sha256 of the files in `known` (by relative path) as given
+/// instead of reading them; the others are hashed on all cores.
+pub fn content_hash_known(
+    files: &[ModelFile],
+    known: &HashMap<String, String>,
+) -> io::Result<String> {
+    use rayon::prelude::*;
+    let listed: Vec<&ModelFile> = content_files(files).collect();
+    let digests: Vec<String> = listed
+        .par_iter()
+        .map(|f| match known.get(&f.rel_path) {
+            Some(d) => Ok(d.clone()),
+            None => file_sha256(f),
+        })
+        .collect::<io::Result<_>>()?;
     let mut all = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in content_files(files) {
-        let Some(path) = f.readable() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} is missing or not a regular file", f.rel_path),
-            ));
-        };
-        let mut file = open_regular(path)?;
-        let mut one = Sha256::new();
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            one.update(&buf[..n]);
-        }
+    for (f, digest) in listed.iter().zip(&digests) {
         all.update(f.rel_path.as_bytes());
         all.update(b"\0");
-        all.update(hex(&one.finalize()).as_bytes());
+        all.update(digest.as_bytes());
         all.update(b"\n");
     }
     Ok(format!("sha256:{}", hex(&all.finalize())))
+}
+
+fn file_sha256(f: &ModelFile) -> io::Result<String> {
+    let Some(path) = f.readable() else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is missing or not a regular file", f.rel_path),
+        ));
+    };
+    let mut file = open_regular(path)?;
+    let mut one = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        one.update(&buf[..n]);
+    }
+    Ok(hex(&one.finalize()))
+}
+
+/// The sha256 of a model's files that a cache already names: an LFS blob's name is the sha256
+/// of its content (the hub's etag, verified when `mlxk pull` downloaded it; a blob whose bytes
+/// no longer match its name is a corrupt cache, which this trusts as every cache reader does). A byte-for-byte
+/// copy of such a file (convert's reflinks) has that digest without being read again.
+pub fn known_digests(model: &ResolvedModel) -> HashMap<String, String> {
+    model
+        .files
+        .iter()
+        .filter_map(|f| {
+            let FileState::Present { resolved, .. } = &f.state else {
+                return None;
+            };
+            // A blob of a cache: `<repo>/blobs/<sha256>` (a snapshot's link, or a directory of
+            // links into a cache given as a path).
+            if resolved.parent()?.file_name()? != "blobs" {
+                return None;
+            }
+            let name = resolved.file_name()?.to_str()?;
+            let sha256 = name.len() == 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            sha256.then(|| (f.rel_path.clone(), name.to_string()))
+        })
+        .collect()
 }
 
 /// The stat fingerprint of a workspace's files: cheap (no content read), and changed by any
@@ -84,8 +135,16 @@ pub fn content_stat(files: &[ModelFile]) -> String {
 
 /// Hashes and fingerprints a workspace's files.
 pub fn stamp(files: &[ModelFile]) -> io::Result<ContentStamp> {
+    stamp_known(files, &HashMap::new())
+}
+
+/// [`stamp`] with the digests of `known` files taken as given (see [`known_digests`]).
+pub fn stamp_known(
+    files: &[ModelFile],
+    known: &HashMap<String, String>,
+) -> io::Result<ContentStamp> {
     Ok(ContentStamp {
-        content_hash: content_hash(files)?,
+        content_hash: content_hash_known(files, known)?,
         content_stat: content_stat(files),
     })
 }

@@ -151,7 +151,7 @@ pub fn open_workspace(dir: &Path) -> Result<ResolvedModel, StoreError> {
 }
 
 /// Whether `spec` is written as a path (`./x`, `../x`, `/x`, `~`, `~/x`).
-fn looks_like_path(spec: &str) -> bool {
+pub fn looks_like_path(spec: &str) -> bool {
     spec.starts_with("./")
         || spec.starts_with("../")
         || spec.starts_with('/')
@@ -222,6 +222,17 @@ fn snapshot_of_path(cache: &HubCache, path: &Path) -> Result<Option<ResolvedMode
 
 /// `org/name` exactly (then case-insensitively); a bare `name` as `mlx-community/name`, else
 /// the unique case-insensitive substring match.
+/// The cached repository named exactly (case-insensitively; a bare name as in mlx-community),
+/// never a substring match: what removal and cloning act on.
+pub fn exact_repo(cache: &HubCache, name: &str) -> Result<Option<ModelRepo>, StoreError> {
+    let lower = name.to_lowercase();
+    let wanted = [lower.clone(), format!("{DEFAULT_ORG}/{lower}")];
+    Ok(cache
+        .repos()?
+        .into_iter()
+        .find(|r| wanted.contains(&r.repo_id.to_lowercase())))
+}
+
 pub fn find_repo(cache: &HubCache, name: &str) -> Result<ModelRepo, StoreError> {
     if let Some(repo) = cache.repo(name) {
         return Ok(repo);

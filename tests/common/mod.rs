@@ -2,6 +2,7 @@
 //! full-tree fingerprint of a directory (content, mode, mtime, link targets).
 #![allow(dead_code)]
 
+pub mod hub;
 pub mod mount;
 
 use std::collections::BTreeMap;
