@@ -1,7 +1,5 @@
 //! `mlxk convert`: builds the request, shows progress, renders the outcome.
 
-use std::io::IsTerminal;
-
 use serde_json::{json, Value};
 
 use super::output::{human_size, Style};
@@ -339,16 +337,6 @@ fn health_lines(report: Option<&HealthReport>, style: Style) -> String {
     }
 }
 
-/// A byte progress bar on stderr when it is a terminal (never with --json).
 fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
-    if json || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    Some(bar)
+    super::output::byte_bar(json, "{bytes}/{total_bytes} {bytes_per_sec} {msg}")
 }

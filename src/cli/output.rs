@@ -31,6 +31,19 @@ pub(super) fn print_json(v: &Value) {
     let _ = writeln!(out, "{text}");
 }
 
+/// A byte progress bar on stderr when it is a terminal, never with --json; `template` is
+/// indicatif's (what follows the bar).
+pub fn byte_bar(json: bool, template: &str) -> Option<indicatif::ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(&format!("{{bar:30}} {template}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
 /// ANSI styling, enabled only when stdout is a terminal and NO_COLOR is unset.
 #[derive(Debug, Clone, Copy)]
 pub struct Style {

@@ -1,7 +1,5 @@
 //! `mlxk pull`: a model from the hub into the cache, then its strict health verdict.
 
-use std::io::IsTerminal;
-
 use serde_json::json;
 
 use super::output::{human_size, Style};
@@ -175,16 +173,10 @@ pub(super) fn bar_updater(
     }
 }
 
-/// Bytes, rate, ETA and the file in flight, on stderr when it is a terminal (never with --json).
+/// Bytes, rate, ETA and files done, on stderr when it is a terminal (never with --json).
 pub(super) fn progress_bar(json: bool) -> Option<indicatif::ProgressBar> {
-    if json || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template(
-        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
+    super::output::byte_bar(
+        json,
+        "{bytes}/{total_bytes} {bytes_per_sec} eta {eta} {wide_msg}",
     )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    Some(bar)
 }

@@ -221,6 +221,20 @@ pub(crate) fn fetch(f: &Fetch<'_>, on_bytes: &(dyn Fn(u64) + Sync)) -> Result<Fe
     })
 }
 
+/// [`fetch`] as the download loops count it: `(received, resumed_from)`, `None` if cancelled.
+pub(crate) fn fetch_counted(
+    f: &Fetch<'_>,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<Option<(u64, u64)>, HubError> {
+    Ok(match fetch(f, on_bytes)? {
+        Fetched::Done {
+            received,
+            resumed_from,
+        } => Some((received, resumed_from)),
+        Fetched::Cancelled => None,
+    })
+}
+
 fn hash_prefix(file: &mut File, len: u64, hasher: &mut Hasher) -> io::Result<()> {
     file.seek(SeekFrom::Start(0))?;
     let mut rest = len;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use super::client::{HubClient, RepoFile};
-use super::download::{fetch, Fetch, Fetched};
+use super::download::{fetch_counted, Fetch};
 use super::layout::io_err;
 use super::pull::{download_all, PullProgress, Totals};
 use super::HubError;
@@ -37,7 +37,7 @@ pub fn fetch_into_dir(
             std::fs::create_dir_all(parent).map_err(io_err(parent, "cannot create"))?;
         }
         let partial = dir.join(format!("{}.incomplete", file.path));
-        let fetched = fetch(
+        fetch_counted(
             &Fetch {
                 client,
                 repo,
@@ -48,13 +48,6 @@ pub fn fetch_into_dir(
                 cancel,
             },
             &|n| progress(PullProgress::Bytes(n)),
-        )?;
-        Ok(match fetched {
-            Fetched::Done {
-                received,
-                resumed_from,
-            } => Some((received, resumed_from)),
-            Fetched::Cancelled => None,
-        })
+        )
     })
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::client::{HubClient, RepoFile};
-use super::download::{fetch, Fetch, Fetched};
+use super::download::{fetch_counted, Fetch};
 use super::layout::RepoLayout;
 use super::patterns::FileFilter;
 use super::{check_repo_id, HubError};
@@ -200,7 +200,7 @@ fn get_one(
         return Ok(Some((0, 0)));
     }
     let partial = layout.incomplete(etag);
-    let fetched = fetch(
+    let fetched = fetch_counted(
         &Fetch {
             client,
             repo,
@@ -212,19 +212,13 @@ fn get_one(
         },
         &|n| progress(PullProgress::Bytes(n)),
     )?;
-    match fetched {
-        Fetched::Done {
-            received,
-            resumed_from,
-        } => {
-            if resumed_from > 0 {
-                progress(PullProgress::Bytes(resumed_from));
-            }
-            layout.link(commit, &file.path, etag)?;
-            Ok(Some((received, resumed_from)))
+    if let Some((_, resumed_from)) = fetched {
+        if resumed_from > 0 {
+            progress(PullProgress::Bytes(resumed_from));
         }
-        Fetched::Cancelled => Ok(None),
+        layout.link(commit, &file.path, etag)?;
     }
+    Ok(fetched)
 }
 
 pub fn is_commit_sha(revision: &str) -> bool {

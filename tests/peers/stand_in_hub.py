@@ -262,17 +262,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if parts[:2] == ["api", "models"] and len(parts) >= 6:
             org, name, kind, rev = parts[2], parts[3], parts[4], parts[5]
-            repo = self.hub.repo_dir(org, name)
-            if repo is None:
-                self.error(404, "RepoNotFound", f"Repository {org}/{name} not found")
+            found = self.repo_at(org, name, rev)
+            if found is None:
                 return
-            if not self.authorized(repo):
-                self.error(401, "GatedRepo", f"Access to model {org}/{name} is restricted")
-                return
-            sha = self.hub.resolve(repo, rev)
-            if sha is None:
-                self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-                return
+            repo, sha = found
             commit = repo / "commits" / sha
             if kind == "revision":
                 self.send_json(200, {
@@ -288,17 +281,10 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) >= 5 and parts[2] == "resolve":
             org, name, rev = parts[0], parts[1], parts[3]
             rel = "/".join(parts[4:])
-            repo = self.hub.repo_dir(org, name)
-            if repo is None:
-                self.error(404, "RepoNotFound", f"Repository {org}/{name} not found")
+            found = self.repo_at(org, name, rev)
+            if found is None:
                 return
-            if not self.authorized(repo):
-                self.error(401, "GatedRepo", f"Access to model {org}/{name} is restricted")
-                return
-            sha = self.hub.resolve(repo, rev)
-            if sha is None:
-                self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-                return
+            repo, sha = found
             path = repo / "commits" / sha / rel
             if not path.is_file():
                 self.error(404, "EntryNotFound", f"{rel} does not exist at {sha}")
@@ -322,6 +308,21 @@ class Handler(BaseHTTPRequestHandler):
             self.send_file(path, {**common, "ETag": f'"{sha1}"', "Content-Type": "application/octet-stream"})
             return
         self.error(404, "NotFound", f"no such route: {url.path}")
+
+    def repo_at(self, org, name, rev):
+        """(repo dir, commit sha) of org/name at rev, or None once the hub's error is sent."""
+        repo = self.hub.repo_dir(org, name)
+        if repo is None:
+            self.error(404, "RepoNotFound", f"Repository {org}/{name} not found")
+            return None
+        if not self.authorized(repo):
+            self.error(401, "GatedRepo", f"Access to model {org}/{name} is restricted")
+            return None
+        sha = self.hub.resolve(repo, rev)
+        if sha is None:
+            self.error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return None
+        return repo, sha
 
     def tree(self, org, name, sha, commit, sub, query):
         base = commit / sub if sub else commit
