@@ -733,6 +733,37 @@ fn rm_removes_a_model_or_one_snapshot_and_nothing_else() {
     assert_eq!(code, 1);
     assert!(v["error"]["message"].as_str().unwrap().contains("-f"));
     assert!(repo.exists());
+    // On a terminal it asks; anything but yes keeps the model (`script` gives it a pty).
+    let ask = |answer: &str| {
+        let cmd = format!(
+            "{} --cache {} rm org/tiny@v1",
+            env!("CARGO_BIN_EXE_mlxk"),
+            s.cache.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs the command on a pseudo-terminal");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{answer}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = ask("n");
+    assert!(
+        said.contains("Remove snapshot") && said.contains("[y/N]"),
+        "{said}"
+    );
+    assert!(said.contains("nothing removed"), "{said}");
+    assert!(repo.join("snapshots").join(V1).exists());
     // A substring is not a name.
     let (code, v) = s.json(&["rm", "tiny", "-f"], &[]);
     assert_eq!(code, 1);
@@ -743,9 +774,8 @@ fn rm_removes_a_model_or_one_snapshot_and_nothing_else() {
     );
     // One snapshot: its own blobs go, the shared ones and the other snapshot stay.
     let main_snap = repo.join("snapshots").join(MAIN);
-    let (code, v) = s.json(&["rm", "org/tiny@v1", "-f"], &[]);
-    assert_eq!(code, 0, "{v:#}");
-    assert_eq!(v["data"]["action"], "removed");
+    let said = ask("y");
+    assert!(said.contains("removed snapshot"), "{said}");
     assert!(!repo.join("snapshots").join(V1).exists());
     assert!(!repo.join("refs/v1").exists());
     assert_eq!(fs::read_to_string(repo.join("refs/main")).unwrap(), MAIN);
@@ -759,6 +789,8 @@ fn rm_removes_a_model_or_one_snapshot_and_nothing_else() {
     // The whole model; the other model untouched.
     let (code, v) = s.json(&["rm", "org/tiny", "-f"], &[]);
     assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["data"]["action"], "removed");
+    assert!(v["data"]["bytes_freed"].as_u64().unwrap() > 0, "{v:#}");
     assert!(!repo.exists());
     assert!(!s.cache.join(".locks/models--org--tiny").exists());
     assert_eq!(broken_before, tree_state(&s.repo("org/broken")));
