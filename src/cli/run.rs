@@ -67,8 +67,8 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             model.name,
             engine.args().model_type,
             engine.args().layers,
-            human_size(engine.weight_bytes),
-            engine.weight_bytes_per_token,
+            human_size(engine.model().weight_bytes),
+            engine.model().weight_bytes_per_token,
             session.load_time.as_secs_f64()
         );
     }

@@ -62,28 +62,66 @@ struct Buffers {
     scratch: MatmulScratch,
 }
 
-pub struct CpuEngine {
+/// The weights of a loaded model: immutable once mapped, shared by every sequence that runs on
+/// it (an `Arc<CpuModel>` per model, whatever the number of sequences).
+pub struct CpuModel {
     args: ModelArgs,
     embed: Matrix,
     lm_head: Matrix,
     norm: Vec<f32>,
     blocks: Vec<Block>,
-    /// One KV cache per block, apart from the weights (a batch would hold one set per
-    /// sequence over the same blocks).
-    caches: Vec<KvCache>,
-    pos: usize,
-    buf: Buffers,
-    logits: Vec<f32>,
     /// Bytes of weights one decode step reads.
     pub weight_bytes_per_token: usize,
     /// Bytes of all mapped tensor data.
     pub weight_bytes: u64,
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
+/// One sequence's state on a model: its KV caches (one per block), its position, its buffers
+/// and its last logits — apart from the weights, so that several sequences can run on one
+/// model.
+pub struct Sequence {
+    caches: Vec<KvCache>,
+    pos: usize,
+    buf: Buffers,
+    logits: Vec<f32>,
+}
+
+impl Sequence {
+    /// An empty sequence on `model`.
+    pub fn new(model: &CpuModel) -> Sequence {
+        let a = &model.args;
+        Sequence {
+            caches: (0..a.layers)
+                .map(|_| KvCache::new(a.kv_heads, a.head_dim))
+                .collect(),
+            pos: 0,
+            buf: Buffers::default(),
+            logits: vec![0.0; a.vocab],
+        }
     }
+
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets everything after `position`.
+    pub fn rewind(&mut self, position: usize) {
+        self.pos = self.pos.min(position);
+    }
+
+    /// Room for this many positions in every cache.
+    pub fn reserve(&mut self, positions: usize) {
+        for cache in &mut self.caches {
+            cache.reserve(positions);
+        }
+    }
+}
+
+/// The engine `mlxk run` uses: one sequence on a model.
+pub struct CpuEngine {
+    model: std::sync::Arc<CpuModel>,
+    seq: Sequence,
 }
 
 impl CpuEngine {
@@ -94,6 +132,35 @@ impl CpuEngine {
 
     /// Loads the weights in `dir` for the already checked `args`.
     pub fn load_with(dir: &Path, args: ModelArgs) -> Result<CpuEngine, EngineError> {
+        Ok(CpuEngine::on(std::sync::Arc::new(CpuModel::load_with(
+            dir, args,
+        )?)))
+    }
+
+    /// A new sequence on an already loaded model.
+    pub fn on(model: std::sync::Arc<CpuModel>) -> CpuEngine {
+        let seq = Sequence::new(&model);
+        CpuEngine { model, seq }
+    }
+
+    pub fn model(&self) -> &std::sync::Arc<CpuModel> {
+        &self.model
+    }
+
+    pub fn args(&self) -> &ModelArgs {
+        &self.model.args
+    }
+}
+
+fn resize(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.resize(n, 0.0);
+    }
+}
+
+impl CpuModel {
+    /// Maps the weights in `dir` for the already checked `args`.
+    pub fn load_with(dir: &Path, args: ModelArgs) -> Result<CpuModel, EngineError> {
         let files = WeightFiles::open(dir)?;
         let a = &args;
         let (hd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
@@ -168,20 +235,13 @@ impl CpuEngine {
             })
             .sum::<usize>()
             + lm_head.nbytes();
-        let caches = (0..a.layers)
-            .map(|_| KvCache::new(a.kv_heads, a.head_dim))
-            .collect();
-        Ok(CpuEngine {
+        Ok(CpuModel {
             weight_bytes: files.total_bytes,
-            logits: vec![0.0; args.vocab],
             args,
             embed,
             lm_head,
             norm,
             blocks,
-            caches,
-            pos: 0,
-            buf: Buffers::default(),
             weight_bytes_per_token,
         })
     }
@@ -190,8 +250,9 @@ impl CpuEngine {
         &self.args
     }
 
-    /// Runs `tokens` at positions `pos..`, leaving the last token's logits in `self.logits`.
-    fn forward(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+    /// Runs `tokens` at the sequence's positions `pos..`, leaving the last token's logits in
+    /// `seq.logits`.
+    pub fn forward(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<(), EngineError> {
         let a = &self.args;
         let t = tokens.len();
         if t == 0 {
@@ -204,7 +265,7 @@ impl CpuEngine {
             )));
         }
         let hidden = a.hidden;
-        let b = &mut self.buf;
+        let b = &mut seq.buf;
         b.size_for(a, t);
         for (i, &tok) in tokens.iter().enumerate() {
             matrix_row(
@@ -215,17 +276,22 @@ impl CpuEngine {
         }
         b.rope.clear();
         for i in 0..t {
-            rope_table(self.pos + i, &a.inv_freq, &mut b.rope);
+            rope_table(seq.pos + i, &a.inv_freq, &mut b.rope);
         }
-        for (block, cache) in self.blocks.iter().zip(&mut self.caches) {
-            block.forward(a, t, self.pos, cache, b);
+        for (block, cache) in self.blocks.iter().zip(&mut seq.caches) {
+            block.forward(a, t, seq.pos, cache, b);
         }
         resize(&mut b.last, hidden);
         b.last.copy_from_slice(&b.h[(t - 1) * hidden..t * hidden]);
         rms_norm(&mut b.last, &self.norm, a.eps);
-        matmul(&self.lm_head, &b.last, 1, &mut self.logits, &mut b.scratch);
-        self.pos += t;
+        matmul(&self.lm_head, &b.last, 1, &mut seq.logits, &mut b.scratch);
+        seq.pos += t;
         Ok(())
+    }
+
+    /// The last logits of `seq`.
+    pub fn logits<'s>(&self, seq: &'s Sequence) -> &'s [f32] {
+        &seq.logits
     }
 }
 
@@ -373,26 +439,78 @@ impl Mlp {
 
 impl Engine for CpuEngine {
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], EngineError> {
-        self.forward(tokens)?;
-        Ok(&self.logits)
+        self.model.forward(&mut self.seq, tokens)?;
+        Ok(&self.seq.logits)
     }
 
     fn decode(&mut self, token: u32) -> Result<&[f32], EngineError> {
-        self.forward(&[token])?;
-        Ok(&self.logits)
+        self.model.forward(&mut self.seq, &[token])?;
+        Ok(&self.seq.logits)
     }
 
     fn rewind(&mut self, position: usize) {
-        self.pos = self.pos.min(position);
+        self.seq.rewind(position);
     }
 
     fn position(&self) -> usize {
-        self.pos
+        self.seq.position()
     }
 
     fn reserve(&mut self, positions: usize) {
-        for cache in &mut self.caches {
-            cache.reserve(positions);
+        self.seq.reserve(positions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{llama_model_files, LlamaSpec};
+    use std::sync::Arc;
+
+    fn model_dir(spec: &LlamaSpec) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in llama_model_files(spec, 1, false, "mlx") {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn sequences_share_the_weights_and_nothing_else() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<CpuModel>();
+        let spec = LlamaSpec {
+            seed: 5,
+            ..LlamaSpec::default()
+        };
+        let dir = model_dir(&spec);
+        let model = Arc::new(
+            CpuModel::load_with(dir.path(), ModelArgs::load(dir.path()).unwrap()).unwrap(),
+        );
+        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4], &[9, 8], &[5, 5, 5, 5, 5, 5]];
+        // Each prompt alone, on an engine of its own.
+        let alone: Vec<Vec<f32>> = prompts
+            .iter()
+            .map(|p| {
+                let mut e = CpuEngine::on(model.clone());
+                e.prefill(p).unwrap();
+                e.decode(7).unwrap().to_vec()
+            })
+            .collect();
+        // The same prompts as interleaved sequences of one model: identical logits.
+        let mut seqs: Vec<Sequence> = prompts.iter().map(|_| Sequence::new(&model)).collect();
+        for (s, p) in seqs.iter_mut().zip(prompts) {
+            model.forward(s, p).unwrap();
+        }
+        for (i, s) in seqs.iter_mut().enumerate() {
+            model.forward(s, &[7]).unwrap();
+            assert_eq!(model.logits(s), alone[i].as_slice(), "sequence {i}");
+            assert_eq!(s.position(), prompts[i].len() + 1);
+        }
+        // Rewinding one sequence leaves the others where they are.
+        seqs[0].rewind(2);
+        assert_eq!(seqs[0].position(), 2);
+        assert_eq!(seqs[1].position(), 3);
+        assert_eq!(Arc::strong_count(&model), 1);
     }
 }
