@@ -65,7 +65,7 @@ if [ -e /dev/fuse ]; then
   printf '\nAfter a remount: README.md is %s, config.json says %s, the converted workspace is %s\n' \
     "$([ -e "$ws/README.md" ] && echo present || echo gone)" \
     "$(grep -o '"max_position_embeddings": *[0-9]*' "$ws/config.json")" \
-    "$("$mlxk" health "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit-fixed" >/dev/null && echo healthy || echo unhealthy)"
+    "$("$mlxk" health "$demo/mnt/mlx-community/Qwen2.5-VL-tiny-4bit-fixed" --fail-on-unhealthy >/dev/null && echo healthy || echo unhealthy)"
   run "$mlxkfs" umount "$demo/mnt"
 else
   echo "(no /dev/fuse here: skipping the mount part of the demo)"
