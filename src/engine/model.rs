@@ -253,39 +253,61 @@ impl CpuModel {
     /// Runs `tokens` at the sequence's positions `pos..`, leaving the last token's logits in
     /// `seq.logits`.
     pub fn forward(&self, seq: &mut Sequence, tokens: &[u32]) -> Result<(), EngineError> {
+        self.step(&mut [(seq, tokens)])
+    }
+
+    /// One step of several sequences on this model: each runs its own tokens (one to decode,
+    /// or a chunk of a prompt) at its own positions, block by block, and is left with the
+    /// logits after its last token. Every sequence gets exactly what it would get alone (the
+    /// same operations in the same order on its rows); what a step shares is the pass over
+    /// each block's weights while they are warm.
+    pub fn step(&self, work: &mut [(&mut Sequence, &[u32])]) -> Result<(), EngineError> {
         let a = &self.args;
-        let t = tokens.len();
-        if t == 0 {
-            return Err(EngineError::Input("no tokens to run".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= a.vocab) {
-            return Err(EngineError::Input(format!(
-                "token id {bad} is outside the vocabulary ({} entries)",
-                a.vocab
-            )));
+        for (_, tokens) in work.iter() {
+            if tokens.is_empty() {
+                return Err(EngineError::Input("no tokens to run".into()));
+            }
+            if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= a.vocab) {
+                return Err(EngineError::Input(format!(
+                    "token id {bad} is outside the vocabulary ({} entries)",
+                    a.vocab
+                )));
+            }
         }
         let hidden = a.hidden;
-        let b = &mut seq.buf;
-        b.size_for(a, t);
-        for (i, &tok) in tokens.iter().enumerate() {
-            matrix_row(
-                &self.embed,
-                tok as usize,
-                &mut b.h[i * hidden..(i + 1) * hidden],
-            );
+        for (seq, tokens) in work.iter_mut() {
+            let t = tokens.len();
+            let b = &mut seq.buf;
+            b.size_for(a, t);
+            for (i, &tok) in tokens.iter().enumerate() {
+                matrix_row(
+                    &self.embed,
+                    tok as usize,
+                    &mut b.h[i * hidden..(i + 1) * hidden],
+                );
+            }
+            b.rope.clear();
+            for i in 0..t {
+                rope_table(seq.pos + i, &a.inv_freq, &mut b.rope);
+            }
         }
-        b.rope.clear();
-        for i in 0..t {
-            rope_table(seq.pos + i, &a.inv_freq, &mut b.rope);
+        for (l, block) in self.blocks.iter().enumerate() {
+            for (seq, tokens) in work.iter_mut() {
+                let Sequence {
+                    caches, pos, buf, ..
+                } = &mut **seq;
+                block.forward(a, tokens.len(), *pos, &mut caches[l], buf);
+            }
         }
-        for (block, cache) in self.blocks.iter().zip(&mut seq.caches) {
-            block.forward(a, t, seq.pos, cache, b);
+        for (seq, tokens) in work.iter_mut() {
+            let t = tokens.len();
+            let b = &mut seq.buf;
+            resize(&mut b.last, hidden);
+            b.last.copy_from_slice(&b.h[(t - 1) * hidden..t * hidden]);
+            rms_norm(&mut b.last, &self.norm, a.eps);
+            matmul(&self.lm_head, &b.last, 1, &mut seq.logits, &mut b.scratch);
+            seq.pos += t;
         }
-        resize(&mut b.last, hidden);
-        b.last.copy_from_slice(&b.h[(t - 1) * hidden..t * hidden]);
-        rms_norm(&mut b.last, &self.norm, a.eps);
-        matmul(&self.lm_head, &b.last, 1, &mut seq.logits, &mut b.scratch);
-        seq.pos += t;
         Ok(())
     }
 
@@ -507,10 +529,46 @@ mod tests {
             assert_eq!(model.logits(s), alone[i].as_slice(), "sequence {i}");
             assert_eq!(s.position(), prompts[i].len() + 1);
         }
+        // One step of all three (a decode each), then a step mixing a decode with a prompt
+        // chunk: each as it would be alone.
+        let mut alone_next: Vec<Vec<f32>> = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut e = CpuEngine::on(model.clone());
+            e.prefill(p).unwrap();
+            e.decode(7).unwrap();
+            e.decode(i as u32 + 20).unwrap();
+            let second: &[u32] = if i == 1 { &[9] } else { &[3, 1, 4] };
+            alone_next.push(e.prefill(second).unwrap().to_vec());
+        }
+        {
+            let [s0, s1, s2] = &mut seqs[..] else {
+                unreachable!()
+            };
+            let (t0, t1, t2) = ([20u32], [21u32], [22u32]);
+            model
+                .step(&mut [(s0, &t0[..]), (s1, &t1[..]), (s2, &t2[..])])
+                .unwrap();
+            let (chunk, one) = ([3u32, 1, 4], [9u32]);
+            model
+                .step(&mut [(s0, &chunk[..]), (s1, &one[..]), (s2, &chunk[..])])
+                .unwrap();
+        }
+        for (i, s) in seqs.iter().enumerate() {
+            assert_eq!(
+                model.logits(s),
+                alone_next[i].as_slice(),
+                "stepped sequence {i}"
+            );
+        }
         // Rewinding one sequence leaves the others where they are.
         seqs[0].rewind(2);
         assert_eq!(seqs[0].position(), 2);
-        assert_eq!(seqs[1].position(), 3);
+        assert_eq!(seqs[1].position(), 2 + 1 + 1 + 1);
+        assert!(
+            model.step(&mut [(&mut seqs[1], &[][..])]).is_err(),
+            "an empty step is refused"
+        );
+        assert!(model.step(&mut [(&mut seqs[1], &[u32::MAX][..])]).is_err());
         assert_eq!(Arc::strong_count(&model), 1);
     }
 }
