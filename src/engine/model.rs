@@ -74,6 +74,8 @@ pub struct CpuModel {
     pub weight_bytes_per_token: usize,
     /// Bytes of all mapped tensor data.
     pub weight_bytes: u64,
+    /// The buffers of a step's decode rows (one step at a time uses them).
+    batch: std::sync::Mutex<Buffers>,
 }
 
 /// One sequence's state on a model: its KV caches (one per block), its position, its buffers
@@ -236,6 +238,7 @@ impl CpuModel {
             .sum::<usize>()
             + lm_head.nbytes();
         Ok(CpuModel {
+            batch: Default::default(),
             weight_bytes: files.total_bytes,
             args,
             embed,
@@ -257,10 +260,11 @@ impl CpuModel {
     }
 
     /// One step of several sequences on this model: each runs its own tokens (one to decode,
-    /// or a chunk of a prompt) at its own positions, block by block, and is left with the
-    /// logits after its last token. Every sequence gets exactly what it would get alone (the
-    /// same operations in the same order on its rows); what a step shares is the pass over
-    /// each block's weights while they are warm.
+    /// or a chunk of a prompt) at its own positions and is left with the logits after its last
+    /// token. Prompt chunks run as they would alone; the decodes run together, one row per
+    /// sequence, block by block, each row through the decode kernels so that every sequence
+    /// gets exactly what it would get alone — the place where kernels that read a weight row
+    /// once for all the rows go.
     pub fn step(&self, work: &mut [(&mut Sequence, &[u32])]) -> Result<(), EngineError> {
         let a = &self.args;
         for (_, tokens) in work.iter() {
@@ -275,9 +279,17 @@ impl CpuModel {
             }
         }
         let hidden = a.hidden;
-        for (seq, tokens) in work.iter_mut() {
+        // Two or more decodes run together; anything else (prompt chunks, a lone decode) runs
+        // as one sequence in its own buffers — allocation-free, as `mlxk run` decodes.
+        let batched = work.iter().filter(|(_, t)| t.len() == 1).count() >= 2;
+        for (seq, tokens) in work.iter_mut().filter(|(_, t)| !(batched && t.len() == 1)) {
             let t = tokens.len();
-            let b = &mut seq.buf;
+            let Sequence {
+                caches,
+                pos,
+                buf: b,
+                logits,
+            } = &mut **seq;
             b.size_for(a, t);
             for (i, &tok) in tokens.iter().enumerate() {
                 matrix_row(
@@ -288,27 +300,70 @@ impl CpuModel {
             }
             b.rope.clear();
             for i in 0..t {
-                rope_table(seq.pos + i, &a.inv_freq, &mut b.rope);
+                rope_table(*pos + i, &a.inv_freq, &mut b.rope);
             }
+            for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+                let mut rows = Rows::Prompt {
+                    t,
+                    start: *pos,
+                    cache,
+                };
+                block.forward(a, &mut rows, b);
+            }
+            self.final_logits(b, t - 1, logits);
+            *pos += t;
+        }
+        if !batched {
+            return Ok(());
+        }
+        // Decodes: one row per sequence, all in one set of buffers, block by block.
+        let tokens: Vec<u32> = work
+            .iter()
+            .filter(|(_, t)| t.len() == 1)
+            .map(|(_, t)| t[0])
+            .collect();
+        let mut decoding: Vec<&mut Sequence> = work
+            .iter_mut()
+            .filter(|(_, t)| t.len() == 1)
+            .map(|(s, _)| &mut **s)
+            .collect();
+        let n = decoding.len();
+        let mut guard = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut *guard;
+        b.size_for(a, n);
+        let positions: Vec<usize> = decoding.iter().map(|s| s.pos).collect();
+        b.rope.clear();
+        for (i, &tok) in tokens.iter().enumerate() {
+            matrix_row(
+                &self.embed,
+                tok as usize,
+                &mut b.h[i * hidden..(i + 1) * hidden],
+            );
+            rope_table(positions[i], &a.inv_freq, &mut b.rope);
         }
         for (l, block) in self.blocks.iter().enumerate() {
-            for (seq, tokens) in work.iter_mut() {
-                let Sequence {
-                    caches, pos, buf, ..
-                } = &mut **seq;
-                block.forward(a, tokens.len(), *pos, &mut caches[l], buf);
-            }
+            let mut rows = Rows::Decode {
+                positions: &positions,
+                caches: decoding.iter_mut().map(|s| &mut s.caches[l]).collect(),
+            };
+            block.forward(a, &mut rows, b);
         }
-        for (seq, tokens) in work.iter_mut() {
-            let t = tokens.len();
-            let b = &mut seq.buf;
-            resize(&mut b.last, hidden);
-            b.last.copy_from_slice(&b.h[(t - 1) * hidden..t * hidden]);
-            rms_norm(&mut b.last, &self.norm, a.eps);
-            matmul(&self.lm_head, &b.last, 1, &mut seq.logits, &mut b.scratch);
-            seq.pos += t;
+        for (i, seq) in decoding.iter_mut().enumerate() {
+            let Sequence { pos, logits, .. } = &mut **seq;
+            self.final_logits(b, i, logits);
+            *pos += 1;
         }
         Ok(())
+    }
+
+    /// The logits after row `row` of the residual stream in `b.h`: final norm, lm_head.
+    fn final_logits(&self, b: &mut Buffers, row: usize, logits: &mut [f32]) {
+        let a = &self.args;
+        resize(&mut b.last, a.hidden);
+        b.last
+            .copy_from_slice(&b.h[row * a.hidden..(row + 1) * a.hidden]);
+        rms_norm(&mut b.last, &self.norm, a.eps);
+        matmul(&self.lm_head, &b.last, 1, logits, &mut b.scratch);
     }
 
     /// The last logits of `seq`.
@@ -351,14 +406,90 @@ impl Buffers {
     }
 }
 
+/// Where the rows of a forward belong: the sequences' caches for one block and each row's
+/// cache and position. A prompt chunk is one sequence's consecutive rows (`Rows::Prompt`); a
+/// decode batch is one row per sequence (`Rows::Decode`), each through the decode kernels so
+/// that a sequence gets exactly what it gets decoding alone.
+enum Rows<'c> {
+    Prompt {
+        t: usize,
+        start: usize,
+        cache: &'c mut KvCache,
+    },
+    Decode {
+        /// Row i's position.
+        positions: &'c [usize],
+        /// Row i's cache.
+        caches: Vec<&'c mut KvCache>,
+    },
+}
+
+impl Rows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Prompt { t, .. } => *t,
+            Rows::Decode { positions, .. } => positions.len(),
+        }
+    }
+
+    /// Row `i`'s position.
+    fn position(&self, i: usize) -> usize {
+        match self {
+            Rows::Prompt { start, .. } => start + i,
+            Rows::Decode { positions, .. } => positions[i],
+        }
+    }
+
+    fn cache(&self, i: usize) -> &KvCache {
+        match self {
+            Rows::Prompt { cache, .. } => cache,
+            Rows::Decode { caches, .. } => caches[i],
+        }
+    }
+
+    fn cache_mut(&mut self, i: usize) -> &mut KvCache {
+        match self {
+            Rows::Prompt { cache, .. } => cache,
+            Rows::Decode { caches, .. } => caches[i],
+        }
+    }
+
+    /// `products` of the rows' inputs `xs`: one product over all rows of a prompt (its
+    /// kernels), or each decode row by itself (the decode kernels, as alone).
+    fn project(
+        &self,
+        products: &mut [(&Matrix, &mut [f32])],
+        xs: &[f32],
+        scratch: &mut MatmulScratch,
+    ) {
+        match self {
+            Rows::Prompt { t, .. } => matmul_many(products, xs, *t, scratch),
+            Rows::Decode { positions, .. } => {
+                let n = positions.len();
+                let cols = xs.len() / n.max(1);
+                for i in 0..n {
+                    let mut row: Vec<(&Matrix, &mut [f32])> = products
+                        .iter_mut()
+                        .map(|(m, ys)| {
+                            let w = ys.len() / n;
+                            (*m, &mut ys[i * w..(i + 1) * w])
+                        })
+                        .collect();
+                    matmul_many(&mut row, &xs[i * cols..(i + 1) * cols], 1, scratch);
+                }
+            }
+        }
+    }
+}
+
 impl Block {
-    /// The block over the `t` tokens in `b.h` (positions `start..`), in place.
-    fn forward(&self, a: &ModelArgs, t: usize, start: usize, cache: &mut KvCache, b: &mut Buffers) {
+    /// The block over the rows in `b.h`, in place.
+    fn forward(&self, a: &ModelArgs, rows: &mut Rows<'_>, b: &mut Buffers) {
         b.norm_residual(&self.input_norm, a.eps);
-        self.attn.forward(a, t, start, cache, b);
+        self.attn.forward(a, rows, b);
         b.add_to_residual();
         b.norm_residual(&self.post_norm, a.eps);
-        self.mlp.forward(t, b);
+        self.mlp.forward(rows, b);
         b.add_to_residual();
     }
 }
@@ -373,18 +504,18 @@ fn add_bias(out: &mut [f32], bias: &Option<Vec<f32>>) {
 }
 
 impl Attention {
-    /// Attention of the `t` normed tokens in `b.x` (positions `start..`), writing their keys
-    /// and values into `cache` and the projected output into `b.o`.
-    fn forward(&self, a: &ModelArgs, t: usize, start: usize, cache: &mut KvCache, b: &mut Buffers) {
+    /// Attention of the normed rows in `b.x`, writing their keys and values into their caches
+    /// and the projected output into `b.o`.
+    fn forward(&self, a: &ModelArgs, rows: &mut Rows<'_>, b: &mut Buffers) {
         let (hd, kvd, d) = (a.heads * a.head_dim, a.kv_heads * a.head_dim, a.head_dim);
-        matmul_many(
+        let t = rows.len();
+        rows.project(
             &mut [
                 (&self.q, &mut b.q),
                 (&self.k, &mut b.k),
                 (&self.v, &mut b.v),
             ],
             &b.x,
-            t,
             &mut b.scratch,
         );
         add_bias(&mut b.q, &self.q_bias);
@@ -407,25 +538,34 @@ impl Attention {
             }
         }
         for i in 0..t {
-            cache.write(
-                start + i,
+            let pos = rows.position(i);
+            rows.cache_mut(i).write(
+                pos,
                 &b.k[i * kvd..(i + 1) * kvd],
                 &b.v[i * kvd..(i + 1) * kvd],
             );
         }
         let scale = 1.0 / (d as f32).sqrt();
         let group = a.heads / a.kv_heads;
-        let (cache, q) = (&*cache, &b.q);
-        // One task per (token, kv head): causal attention of the query heads that share the kv
+        let (rows, q) = (&*rows, &b.q);
+        // One task per (row, kv head): causal attention of the query heads that share the kv
         // head; on the pool when there is enough of it to pay for the region.
         let width = group * d;
         let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
             let task = first / width;
             let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
             let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
-            attention::attend(cache, kvh, start + i + 1, qg, scale, out, scores);
+            attention::attend(
+                rows.cache(i),
+                kvh,
+                rows.position(i) + 1,
+                qg,
+                scale,
+                out,
+                scores,
+            );
         };
-        let work = t * (start + t) * hd;
+        let work: usize = (0..t).map(|i| rows.position(i) + 1).sum::<usize>() * hd;
         if work < (1 << 14) {
             // A short context: on this thread, one reused score buffer.
             let scores = &mut b.scores;
@@ -440,22 +580,21 @@ impl Attention {
                 SCORES.with_borrow_mut(|scores| attend(first, out, scores))
             });
         }
-        matmul(&self.o, &b.attn, t, &mut b.o, &mut b.scratch);
+        rows.project(&mut [(&self.o, &mut b.o)], &b.attn, &mut b.scratch);
         add_bias(&mut b.o, &self.o_bias);
     }
 }
 
 impl Mlp {
-    /// `down(silu(gate(x)) * up(x))` of the `t` normed tokens in `b.x`, into `b.o`.
-    fn forward(&self, t: usize, b: &mut Buffers) {
-        matmul_many(
+    /// `down(silu(gate(x)) * up(x))` of the normed rows in `b.x`, into `b.o`.
+    fn forward(&self, rows: &Rows<'_>, b: &mut Buffers) {
+        rows.project(
             &mut [(&self.gate, &mut b.gate), (&self.up, &mut b.up)],
             &b.x,
-            t,
             &mut b.scratch,
         );
         silu_mul(&mut b.gate, &b.up);
-        matmul(&self.down, &b.gate, t, &mut b.o, &mut b.scratch);
+        rows.project(&mut [(&self.down, &mut b.o)], &b.gate, &mut b.scratch);
     }
 }
 
@@ -501,11 +640,35 @@ mod tests {
     fn sequences_share_the_weights_and_nothing_else() {
         fn shareable<T: Send + Sync>() {}
         shareable::<CpuModel>();
-        let spec = LlamaSpec {
-            seed: 5,
+        // A float model and affine 4- and 8-bit ones wide enough for every decode kernel this
+        // CPU has (the batched decode rows must match each one's single decode bit for bit).
+        let wide = LlamaSpec {
+            hidden: 256,
+            intermediate: 512,
             ..LlamaSpec::default()
         };
-        let dir = model_dir(&spec);
+        for spec in [
+            LlamaSpec {
+                seed: 5,
+                ..LlamaSpec::default()
+            },
+            LlamaSpec {
+                seed: 6,
+                quantization: Some((4, 64)),
+                ..wide.clone()
+            },
+            LlamaSpec {
+                seed: 7,
+                quantization: Some((8, 64)),
+                ..wide.clone()
+            },
+        ] {
+            check_sequences(&spec);
+        }
+    }
+
+    fn check_sequences(spec: &LlamaSpec) {
+        let dir = model_dir(spec);
         let model = Arc::new(
             CpuModel::load_with(dir.path(), ModelArgs::load(dir.path()).unwrap()).unwrap(),
         );
