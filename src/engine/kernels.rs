@@ -322,6 +322,109 @@ pub fn matmul_many(
     }
 }
 
+/// `products` of `n` separate decode vectors (`xs` row-major, `n × cols`; each output
+/// `n × rows`): every vector gets exactly what its own decode gives (`matmul_many(.., 1)`),
+/// bit for bit. With 4-bit weights on the VNNI kernel each weight row is read once for all the
+/// vectors ([`super::x86::q4_rows_split_many`]); otherwise each vector runs by itself.
+pub fn matmul_many_rows(
+    products: &mut [(&Matrix, &mut [f32])],
+    xs: &[f32],
+    n: usize,
+    scratch: &mut MatmulScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86_decode_rows(products, xs, n, scratch) {
+        return;
+    }
+    let cols = xs.len() / n.max(1);
+    for i in 0..n {
+        let mut row: Vec<(&Matrix, &mut [f32])> = products
+            .iter_mut()
+            .map(|(m, ys)| {
+                let w = ys.len() / n;
+                (*m, &mut ys[i * w..(i + 1) * w])
+            })
+            .collect();
+        matmul_many(&mut row, &xs[i * cols..(i + 1) * cols], 1, scratch);
+    }
+}
+
+/// [`matmul_many_rows`] on the batched VNNI kernel, when every product decodes with `Q4Vnni`
+/// at one group size and there are 2 to [`super::x86::MAX_DECODE_ROWS`] vectors; `false`
+/// otherwise.
+#[cfg(target_arch = "x86_64")]
+fn x86_decode_rows(
+    products: &mut [(&Matrix, &mut [f32])],
+    xs: &[f32],
+    n: usize,
+    scratch: &mut MatmulScratch,
+) -> bool {
+    use super::x86;
+    let Some(first) = products.first().map(|p| p.0) else {
+        return true;
+    };
+    let (cols, group) = match (&first.weights, first.kernels.decode) {
+        (Weights::Affine { group, .. }, Decode::Q4Vnni) => (first.cols, *group),
+        _ => return false,
+    };
+    let fits = (2..=x86::MAX_DECODE_ROWS).contains(&n)
+        && xs.len() == n * cols
+        && products.iter().all(|(m, ys)| {
+            m.kernels.decode == Decode::Q4Vnni
+                && m.cols == cols
+                && ys.len() == n * m.rows
+                && matches!(m.weights, Weights::Affine { group: g, .. } if g == group)
+        });
+    if !fits {
+        return false;
+    }
+    scratch.rows_split.resize_with(n, Default::default);
+    scratch.rows_xsums.resize_with(n, Vec::new);
+    for k in 0..n {
+        // SAFETY: `Q4Vnni` was chosen at load for these matrices, which needs AVX-512 F and
+        // BW (VNNI implies them) and the shapes `set_fast` needs.
+        unsafe {
+            scratch.rows_split[k].set_fast(
+                &xs[k * cols..(k + 1) * cols],
+                group,
+                true,
+                false,
+                &mut scratch.rows_xsums[k],
+            )
+        };
+    }
+    // Row-major outputs (row, vector), spread over the pool by rows, then scattered.
+    let temps = &mut scratch.rows_out;
+    temps.resize_with(products.len(), Vec::new);
+    for (t, (m, _)) in temps.iter_mut().zip(products.iter()) {
+        t.clear();
+        t.resize(m.rows * n, 0.0);
+    }
+    let mut parts: Vec<(&Matrix, &mut [f32])> = products
+        .iter()
+        .zip(temps.iter_mut())
+        .map(|((m, _), t)| (*m, &mut t[..]))
+        .collect();
+    let (acts, xsums) = (&scratch.rows_split[..n], &scratch.rows_xsums[..n]);
+    let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1)) * n;
+    pool().for_each_chunk_of(&mut parts, chunk, |m, at, out| {
+        if let Some(q) = m.quantized() {
+            // SAFETY: as above; `at` and `out.len()` are multiples of `n` (chunks of whole
+            // rows), and the activations and sums were prepared for these matrices.
+            unsafe { x86::q4_rows_split_many(&q, acts, xsums, at / n, out) }
+        }
+    });
+    for ((m, ys), t) in products.iter_mut().zip(temps.iter()) {
+        let rows = m.rows;
+        for r in 0..rows {
+            for k in 0..n {
+                ys[k * rows + r] = t[r * n + k];
+            }
+        }
+    }
+    true
+}
+
 /// One token through one or several products of the same input as one parallel region, when
 /// every matrix decodes with `FloatAvx2`, or every one with a split-activation kernel
 /// (`Q4Vnni`, `AnyWidthVbmi`) at one group size; `false` otherwise (the caller then runs each
@@ -551,6 +654,14 @@ pub struct MatmulScratch {
     xsums: Vec<f32>,
     xperm: Vec<f32>,
     by_row: Vec<f32>,
+    /// Batched decode rows: each vector's split activations and group sums, and the outputs
+    /// by (row, vector).
+    #[cfg(target_arch = "x86_64")]
+    rows_split: Vec<super::x86::SplitActivations>,
+    #[cfg(target_arch = "x86_64")]
+    rows_xsums: Vec<Vec<f32>>,
+    #[cfg(target_arch = "x86_64")]
+    rows_out: Vec<Vec<f32>>,
     #[cfg(target_arch = "x86_64")]
     split: super::x86::SplitActivations,
     #[cfg(target_arch = "x86_64")]
@@ -633,6 +744,76 @@ mod tests {
     use super::*;
     use crate::engine::weights::Blob;
     use crate::mlx::FloatDtype;
+
+    /// Decode rows of several vectors: bit for bit what each vector's own decode gives, for
+    /// every decode kernel this CPU has, the batched 4-bit VNNI one included (one and several
+    /// products at once, 2 to 8 vectors, and one more than the batched kernel takes).
+    #[test]
+    fn decode_rows_equal_each_vectors_own_decode() {
+        let (rows, cols) = (43, 1024);
+        let mut rng = crate::testkit::Rng::new(9);
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        let cpu = crate::simd::cpu();
+        let mut batched_runs = 0;
+        for (bits, group) in [(4, 64), (4, 32), (4, 128), (8, 64), (3, 32)] {
+            let base = quantized_matrix(&values, rows, cols, bits, group);
+            for decode in Kernels::decode_choices(&base.weights, cols, cpu) {
+                let m = base.with_kernels(Kernels {
+                    decode,
+                    ..base.kernels
+                });
+                let m2 = m.clone();
+                for n in [2usize, 3, 8, 9] {
+                    let xs: Vec<f32> = (0..n * cols).map(|_| rng.next_f32()).collect();
+                    let mut want = vec![0f32; n * rows];
+                    let mut want2 = vec![0f32; n * rows];
+                    for k in 0..n {
+                        let (a, b) = (
+                            &mut want[k * rows..(k + 1) * rows],
+                            &mut want2[k * rows..(k + 1) * rows],
+                        );
+                        matmul_many(
+                            &mut [(&m, a), (&m2, b)],
+                            &xs[k * cols..(k + 1) * cols],
+                            1,
+                            &mut MatmulScratch::default(),
+                        );
+                    }
+                    let mut got = vec![0f32; n * rows];
+                    let mut got2 = vec![0f32; n * rows];
+                    let mut scratch = MatmulScratch::default();
+                    matmul_many_rows(&mut [(&m, &mut got[..])], &xs, n, &mut scratch);
+                    assert_eq!(got, want, "{bits}-bit/{group} {decode:?}, {n} vectors");
+                    matmul_many_rows(
+                        &mut [(&m, &mut got[..]), (&m2, &mut got2[..])],
+                        &xs,
+                        n,
+                        &mut scratch,
+                    );
+                    assert_eq!((&got, &got2), (&want, &want2), "two products, {n} vectors");
+                    #[cfg(target_arch = "x86_64")]
+                    if decode == Decode::Q4Vnni && n <= 8 {
+                        // The batched kernel itself took these (not the per-vector fallback).
+                        let mut direct = vec![0f32; n * rows];
+                        assert!(x86_decode_rows(
+                            &mut [(&m, &mut direct[..])],
+                            &xs,
+                            n,
+                            &mut scratch
+                        ));
+                        assert_eq!(direct, want, "batched VNNI kernel, {n} vectors");
+                        batched_runs += 1;
+                    }
+                }
+            }
+        }
+        if cpu.vnni {
+            assert!(
+                batched_runs > 0,
+                "the batched VNNI kernel was not exercised"
+            );
+        }
+    }
 
     /// Every kernel this CPU has for a matrix (decode kernels with one token, prompt kernels with
     /// several) against the portable one, for every format; and the kernels chosen by default.

@@ -8,7 +8,8 @@ use std::path::Path;
 use super::args::{Arch, ModelArgs};
 use super::attention::{self, KvCache};
 use super::kernels::{
-    matmul, matmul_many, matrix_row, rms_norm, rope, rope_table, silu_mul, MatmulScratch,
+    matmul, matmul_many, matmul_many_rows, matrix_row, rms_norm, rope, rope_table, silu_mul,
+    MatmulScratch,
 };
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
@@ -465,18 +466,7 @@ impl Rows<'_> {
         match self {
             Rows::Prompt { t, .. } => matmul_many(products, xs, *t, scratch),
             Rows::Decode { positions, .. } => {
-                let n = positions.len();
-                let cols = xs.len() / n.max(1);
-                for i in 0..n {
-                    let mut row: Vec<(&Matrix, &mut [f32])> = products
-                        .iter_mut()
-                        .map(|(m, ys)| {
-                            let w = ys.len() / n;
-                            (*m, &mut ys[i * w..(i + 1) * w])
-                        })
-                        .collect();
-                    matmul_many(&mut row, &xs[i * cols..(i + 1) * cols], 1, scratch);
-                }
+                matmul_many_rows(products, xs, positions.len(), scratch)
             }
         }
     }

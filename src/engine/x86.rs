@@ -493,6 +493,114 @@ unsafe fn window(
     }
 }
 
+/// The most decode rows [`q4_rows_split_many`] takes at once.
+pub const MAX_DECODE_ROWS: usize = 8;
+
+/// [`q4_rows_split`] for `acts.len()` vectors at once (at most [`MAX_DECODE_ROWS`]): each
+/// weight block is loaded and its nibbles separated once, then dotted with every vector's
+/// activations — for each vector exactly the operations, in the order, [`q4_rows_split`]
+/// does, so every output is bit-identical to that vector's own decode. `out` is row-major:
+/// `out[r * n + k]` is row `first + r` against vector `k`.
+///
+/// # Safety
+/// As [`q4_rows_split`]; `xsums[k]` is vector `k`'s per-group sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+pub unsafe fn q4_rows_split_many(
+    m: &QuantizedRows,
+    acts: &[SplitActivations],
+    xsums: &[Vec<f32>],
+    first: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices its length checks cover.
+    unsafe {
+        let n = acts.len();
+        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
+        let groups = acts[0].scales.len();
+        let cols = groups * group;
+        let size = dtype.size();
+        let (row_bytes, row_scales) = (cols / 2, groups * size);
+        let rows = words.len() / row_bytes.max(1);
+        let nrows = out.len() / n.max(1);
+        assert!(
+            (1..=MAX_DECODE_ROWS).contains(&n)
+                && xsums.len() == n
+                && out.len() == nrows * n
+                && split_kernel_fits(cols, group)
+                && first + nrows <= rows
+                && scales.len() >= rows * row_scales
+                && biases.len() >= rows * row_scales
+                && acts
+                    .iter()
+                    .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
+                && xsums.iter().all(|x| x.len() >= groups)
+        );
+        let low = _mm512_set1_epi8(0x0F);
+        let lane_group = _mm512_srl_epi32(
+            _mm512_setr_epi32(
+                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+            ),
+            _mm_cvtsi32_si128(group.trailing_zeros() as i32),
+        );
+        let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
+        for r in 0..nrows {
+            let row = first + r;
+            let bp = words.as_ptr().add(row * row_bytes);
+            let (sp, bip) = (
+                scales.as_ptr().add(row * row_scales),
+                biases.as_ptr().add(row * row_scales),
+            );
+            let mut acc = [_mm512_setzero_ps(); MAX_DECODE_ROWS];
+            let mut sc = [_mm512_setzero_ps(); MAX_DECODE_ROWS];
+            let mut base = 0;
+            while base < groups {
+                let g = (groups - base).min(16);
+                let mask: __mmask16 = if g == 16 { 0xFFFF } else { (1u16 << g) - 1 };
+                for k in 0..n {
+                    (sc[k], acc[k]) = window(
+                        sp,
+                        bip,
+                        dtype,
+                        acts[k].scales.as_ptr(),
+                        xsums[k].as_ptr(),
+                        base,
+                        mask,
+                        acc[k],
+                    );
+                }
+                let first_block = base * group / 128;
+                let mut idx = lane_group;
+                for blk in first_block..first_block + g * group / 128 {
+                    let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
+                    let lo = _mm512_and_si512(w, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+                    for k in 0..n {
+                        let a = acts[k].nibble_order.as_ptr().add(blk * 256);
+                        let v = |j: usize| _mm512_loadu_si512(a.add(64 * j) as *const _);
+                        let zero = _mm512_setzero_si512();
+                        let sum_lo =
+                            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
+                        let sum_hi =
+                            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
+                        let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
+                        acc[k] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(isum),
+                            _mm512_permutexvar_ps(idx, sc[k]),
+                            acc[k],
+                        );
+                    }
+                    idx = _mm512_add_epi32(idx, groups_per_block);
+                }
+                base += g;
+            }
+            for k in 0..n {
+                out[r * n + k] = _mm512_reduce_add_ps(acc[k]);
+            }
+        }
+    }
+}
+
 /// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
 pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
     matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
