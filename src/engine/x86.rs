@@ -537,13 +537,7 @@ pub unsafe fn q4_rows_split_many(
                 && xsums.iter().all(|x| x.len() >= groups)
         );
         let low = _mm512_set1_epi8(0x0F);
-        let lane_group = _mm512_srl_epi32(
-            _mm512_setr_epi32(
-                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
-            ),
-            _mm_cvtsi32_si128(group.trailing_zeros() as i32),
-        );
-        let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
+        let (lane_group, groups_per_block) = q4_lane_groups(group);
         for r in 0..nrows {
             let row = first + r;
             let bp = words.as_ptr().add(row * row_bytes);
@@ -572,18 +566,10 @@ pub unsafe fn q4_rows_split_many(
                 let first_block = base * group / 128;
                 let mut idx = lane_group;
                 for blk in first_block..first_block + g * group / 128 {
-                    let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
-                    let lo = _mm512_and_si512(w, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+                    let (lo, hi) = q4_nibbles(bp.add(blk * 64), low);
                     for k in 0..n {
                         let a = acts[k].nibble_order.as_ptr().add(blk * 256);
-                        let v = |j: usize| _mm512_loadu_si512(a.add(64 * j) as *const _);
-                        let zero = _mm512_setzero_si512();
-                        let sum_lo =
-                            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
-                        let sum_hi =
-                            _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
-                        let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
+                        let isum = q4_block_isum(lo, hi, a);
                         acc[k] = _mm512_fmadd_ps(
                             _mm512_cvtepi32_ps(isum),
                             _mm512_permutexvar_ps(idx, sc[k]),
@@ -604,6 +590,57 @@ pub unsafe fn q4_rows_split_many(
 /// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
 pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
     matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
+}
+
+/// Lane l of a 128-weight block holds codes 8l..8l + 8: the group of each lane within a
+/// block (`8l / group`), and the groups a block spans.
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q4_lane_groups(group: usize) -> (__m512i, __m512i) {
+    (
+        _mm512_srl_epi32(
+            _mm512_setr_epi32(
+                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+            ),
+            _mm_cvtsi32_si128(group.trailing_zeros() as i32),
+        ),
+        _mm512_set1_epi32((128 / group) as i32),
+    )
+}
+
+/// The low and high nibbles of the 64 packed bytes (128 4-bit codes) at `p`.
+/// # Safety
+/// The CPU must support AVX-512 F and BW; 64 bytes must be readable at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q4_nibbles(p: *const u8, low: __m512i) -> (__m512i, __m512i) {
+    // SAFETY: this function's `# Safety` contract gives the CPU features and the bytes.
+    unsafe {
+        let w = _mm512_loadu_si512(p as *const _);
+        (
+            _mm512_and_si512(w, low),
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), low),
+        )
+    }
+}
+
+/// `Σ q·v` per lane of one 128-code block against its split activations at `a` (the four
+/// 64-byte vectors of [`SplitActivations::nibble_order`]): `Σ q·lo + 256 · Σ q·hi`.
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; 256 bytes must be readable at `a`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q4_block_isum(lo: __m512i, hi: __m512i, a: *const i8) -> __m512i {
+    // SAFETY: this function's `# Safety` contract gives the CPU features and the bytes.
+    unsafe {
+        let v = |k: usize| _mm512_loadu_si512(a.add(64 * k) as *const _);
+        let zero = _mm512_setzero_si512();
+        let sum_lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
+        let sum_hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
+        _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8))
+    }
 }
 
 /// Outputs of 4-bit rows `first..first + out.len()` of a matrix against
@@ -644,14 +681,7 @@ pub unsafe fn q4_rows_split(
                 && act.nibble_order.len() >= 2 * cols
         );
         let low = _mm512_set1_epi8(0x0F);
-        // Lane l of a 128-weight block holds codes 8l..8l + 8: group (8l) / group of the block.
-        let lane_group = _mm512_srl_epi32(
-            _mm512_setr_epi32(
-                0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
-            ),
-            _mm_cvtsi32_si128(group.trailing_zeros() as i32),
-        );
-        let groups_per_block = _mm512_set1_epi32((128 / group) as i32);
+        let (lane_group, groups_per_block) = q4_lane_groups(group);
         let (ap, xd, xs) = (
             act.nibble_order.as_ptr(),
             act.scales.as_ptr(),
@@ -684,15 +714,8 @@ pub unsafe fn q4_rows_split(
                 let first_block = base * group / 128;
                 let mut idx = lane_group;
                 for blk in first_block..first_block + n * group / 128 {
-                    let w = _mm512_loadu_si512(bp.add(blk * 64) as *const _);
-                    let lo = _mm512_and_si512(w, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
-                    let a = ap.add(blk * 256);
-                    let v = |k: usize| _mm512_loadu_si512(a.add(64 * k) as *const _);
-                    let zero = _mm512_setzero_si512();
-                    let sum_lo = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(0)), hi, v(2));
-                    let sum_hi = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, v(1)), hi, v(3));
-                    let isum = _mm512_add_epi32(sum_lo, _mm512_slli_epi32(sum_hi, 8));
+                    let (lo, hi) = q4_nibbles(bp.add(blk * 64), low);
+                    let isum = q4_block_isum(lo, hi, ap.add(blk * 256));
                     acc = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_permutexvar_ps(idx, sc),
