@@ -172,20 +172,7 @@ fn the_624_model_is_served_as_a_repaired_managed_workspace() {
     let in_overlay = state.join("overlay-mnt/mlx-community/x");
     assert_eq!(fs::read(in_overlay.join(INDEX_FILE)).unwrap(), served);
     assert_eq!(fs::read(target.join(INDEX_FILE)).unwrap(), served);
-    let (code, health) = {
-        let out = common::mlxk(
-            &[
-                "--json",
-                "health",
-                target.to_str().unwrap(),
-                "--fail-on-unhealthy",
-            ],
-            &env,
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        (out.status.code(), v)
-    };
-    assert_eq!(code, Some(0), "{health}");
+    assert_healthy(&target, &env);
     let out = convert_into_mount(&dir);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -589,16 +576,21 @@ fn quantize_into_the_mount_lands_in_the_overlay() {
     let sentinel = Sentinel::read(&target).unwrap().unwrap();
     assert_eq!(sentinel.mode.as_deref(), Some("quantize"));
     assert!(!sentinel.is_incomplete());
+    assert_healthy(&target, &env);
+    drop(m);
+    assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");
+}
+
+/// `mlxk health --fail-on-unhealthy` of `dir` succeeds (exit 0 only when healthy).
+fn assert_healthy(dir: &Path, env: &[(&str, &str)]) {
     let out = common::mlxk(
         &[
             "--json",
             "health",
-            target.to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--fail-on-unhealthy",
         ],
-        &env,
+        env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", common::stdout(&out));
-    drop(m);
-    assert_eq!(before, common::tree_state(&fx.cache), "the cache changed");
 }

@@ -7,7 +7,7 @@ use super::output::{human_size, Style};
 use super::pull::{bar_updater, progress_bar, RepoSpec};
 use super::{open_cache, CliError, CloneArgs, MlxkArgs, Outcome};
 use crate::convert::clone::{self as clone_op, CloneOutcome};
-use crate::hub::{self, FileFilter, HubClient, HubConfig};
+use crate::hub::{self, HubClient, HubConfig};
 use crate::store::cache::HubCache;
 use crate::store::spec;
 
@@ -36,12 +36,7 @@ pub(super) fn clone(args: &MlxkArgs, a: &CloneArgs) -> Result<Outcome, CliError>
             } else {
                 client.commit_of(&wanted.repo, revision)?
             };
-            let filter = FileFilter::default();
-            let files: Vec<_> = client
-                .tree(&wanted.repo, &commit)?
-                .into_iter()
-                .filter(|f| filter.wants(&f.path))
-                .collect();
+            let files = client.tree(&wanted.repo, &commit)?;
             let pending = clone_op::begin(&a.target, &caches, &wanted.repo, &commit)?;
             let bar = progress_bar(args.json);
             let on_progress = bar_updater(bar.as_ref());

@@ -15,7 +15,7 @@ pub(super) fn list(args: &MlxkArgs, a: &ListArgs) -> Result<Outcome, CliError> {
         ));
     };
     // JSON lists every framework, as mlx-knife does; the table keeps to MLX unless --all.
-    let mut report = summary::list(&cache, a.pattern.as_deref(), true)?;
+    let mut report = summary::list(&cache, a.pattern.as_deref())?;
     let data = json!({"models": report.models, "count": report.models.len()});
     if !a.all {
         report

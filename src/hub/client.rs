@@ -88,10 +88,6 @@ impl HubClient {
         Ok(HubClient { agent, config })
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.config.endpoint
-    }
-
     /// The commit sha a revision (branch, tag, `refs/pr/N` or sha) names.
     pub fn commit_of(&self, repo: &str, revision: &str) -> Result<String, HubError> {
         check_repo_id(repo)?;

@@ -48,10 +48,6 @@ impl FileFilter {
         (self.include.is_empty() || self.include.iter().any(|p| p.matches_with(path, FNMATCH)))
             && !self.exclude.iter().any(|p| p.matches_with(path, FNMATCH))
     }
-
-    pub fn is_everything(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::cache::HubCache;
 use super::config::ModelConfig;
 use super::error::StoreError;
 use super::files::read_small;
-use super::health::{check, check_cache, Framework, HealthReport, Problem};
+use super::health::{check, check_cache, HealthReport, Problem};
 use super::sentinel::{iso8601, Sentinel};
 use super::spec::{ModelLocation, ResolvedModel};
 
@@ -179,13 +179,9 @@ pub struct ListReport {
     pub models: Vec<ModelSummary>,
 }
 
-/// The models of `cache` whose name contains `pattern` (case-insensitive); MLX ones only
-/// unless `all_frameworks`.
-pub fn list(
-    cache: &HubCache,
-    pattern: Option<&str>,
-    all_frameworks: bool,
-) -> Result<ListReport, StoreError> {
+/// The models of `cache` whose name contains `pattern` (case-insensitive), every framework
+/// (mlx-knife's JSON lists them all; the table filters).
+pub fn list(cache: &HubCache, pattern: Option<&str>) -> Result<ListReport, StoreError> {
     let pattern = pattern.map(str::to_lowercase);
     let models = check_cache(cache)?
         .into_iter()
@@ -195,7 +191,6 @@ pub fn list(
                 .is_none_or(|p| c.model.name.to_lowercase().contains(p))
         })
         .map(|c| summarize(&c.model, &c.report))
-        .filter(|s| all_frameworks || s.framework == Framework::Mlx.as_str())
         .collect();
     Ok(ListReport {
         cache_root: cache.root().to_path_buf(),
