@@ -574,13 +574,26 @@ fn a_full_disk_keeps_the_partial_and_says_how_much_is_needed() {
         msg.contains("more bytes are needed") && msg.contains("resume"),
         "{msg}"
     );
+    // Both files were in flight; whichever hit the full disk first, the weights' partial
+    // stays for a resume and the message counts what the whole pull still lacks.
     let blobs = small.join("models--org--big/blobs");
-    let partial = fs::read_dir(&blobs)
+    let kept: u64 = fs::read_dir(&blobs)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "incomplete"))
+        .filter(|p| p.extension().is_some_and(|x| x == "incomplete"))
+        .map(|p| fs::metadata(&p).unwrap().len())
+        .max()
         .expect("the partial stays for a resume");
-    assert!(fs::metadata(&partial).unwrap().len() > 0);
+    assert!(kept > 0 && kept < BIG_BYTES, "{kept}");
+    let needed: u64 = msg
+        .split(": ")
+        .find_map(|part| part.strip_suffix(" more bytes are needed to finish; free some space and run the command again to resume"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {msg}"));
+    assert!(
+        needed >= BIG_BYTES - kept && needed <= BIG_BYTES - kept + 64,
+        "{needed} vs {BIG_BYTES} - {kept}: {msg}"
+    );
     // More room: the same command resumes and completes.
     nix::mount::mount(
         None::<&str>,

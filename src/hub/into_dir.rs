@@ -8,7 +8,7 @@ use std::path::Path;
 use super::client::{HubClient, RepoFile};
 use super::download::{fetch_counted, Fetch};
 use super::layout::io_err;
-use super::pull::{download_all, PullProgress, Totals};
+use super::pull::{download_all, on_disk, PullProgress, Totals};
 use super::HubError;
 
 /// Downloads `files` of `repo` at `commit` into `dir`.
@@ -31,12 +31,13 @@ pub fn fetch_into_dir(
         files: files.len(),
         bytes_to_get: todo.iter().map(|f| f.size).sum(),
     });
-    download_all(todo, workers, progress, |file, cancel| {
+    let partial_of = |file: &RepoFile| dir.join(format!("{}.incomplete", file.path));
+    let job = |file: &RepoFile, cancel: &std::sync::atomic::AtomicBool| {
         let dest = dir.join(&file.path);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io_err(parent, "cannot create"))?;
         }
-        let partial = dir.join(format!("{}.incomplete", file.path));
+        let partial = partial_of(file);
         fetch_counted(
             &Fetch {
                 client,
@@ -49,5 +50,8 @@ pub fn fetch_into_dir(
             },
             &|n| progress(PullProgress::Bytes(n)),
         )
+    };
+    download_all(todo, workers, progress, job, |file| {
+        on_disk(&dir.join(&file.path), &partial_of(file), file.size)
     })
 }

@@ -115,7 +115,8 @@ pub enum HubError {
         expected: String,
         actual: String,
     },
-    #[error("disk full writing `{file}`: {needed} more bytes are needed ({written} of {total} written, kept in {partial}); free some space and run the command again to resume")]
+    /// `needed` is what the whole download still lacks, `written`/`total` the file that hit it.
+    #[error("disk full writing `{file}` ({written} of its {total} bytes kept in {partial}): {needed} more bytes are needed to finish; free some space and run the command again to resume")]
     DiskFull {
         file: String,
         needed: u64,

@@ -104,9 +104,19 @@ pub fn pull(
         files: files.len(),
         bytes_to_get,
     });
-    let totals = download_all(todo, req.workers, progress, |file, cancel| {
-        get_one(client, &layout, req.repo, &commit, file, cancel, progress)
-    })?;
+    let totals = download_all(
+        todo,
+        req.workers,
+        progress,
+        |file, cancel| get_one(client, &layout, req.repo, &commit, file, cancel, progress),
+        |file| {
+            on_disk(
+                &layout.blob(file.etag()),
+                &layout.incomplete(file.etag()),
+                file.size,
+            )
+        },
+    )?;
     Ok(PullOutcome {
         repo: req.repo.to_string(),
         revision: revision.to_string(),
@@ -130,14 +140,27 @@ pub struct Totals {
     pub resumed: u64,
 }
 
+/// Bytes of a file already on disk: all of them once its destination exists, else what its
+/// partial holds.
+pub(crate) fn on_disk(dest: &Path, partial: &Path, size: u64) -> u64 {
+    if dest.is_file() {
+        return size;
+    }
+    std::fs::metadata(partial).map_or(0, |m| m.len().min(size))
+}
+
 /// Runs `job` for every file on `workers` threads; the first error cancels the others (they
-/// stop at their next chunk, keeping their partial files) and is returned.
+/// stop at their next chunk, keeping their partial files) and is returned. A full disk is
+/// reported with what the whole download still needs (`have` says what each file has on
+/// disk), not just the file that hit it: with several files in flight, that one may be small.
 pub(crate) fn download_all<'f>(
     todo: VecDeque<&'f RepoFile>,
     workers: usize,
     progress: &(dyn Fn(PullProgress<'_>) + Sync),
     job: impl Fn(&'f RepoFile, &AtomicBool) -> Result<Option<(u64, u64)>, HubError> + Sync,
+    have: impl Fn(&RepoFile) -> u64,
 ) -> Result<Totals, HubError> {
+    let all: Vec<&RepoFile> = todo.iter().copied().collect();
     let downloaded = AtomicU64::new(0);
     let resumed = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -170,8 +193,24 @@ pub(crate) fn download_all<'f>(
             });
         }
     });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(HubError::DiskFull {
+            file,
+            written,
+            total,
+            partial,
+            ..
+        }) => {
+            return Err(HubError::DiskFull {
+                file,
+                needed: all.iter().map(|f| f.size - have(f)).sum(),
+                written,
+                total,
+                partial,
+            })
+        }
+        Some(e) => return Err(e),
+        None => {}
     }
     Ok(Totals {
         files: done.into_inner() as usize,
