@@ -50,6 +50,9 @@ REQUIRED = [
     ("convert --skip-health", lambda a, e: e["command"] == "convert" and e["status"] == "success"
         and e["data"]["health_check"] is False),
     ("run", lambda a, e: e["command"] == "run" and e["status"] == "success"),
+    ("server startup", lambda a, e: e["command"] == "server" and e["status"] == "success"
+        and e["data"]["port"] > 0),
+    ("server that cannot start", lambda a, e: e["command"] == "server" and e["status"] == "error"),
     ("pull", lambda a, e: e["command"] == "pull" and e["status"] == "success"
         and e["data"]["download_status"] == "success"),
     ("pull of a model already there", lambda a, e: e["command"] == "pull" and e["status"] == "success"

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod convert;
 pub mod engine;
 pub mod mlx;
+pub mod serve;
 pub mod simd;
 pub mod store;
 #[doc(hidden)]

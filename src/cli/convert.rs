@@ -306,6 +306,7 @@ impl Verdict {
         Outcome {
             data,
             human,
+            printed: false,
             failure: (!self.healthy).then(|| {
                 CliError::new(
                     "HealthCheckFailed",

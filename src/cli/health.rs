@@ -77,6 +77,7 @@ pub(super) fn health(args: &MlxkArgs, a: &HealthArgs) -> Result<Outcome, CliErro
         data,
         human,
         failure,
+        printed: false,
     })
 }
 

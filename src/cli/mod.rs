@@ -11,6 +11,7 @@ pub mod output;
 mod pull;
 mod rm;
 mod run;
+mod serve;
 mod show;
 
 use std::path::PathBuf;
@@ -67,8 +68,76 @@ pub enum Command {
     /// Make a managed workspace from a model: copied from the cache, or downloaded straight
     /// into the workspace when the cache does not have it (the cache is left alone).
     Clone(CloneArgs),
+    /// Serve models over an OpenAI-compatible HTTP API (chat and completions, streamed or
+    /// whole), batching concurrent requests.
+    #[command(alias = "server")]
+    Serve(ServeArgs),
     /// Print the version of mlxk and of the JSON API it speaks.
     Version,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    mlxk serve                                     (http://127.0.0.1:8000/v1, models load on first use)\n  \
+    mlxk serve --model Qwen3-0.6B-4bit --port 8080  (loaded before the first request)\n  \
+    mlxk serve --host 0.0.0.0 --api-key \"$KEY\"     (other machines, each request with the key)\n\n\
+    Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health. \
+    docs/serve.md describes the fields, limits and errors.")]
+pub struct ServeArgs {
+    /// Address to listen on (127.0.0.1: this machine only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// A model to load before serving (spec, workspace or mounted path); repeatable. Others
+    /// load on first use.
+    #[arg(long = "model", value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Requests generating at once per model (the batch); more wait in a queue.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrency: u16,
+    /// Requests waiting per model beyond --max-concurrency; past it the answer is 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Every request (but /health) must send `Authorization: Bearer KEY`.
+    #[arg(long, env = "MLXK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Bytes of weights loaded at once, e.g. 12G or 800M (default: the memory available at
+    /// start); the least recently used idle model is unloaded to make room.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Prompt tokens prefilled per batch step: smaller keeps running streams smoother while a
+    /// long prompt comes in, larger gets that prompt's first token sooner.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+}
+
+/// `800M`, `12G`, `1.5G`, or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'B' => 1,
+                _ => return Err(format!("`{s}`: the unit must be K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 800M, 12G)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("`{s}`: the size must be positive"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +459,8 @@ pub struct Outcome {
     pub human: String,
     /// The JSON error type and message; the command exits 1.
     pub failure: Option<CliError>,
+    /// The command printed its own report (the server's startup line): nothing more is.
+    pub printed: bool,
 }
 
 impl Outcome {
@@ -398,6 +469,7 @@ impl Outcome {
             data,
             human,
             failure: None,
+            printed: false,
         }
     }
 }
@@ -420,6 +492,7 @@ pub fn mlxk_main() -> ExitCode {
         Command::Pull(_) => "pull",
         Command::Rm(_) => "rm",
         Command::Clone(_) => "clone",
+        Command::Serve(_) => "server",
         Command::Version => "version",
     };
     let result = match &args.command {
@@ -431,12 +504,14 @@ pub fn mlxk_main() -> ExitCode {
         Command::Pull(a) => pull::pull(&args, a),
         Command::Rm(a) => rm::rm(&args, a),
         Command::Clone(a) => clone::clone(&args, a),
+        Command::Serve(a) => serve::serve(&args, a),
         Command::Version => Ok(version()),
     };
     match result {
         Ok(outcome) => {
             let failed = outcome.failure.is_some();
-            if args.json {
+            if outcome.printed {
+            } else if args.json {
                 match &outcome.failure {
                     Some(f) => {
                         output::print_error(name, f.kind, &f.message, &f.extra, outcome.data)
@@ -485,6 +560,7 @@ fn usage_error(e: clap::Error, argv: &[std::ffi::OsString], want_json: bool) -> 
                 .iter()
                 .skip(1)
                 .filter_map(|a| a.to_str())
+                .map(|a| if a == "serve" { "server" } else { a })
                 .find(|a| ENVELOPE_COMMANDS.contains(a));
             // clap's message on one line, without its `error: ` prefix and the usage footer.
             let text = e.to_string();

@@ -39,6 +39,8 @@ pub struct ModelArgs {
     pub quantization: Option<QuantizationConfig>,
     /// Every eos id of config.json and generation_config.json.
     pub eos: Vec<u32>,
+    /// Positions the model was trained for (`max_position_embeddings`), when config.json says.
+    pub context: Option<usize>,
 }
 
 fn get_usize(c: &Value, key: &str) -> Option<usize> {
@@ -174,6 +176,7 @@ impl ModelArgs {
             inv_freq,
             quantization,
             eos,
+            context: get_usize(c, "max_position_embeddings"),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod model;
 mod pool;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod template;
 pub mod tokenizer;

@@ -1,5 +1,8 @@
 //! Choosing the next token: mlx-knife's defaults (temperature 0.7, top-p 0.9, repetition
-//! penalty 1.1 over the last 20 tokens); temperature 0 is greedy.
+//! penalty 1.1 over the last 20 tokens); temperature 0 is greedy. The server adds OpenAI's
+//! frequency and presence penalties, which count the tokens the sampler itself chose.
+
+use std::collections::HashMap;
 
 /// How tokens are chosen.
 #[derive(Debug, Clone)]
@@ -9,7 +12,23 @@ pub struct SamplerOptions {
     pub repetition_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repetition_window: usize,
+    /// OpenAI's: subtracted once per earlier occurrence of a token in the generated text.
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracted once from every token the generated text already has.
+    pub presence_penalty: f32,
     pub seed: u64,
+}
+
+impl SamplerOptions {
+    /// OpenAI's defaults: temperature 1, top-p 1, no penalty of any kind.
+    pub fn openai() -> SamplerOptions {
+        SamplerOptions {
+            temperature: 1.0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            ..SamplerOptions::default()
+        }
+    }
 }
 
 impl Default for SamplerOptions {
@@ -19,6 +38,8 @@ impl Default for SamplerOptions {
             top_p: 0.9,
             repetition_penalty: 1.1,
             repetition_window: 20,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
         }
     }
@@ -29,6 +50,8 @@ pub struct Sampler {
     state: u64,
     probs: Vec<(f32, u32)>,
     scratch: Vec<f32>,
+    /// How often each token was chosen (for the frequency and presence penalties).
+    chosen: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -38,6 +61,7 @@ impl Sampler {
             opts,
             probs: Vec::new(),
             scratch: Vec::new(),
+            chosen: HashMap::new(),
         }
     }
 
@@ -53,6 +77,14 @@ impl Sampler {
 
     /// The next token from `logits`, given the tokens so far (for the repetition penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let id = self.choose(logits, history);
+        if self.opts.frequency_penalty != 0.0 || self.opts.presence_penalty != 0.0 {
+            *self.chosen.entry(id).or_default() += 1;
+        }
+        id
+    }
+
+    fn choose(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let l = &mut self.scratch;
         l.clear();
         l.extend_from_slice(logits);
@@ -63,6 +95,12 @@ impl Sampler {
                 if let Some(v) = l.get_mut(t as usize) {
                     *v = if *v < 0.0 { *v * p } else { *v / p };
                 }
+            }
+        }
+        let (freq, presence) = (self.opts.frequency_penalty, self.opts.presence_penalty);
+        for (&t, &n) in &self.chosen {
+            if let Some(v) = l.get_mut(t as usize) {
+                *v -= freq * n as f32 + presence;
             }
         }
         if self.opts.temperature <= 0.0 {
@@ -156,5 +194,34 @@ mod tests {
         };
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "a flat distribution varies");
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_the_chosen_tokens() {
+        let greedy = SamplerOptions {
+            temperature: 0.0,
+            ..SamplerOptions::openai()
+        };
+        // Frequency 0.6: token 0 (3.0) wins, then 2.4 < 2.5 lets token 1 in, then 1.9 vs
+        // 2.4: token 0 again, then 1.8 vs 1.9: token 1.
+        let mut s = Sampler::new(SamplerOptions {
+            frequency_penalty: 0.6,
+            ..greedy.clone()
+        });
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&[3.0, 2.5, 0.0], &[])).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        // Presence 1.0 subtracts once however often: 3.0 -> 2.0 < 2.5, then 2.0 vs 1.5: 0 and 0.
+        let mut s = Sampler::new(SamplerOptions {
+            presence_penalty: 1.0,
+            ..greedy.clone()
+        });
+        let picks: Vec<u32> = (0..4).map(|_| s.sample(&[3.0, 2.5, 0.0], &[])).collect();
+        assert_eq!(picks, [0, 1, 0, 0]);
+        // Off (OpenAI's default): the same token every time, whatever the history.
+        let mut s = Sampler::new(greedy);
+        let picks: Vec<u32> = (0..4)
+            .map(|_| s.sample(&[3.0, 2.5, 0.0], &[0, 0, 0]))
+            .collect();
+        assert_eq!(picks, [0, 0, 0, 0]);
     }
 }

@@ -2,10 +2,12 @@
 //! and the tokens the engine already holds, so that a new turn runs only what it does not
 //! share with the conversation so far.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::ModelArgs;
-use super::model::CpuEngine;
+use super::model::{CpuEngine, CpuModel};
 use super::template::{ChatTemplate, Message};
 use super::tokenizer::TextTokenizer;
 use super::weights::weight_files_size;
@@ -22,69 +24,73 @@ pub struct SessionOptions {
     pub use_template: bool,
 }
 
-/// A model loaded for generation.
-pub struct ChatSession {
-    engine: CpuEngine,
-    tok: TextTokenizer,
-    template: Option<ChatTemplate>,
-    opts: GenerateOptions,
-    use_template: bool,
-    /// Tokens the engine holds (prompts and answers so far), for reusing the KV cache.
-    context: Vec<u32>,
+/// A model ready to generate: the weights (shared by every sequence on it), the tokenizer,
+/// the chat template and the ids that end a generation. `mlxk run` holds one in its
+/// [`ChatSession`]; the server shares one between all the requests for that model.
+pub struct LoadedModel {
+    pub model: Arc<CpuModel>,
+    pub tok: TextTokenizer,
+    pub template: Option<ChatTemplate>,
+    /// The model's eos ids (config.json, generation_config.json, tokenizer_config.json).
+    pub eos: Vec<u32>,
+    /// Bytes of the weight files mapped.
+    pub weight_file_bytes: u64,
     /// How long loading took.
     pub load_time: Duration,
 }
 
-impl ChatSession {
+impl LoadedModel {
     /// Loads `model`: refuses what cannot run (a file it reads that is a link leaving the
     /// cache or not a regular file, an unsupported config, weights larger than the memory
     /// available) before mapping anything.
-    pub fn load(
-        model: &ResolvedModel,
-        mut opts: SessionOptions,
-    ) -> Result<ChatSession, EngineError> {
-        check_files(model)?;
-        let dir = model.dir();
-        let args = ModelArgs::load(dir)?;
+    pub fn load(model: &ResolvedModel) -> Result<LoadedModel, EngineError> {
+        let (dir, args) = LoadedModel::check(model)?;
         let need = weight_files_size(dir);
         if let Some(available) = available_memory().filter(|&a| need > a) {
             return Err(EngineError::InsufficientMemory { need, available });
         }
         let started = Instant::now();
-        let engine = CpuEngine::load_with(dir, args)?;
+        let weights = CpuModel::load_with(dir, args)?;
         let tok = TextTokenizer::load(dir)?;
         let template = ChatTemplate::load(dir, &tok.config)?;
-        let stop = &mut opts.generate.stop;
-        for id in engine
+        let mut eos = Vec::new();
+        for id in weights
             .args()
             .eos
             .iter()
             .copied()
             .chain(tok.eos_token.as_deref().and_then(|t| tok.token_id(t)))
         {
-            if !stop.contains(&id) {
-                stop.push(id);
+            if !eos.contains(&id) {
+                eos.push(id);
             }
         }
-        Ok(ChatSession {
-            engine,
+        Ok(LoadedModel {
+            model: Arc::new(weights),
             tok,
             template,
-            opts: opts.generate,
-            use_template: opts.use_template,
-            context: Vec::new(),
+            eos,
+            weight_file_bytes: need,
             load_time: started.elapsed(),
         })
     }
 
-    pub fn engine(&self) -> &CpuEngine {
-        &self.engine
+    /// What [`LoadedModel::load`] refuses up front, without mapping a byte: the files it
+    /// would read and the config. Returns the directory and the checked config.
+    pub fn check(model: &ResolvedModel) -> Result<(&Path, ModelArgs), EngineError> {
+        check_files(model)?;
+        let dir = model.dir();
+        Ok((dir, ModelArgs::load(dir)?))
     }
 
-    /// The prompt text of `messages`: the chat template's rendering, or the contents joined by
-    /// blank lines without one.
-    pub fn prompt_text(&self, messages: &[Message]) -> Result<String, EngineError> {
-        match (&self.template, self.use_template) {
+    /// The prompt text of `messages`: the chat template's rendering (unless `use_template` is
+    /// false or the model has none), else the contents joined by blank lines.
+    pub fn prompt_text(
+        &self,
+        messages: &[Message],
+        use_template: bool,
+    ) -> Result<String, EngineError> {
+        match (&self.template, use_template) {
             (Some(t), true) => t.render(
                 messages,
                 self.tok.bos_token.as_deref(),
@@ -97,6 +103,50 @@ impl ChatSession {
                 .join("\n\n")),
         }
     }
+}
+
+/// A model loaded for a conversation: one sequence on it, and the tokens that sequence holds.
+pub struct ChatSession {
+    loaded: LoadedModel,
+    engine: CpuEngine,
+    opts: GenerateOptions,
+    use_template: bool,
+    /// Tokens the engine holds (prompts and answers so far), for reusing the KV cache.
+    context: Vec<u32>,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+impl ChatSession {
+    /// Loads `model` (see [`LoadedModel::load`]).
+    pub fn load(
+        model: &ResolvedModel,
+        mut opts: SessionOptions,
+    ) -> Result<ChatSession, EngineError> {
+        let loaded = LoadedModel::load(model)?;
+        for &id in &loaded.eos {
+            if !opts.generate.stop.contains(&id) {
+                opts.generate.stop.push(id);
+            }
+        }
+        Ok(ChatSession {
+            engine: CpuEngine::on(loaded.model.clone()),
+            load_time: loaded.load_time,
+            loaded,
+            opts: opts.generate,
+            use_template: opts.use_template,
+            context: Vec::new(),
+        })
+    }
+
+    pub fn engine(&self) -> &CpuEngine {
+        &self.engine
+    }
+
+    /// The prompt text of `messages` as this session renders it.
+    pub fn prompt_text(&self, messages: &[Message]) -> Result<String, EngineError> {
+        self.loaded.prompt_text(messages, self.use_template)
+    }
 
     /// Generates the answer to `messages`, reusing the cached prefix the new prompt shares
     /// with what the engine already holds.
@@ -106,7 +156,7 @@ impl ChatSession {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
         let text = self.prompt_text(messages)?;
-        let ids = self.tok.encode_prompt(&text)?;
+        let ids = self.loaded.tok.encode_prompt(&text)?;
         if ids.is_empty() {
             return Err(EngineError::Input("the prompt is empty".into()));
         }
@@ -121,7 +171,7 @@ impl ChatSession {
         self.engine.rewind(common);
         let mut g = generate(
             &mut self.engine,
-            &self.tok,
+            &self.loaded.tok,
             &ids[common..],
             &self.opts,
             on_text,

@@ -1,0 +1,322 @@
+//! The HTTP layer: routes, the API key, body limits, and turning a checked request into a job
+//! for the model's scheduler and its events into an OpenAI answer — whole, or as server-sent
+//! events. No generation logic lives here.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::api::{self, Answer, CompletionRequest, Endpoint, Prompt};
+use super::error::ApiError;
+use super::models::{ModelHandle, Registry};
+use crate::engine::scheduler::{Event, EventSink, Finish, FinishReason, Job};
+
+/// What every handler shares.
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub api_key: Option<String>,
+    pub body_limit: usize,
+    /// Numbers the ids of answers.
+    pub requests: AtomicU64,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.body_limit;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// With --api-key, every request but `/health` (a liveness probe) needs `Bearer <key>`.
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        if req.uri().path() != "/health" {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without stopping at the first difference (the time says nothing of the key).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "service": "mlxk-server",
+        "version": crate::VERSION,
+        "models_loaded": state.registry.loaded(),
+    }))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let registry = state.registry.clone();
+    let data = tokio::task::spawn_blocking(move || registry.list())
+        .await
+        .map_err(|e| ApiError::internal(format!("listing the models failed: {e}")))?;
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    complete(state, Endpoint::Chat, body).await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    complete(state, Endpoint::Completions, body).await
+}
+
+async fn complete(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(state.body_limit),
+        _ => ApiError::invalid(format!("cannot read the request body: {e}")),
+    })?;
+    let req = api::parse(endpoint, &body)?;
+    let model = state.registry.get(&req.model).await?;
+    let prompt = {
+        let (model, req) = (model.clone(), req.clone());
+        tokio::task::spawn_blocking(move || tokenize(&model, &req))
+            .await
+            .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??
+    };
+    let max_tokens = fit_context(&model, &req, prompt.len())?;
+    let (tx, rx) = unbounded_channel();
+    let mut sampler = req.sampler.clone();
+    if !req.seeded {
+        sampler.seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ state.requests.load(Ordering::Relaxed);
+    }
+    model.scheduler.submit(Job {
+        prompt,
+        max_tokens,
+        sampler,
+        stop: req.stop.clone(),
+        sink: Box::new(ChannelSink(tx)),
+    })?;
+    let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    let answer = Answer {
+        endpoint,
+        id: format!("{}-{:x}{n:06x}", endpoint.id_prefix(), now_secs()),
+        created: now_secs(),
+        model: req.model.clone(),
+    };
+    if req.stream {
+        Ok(stream(answer, rx, req.include_usage).into_response())
+    } else {
+        whole(answer, rx).await.map(|v| Json(v).into_response())
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The prompt's token ids: chat messages through the model's template, a completion prompt
+/// as it is.
+fn tokenize(model: &ModelHandle, req: &CompletionRequest) -> Result<Vec<u32>, ApiError> {
+    let loaded = &model.loaded;
+    let text = match &req.prompt {
+        Prompt::Chat(messages) => loaded
+            .prompt_text(messages, true)
+            .map_err(|e| ApiError::field("messages", e.to_string()))?,
+        Prompt::Text(t) => t.clone(),
+    };
+    let ids = loaded
+        .tok
+        .encode_prompt(&text)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if ids.is_empty() {
+        let param = match req.prompt {
+            Prompt::Chat(_) => "messages",
+            Prompt::Text(_) => "prompt",
+        };
+        return Err(ApiError::field(param, "the prompt is empty"));
+    }
+    Ok(ids)
+}
+
+/// The request's max_tokens within the model's context (default: the rest of it); a request
+/// that cannot fit is refused with the numbers.
+fn fit_context(
+    model: &ModelHandle,
+    req: &CompletionRequest,
+    prompt: usize,
+) -> Result<usize, ApiError> {
+    /// Without a context length in config.json: the default length of an answer.
+    const DEFAULT_MAX_TOKENS: usize = 2048;
+    let context = model.loaded.model.args().context;
+    match (context, req.max_tokens) {
+        (Some(ctx), asked) => {
+            let want = asked.unwrap_or(ctx.saturating_sub(prompt));
+            if prompt + want > ctx || want == 0 {
+                let param = if asked.is_some() {
+                    "max_tokens"
+                } else {
+                    "messages"
+                };
+                return Err(ApiError {
+                    code: Some("context_length_exceeded"),
+                    ..ApiError::field(
+                        param,
+                        format!(
+                            "this model's context is {ctx} tokens; the prompt has {prompt} and \
+                             max_tokens asks for {want} more ({} in all)",
+                            prompt + want
+                        ),
+                    )
+                });
+            }
+            Ok(want)
+        }
+        (None, asked) => Ok(asked.unwrap_or(DEFAULT_MAX_TOKENS)),
+    }
+}
+
+/// Events of a job into the handler's channel; the channel closes when the client hangs up.
+struct ChannelSink(UnboundedSender<Event>);
+
+impl EventSink for ChannelSink {
+    fn send(&mut self, event: Event) -> bool {
+        self.0.send(event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::unavailable(
+        "shutting_down",
+        "the server is shutting down; the request was cancelled",
+    )
+}
+
+/// Waits for the whole answer.
+async fn whole(answer: Answer, mut rx: UnboundedReceiver<Event>) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(f) if f.reason == FinishReason::Cancelled => return Err(shutting_down()),
+            Event::Done(f) => return Ok(answer.complete(&text, &f)),
+            Event::Failed(m) => return Err(ApiError::internal(m)),
+        }
+    }
+    Err(ApiError::internal("the model's worker stopped"))
+}
+
+/// The answer as server-sent events: a first chunk (chat: the role), one per piece of text,
+/// the last with the finish reason, usage if asked, then `[DONE]`. A task forwards the
+/// events; when the client hangs up the SSE stream is dropped, the task's next send fails, and
+/// dropping its receiver tells the scheduler to free the slot.
+fn stream(
+    answer: Answer,
+    mut rx: UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> impl IntoResponse {
+    let (out, sse_rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |v: &Value| {
+            let out = out.clone();
+            let event = SseEvent::default().data(v.to_string());
+            async move { out.send(Ok(event)).await.is_ok() }
+        };
+        if answer.endpoint == Endpoint::Chat
+            && !send(&answer.chunk(None, true, None, include_usage)).await
+        {
+            return;
+        }
+        let mut finish: Option<Finish> = None;
+        loop {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                // Hung up while nothing was sent (a long prefill): free the slot now.
+                _ = out.closed() => return,
+            };
+            let Some(event) = event else { break };
+            match event {
+                Event::Text(t) => {
+                    if !send(&answer.chunk(Some(&t), false, None, include_usage)).await {
+                        return;
+                    }
+                }
+                Event::Done(f) if f.reason == FinishReason::Cancelled => {
+                    let _ = send(&shutting_down().body()).await;
+                    break;
+                }
+                Event::Done(f) => {
+                    finish = Some(f);
+                    break;
+                }
+                Event::Failed(m) => {
+                    let _ = send(&ApiError::internal(m).body()).await;
+                    break;
+                }
+            }
+        }
+        if let Some(f) = finish {
+            if !send(&answer.chunk(None, false, Some(f.reason), include_usage)).await {
+                return;
+            }
+            if include_usage && !send(&answer.usage_chunk(&f)).await {
+                return;
+            }
+        }
+        let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(sse_rx)).keep_alive(KeepAlive::default())
+}
