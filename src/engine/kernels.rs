@@ -332,11 +332,33 @@ pub fn matmul_many_rows(
     n: usize,
     scratch: &mut MatmulScratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if x86_decode_rows(products, xs, n, scratch) {
-        return;
-    }
     let cols = xs.len() / n.max(1);
+    #[cfg(target_arch = "x86_64")]
+    {
+        // More vectors than the batched kernel takes: even groups of at most its maximum,
+        // each group reading the weights once.
+        let max = super::x86::MAX_DECODE_ROWS;
+        if n > max {
+            let groups = n.div_ceil(max);
+            let mut k = 0;
+            for g in 0..groups {
+                let m = (n - k) / (groups - g);
+                let mut part: Vec<(&Matrix, &mut [f32])> = products
+                    .iter_mut()
+                    .map(|(mat, ys)| {
+                        let r = mat.rows;
+                        (*mat, &mut ys[k * r..(k + m) * r])
+                    })
+                    .collect();
+                matmul_many_rows(&mut part, &xs[k * cols..(k + m) * cols], m, scratch);
+                k += m;
+            }
+            return;
+        }
+        if x86_decode_rows(products, xs, n, scratch) {
+            return;
+        }
+    }
     for i in 0..n {
         let mut row: Vec<(&Matrix, &mut [f32])> = products
             .iter_mut()
@@ -763,7 +785,7 @@ mod tests {
                     ..base.kernels
                 });
                 let m2 = m.clone();
-                for n in [2usize, 3, 8, 9] {
+                for n in [2usize, 3, 8, 9, 17] {
                     let xs: Vec<f32> = (0..n * cols).map(|_| rng.next_f32()).collect();
                     let mut want = vec![0f32; n * rows];
                     let mut want2 = vec![0f32; n * rows];

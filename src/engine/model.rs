@@ -57,6 +57,8 @@ struct Buffers {
     gate: Vec<f32>,
     up: Vec<f32>,
     last: Vec<f32>,
+    /// The logits of a step's decode rows (row-major).
+    logits: Vec<f32>,
     scores: Vec<f32>,
     /// (cos, sin) per token and frequency.
     rope: Vec<(f32, f32)>,
@@ -349,10 +351,18 @@ impl CpuModel {
             };
             block.forward(a, &mut rows, b);
         }
+        // The final norm and lm_head for every row together (lm_head is the largest matrix
+        // of a small model: read once, not once per sequence).
+        b.norm_residual(&self.norm, a.eps);
+        resize(&mut b.logits, n * a.vocab);
+        let Buffers {
+            x, logits, scratch, ..
+        } = b;
+        matmul_many_rows(&mut [(&self.lm_head, &mut logits[..])], x, n, scratch);
         for (i, seq) in decoding.iter_mut().enumerate() {
-            let Sequence { pos, logits, .. } = &mut **seq;
-            self.final_logits(b, i, logits);
-            *pos += 1;
+            seq.logits
+                .copy_from_slice(&logits[i * a.vocab..(i + 1) * a.vocab]);
+            seq.pos += 1;
         }
         Ok(())
     }
