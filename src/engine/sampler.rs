@@ -67,12 +67,7 @@ impl Sampler {
 
     /// SplitMix64: a uniform f32 in [0, 1).
     fn uniform(&mut self) -> f32 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+        splitmix(&mut self.state)
     }
 
     /// The next token from `logits`, given the tokens so far (for the repetition penalty).
@@ -108,6 +103,25 @@ impl Sampler {
         }
         let inv_t = 1.0 / self.opts.temperature;
         let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if self.opts.top_p >= 1.0 {
+            // The whole distribution: no order needed (sorting 150k logits per token would
+            // cost more than a decode step of a small model).
+            let sum: f32 = l.iter().map(|&v| ((v - max) * inv_t).exp()).sum();
+            let target = splitmix(&mut self.state) * sum;
+            let mut acc = 0.0;
+            let mut last = 0;
+            for (i, &v) in l.iter().enumerate() {
+                let e = ((v - max) * inv_t).exp();
+                if e > 0.0 {
+                    last = i;
+                }
+                acc += e;
+                if acc > target {
+                    return i as u32;
+                }
+            }
+            return last as u32;
+        }
         self.probs.clear();
         let mut sum = 0.0;
         for (i, &v) in l.iter().enumerate() {
@@ -137,6 +151,16 @@ impl Sampler {
         }
         self.probs[n - 1].1
     }
+}
+
+/// A SplitMix64 step on `state`: a uniform f32 in [0, 1).
+fn splitmix(state: &mut u64) -> f32 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// The first index of the largest value.
@@ -194,6 +218,22 @@ mod tests {
         };
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "a flat distribution varies");
+    }
+
+    #[test]
+    fn the_whole_distribution_is_sampled_in_proportion() {
+        // top-p 1 (no sort): p = 1/4, 3/4, and a token of probability ~0 never drawn.
+        let mut s = Sampler::new(SamplerOptions {
+            seed: 3,
+            ..SamplerOptions::openai()
+        });
+        let logits = [0.0, 3f32.ln(), -60.0];
+        let mut counts = [0usize; 3];
+        for _ in 0..8000 {
+            counts[s.sample(&logits, &[]) as usize] += 1;
+        }
+        assert!((5700..6300).contains(&counts[1]), "{counts:?}");
+        assert_eq!(counts[2], 0, "{counts:?}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::api::{self, Answer, CompletionRequest, Endpoint, Prompt};
 use super::error::ApiError;
 use super::models::{ModelHandle, Registry};
-use crate::engine::scheduler::{Event, EventSink, Finish, FinishReason, Job};
+use crate::engine::scheduler::{Event, EventSink, Finish, FinishReason, Job, SubmitError};
 
 /// What every handler shares.
 pub struct AppState {
@@ -136,13 +136,19 @@ async fn complete(
             .unwrap_or(0)
             ^ state.requests.load(Ordering::Relaxed);
     }
-    model.scheduler.submit(Job {
+    let submitted = model.scheduler.submit(Job {
         prompt,
         max_tokens,
         sampler,
         stop: req.stop.clone(),
         sink: Box::new(ChannelSink(tx)),
-    })?;
+    });
+    if let Err(e @ SubmitError::Stopped) = submitted {
+        // Its batching thread is gone: the next request loads the model afresh.
+        state.registry.forget(&model);
+        return Err(e.into());
+    }
+    submitted?;
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
     let answer = Answer {
         endpoint,

@@ -218,6 +218,19 @@ impl Registry {
             .collect()
     }
 
+    /// Drops a loaded model (its scheduler has stopped); the next request for it loads it again.
+    pub fn forget(&self, handle: &ModelHandle) {
+        let mut state = self.state();
+        if let Some(i) = state
+            .entries
+            .iter()
+            .position(|e| Arc::ptr_eq(&e.handle.scheduler, &handle.scheduler))
+        {
+            let gone = state.entries.remove(i);
+            state.names.retain(|_, d| *d != gone.dir);
+        }
+    }
+
     /// Ends every request of every model (shutdown).
     pub fn cancel_all(&self) {
         for e in &self.state().entries {

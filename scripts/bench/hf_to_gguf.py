@@ -1,0 +1,124 @@
+"""The benchmark's generated Llama (HF layout, bf16 safetensors, byte-level tokenizer) as an F16
+GGUF for llama.cpp, written with llama.cpp's own gguf-py (llama.cpp's convert_hf_to_gguf.py
+needs torch, which the peer venv does not carry). Tensor names and the q/k row permutation are
+convert_hf_to_gguf.py's for LlamaForCausalLM; `llama-quantize` then makes the Q4_0 file.
+
+usage: hf_to_gguf.py GGUF_PY_DIR MODEL_DIR OUT.gguf
+"""
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def read_safetensors(path):
+    """name -> float32 array (bf16, f16 and f32 tensors)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]
+        buf = raw[base + lo : base + hi]
+        shape = info["shape"]
+        if info["dtype"] == "BF16":
+            a = np.frombuffer(buf, dtype=np.uint16).astype(np.uint32) << 16
+            a = a.view(np.float32)
+        elif info["dtype"] == "F16":
+            a = np.frombuffer(buf, dtype=np.float16).astype(np.float32)
+        elif info["dtype"] == "F32":
+            a = np.frombuffer(buf, dtype=np.float32)
+        else:
+            raise SystemExit(f"{name}: dtype {info['dtype']} not handled")
+        out[name] = a.reshape(shape)
+    return out
+
+
+def permute(w, n_head, n_head_kv):
+    """convert_hf_to_gguf.py's LlamaModel.permute: HF's rotary halves to GGML's pairs."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def main():
+    sys.path.insert(0, sys.argv[1])
+    import gguf
+
+    model, out = Path(sys.argv[2]), sys.argv[3]
+    cfg = json.loads((model / "config.json").read_text())
+    tok = json.loads((model / "tokenizer.json").read_text())
+    tensors = {}
+    for f in sorted(model.glob("model*.safetensors")):
+        tensors.update(read_safetensors(f))
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
+
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(hidden)
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_vocab_size(vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    # The byte-level BPE vocabulary (no merges: one token per byte), its specials, and unused
+    # entries up to the embedding's rows.
+    names = [None] * vocab
+    types = [gguf.TokenType.UNUSED] * vocab
+    for s, i in tok["model"]["vocab"].items():
+        names[i], types[i] = s, gguf.TokenType.NORMAL
+    for t in tok["added_tokens"]:
+        names[t["id"]], types[t["id"]] = t["content"], gguf.TokenType.CONTROL
+    names = [n if n is not None else f"[PAD{i}]" for i, n in enumerate(names)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(names)
+    w.add_token_types(types)
+    w.add_token_merges([])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_add_bos_token(True)
+
+    def put(name, a, f32=False):
+        w.add_tensor(name, a.astype(np.float32 if f32 else np.float16))
+
+    put("token_embd.weight", tensors["model.embed_tokens.weight"])
+    put("output_norm.weight", tensors["model.norm.weight"], f32=True)
+    put(
+        "output.weight",
+        tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"]),
+    )
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}"
+        put(f"blk.{l}.attn_norm.weight", tensors[f"{p}.input_layernorm.weight"], f32=True)
+        put(f"blk.{l}.attn_q.weight", permute(tensors[f"{p}.self_attn.q_proj.weight"], heads, heads))
+        put(f"blk.{l}.attn_k.weight", permute(tensors[f"{p}.self_attn.k_proj.weight"], heads, kv_heads))
+        put(f"blk.{l}.attn_v.weight", tensors[f"{p}.self_attn.v_proj.weight"])
+        put(f"blk.{l}.attn_output.weight", tensors[f"{p}.self_attn.o_proj.weight"])
+        put(f"blk.{l}.ffn_norm.weight", tensors[f"{p}.post_attention_layernorm.weight"], f32=True)
+        put(f"blk.{l}.ffn_gate.weight", tensors[f"{p}.mlp.gate_proj.weight"])
+        put(f"blk.{l}.ffn_up.weight", tensors[f"{p}.mlp.up_proj.weight"])
+        put(f"blk.{l}.ffn_down.weight", tensors[f"{p}.mlp.down_proj.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Benchmark of `mlxk serve` (release) against llama.cpp's llama-server and mlx-lm's server, in
+# one run, on the 0.43B Llama of scripts/bench/run.sh (hidden 1024, 24 layers, vocab 32000):
+# 4-bit group 64 by `python -m mlx_lm convert` for mlxk and mlx-lm, Q4_0 by llama-quantize for
+# llama.cpp. Each level runs N concurrent streamed /v1/completions requests (distinct 64-token
+# prompts, 128 greedy tokens each, no early end: mlxk's copy of the model has no eos id,
+# llama-server gets ignore_eos) ROUNDS times; reported per level: aggregate generated tok/s
+# over the wall time, time to first token p50 / p99, each stream's decode tok/s
+# (scripts/bench/serve_load.py). Both servers have 8 slots (mlxk --max-concurrency 8,
+# llama-server -np 8): at 16 streams half of the requests queue. `mlxk run` on the same prompt
+# gives the single-stream reference. mlx-lm's server on the CPU is orders of magnitude slower
+# (0.35 tok/s decode, docs/benchmarks.md): it runs 1 stream of MLX_TOKENS tokens only.
+#
+#   scripts/bench/serve.sh [ROUNDS]     (default 2)
+#   LEVELS=1,2,4,8,16  MLX_TOKENS=8  SKIP_LLAMA_CPP=1  SKIP_MLX_LM=1
+# llama.cpp is built by scripts/bench/llama_cpp.sh the first time (~30 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-2}
+levels=${LEVELS:-1,2,4,8,16}
+cargo build --release --quiet --bin mlxk --example fixture_cache --example bandwidth
+mlxk=$PWD/target/release/mlxk
+py=$(scripts/peers.sh)
+work=$(mktemp -d -p "${MLXK_BENCH_DIR:-/var/tmp}" mlxk-serve-bench.XXXXXX)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "mlxk-fs $(git rev-parse --short HEAD), $(uname -r), $(nproc) cores, rounds=$rounds, levels=$levels"
+target/release/examples/fixture_cache llama "$work/hub" 1024 24 4096 32000 1 bf16 >/dev/null
+bf16=$(echo "$work"/hub/models--bench--llama/snapshots/*)
+"$py" -m mlx_lm convert --hf-path "$bf16" --mlx-path "$work/q4" -q --q-bits 4 --q-group-size 64 >/dev/null 2>&1
+cp -r "$work/q4" "$work/q4-noeos"
+"$py" - "$work/q4-noeos" <<'PY'
+import json, pathlib, sys
+for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+    p = pathlib.Path(sys.argv[1], name)
+    if p.exists():
+        d = json.loads(p.read_text())
+        d.pop("eos_token_id", None)
+        d.pop("eos_token", None)
+        p.write_text(json.dumps(d))
+PY
+prompt='The quick brown fox jumps over the lazy dog, again and again ...'
+bandwidth() { target/release/examples/bandwidth 2048 3 | sed -E 's/read bandwidth: ([0-9.]+) GB\/s.*/\1 GB\/s/'; }
+
+wait_port() { # url pid
+  for _ in $(seq 1 600); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { echo "the server exited" >&2; return 1; }
+    sleep 0.5
+  done
+  echo "the server never answered $1" >&2
+  return 1
+}
+
+load() { # name url model max_tokens levels rounds [extra]
+  local name=$1
+  shift
+  echo "-- $name (bandwidth $(bandwidth))"
+  "$py" scripts/bench/serve_load.py "$@" | tee "$work/$name.jsonl"
+}
+
+# The single-stream reference: `mlxk run`, warm.
+"$mlxk" run "$work/q4-noeos" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
+for i in 1 2 3; do
+  "$mlxk" --json run "$work/q4-noeos" "$prompt" --max-tokens 128 --temperature 0 \
+    --repetition-penalty 1 --no-chat-template | "$py" -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(f"-- mlxk run: prompt {d["timing"]["prompt_tps"]} tok/s, decode {d["timing"]["decode_tps"]} tok/s ({d["usage"]["completion_tokens"]} tokens)")'
+done
+
+# mlxk serve
+port=18431
+"$mlxk" serve --port $port --model "$work/q4-noeos" --max-concurrency 8 >"$work/mlxk.log" 2>&1 &
+server=$!
+wait_port "http://127.0.0.1:$port/health" $server
+load mlxk-serve "http://127.0.0.1:$port/v1" "$work/q4-noeos" "$levels" "$rounds" 128
+curl -s "http://127.0.0.1:$port/health" | "$py" -c 'import json,sys; m=json.load(sys.stdin)["models_loaded"][0]; print(f"   (mlxk: {m["steps"]} steps, peak batch {m["peak_batch"]}, {m["tokens_generated"]} tokens)")'
+kill $server; wait $server 2>/dev/null || true; server=""
+
+# llama.cpp's llama-server, Q4_0
+if [ -z "${SKIP_LLAMA_CPP:-}" ]; then
+  bin=$(scripts/bench/llama_cpp.sh)
+  "$py" scripts/bench/hf_to_gguf.py "$(scripts/bench/llama_cpp.sh --gguf-py)" "$bf16" "$work/f16.gguf"
+  "$bin/llama-quantize" "$work/f16.gguf" "$work/q4_0.gguf" Q4_0 >/dev/null 2>&1
+  rm "$work/f16.gguf"
+  echo "-- llama.cpp $(cd "$(dirname "$bin")/.." && git describe --tags 2>/dev/null || basename "$(dirname "$(dirname "$bin")")"), Q4_0 $(du -sh "$work/q4_0.gguf" | cut -f1)"
+  "$bin/llama-server" -m "$work/q4_0.gguf" --host 127.0.0.1 --port $port -np 8 -c 2048 -t "$(nproc)" \
+    --no-webui >"$work/llama.log" 2>&1 &
+  server=$!
+  wait_port "http://127.0.0.1:$port/health" $server
+  load llama-server "http://127.0.0.1:$port/v1" q4_0 "$levels" "$rounds" 128 '{"ignore_eos": true}'
+  kill $server; wait $server 2>/dev/null || true; server=""
+fi
+
+# mlx-lm's server (CPU): one stream, a few tokens.
+if [ -z "${SKIP_MLX_LM:-}" ]; then
+  "$py" -m mlx_lm server --model "$work/q4" --host 127.0.0.1 --port $port >"$work/mlx.log" 2>&1 &
+  server=$!
+  wait_port "http://127.0.0.1:$port/v1/models" $server
+  load mlx-lm-server "http://127.0.0.1:$port/v1" "$work/q4" 1 1 "${MLX_TOKENS:-8}"
+  kill $server; wait $server 2>/dev/null || true; server=""
+fi
