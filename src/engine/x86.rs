@@ -512,21 +512,52 @@ pub unsafe fn q4_rows_split_many(
     first: usize,
     out: &mut [f32],
 ) {
+    // SAFETY (every arm): this function's contract, passed on; the count is the arm's.
+    unsafe {
+        match acts.len() {
+            1 => q4_rows_split_n::<1>(m, acts, xsums, first, out),
+            2 => q4_rows_split_n::<2>(m, acts, xsums, first, out),
+            3 => q4_rows_split_n::<3>(m, acts, xsums, first, out),
+            4 => q4_rows_split_n::<4>(m, acts, xsums, first, out),
+            5 => q4_rows_split_n::<5>(m, acts, xsums, first, out),
+            6 => q4_rows_split_n::<6>(m, acts, xsums, first, out),
+            7 => q4_rows_split_n::<7>(m, acts, xsums, first, out),
+            8 => q4_rows_split_n::<8>(m, acts, xsums, first, out),
+            n => panic!("q4_rows_split_many: {n} vectors (1 to {MAX_DECODE_ROWS} are taken)"),
+        }
+    }
+}
+
+/// [`q4_rows_split_many`] for exactly `N` vectors: with `N` a constant the per-vector
+/// accumulators and scales are arrays the compiler keeps in registers (a loop over a runtime
+/// count kept them on the stack, each block's update a store and a reload).
+///
+/// # Safety
+/// As [`q4_rows_split_many`], with `acts.len() == N`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn q4_rows_split_n<const N: usize>(
+    m: &QuantizedRows,
+    acts: &[SplitActivations],
+    xsums: &[Vec<f32>],
+    first: usize,
+    out: &mut [f32],
+) {
     // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
     // below stays inside the slices its length checks cover.
     unsafe {
-        let n = acts.len();
         let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
         let groups = acts[0].scales.len();
         let cols = groups * group;
         let size = dtype.size();
         let (row_bytes, row_scales) = (cols / 2, groups * size);
         let rows = words.len() / row_bytes.max(1);
-        let nrows = out.len() / n.max(1);
+        let nrows = out.len() / N;
         assert!(
-            (1..=MAX_DECODE_ROWS).contains(&n)
-                && xsums.len() == n
-                && out.len() == nrows * n
+            (1..=MAX_DECODE_ROWS).contains(&N)
+                && acts.len() == N
+                && xsums.len() == N
+                && out.len() == nrows * N
                 && split_kernel_fits(cols, group)
                 && first + nrows <= rows
                 && scales.len() >= rows * row_scales
@@ -536,40 +567,46 @@ pub unsafe fn q4_rows_split_many(
                     .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
                 && xsums.iter().all(|x| x.len() >= groups)
         );
+        let act: [*const i8; N] = std::array::from_fn(|k| acts[k].nibble_order.as_ptr());
+        let act_scales: [*const f32; N] = std::array::from_fn(|k| acts[k].scales.as_ptr());
+        let sums: [*const f32; N] = std::array::from_fn(|k| xsums[k].as_ptr());
         let low = _mm512_set1_epi8(0x0F);
         let (lane_group, groups_per_block) = q4_lane_groups(group);
+        // Each row's three streams asked for a few rows ahead, as the single kernel does.
+        let prefetch_rows = 4;
         for r in 0..nrows {
             let row = first + r;
+            if row + prefetch_rows < rows {
+                prefetch_row(
+                    words,
+                    scales,
+                    biases,
+                    row + prefetch_rows,
+                    row_bytes,
+                    row_scales,
+                );
+            }
             let bp = words.as_ptr().add(row * row_bytes);
             let (sp, bip) = (
                 scales.as_ptr().add(row * row_scales),
                 biases.as_ptr().add(row * row_scales),
             );
-            let mut acc = [_mm512_setzero_ps(); MAX_DECODE_ROWS];
-            let mut sc = [_mm512_setzero_ps(); MAX_DECODE_ROWS];
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut sc = [_mm512_setzero_ps(); N];
             let mut base = 0;
             while base < groups {
                 let g = (groups - base).min(16);
                 let mask: __mmask16 = if g == 16 { 0xFFFF } else { (1u16 << g) - 1 };
-                for k in 0..n {
-                    (sc[k], acc[k]) = window(
-                        sp,
-                        bip,
-                        dtype,
-                        acts[k].scales.as_ptr(),
-                        xsums[k].as_ptr(),
-                        base,
-                        mask,
-                        acc[k],
-                    );
+                for k in 0..N {
+                    (sc[k], acc[k]) =
+                        window(sp, bip, dtype, act_scales[k], sums[k], base, mask, acc[k]);
                 }
                 let first_block = base * group / 128;
                 let mut idx = lane_group;
                 for blk in first_block..first_block + g * group / 128 {
                     let (lo, hi) = q4_nibbles(bp.add(blk * 64), low);
-                    for k in 0..n {
-                        let a = acts[k].nibble_order.as_ptr().add(blk * 256);
-                        let isum = q4_block_isum(lo, hi, a);
+                    for k in 0..N {
+                        let isum = q4_block_isum(lo, hi, act[k].add(blk * 256));
                         acc[k] = _mm512_fmadd_ps(
                             _mm512_cvtepi32_ps(isum),
                             _mm512_permutexvar_ps(idx, sc[k]),
@@ -580,8 +617,8 @@ pub unsafe fn q4_rows_split_many(
                 }
                 base += g;
             }
-            for k in 0..n {
-                out[r * n + k] = _mm512_reduce_add_ps(acc[k]);
+            for k in 0..N {
+                out[r * N + k] = _mm512_reduce_add_ps(acc[k]);
             }
         }
     }
