@@ -399,3 +399,33 @@ fn streaming_never_splits_a_character() {
     assert_eq!(pieces, ["", "é", "", "", "€", "!"]);
     assert_eq!(s.finish(&tok), "");
 }
+
+#[test]
+fn invalid_bytes_stream_as_they_come_and_only_an_open_sequence_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model(tmp.path(), "ws", &spec());
+    let tok = TextTokenizer::load(&dir).unwrap();
+    // Byte tokens 0xC3 x5, then "a": each 0xC3 is a lead byte the next one does not continue,
+    // so each decodes as its own U+FFFD. The last three are held (they could be the start of
+    // a character still arriving, as SentencePiece's byte fallback shows them); older ones
+    // are invalid for good and go out at once instead of stalling the stream.
+    let c3 = {
+        let e = tok.encode("é", false).unwrap(); // 0xC3 0xA9
+        assert_eq!(e.len(), 2);
+        e[0]
+    };
+    let a = tok.encode("a", false).unwrap()[0];
+    let mut s = StreamDecoder::default();
+    let pieces: Vec<String> = [c3, c3, c3, c3, c3, a]
+        .iter()
+        .map(|&id| s.push(&tok, id))
+        .collect();
+    let r = "\u{FFFD}";
+    assert_eq!(pieces, ["", "", "", r, r, &format!("{r}{r}{r}a")]);
+    assert_eq!(s.finish(&tok), "");
+    // An open sequence at the end comes out (as U+FFFD) when the generation ends.
+    let mut s = StreamDecoder::default();
+    assert_eq!(s.push(&tok, a), "a");
+    assert_eq!(s.push(&tok, c3), "");
+    assert_eq!(s.finish(&tok), "\u{FFFD}");
+}

@@ -85,11 +85,15 @@ def main():
     for t in tok["added_tokens"]:
         names[t["id"]], types[t["id"]] = t["content"], gguf.TokenType.CONTROL
     names = [n if n is not None else f"[PAD{i}]" for i, n in enumerate(names)]
+    # llama.cpp refuses a BPE vocabulary without merges: one that never applies to text
+    # (two NUL bytes) into a spare entry.
+    spare = next(i for i, t in enumerate(types) if t == gguf.TokenType.UNUSED)
+    names[spare], types[spare] = "\u0100\u0100", gguf.TokenType.NORMAL
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(names)
     w.add_token_types(types)
-    w.add_token_merges([])
+    w.add_token_merges(["\u0100 \u0100"])
     w.add_bos_token_id(cfg["bos_token_id"])
     w.add_eos_token_id(cfg["eos_token_id"])
     w.add_add_bos_token(True)

@@ -68,7 +68,11 @@ load() { # name url model max_tokens levels rounds [extra]
 "$mlxk" run "$work/q4-noeos" "$prompt" --max-tokens 16 --temperature 0 --no-chat-template >/dev/null 2>&1
 for i in 1 2 3; do
   "$mlxk" --json run "$work/q4-noeos" "$prompt" --max-tokens 128 --temperature 0 \
-    --repetition-penalty 1 --no-chat-template | "$py" -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(f"-- mlxk run: prompt {d["timing"]["prompt_tps"]} tok/s, decode {d["timing"]["decode_tps"]} tok/s ({d["usage"]["completion_tokens"]} tokens)")'
+    --repetition-penalty 1 --no-chat-template | "$py" -c '
+import json, sys
+d = json.load(sys.stdin)["data"]
+t, u = d["timing"], d["usage"]
+print("-- mlxk run: prompt %s tok/s, decode %s tok/s (%d tokens)" % (t["prompt_tps"], t["decode_tps"], u["completion_tokens"]))'
 done
 
 # mlxk serve
@@ -77,7 +81,10 @@ port=18431
 server=$!
 wait_port "http://127.0.0.1:$port/health" $server
 load mlxk-serve "http://127.0.0.1:$port/v1" "$work/q4-noeos" "$levels" "$rounds" 128
-curl -s "http://127.0.0.1:$port/health" | "$py" -c 'import json,sys; m=json.load(sys.stdin)["models_loaded"][0]; print(f"   (mlxk: {m["steps"]} steps, peak batch {m["peak_batch"]}, {m["tokens_generated"]} tokens)")'
+curl -s "http://127.0.0.1:$port/health" | "$py" -c '
+import json, sys
+m = json.load(sys.stdin)["models_loaded"][0]
+print("   (mlxk: %d steps, peak batch %d, %d tokens)" % (m["steps"], m["peak_batch"], m["tokens_generated"]))'
 kill $server; wait $server 2>/dev/null || true; server=""
 
 # llama.cpp's llama-server, Q4_0

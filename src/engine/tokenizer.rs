@@ -96,21 +96,31 @@ pub struct StreamDecoder {
     emitted: usize,
 }
 
+/// The most U+FFFD an incomplete UTF-8 sequence at the end of decoded text shows as: one for
+/// a byte-level decoder (one per maximal invalid run), up to three for SentencePiece's byte
+/// fallback (one per byte of at most three bytes of a four-byte character). Replacement
+/// characters before those can no longer change: they are invalid bytes, sent as they are.
+const PENDING_REPLACEMENTS: usize = 3;
+
 impl StreamDecoder {
     /// The text that `token` completes (possibly empty).
     pub fn push(&mut self, tok: &TextTokenizer, token: u32) -> String {
         self.tokens.push(token);
         let text = tok.decode(&self.tokens);
-        if text.ends_with('\u{FFFD}')
-            || text.len() <= self.emitted
-            || !text.is_char_boundary(self.emitted)
-        {
+        let held = text
+            .chars()
+            .rev()
+            .take(PENDING_REPLACEMENTS)
+            .take_while(|&c| c == '\u{FFFD}')
+            .count();
+        let upto = text.len() - held * '\u{FFFD}'.len_utf8();
+        if upto <= self.emitted || !text.is_char_boundary(self.emitted) {
             return String::new();
         }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let new = text[self.emitted..upto].to_string();
+        self.emitted = upto;
         // A finished line cannot change any more: start over to keep decoding O(line).
-        if new.ends_with('\n') {
+        if held == 0 && new.ends_with('\n') {
             self.tokens.clear();
             self.emitted = 0;
         }

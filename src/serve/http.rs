@@ -205,18 +205,26 @@ fn fit_context(
     const DEFAULT_MAX_TOKENS: usize = 2048;
     let context = model.loaded.model.args().context;
     match (context, req.max_tokens) {
+        (Some(ctx), _) if prompt >= ctx => Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::field(
+                match req.prompt {
+                    Prompt::Chat(_) => "messages",
+                    Prompt::Text(_) => "prompt",
+                },
+                format!(
+                    "this model's context is {ctx} tokens and the prompt alone has {prompt}; \
+                     shorten it"
+                ),
+            )
+        }),
         (Some(ctx), asked) => {
-            let want = asked.unwrap_or(ctx.saturating_sub(prompt));
-            if prompt + want > ctx || want == 0 {
-                let param = if asked.is_some() {
-                    "max_tokens"
-                } else {
-                    "messages"
-                };
+            let want = asked.unwrap_or(ctx - prompt);
+            if prompt + want > ctx {
                 return Err(ApiError {
                     code: Some("context_length_exceeded"),
                     ..ApiError::field(
-                        param,
+                        "max_tokens",
                         format!(
                             "this model's context is {ctx} tokens; the prompt has {prompt} and \
                              max_tokens asks for {want} more ({} in all)",

@@ -311,9 +311,10 @@ fn engine_refusal(name: &str, e: EngineError) -> ApiError {
                 human_size(available)
             ),
         ),
+        // The words `mlxk run` uses for the same model.
         EngineError::Model { .. } | EngineError::Template(_) => ApiError {
             code: Some("model_not_supported"),
-            ..ApiError::field("model", format!("{name}: {e}"))
+            ..ApiError::field("model", e.to_string())
         },
         EngineError::Input(m) => ApiError::invalid(m),
     }
