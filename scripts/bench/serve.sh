@@ -32,6 +32,21 @@ trap cleanup EXIT
 echo "mlxk-fs $(git rev-parse --short HEAD), $(uname -r), $(nproc) cores, rounds=$rounds, levels=$levels"
 target/release/examples/fixture_cache llama "$work/hub" 1024 24 4096 32000 1 bf16 >/dev/null
 bf16=$(echo "$work"/hub/models--bench--llama/snapshots/*)
+# The fixture's byte-level tokenizer names 259 of the 32000 ids; random weights pick any id, and
+# an unnamed one decodes to nothing, so a stream would send almost no text (and time to first
+# token would measure nothing). Every other id becomes a two-byte token (no merge produces
+# them: prompts still encode byte by byte).
+"$py" - "$bf16/tokenizer.json" 32000 <<'PY'
+import json, sys
+path, vocab = sys.argv[1], int(sys.argv[2])
+t = json.load(open(path))
+v = t["model"]["vocab"]
+alphabet = sorted(v, key=v.get)[:256]
+for k in range(len(v), vocab):
+    a, b = divmod(k - 259, 256)
+    v[alphabet[a] + alphabet[b]] = k
+json.dump(t, open(path, "w"))
+PY
 "$py" -m mlx_lm convert --hf-path "$bf16" --mlx-path "$work/q4" -q --q-bits 4 --q-group-size 64 >/dev/null 2>&1
 cp -r "$work/q4" "$work/q4-noeos"
 "$py" - "$work/q4-noeos" <<'PY'
@@ -107,6 +122,6 @@ if [ -z "${SKIP_MLX_LM:-}" ]; then
   "$py" -m mlx_lm server --model "$work/q4" --host 127.0.0.1 --port $port >"$work/mlx.log" 2>&1 &
   server=$!
   wait_port "http://127.0.0.1:$port/v1/models" $server
-  load mlx-lm-server "http://127.0.0.1:$port/v1" "$work/q4" 1 1 "${MLX_TOKENS:-8}"
+  load mlx-lm-server "http://127.0.0.1:$port/v1" "$work/q4" 1 1 "${MLX_TOKENS:-8}" '{"stream": false}'
   kill $server; wait $server 2>/dev/null || true; server=""
 fi

@@ -33,6 +33,8 @@ def one(url, model, max_tokens, extra, i, out, slot):
         "stream_options": {"include_usage": True},
     }
     body.update(extra)
+    if not body["stream"]:
+        body.pop("stream_options")
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=3600)
     start = time.perf_counter()
     conn.request(
@@ -44,6 +46,14 @@ def one(url, model, max_tokens, extra, i, out, slot):
     resp = conn.getresponse()
     if resp.status != 200:
         out[slot] = {"error": f"{resp.status}: {resp.read()[:300]!r}"}
+        return
+    if not body["stream"]:
+        # A whole answer: no time to first token, only the total.
+        answer = json.loads(resp.read())
+        end = time.perf_counter()
+        conn.close()
+        out[slot] = {"start": start, "first": None, "last": end, "end": end,
+                     "tokens": answer["usage"]["completion_tokens"], "usage_reported": True}
         return
     first = None
     last = None
@@ -114,11 +124,11 @@ def main():
                 sys.exit(1)
             results.extend(out)
         tokens = sum(r["tokens"] for r in results)
-        ttft = [r["first"] - r["start"] for r in results]
+        ttft = [r["first"] - r["start"] for r in results if r["first"] is not None]
         decode = [
             (r["tokens"] - 1) / (r["last"] - r["first"])
             for r in results
-            if r["last"] > r["first"] and r["tokens"] > 1
+            if r["first"] is not None and r["last"] > r["first"] and r["tokens"] > 1
         ]
         print(
             json.dumps(
@@ -128,8 +138,8 @@ def main():
                     "tokens": tokens,
                     "wall_s": round(wall, 3),
                     "aggregate_tps": round(tokens / wall, 2),
-                    "ttft_p50_s": round(percentile(ttft, 0.5), 3),
-                    "ttft_p99_s": round(percentile(ttft, 0.99), 3),
+                    "ttft_p50_s": round(percentile(ttft, 0.5), 3) if ttft else None,
+                    "ttft_p99_s": round(percentile(ttft, 0.99), 3) if ttft else None,
                     "stream_decode_tps_median": round(statistics.median(decode), 2)
                     if decode
                     else None,
