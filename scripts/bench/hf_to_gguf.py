@@ -86,9 +86,10 @@ def main():
         names[t["id"]], types[t["id"]] = t["content"], gguf.TokenType.CONTROL
     names = [n if n is not None else f"[PAD{i}]" for i, n in enumerate(names)]
     # llama.cpp refuses a BPE vocabulary without merges: one that never applies to text
-    # (two NUL bytes) into a spare entry.
-    spare = next(i for i, t in enumerate(types) if t == gguf.TokenType.UNUSED)
-    names[spare], types[spare] = "\u0100\u0100", gguf.TokenType.NORMAL
+    # (two NUL bytes), into a spare entry unless the vocabulary has that token.
+    if "\u0100\u0100" not in names:
+        spare = next(i for i, t in enumerate(types) if t == gguf.TokenType.UNUSED)
+        names[spare], types[spare] = "\u0100\u0100", gguf.TokenType.NORMAL
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(names)

@@ -96,6 +96,20 @@ port=18431
 server=$!
 wait_port "http://127.0.0.1:$port/health" $server
 load mlxk-serve "http://127.0.0.1:$port/v1" "$work/q4-noeos" "$levels" "$rounds" 128
+# Single-stream decode without streaming (the load generator parsing a stream shares the two
+# cores with the server): 128 tokens after the first, from whole answers of 1 and 129 tokens.
+"$py" - "http://127.0.0.1:$port/v1/completions" "$work/q4-noeos" "$prompt" <<'PY'
+import json, statistics, sys, time, urllib.request
+url, model, prompt = sys.argv[1:4]
+def took(n):
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": n, "temperature": 0}).encode()
+    t = time.perf_counter()
+    urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"})).read()
+    return time.perf_counter() - t
+rates = [128 / (took(129) - took(1)) for _ in range(3)]
+print("   (mlxk serve, one whole answer at a time: decode %.1f tok/s median of %s)"
+      % (statistics.median(rates), ", ".join("%.1f" % r for r in rates)))
+PY
 curl -s "http://127.0.0.1:$port/health" | "$py" -c '
 import json, sys
 m = json.load(sys.stdin)["models_loaded"][0]

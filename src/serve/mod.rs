@@ -65,7 +65,10 @@ pub enum ServeError {
 /// Serves until SIGINT or SIGTERM; `on_started` is called once the socket listens and the
 /// preloaded models are in.
 pub fn serve(opts: ServeOptions, on_started: impl FnOnce(&Started)) -> Result<(), ServeError> {
+    // One thread is plenty for the HTTP side; more would compete for the cores with the
+    // engine's pool, which spins between the parallel regions of a step.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .thread_name("mlxk-serve")
         .build()
