@@ -292,6 +292,19 @@ fn endless_model(root: &Path, name: &str, layers: usize) -> PathBuf {
     dir
 }
 
+/// A 200-token stream of `model` on a thread, returned once the server runs it (its status and
+/// body when joined).
+fn long_stream(server: &Server, model: &str) -> std::thread::JoinHandle<(u16, Value)> {
+    let body = json!({"model": model, "prompt": "go", "max_tokens": 200, "stream": true});
+    let url = server.url("/v1/completions");
+    let long =
+        std::thread::spawn(move || http(&url, "POST", Some(body.to_string().as_bytes()), &[]));
+    wait_until("the long request runs", Duration::from_secs(60), || {
+        server.loaded(model).is_some_and(|m| m["in_flight"] == 1)
+    });
+    long
+}
+
 fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
@@ -616,13 +629,7 @@ fn bad_requests_get_openais_error_envelope() {
     check(s, &v, 405, "DELETE");
 
     // 429: the only place is taken (a long stream) and the queue holds nothing.
-    let body = json!({"model": model, "prompt": "go", "max_tokens": 200, "stream": true});
-    let url = server.url("/v1/completions");
-    let long =
-        std::thread::spawn(move || http(&url, "POST", Some(body.to_string().as_bytes()), &[]));
-    wait_until("the long request runs", Duration::from_secs(60), || {
-        server.loaded(model).is_some_and(|m| m["in_flight"] == 1)
-    });
+    let long = long_stream(&server, model);
     let (s, v) = post(
         &server,
         "/v1/completions",
@@ -685,13 +692,7 @@ fn the_memory_budget_unloads_the_least_recently_used_model() {
     assert_eq!(ask(model).0, 200);
     assert_eq!(ids(&server), [model]);
     // While it serves a long stream it cannot be unloaded: 503, saying why.
-    let body = json!({"model": model, "prompt": "go", "max_tokens": 200, "stream": true});
-    let url = server.url("/v1/completions");
-    let long =
-        std::thread::spawn(move || http(&url, "POST", Some(body.to_string().as_bytes()), &[]));
-    wait_until("the long request runs", Duration::from_secs(60), || {
-        server.loaded(model).is_some_and(|m| m["in_flight"] == 1)
-    });
+    let long = long_stream(&server, model);
     let (s, v) = ask(TINY);
     assert_eq!(s, 503, "{v}");
     assert_eq!(v["error"]["code"], "insufficient_memory");

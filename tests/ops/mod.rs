@@ -590,12 +590,48 @@ impl Gen {
                 target: self.name(),
                 path: self.new_path(&dirs, &all),
             },
-            _ => Op::CopyFile {
-                from: file(self),
-                to: self.new_path(&dirs, &all),
-            },
+            _ => {
+                let from = file(self);
+                let mut to = self.new_path(&dirs, &all);
+                // `cp` refuses to copy a file onto itself; through a symlink to it, the result
+                // would hinge on a reader opened before the copy-up seeing the truncation,
+                // which the overlay documents it does not (docs/overlay.md, Copy-up).
+                while resolves_to(tree, &to, &from) {
+                    to.push_str(".copy");
+                }
+                Op::CopyFile { from, to }
+            }
         }
     }
+}
+
+/// Whether `path`, following the tree's symlinks, names the entry `target`.
+fn resolves_to(tree: &BTreeMap<String, Entry>, path: &str, target: &str) -> bool {
+    let mut cur = path.to_string();
+    for _ in 0..16 {
+        if cur == target {
+            return true;
+        }
+        let Some(link) = tree.get(&cur).and_then(|e| e.link.as_ref()) else {
+            return false;
+        };
+        if link.is_absolute() {
+            return false;
+        }
+        let mut parts: Vec<String> = cur.split('/').map(str::to_string).collect();
+        parts.pop();
+        for c in link.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    parts.pop();
+                }
+                std::path::Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+                _ => {}
+            }
+        }
+        cur = parts.join("/");
+    }
+    false
 }
 
 pub fn diff(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> String {
