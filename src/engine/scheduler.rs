@@ -199,7 +199,8 @@ impl Scheduler {
 /// A job in the batch.
 struct Slot {
     job: Job,
-    _ticket: Ticket,
+    /// Released before the end is sent: a client that has its answer may submit again at once.
+    ticket: Option<Ticket>,
     seq: Sequence,
     /// Prompt tokens run so far.
     fed: usize,
@@ -273,7 +274,8 @@ impl Batcher {
         match m {
             Message::Job(job, ticket) => self.waiting.push_back((job, ticket)),
             Message::CancelAll => {
-                for (mut job, _ticket) in self.waiting.drain(..) {
+                for (mut job, ticket) in self.waiting.drain(..) {
+                    drop(ticket);
                     job.sink.send(Event::Done(Finish {
                         reason: FinishReason::Cancelled,
                         prompt_tokens: job.prompt.len(),
@@ -298,6 +300,7 @@ impl Batcher {
             }
             if job.prompt.is_empty() || job.max_tokens == 0 {
                 let mut job = job;
+                drop(ticket);
                 job.sink.send(Event::Failed(
                     "a request needs a prompt of at least one token and max_tokens of at least 1"
                         .into(),
@@ -312,7 +315,7 @@ impl Batcher {
                 stops: StopText::new(job.stop.clone()),
                 history: job.prompt.clone(),
                 job,
-                _ticket: ticket,
+                ticket: Some(ticket),
                 seq,
                 fed: 0,
                 last: 0,
@@ -364,6 +367,7 @@ impl Batcher {
             drop(work);
             for &(i, _) in &ran {
                 let slot = &mut self.slots[i];
+                slot.ticket = None;
                 slot.job.sink.send(Event::Failed(e.to_string()));
                 slot.gone = true;
             }
@@ -424,6 +428,7 @@ impl Slot {
             }
             self.emit(text);
         }
+        self.ticket = None;
         if !self.gone {
             self.job.sink.send(Event::Done(Finish {
                 reason,
@@ -509,6 +514,183 @@ impl StopText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::sampler::SamplerOptions;
+    use crate::testkit::{llama_model_files, LlamaSpec};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// Events into a channel; `closed` plays the client hanging up.
+    struct TestSink {
+        tx: mpsc::Sender<Event>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl EventSink for TestSink {
+        fn send(&mut self, event: Event) -> bool {
+            !self.closed.load(Ordering::Relaxed) && self.tx.send(event).is_ok()
+        }
+        fn is_closed(&self) -> bool {
+            self.closed.load(Ordering::Relaxed)
+        }
+    }
+
+    /// A tiny model without eos ids: a job ends at its max_tokens (or when cancelled).
+    fn endless() -> (tempfile::TempDir, Arc<LoadedModel>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LlamaSpec {
+            std: 0.3,
+            seed: 23,
+            ..LlamaSpec::default()
+        };
+        for (name, bytes) in llama_model_files(&spec, 1, false, "mlx") {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let model = crate::store::spec::resolve_any(None, dir.path().to_str().unwrap()).unwrap();
+        let mut loaded = LoadedModel::load(&model).unwrap();
+        loaded.eos.clear();
+        (dir, Arc::new(loaded))
+    }
+
+    fn job(prompt: &[u32], max_tokens: usize) -> (Job, mpsc::Receiver<Event>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let sink = TestSink {
+            tx,
+            closed: closed.clone(),
+        };
+        let job = Job {
+            prompt: prompt.to_vec(),
+            max_tokens,
+            sampler: SamplerOptions {
+                temperature: 0.0,
+                ..SamplerOptions::openai()
+            },
+            stop: Vec::new(),
+            sink: Box::new(sink),
+        };
+        (job, rx, closed)
+    }
+
+    /// The text and the end of a job (a minute at most: a hang is a failure, not a wait).
+    fn answer(rx: &mpsc::Receiver<Event>) -> (String, Finish) {
+        let mut text = String::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)).expect("an event") {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(f) => return (text, f),
+                Event::Failed(m) => panic!("failed: {m}"),
+            }
+        }
+    }
+
+    #[test]
+    fn jobs_in_one_batch_get_what_each_gets_alone() {
+        let (_dir, model) = endless();
+        let opts = SchedulerOptions {
+            max_batch: 4,
+            max_queue: 4,
+            prefill_chunk: 8,
+        };
+        let prompts: [(&[u32], usize); 4] = [
+            (&[1, 2, 3], 12),
+            (&[9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13], 20),
+            (&[42], 7),
+            (&[5, 5, 5, 5], 16),
+        ];
+        let alone: Vec<(String, Finish)> = prompts
+            .iter()
+            .map(|(p, n)| {
+                let s = Scheduler::start(model.clone(), opts).unwrap();
+                let (j, rx, _) = job(p, *n);
+                s.submit(j).unwrap();
+                answer(&rx)
+            })
+            .collect();
+        let s = Scheduler::start(model.clone(), opts).unwrap();
+        let receivers: Vec<_> = prompts
+            .iter()
+            .map(|(p, n)| {
+                let (j, rx, closed) = job(p, *n);
+                s.submit(j).unwrap();
+                (rx, closed)
+            })
+            .collect();
+        for (i, (rx, _)) in receivers.iter().enumerate() {
+            let (text, finish) = answer(rx);
+            assert_eq!((&text, &finish), (&alone[i].0, &alone[i].1), "job {i}");
+            assert_eq!(finish.reason, FinishReason::Length);
+            assert_eq!(finish.completion_tokens, prompts[i].1);
+            assert_eq!(finish.prompt_tokens, prompts[i].0.len());
+        }
+        assert!(s.stats.peak_batch.load(Ordering::Relaxed) >= 2);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_client_gone_frees_its_place_and_the_queue_is_bounded() {
+        let (_dir, model) = endless();
+        let s = Scheduler::start(
+            model,
+            SchedulerOptions {
+                max_batch: 1,
+                max_queue: 1,
+                prefill_chunk: 64,
+            },
+        )
+        .unwrap();
+        let (long, long_rx, long_gone) = job(&[1, 2, 3], usize::MAX);
+        s.submit(long).unwrap();
+        // The long job runs (text arrives), the next one waits, a third is refused.
+        assert!(matches!(
+            long_rx.recv_timeout(Duration::from_secs(60)),
+            Ok(Event::Text(_))
+        ));
+        let (next, next_rx, _) = job(&[4, 5], 5);
+        s.submit(next).unwrap();
+        let (third, _, _) = job(&[6], 5);
+        assert_eq!(
+            s.submit(third).unwrap_err(),
+            SubmitError::Busy {
+                in_flight: 2,
+                limit: 2
+            }
+        );
+        // Its client gone, the long job leaves; the waiting one runs to its end.
+        long_gone.store(true, Ordering::Relaxed);
+        let (_, finish) = answer(&next_rx);
+        assert_eq!(finish.completion_tokens, 5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while s.in_flight() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "in flight: {}",
+                s.in_flight()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn cancel_all_ends_running_and_waiting_jobs() {
+        let (_dir, model) = endless();
+        let s = Scheduler::start(
+            model,
+            SchedulerOptions {
+                max_batch: 1,
+                max_queue: 4,
+                prefill_chunk: 64,
+            },
+        )
+        .unwrap();
+        let (running, running_rx, _) = job(&[1, 2, 3], usize::MAX);
+        let (waiting, waiting_rx, _) = job(&[4], usize::MAX);
+        s.submit(running).unwrap();
+        s.submit(waiting).unwrap();
+        s.cancel_all();
+        for rx in [&running_rx, &waiting_rx] {
+            assert_eq!(answer(rx).1.reason, FinishReason::Cancelled);
+        }
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut s = StopText::new(stops.iter().map(|s| s.to_string()).collect());
