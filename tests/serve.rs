@@ -902,3 +902,33 @@ fn a_server_that_cannot_start_says_why() {
         "{v}"
     );
 }
+
+#[test]
+fn a_model_added_to_the_cache_while_serving_is_listed() {
+    let fx = Fixture::new();
+    let server = Server::start(&fx.cache, &[]);
+    let ids = || -> Vec<String> {
+        let (s, v) = http(&server.url("/v1/models"), "GET", None, &[]);
+        assert_eq!(s, 200, "{v}");
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(!ids().contains(&"late/Llama-tiny".to_string()));
+    // A repo as a pull leaves it (its links are relative inside the repo directory).
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(fx.cache.join("models--mlx-community--Llama-tiny-f16"))
+        .arg(fx.cache.join("models--late--Llama-tiny"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The listing is reused for a few seconds, then made again.
+    wait_until("the new model is listed", Duration::from_secs(30), || {
+        ids().contains(&"late/Llama-tiny".to_string())
+    });
+    server.stop();
+}

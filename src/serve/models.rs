@@ -55,7 +55,13 @@ pub struct Registry {
     state: Mutex<Loaded>,
     /// One load at a time: two requests for a new model load it once.
     loading: tokio::sync::Mutex<()>,
+    /// The cache's part of `/v1/models` and when it was made: a strict check of every model
+    /// (headers of every shard) is not redone for each of a front-end's frequent calls.
+    listing: Mutex<Option<(Instant, Vec<Value>)>>,
 }
+
+/// How long a listing of the cache's models is reused (a pull shows up after at most this).
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -72,6 +78,7 @@ impl Registry {
             budget,
             state: Mutex::new(Loaded::default()),
             loading: tokio::sync::Mutex::new(()),
+            listing: Mutex::new(None),
         }
     }
 
@@ -241,6 +248,24 @@ impl Registry {
     /// `/v1/models`: every healthy MLX cache model `mlxk run` can run, as org/name, then the
     /// loaded workspaces and mounted paths by the path they were asked for.
     pub fn list(&self) -> Vec<Value> {
+        let mut out = self.cache_listing();
+        let state = self.state();
+        for e in &state.entries {
+            if !out.iter().any(|m| m["id"] == e.id.as_str()) {
+                out.push(model_object(&e.id, e.created, &e.owned_by));
+            }
+        }
+        out
+    }
+
+    /// The cache's runnable models, as listed at most [`LISTING_TTL`] ago.
+    fn cache_listing(&self) -> Vec<Value> {
+        let mut listing = self.listing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, models)) = listing.as_ref() {
+            if at.elapsed() < LISTING_TTL {
+                return models.clone();
+            }
+        }
         let mut out = Vec::new();
         if let Some(cache) = &self.cache {
             match check_cache(cache) {
@@ -265,12 +290,7 @@ impl Registry {
                 Err(e) => tracing::warn!("cannot list the cache: {e}"),
             }
         }
-        let state = self.state();
-        for e in &state.entries {
-            if !out.iter().any(|m| m["id"] == e.id.as_str()) {
-                out.push(model_object(&e.id, e.created, &e.owned_by));
-            }
-        }
+        *listing = Some((Instant::now(), out.clone()));
         out
     }
 }
