@@ -547,29 +547,16 @@ unsafe fn q4_rows_split_n<const N: usize>(
     // below stays inside the slices its length checks cover.
     unsafe {
         let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-        let groups = acts[0].scales.len();
-        let cols = groups * group;
-        let size = dtype.size();
-        let (row_bytes, row_scales) = (cols / 2, groups * size);
-        let rows = words.len() / row_bytes.max(1);
-        let nrows = out.len() / N;
-        assert!(
-            (1..=MAX_DECODE_ROWS).contains(&N)
-                && acts.len() == N
-                && xsums.len() == N
-                && out.len() == nrows * N
-                && split_kernel_fits(cols, group)
-                && first + nrows <= rows
-                && scales.len() >= rows * row_scales
-                && biases.len() >= rows * row_scales
-                && acts
-                    .iter()
-                    .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
-                && xsums.iter().all(|x| x.len() >= groups)
-        );
-        let act: [*const i8; N] = std::array::from_fn(|k| acts[k].nibble_order.as_ptr());
-        let act_scales: [*const f32; N] = std::array::from_fn(|k| acts[k].scales.as_ptr());
-        let sums: [*const f32; N] = std::array::from_fn(|k| xsums[k].as_ptr());
+        let ManyVectors {
+            act,
+            act_scales,
+            sums,
+            groups,
+            row_bytes,
+            row_scales,
+            rows,
+            nrows,
+        } = ManyVectors::<N>::checked(m, acts, xsums, first, out.len());
         let low = _mm512_set1_epi8(0x0F);
         let (lane_group, groups_per_block) = q4_lane_groups(group);
         // Each row's three streams asked for a few rows ahead, as the single kernel does.
@@ -646,31 +633,17 @@ unsafe fn q4_rows_paired<const N: usize, const A: usize, const B: usize, const C
     // below stays inside the slices the assertion covers.
     unsafe {
         let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-        let groups = acts[0].scales.len();
-        let cols = groups * group;
-        let (row_bytes, row_scales) = (cols / 2, groups * dtype.size());
-        let rows = words.len() / row_bytes.max(1);
-        let nrows = out.len() / N;
-        assert!(
-            A + B + C == N
-                && (1..=3).contains(&A)
-                && B <= 3
-                && C <= 3
-                && acts.len() == N
-                && xsums.len() == N
-                && out.len() == nrows * N
-                && split_kernel_fits(cols, group)
-                && first + nrows <= rows
-                && scales.len() >= rows * row_scales
-                && biases.len() >= rows * row_scales
-                && acts
-                    .iter()
-                    .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
-                && xsums.iter().all(|x| x.len() >= groups)
-        );
-        let act: [*const i8; N] = std::array::from_fn(|k| acts[k].nibble_order.as_ptr());
-        let act_scales: [*const f32; N] = std::array::from_fn(|k| acts[k].scales.as_ptr());
-        let sums: [*const f32; N] = std::array::from_fn(|k| xsums[k].as_ptr());
+        assert!(A + B + C == N && (1..=3).contains(&A) && B <= 3 && C <= 3);
+        let ManyVectors {
+            act,
+            act_scales,
+            sums,
+            groups,
+            row_bytes,
+            row_scales,
+            rows,
+            nrows,
+        } = ManyVectors::<N>::checked(m, acts, xsums, first, out.len());
         let row_at = |row: usize| PairRow {
             words: words.as_ptr().add(row * row_bytes),
             scales: scales.as_ptr().add(row * row_scales),
@@ -707,7 +680,70 @@ unsafe fn q4_rows_paired<const N: usize, const A: usize, const B: usize, const C
             }
         }
         if nrows % 2 == 1 {
-            q4_rows_split_n::<N>(m, acts, xsums, first + nrows - 1, &mut out[(nrows - 1) * N..]);
+            q4_rows_split_n::<N>(
+                m,
+                acts,
+                xsums,
+                first + nrows - 1,
+                &mut out[(nrows - 1) * N..],
+            );
+        }
+    }
+}
+
+/// The shapes both batched kernels check before any pointer is followed, and each vector's
+/// pointers: its split activations, activation scales and group sums.
+struct ManyVectors<const N: usize> {
+    act: [*const i8; N],
+    act_scales: [*const f32; N],
+    sums: [*const f32; N],
+    groups: usize,
+    row_bytes: usize,
+    row_scales: usize,
+    /// Rows of the matrix.
+    rows: usize,
+    /// Rows asked for (`out` holds `nrows * N`).
+    nrows: usize,
+}
+
+impl<const N: usize> ManyVectors<N> {
+    /// Panics unless rows `first..first + out_len / N` of `m` and the `N` vectors' slices all
+    /// hold what the kernels read.
+    fn checked(
+        m: &QuantizedRows,
+        acts: &[SplitActivations],
+        xsums: &[Vec<f32>],
+        first: usize,
+        out_len: usize,
+    ) -> ManyVectors<N> {
+        let groups = acts.first().map_or(0, |a| a.scales.len());
+        let cols = groups * m.group;
+        let (row_bytes, row_scales) = (cols / 2, groups * m.dtype.size());
+        let rows = m.words.len() / row_bytes.max(1);
+        let nrows = out_len / N.max(1);
+        assert!(
+            (1..=MAX_DECODE_ROWS).contains(&N)
+                && acts.len() == N
+                && xsums.len() == N
+                && out_len == nrows * N
+                && split_kernel_fits(cols, m.group)
+                && first + nrows <= rows
+                && m.scales.len() >= rows * row_scales
+                && m.biases.len() >= rows * row_scales
+                && acts
+                    .iter()
+                    .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
+                && xsums.iter().all(|x| x.len() >= groups)
+        );
+        ManyVectors {
+            act: std::array::from_fn(|k| acts[k].nibble_order.as_ptr()),
+            act_scales: std::array::from_fn(|k| acts[k].scales.as_ptr()),
+            sums: std::array::from_fn(|k| xsums[k].as_ptr()),
+            groups,
+            row_bytes,
+            row_scales,
+            rows,
+            nrows,
         }
     }
 }
