@@ -961,6 +961,21 @@ fn a_full_overlay_says_enospc_and_statfs_is_the_overlays() {
     let e = fs::write(m.path("myorg/big/file"), vec![1u8; 2 << 20]).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     fs::remove_file(m.path("myorg/big/file")).unwrap();
+    // The partial file's blocks come back once the kernel forgets its inode: until then the
+    // daemon holds it (an O_PATH kept for opens racing the unlink, docs/overlay.md); the
+    // FORGET arrives asynchronously, right after the unlink.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = nix::sys::statvfs::statvfs(&m.mountpoint).unwrap();
+        if st.blocks_available() * st.fragment_size() >= 950 << 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed file's space never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // A cache file larger than the space left cannot be copied up: ENOSPC, nothing left behind.
     fs::write(m.path("myorg/big/filler"), vec![1u8; 900 << 10]).unwrap();
     let shard = m.path("mlx-community/Llama-tiny-f32/model.safetensors");
