@@ -515,7 +515,7 @@ pub unsafe fn q4_rows_split_many(
     // SAFETY (every arm): this function's contract, passed on; the count is the arm's.
     unsafe {
         match acts.len() {
-            1 => q4_rows_split_n::<1>(m, acts, xsums, first, out),
+            1 => q4_rows_paired::<1, 1, 0, 0>(m, acts, xsums, first, out),
             2 => q4_rows_paired::<2, 2, 0, 0>(m, acts, xsums, first, out),
             3 => q4_rows_paired::<3, 3, 0, 0>(m, acts, xsums, first, out),
             4 => q4_rows_paired::<4, 2, 2, 0>(m, acts, xsums, first, out),
@@ -528,95 +528,12 @@ pub unsafe fn q4_rows_split_many(
     }
 }
 
-/// [`q4_rows_split_many`] for exactly `N` vectors: with `N` a constant the per-vector
-/// accumulators and scales are arrays the compiler keeps in registers (a loop over a runtime
-/// count kept them on the stack, each block's update a store and a reload).
-///
-/// # Safety
-/// As [`q4_rows_split_many`], with `acts.len() == N`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn q4_rows_split_n<const N: usize>(
-    m: &QuantizedRows,
-    acts: &[SplitActivations],
-    xsums: &[Vec<f32>],
-    first: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
-    // below stays inside the slices its length checks cover.
-    unsafe {
-        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-        let ManyVectors {
-            act,
-            act_scales,
-            sums,
-            groups,
-            row_bytes,
-            row_scales,
-            rows,
-            nrows,
-        } = ManyVectors::<N>::checked(m, acts, xsums, first, out.len());
-        let low = _mm512_set1_epi8(0x0F);
-        let (lane_group, groups_per_block) = q4_lane_groups(group);
-        // Each row's three streams asked for a few rows ahead, as the single kernel does.
-        let prefetch_rows = 4;
-        for r in 0..nrows {
-            let row = first + r;
-            if row + prefetch_rows < rows {
-                prefetch_row(
-                    words,
-                    scales,
-                    biases,
-                    row + prefetch_rows,
-                    row_bytes,
-                    row_scales,
-                );
-            }
-            let bp = words.as_ptr().add(row * row_bytes);
-            let (sp, bip) = (
-                scales.as_ptr().add(row * row_scales),
-                biases.as_ptr().add(row * row_scales),
-            );
-            let mut acc = [_mm512_setzero_ps(); N];
-            let mut sc = [_mm512_setzero_ps(); N];
-            let mut base = 0;
-            while base < groups {
-                let g = (groups - base).min(16);
-                let mask: __mmask16 = if g == 16 { 0xFFFF } else { (1u16 << g) - 1 };
-                for k in 0..N {
-                    (sc[k], acc[k]) =
-                        window(sp, bip, dtype, act_scales[k], sums[k], base, mask, acc[k]);
-                }
-                let first_block = base * group / 128;
-                let mut idx = lane_group;
-                for blk in first_block..first_block + g * group / 128 {
-                    let (lo, hi) = q4_nibbles(bp.add(blk * 64), low);
-                    for k in 0..N {
-                        let isum = q4_block_isum(lo, hi, act[k].add(blk * 256));
-                        acc[k] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(isum),
-                            _mm512_permutexvar_ps(idx, sc[k]),
-                            acc[k],
-                        );
-                    }
-                    idx = _mm512_add_epi32(idx, groups_per_block);
-                }
-                base += g;
-            }
-            for k in 0..N {
-                out[r * N + k] = _mm512_reduce_add_ps(acc[k]);
-            }
-        }
-    }
-}
-
 /// [`q4_rows_split_many`] two rows at a time: a vector's activations for a block are loaded
 /// once for both rows (activation loads were a large part of a batched step: halving them,
 /// measured inexactly, gave 15-25%). The vectors go in passes of `A`, `B`, `C` (at most three
 /// each, so a pass's accumulators stay in registers) while the pair's weights sit in L1. Each
 /// (row, vector) gets the operations of [`q4_rows_split`] in its order: bit-identical. An odd
-/// last row goes through [`q4_rows_split_n`].
+/// last row is a tile of one.
 ///
 /// # Safety
 /// As [`q4_rows_split_many`], with `acts.len() == N == A + B + C`.
@@ -644,15 +561,20 @@ unsafe fn q4_rows_paired<const N: usize, const A: usize, const B: usize, const C
             rows,
             nrows,
         } = ManyVectors::<N>::checked(m, acts, xsums, first, out.len());
-        let row_at = |row: usize| PairRow {
+        let row_at = |row: usize| TileRow {
             words: words.as_ptr().add(row * row_bytes),
             scales: scales.as_ptr().add(row * row_scales),
             biases: biases.as_ptr().add(row * row_scales),
         };
-        let shape = PairShape {
-            dtype,
-            group,
-            groups,
+        let vectors = Vectors {
+            shape: TileShape {
+                dtype,
+                group,
+                groups,
+            },
+            act: &act,
+            act_scales: &act_scales,
+            sums: &sums,
         };
         for p in 0..nrows / 2 {
             let row = first + 2 * p;
@@ -661,37 +583,49 @@ unsafe fn q4_rows_paired<const N: usize, const A: usize, const B: usize, const C
                     prefetch_row(words, scales, biases, row + ahead, row_bytes, row_scales);
                 }
             }
-            let pair = [row_at(row), row_at(row + 1)];
-            let (r0, r1) = (2 * p * N, (2 * p + 1) * N);
-            let got = pair_pass::<A>(&pair, &shape, &act[..A], &act_scales[..A], &sums[..A]);
-            out[r0..r0 + A].copy_from_slice(&got[0]);
-            out[r1..r1 + A].copy_from_slice(&got[1]);
-            if B > 0 {
-                let (a, b) = (A, A + B);
-                let got = pair_pass::<B>(&pair, &shape, &act[a..b], &act_scales[a..b], &sums[a..b]);
-                out[r0 + a..r0 + b].copy_from_slice(&got[0]);
-                out[r1 + a..r1 + b].copy_from_slice(&got[1]);
-            }
-            if C > 0 {
-                let a = A + B;
-                let got = pair_pass::<C>(&pair, &shape, &act[a..], &act_scales[a..], &sums[a..]);
-                out[r0 + a..r0 + N].copy_from_slice(&got[0]);
-                out[r1 + a..r1 + N].copy_from_slice(&got[1]);
-            }
+            let tile = [row_at(row), row_at(row + 1)];
+            run_tile::<2, A, B, C>(&tile, &vectors, &mut out[2 * p * N..(2 * p + 2) * N]);
         }
         if nrows % 2 == 1 {
-            q4_rows_split_n::<N>(
-                m,
-                acts,
-                xsums,
-                first + nrows - 1,
-                &mut out[(nrows - 1) * N..],
-            );
+            let tile = [row_at(first + nrows - 1)];
+            run_tile::<1, A, B, C>(&tile, &vectors, &mut out[(nrows - 1) * N..]);
         }
     }
 }
 
-/// The shapes both batched kernels check before any pointer is followed, and each vector's
+/// Every vector's pointers and the matrix's shape, as a tile's passes take them.
+struct Vectors<'a> {
+    shape: TileShape,
+    act: &'a [*const i8],
+    act_scales: &'a [*const f32],
+    sums: &'a [*const f32],
+}
+
+/// The `R` rows of `tile` against every vector, in passes of `A`, `B`, `C` vectors; `out` is
+/// row-major (`R` rows of all the vectors).
+///
+/// # Safety
+/// As [`q4_rows_paired`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
+unsafe fn run_tile<const R: usize, const A: usize, const B: usize, const C: usize>(
+    tile: &[TileRow; R],
+    v: &Vectors,
+    out: &mut [f32],
+) {
+    // SAFETY: this function's contract, passed on to each pass.
+    unsafe {
+        tile_pass::<R, A>(tile, v, 0, out);
+        if B > 0 {
+            tile_pass::<R, B>(tile, v, A, out);
+        }
+        if C > 0 {
+            tile_pass::<R, C>(tile, v, A + B, out);
+        }
+    }
+}
+
+/// The shapes the batched kernel checks before any pointer is followed, and each vector's
 /// pointers: its split activations, activation scales and group sums.
 struct ManyVectors<const N: usize> {
     act: [*const i8; N],
@@ -749,44 +683,48 @@ impl<const N: usize> ManyVectors<N> {
 }
 
 /// One row's three streams, at the row.
-struct PairRow {
+struct TileRow {
     words: *const u8,
     scales: *const u8,
     biases: *const u8,
 }
 
 /// What every row of a matrix shares.
-struct PairShape {
+struct TileShape {
     dtype: FloatDtype,
     group: usize,
     groups: usize,
 }
 
-/// Two rows against `V` vectors (their activations, activation scales and group sums): the
-/// outputs `[row][vector]`.
+/// `R` rows against the `V` vectors from `from` on: their outputs into `out` (row-major, every
+/// vector of a row together).
 ///
 /// # Safety
 /// As [`q4_rows_paired`]: the rows and the vectors' slices hold `shape.groups` groups.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn pair_pass<const V: usize>(
-    rows: &[PairRow; 2],
-    shape: &PairShape,
-    act: &[*const i8],
-    act_scales: &[*const f32],
-    sums: &[*const f32],
-) -> [[f32; V]; 2] {
+unsafe fn tile_pass<const R: usize, const V: usize>(
+    rows: &[TileRow; R],
+    vectors: &Vectors,
+    from: usize,
+    out: &mut [f32],
+) {
     // SAFETY: this function's `# Safety` contract gives the CPU features and the extents.
     unsafe {
+        let shape = &vectors.shape;
+        let n = vectors.act.len();
+        let act = &vectors.act[from..from + V];
+        let act_scales = &vectors.act_scales[from..from + V];
+        let sums = &vectors.sums[from..from + V];
         let low = _mm512_set1_epi8(0x0F);
         let (lane_group, groups_per_block) = q4_lane_groups(shape.group);
-        let mut acc = [[_mm512_setzero_ps(); V]; 2];
-        let mut sc = [[_mm512_setzero_ps(); V]; 2];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut sc = [[_mm512_setzero_ps(); V]; R];
         let mut base = 0;
         while base < shape.groups {
             let g = (shape.groups - base).min(16);
             let mask: __mmask16 = if g == 16 { 0xFFFF } else { (1u16 << g) - 1 };
-            for r in 0..2 {
+            for r in 0..R {
                 for k in 0..V {
                     (sc[r][k], acc[r][k]) = window(
                         rows[r].scales,
@@ -803,30 +741,28 @@ unsafe fn pair_pass<const V: usize>(
             let first_block = base * shape.group / 128;
             let mut idx = lane_group;
             for blk in first_block..first_block + g * shape.group / 128 {
-                let (lo0, hi0) = q4_nibbles(rows[0].words.add(blk * 64), low);
-                let (lo1, hi1) = q4_nibbles(rows[1].words.add(blk * 64), low);
+                let nib: [(__m512i, __m512i); R] =
+                    std::array::from_fn(|r| q4_nibbles(rows[r].words.add(blk * 64), low));
                 for k in 0..V {
                     let v = q4_block_acts(act[k].add(blk * 256));
-                    let (i0, i1) = (q4_isum(lo0, hi0, &v), q4_isum(lo1, hi1, &v));
-                    acc[0][k] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(i0),
-                        _mm512_permutexvar_ps(idx, sc[0][k]),
-                        acc[0][k],
-                    );
-                    acc[1][k] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(i1),
-                        _mm512_permutexvar_ps(idx, sc[1][k]),
-                        acc[1][k],
-                    );
+                    for r in 0..R {
+                        let isum = q4_isum(nib[r].0, nib[r].1, &v);
+                        acc[r][k] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(isum),
+                            _mm512_permutexvar_ps(idx, sc[r][k]),
+                            acc[r][k],
+                        );
+                    }
                 }
                 idx = _mm512_add_epi32(idx, groups_per_block);
             }
             base += g;
         }
-        [
-            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[0][k])),
-            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[1][k])),
-        ]
+        for r in 0..R {
+            for k in 0..V {
+                out[r * n + from + k] = _mm512_reduce_add_ps(acc[r][k]);
+            }
+        }
     }
 }
 

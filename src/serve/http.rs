@@ -21,6 +21,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{self, Answer, CompletionRequest, Endpoint, Prompt};
+use super::epoch_secs;
 use super::error::ApiError;
 use super::models::{ModelHandle, Registry};
 use crate::engine::scheduler::{Event, EventSink, Finish, FinishReason, Job, SubmitError};
@@ -150,10 +151,11 @@ async fn complete(
     }
     submitted?;
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    let created = epoch_secs(SystemTime::now());
     let answer = Answer {
         endpoint,
-        id: format!("{}-{:x}{n:06x}", endpoint.id_prefix(), now_secs()),
-        created: now_secs(),
+        id: format!("{}-{created:x}{n:06x}", endpoint.id_prefix()),
+        created,
         model: req.model.clone(),
     };
     if req.stream {
@@ -161,13 +163,6 @@ async fn complete(
     } else {
         whole(answer, rx).await.map(|v| Json(v).into_response())
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The prompt's token ids: chat messages through the model's template, a completion prompt

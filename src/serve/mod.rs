@@ -19,6 +19,12 @@ use crate::store::summary::human_size;
 use http::AppState;
 use models::Registry;
 
+/// Seconds since the Unix epoch of `t` (0 before it): OpenAI's `created`.
+pub(crate) fn epoch_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The largest request body taken (a long chat is far smaller).
 pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
 /// After SIGINT/SIGTERM, in-flight requests get this long to finish before they are cancelled.

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use super::epoch_secs;
 use super::error::ApiError;
 use crate::engine::scheduler::{Scheduler, SchedulerOptions};
 use crate::engine::session::LoadedModel;
@@ -62,13 +63,6 @@ pub struct Registry {
 
 /// How long a listing of the cache's models is reused (a pull shows up after at most this).
 const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 impl Registry {
     pub fn new(cache: Option<HubCache>, scheduling: SchedulerOptions, budget: u64) -> Registry {
@@ -279,10 +273,7 @@ impl Registry {
                         }
                         let created =
                             humantime::parse_rfc3339(&summarize(&c.model, &c.report).last_modified)
-                                .ok()
-                                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                                .map(|d| d.as_secs())
-                                .unwrap_or(0);
+                                .map_or(0, epoch_secs);
                         let owned_by = c.model.name.split('/').next().unwrap_or("cache");
                         out.push(model_object(&c.model.name, created, owned_by));
                     }
@@ -300,12 +291,11 @@ fn model_object(id: &str, created: u64, owned_by: &str) -> Value {
 }
 
 fn modified_secs(dir: &std::path::Path) -> u64 {
-    std::fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or_else(now_secs)
+    epoch_secs(
+        std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now()),
+    )
 }
 
 fn not_found(e: StoreError) -> ApiError {
