@@ -355,7 +355,7 @@ pub fn matmul_many_rows(
             }
             return;
         }
-        if x86_decode_rows(products, xs, n, scratch) {
+        if x86_decode_rows(products, xs, n, scratch) || x86_q4_avx2_rows(products, xs, n, scratch) {
             return;
         }
     }
@@ -447,6 +447,156 @@ fn x86_decode_rows(
     true
 }
 
+/// What the AVX2 4-bit kernel needs per pool thread, reused task after task: a task's rows'
+/// scales and biases widened to f32, the kernel's own buffers, and one block of outputs.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Q4TaskScratch {
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+    many: super::x86::Q4ManyScratch,
+    block: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Q4TaskScratch {
+    /// Rows `first..first + rows` of `q` against `n` permuted vectors (`xperms`, group sums
+    /// `xsums`) into `out` (`rows × n`, row-major).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA, `q` 4-bit codes in groups a multiple of 16, and the
+    /// vectors `q.cols` columns each.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows(
+        &mut self,
+        q: &QuantizedRows,
+        first: usize,
+        rows: usize,
+        xperms: &[f32],
+        xsums: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let (groups, size, row_bytes) = (q.groups(), q.dtype.size(), q.row_bytes());
+        let at = first * groups * size..(first + rows) * groups * size;
+        q.dtype.widen(&q.scales[at.clone()], &mut self.scales);
+        q.dtype.widen(&q.biases[at], &mut self.biases);
+        let words = &q.words[first * row_bytes..(first + rows) * row_bytes];
+        if n == 1 {
+            // One vector: straight from the codes, without widening them into a buffer first.
+            for (r, y) in out.iter_mut().enumerate() {
+                let g = r * groups..(r + 1) * groups;
+                // SAFETY: this function's contract.
+                *y = unsafe {
+                    super::x86::q4_row_dot(
+                        &words[r * row_bytes..(r + 1) * row_bytes],
+                        &self.scales[g.clone()],
+                        &self.biases[g],
+                        xperms,
+                        xsums,
+                        q.group,
+                    )
+                };
+            }
+            return;
+        }
+        // SAFETY: this function's contract.
+        unsafe {
+            super::x86::q4_rows_many(
+                words,
+                row_bytes,
+                &self.scales,
+                &self.biases,
+                q.group,
+                xperms,
+                xsums,
+                n,
+                &mut self.many,
+                out,
+            )
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static Q4_TASK: std::cell::RefCell<Q4TaskScratch> = std::cell::RefCell::default();
+}
+
+/// `products` of `n` decode vectors (1 to `x86::MAX_Q4_AVX2_VECTORS`; `xs` and each output
+/// vector-major, as [`matmul_many_rows`]) as one parallel region, when every matrix decodes
+/// with `Q4Avx2` at one group size; `false` otherwise. Each row's codes are read and widened
+/// once for all the vectors (`x86::q4_row_dot_many`), and every vector's outputs are
+/// bit-identical to its own `x86::q4_row_dot` — what one token's decode runs.
+#[cfg(target_arch = "x86_64")]
+fn x86_q4_avx2_rows(
+    products: &mut [(&Matrix, &mut [f32])],
+    xs: &[f32],
+    n: usize,
+    scratch: &mut MatmulScratch,
+) -> bool {
+    use super::x86;
+    let Some(first) = products.first().map(|p| p.0) else {
+        return true;
+    };
+    let (cols, group) = match (&first.weights, first.kernels.decode) {
+        (Weights::Affine { group, .. }, Decode::Q4Avx2) => (first.cols, *group),
+        _ => return false,
+    };
+    let fits = (1..=x86::MAX_Q4_AVX2_VECTORS).contains(&n)
+        && xs.len() == n * cols
+        && products.iter().all(|(m, ys)| {
+            m.kernels.decode == Decode::Q4Avx2
+                && m.cols == cols
+                && ys.len() == n * m.rows
+                && matches!(m.weights, Weights::Affine { group: g, .. } if g == group)
+        });
+    if !fits {
+        return false;
+    }
+    group_sums(first, xs, n, &mut scratch.xsums);
+    x86::permute_many_for_q4(xs, n, cols, &mut scratch.xperm);
+    let (xperm, xsums) = (&scratch.xperm, &scratch.xsums);
+    let kernel = |m: &&Matrix, at: usize, out: &mut [f32]| {
+        let Some(q) = m.quantized() else { return };
+        Q4_TASK.with_borrow_mut(|task| {
+            // SAFETY: `Q4Avx2` was chosen at load for these matrices, only on a CPU with AVX2
+            // and FMA and for groups a multiple of 16; the activations and sums were prepared
+            // above for `n` vectors of `cols` columns; `at` and `out.len()` are multiples of
+            // `n` (chunks of whole rows).
+            unsafe { task.rows(&q, at / n, out.len() / n, xperm, xsums, n, out) }
+        })
+    };
+    let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1)) * n;
+    if n == 1 {
+        // One vector: the outputs are already row-major.
+        pool().for_each_chunk_of(products, chunk, kernel);
+        return true;
+    }
+    // Row-major outputs (row, vector), spread over the pool by rows, then scattered.
+    let temps = &mut scratch.rows_out;
+    temps.resize_with(products.len(), Vec::new);
+    for (t, (m, _)) in temps.iter_mut().zip(products.iter()) {
+        t.clear();
+        t.resize(m.rows * n, 0.0);
+    }
+    let mut parts: Vec<(&Matrix, &mut [f32])> = products
+        .iter()
+        .zip(temps.iter_mut())
+        .map(|((m, _), t)| (*m, &mut t[..]))
+        .collect();
+    pool().for_each_chunk_of(&mut parts, chunk, kernel);
+    for ((m, ys), t) in products.iter_mut().zip(temps.iter()) {
+        let rows = m.rows;
+        for r in 0..rows {
+            for k in 0..n {
+                ys[k * rows + r] = t[r * n + k];
+            }
+        }
+    }
+    true
+}
+
 /// One token through one or several products of the same input as one parallel region, when
 /// every matrix decodes with `FloatAvx2`, or every one with a split-activation kernel
 /// (`Q4Vnni`, `AnyWidthVbmi`) at one group size; `false` otherwise (the caller then runs each
@@ -461,6 +611,9 @@ fn x86_decode(
     let Some(first) = products.first().map(|p| p.0) else {
         return true;
     };
+    if x86_q4_avx2_rows(products, x, 1, scratch) {
+        return true;
+    }
     let cols = first.cols;
     let split_group = |m: &Matrix| match (m.kernels.decode, &m.weights) {
         (Decode::Q4Vnni | Decode::AnyWidthVbmi, Weights::Affine { group, .. }) => Some(*group),
@@ -566,10 +719,9 @@ fn x86_matmul(
     let (rows, cols) = (m.rows, m.cols);
     let kernel = if t == 1 {
         match m.kernels.decode {
-            Decode::FloatAvx2 | Decode::Q4Vnni | Decode::AnyWidthVbmi => {
+            Decode::FloatAvx2 | Decode::Q4Vnni | Decode::AnyWidthVbmi | Decode::Q4Avx2 => {
                 return x86_decode(&mut [(m, ys)], xs, scratch);
             }
-            Decode::Q4Avx2 => Prompt::Q4Avx2,
             Decode::Portable => return false,
         }
     } else {
@@ -627,42 +779,36 @@ fn x86_matmul(
         (Prompt::Q4Avx2, _, Some(q)) => {
             group_sums(m, xs, t, &mut scratch.xsums);
             let groups = q.groups();
-            scratch.xperm.clear();
-            let mut one = Vec::new();
-            for k in 0..t {
-                x86::permute_for_q4(&xs[k * cols..(k + 1) * cols], &mut one);
-                scratch.xperm.extend_from_slice(&one);
-            }
+            x86::permute_many_for_q4(xs, t, cols, &mut scratch.xperm);
             let (xperm, xsums) = (&scratch.xperm, &scratch.xsums);
-            let (row_bytes, size) = (q.row_bytes(), q.dtype.size());
             drive(rows, t, ys, &mut scratch.by_row, |first, out| {
-                let mut s = Vec::with_capacity(groups);
-                let mut b = Vec::with_capacity(groups);
-                for (r, o) in out.chunks_exact_mut(t).enumerate() {
-                    let row = first + r;
-                    q.dtype.widen(
-                        &q.scales[row * groups * size..(row + 1) * groups * size],
-                        &mut s,
-                    );
-                    q.dtype.widen(
-                        &q.biases[row * groups * size..(row + 1) * groups * size],
-                        &mut b,
-                    );
-                    let w = &q.words[row * row_bytes..(row + 1) * row_bytes];
-                    for (k, y) in o.iter_mut().enumerate() {
-                        // SAFETY: chosen at load for a CPU with AVX2 and FMA.
-                        *y = unsafe {
-                            x86::q4_row_dot(
-                                w,
-                                &s,
-                                &b,
-                                &xperm[k * cols..(k + 1) * cols],
-                                &xsums[k * groups..(k + 1) * groups],
-                                q.group,
+                Q4_TASK.with_borrow_mut(|task| {
+                    // Blocks of tokens: each reads the task's rows once for all its tokens.
+                    let n_rows = out.len() / t;
+                    let mut block = std::mem::take(&mut task.block);
+                    for k0 in (0..t).step_by(x86::MAX_Q4_AVX2_VECTORS) {
+                        let n = x86::MAX_Q4_AVX2_VECTORS.min(t - k0);
+                        block.clear();
+                        block.resize(n_rows * n, 0.0);
+                        // SAFETY: chosen at load for a CPU with AVX2 and FMA and groups a
+                        // multiple of 16; the tokens were permuted and summed above.
+                        unsafe {
+                            task.rows(
+                                &q,
+                                first,
+                                n_rows,
+                                &xperm[k0 * x86::q4_vector_stride(cols)..],
+                                &xsums[k0 * groups..],
+                                n,
+                                &mut block,
                             )
                         };
+                        for (r, o) in out.chunks_exact_mut(t).enumerate() {
+                            o[k0..k0 + n].copy_from_slice(&block[r * n..(r + 1) * n]);
+                        }
                     }
-                }
+                    task.block = block;
+                })
             });
         }
         _ => return false,
@@ -768,7 +914,7 @@ mod tests {
     use crate::mlx::FloatDtype;
 
     /// Decode rows of several vectors: bit for bit what each vector's own decode gives, for
-    /// every decode kernel this CPU has, the batched 4-bit VNNI one included (one and several
+    /// every decode kernel this CPU has, the batched 4-bit VNNI and AVX2 ones included (one and several
     /// products at once, 2 to 8 vectors, and one more than the batched kernel takes).
     #[test]
     fn decode_rows_equal_each_vectors_own_decode() {
@@ -826,14 +972,24 @@ mod tests {
                         assert_eq!(direct, want, "batched VNNI kernel, {n} vectors");
                         batched_runs += 1;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if decode == Decode::Q4Avx2 && n <= 8 {
+                        // The AVX2 kernel took all the vectors at once.
+                        let mut direct = vec![0f32; n * rows];
+                        assert!(x86_q4_avx2_rows(
+                            &mut [(&m, &mut direct[..])],
+                            &xs,
+                            n,
+                            &mut scratch
+                        ));
+                        assert_eq!(direct, want, "batched AVX2 kernel, {n} vectors");
+                        batched_runs += 1;
+                    }
                 }
             }
         }
-        if cpu.vnni {
-            assert!(
-                batched_runs > 0,
-                "the batched VNNI kernel was not exercised"
-            );
+        if cpu.avx2 {
+            assert!(batched_runs > 0, "no batched kernel was exercised");
         }
     }
 

@@ -1,6 +1,7 @@
-//! Explicit x86 kernels for decoding (one token) and for 4-bit prompts on CPUs without
-//! AVX-512: AVX2 float rows and 4-bit rows (MLX's packing: byte b of a row holds codes 2b in its
-//! low nibble and 2b + 1 in its high one), and the AVX-512 VNNI / VBMI decode kernels over
+//! Explicit x86 kernels for decoding (one token, or several sequences' tokens at once) and for
+//! 4-bit prompts on CPUs without AVX-512: AVX2 float rows and 4-bit rows (MLX's packing: byte b
+//! of a row holds codes 2b in its low nibble and 2b + 1 in its high one; one row against one
+//! vector, or a task's rows against up to 8 vectors, each row's codes widened once), and the AVX-512 VNNI / VBMI decode kernels over
 //! activations split into two signed bytes (4-bit, and any width 2/3/5/6/8). Each matrix is
 //! given one of them when the model loads (`kernels::Kernels`, from `crate::simd::cpu()` and its
 //! shape); the portable kernels compute the same sums in another order.
@@ -10,13 +11,27 @@ use std::arch::x86_64::*;
 use super::weights::QuantizedRows;
 use crate::mlx::FloatDtype;
 
-/// `x` reordered for [`q4_row_dot`]: per 16 values, the 8 even-indexed ones then the 8 odd.
-pub fn permute_for_q4(x: &[f32], out: &mut Vec<f32>) {
+/// Distance in floats between consecutive vectors of [`permute_many_for_q4`]: a cache line
+/// more than a vector. Vectors of 1024 columns packed back to back sit 4 KiB apart, in the same
+/// L1 set: eight of them, the widened weights and the weight stream wanted more lines of that
+/// set than L1 has ways, and [`q4_rows_many`] missed L1 at every load.
+pub fn q4_vector_stride(cols: usize) -> usize {
+    cols + 16
+}
+
+/// `n` vectors of `xs` (`n × cols`) reordered for [`q4_row_dot`] and [`q4_rows_many`] (per 16
+/// values, the 8 even-indexed ones then the 8 odd: the order MLX packs a byte's two codes in),
+/// vector `k` at `k * q4_vector_stride(cols)` (the gap zeroed).
+pub fn permute_many_for_q4(xs: &[f32], n: usize, cols: usize, out: &mut Vec<f32>) {
+    let stride = q4_vector_stride(cols);
     out.clear();
-    out.reserve(x.len());
-    for c in x.chunks_exact(16) {
-        out.extend((0..8).map(|j| c[2 * j]));
-        out.extend((0..8).map(|j| c[2 * j + 1]));
+    out.reserve(n * stride);
+    for x in xs.chunks_exact(cols).take(n) {
+        for c in x.chunks_exact(16) {
+            out.extend((0..8).map(|j| c[2 * j]));
+            out.extend((0..8).map(|j| c[2 * j + 1]));
+        }
+        out.resize(out.len() + stride - cols, 0.0);
     }
 }
 
@@ -81,6 +96,177 @@ pub unsafe fn q4_row_dot(
             bias_sum += biases[g] * xsum[g];
         }
         hsum(acc) + bias_sum
+    }
+}
+
+/// Most vectors [`q4_rows_many`] takes in one call.
+pub const MAX_Q4_AVX2_VECTORS: usize = 8;
+
+/// Floats of activations (all vectors together) one column block of [`q4_rows_many`] spans:
+/// 16 KiB, half of L1, so a block's activations stay there while every row of the task passes
+/// over them (the whole of 8 vectors of 4096 columns is 128 KiB: streamed from L2 once per row,
+/// it made the batched step slower than the FMAs it feeds).
+const Q4_BLOCK_FLOATS: usize = 4096;
+
+/// What [`q4_rows_many`] keeps between calls: each (row, vector)'s running accumulator, and
+/// one row's codes of one column block widened to floats.
+#[derive(Default)]
+pub struct Q4ManyScratch {
+    acc: Vec<f32>,
+    unpacked: Vec<f32>,
+}
+
+/// [`q4_row_dot`] of several rows against several vectors (`n` of them, 1 to
+/// [`MAX_Q4_AVX2_VECTORS`]): `words` holds the rows (`row_bytes` each), `scales` / `biases`
+/// their groups' values as f32 (`rows × groups`), `xperms` the vectors as
+/// [`permute_many_for_q4`] lays them out with group sums `xsums[k * groups..]`; `out[r * n + k]` is row `r`
+/// against vector `k`. Every output gets exactly the operations of `q4_row_dot`, in its order
+/// (per group an even and an odd accumulator, then `acc += (even + odd) · scale`, the bias
+/// terms summed group by group, `hsum(acc) + bias_sum`): bit-identical to that vector's own
+/// decode. What differs is the loop order: columns in blocks whose activations stay in L1
+/// while each row's codes in the block are widened once and dotted with every vector, in
+/// passes of at most four (a pass's 3 × 4 accumulators and two weight registers fit in
+/// AVX2's sixteen); the accumulators wait in `scratch` between blocks.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA (`crate::simd::cpu().avx2`).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn q4_rows_many(
+    words: &[u8],
+    row_bytes: usize,
+    scales: &[f32],
+    biases: &[f32],
+    group: usize,
+    xperms: &[f32],
+    xsums: &[f32],
+    n: usize,
+    scratch: &mut Q4ManyScratch,
+    out: &mut [f32],
+) {
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices the assertion covers.
+    unsafe {
+        let cols = 2 * row_bytes;
+        let groups = cols / group.max(1);
+        let rows = out.len() / n.max(1);
+        // Checked once per call: every pointer below stays inside these slices.
+        assert!(
+            group.is_multiple_of(16)
+                && groups * group == cols
+                && (1..=MAX_Q4_AVX2_VECTORS).contains(&n)
+                && out.len() == rows * n
+                && scales.len() == rows * groups
+                && biases.len() == rows * groups
+                && words.len() >= rows * row_bytes
+                && xsums.len() >= n * groups
+                && xperms.len() >= (n - 1) * q4_vector_stride(cols) + cols
+        );
+        let block_groups = (Q4_BLOCK_FLOATS / (n * group)).clamp(1, groups);
+        scratch.acc.clear();
+        scratch.acc.resize(rows * n * 8, 0.0);
+        scratch.unpacked.resize(block_groups * group, 0.0);
+        let (acc, w) = (scratch.acc.as_mut_ptr(), scratch.unpacked.as_mut_ptr());
+        let mask = _mm256_set1_epi32(0x0F);
+        // Even passes: 8 → 4 + 4, 7 → 4 + 3, 5 → 3 + 2.
+        let passes = n.div_ceil(4);
+        let mut g0 = 0;
+        while g0 < groups {
+            let bg = block_groups.min(groups - g0);
+            let (c0, bc) = (g0 * group, bg * group);
+            for r in 0..rows {
+                let bp = words.as_ptr().add(r * row_bytes + c0 / 2);
+                for i in 0..bc / 16 {
+                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.add(8 * i) as *const __m128i));
+                    _mm256_storeu_ps(w.add(16 * i), _mm256_cvtepi32_ps(_mm256_and_si256(v, mask)));
+                    _mm256_storeu_ps(
+                        w.add(16 * i + 8),
+                        _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)),
+                    );
+                }
+                let sc = &scales[r * groups + g0..r * groups + g0 + bg];
+                let x = |k: usize| xperms.as_ptr().add(k * q4_vector_stride(cols) + c0);
+                let a = |k: usize| acc.add((r * n + k) * 8);
+                let mut k = 0;
+                for p in 0..passes {
+                    let size = (n - k) / (passes - p);
+                    match size {
+                        1 => q4_pass::<1>(w, sc, [x(k)], group, [a(k)]),
+                        2 => q4_pass::<2>(w, sc, [x(k), x(k + 1)], group, [a(k), a(k + 1)]),
+                        3 => q4_pass::<3>(
+                            w,
+                            sc,
+                            [x(k), x(k + 1), x(k + 2)],
+                            group,
+                            [a(k), a(k + 1), a(k + 2)],
+                        ),
+                        _ => q4_pass::<4>(
+                            w,
+                            sc,
+                            [x(k), x(k + 1), x(k + 2), x(k + 3)],
+                            group,
+                            [a(k), a(k + 1), a(k + 2), a(k + 3)],
+                        ),
+                    }
+                    k += size;
+                }
+            }
+            g0 += bg;
+        }
+        for r in 0..rows {
+            for k in 0..n {
+                let bias = &biases[r * groups..(r + 1) * groups];
+                let xsum = &xsums[k * groups..(k + 1) * groups];
+                let mut bias_sum = 0f32;
+                for (b, s) in bias.iter().zip(xsum) {
+                    bias_sum += b * s;
+                }
+                out[r * n + k] = hsum(_mm256_loadu_ps(acc.add((r * n + k) * 8))) + bias_sum;
+            }
+        }
+    }
+}
+
+/// One pass of [`q4_rows_many`]: `P` vectors over one row's block (`w`, widened, in the
+/// permuted order the vectors are in; one scale per group), each vector's `q4_row_dot`
+/// accumulator carried in and out through `acc[k]`.
+///
+/// # Safety
+/// AVX2 and FMA; `w` and each `x[k]` hold `scales.len() * group` floats, each `acc[k]` 8.
+#[inline(always)]
+unsafe fn q4_pass<const P: usize>(
+    w: *const f32,
+    scales: &[f32],
+    x: [*const f32; P],
+    group: usize,
+    acc: [*mut f32; P],
+) {
+    // SAFETY: this function's `# Safety` contract.
+    unsafe {
+        let mut sum = [_mm256_setzero_ps(); P];
+        for k in 0..P {
+            sum[k] = _mm256_loadu_ps(acc[k]);
+        }
+        for (g, &scale) in scales.iter().enumerate() {
+            let mut even = [_mm256_setzero_ps(); P];
+            let mut odd = [_mm256_setzero_ps(); P];
+            for c in 0..group / 16 {
+                let i = g * group + c * 16;
+                let lo = _mm256_loadu_ps(w.add(i));
+                let hi = _mm256_loadu_ps(w.add(i + 8));
+                for k in 0..P {
+                    even[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x[k].add(i)), even[k]);
+                    odd[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x[k].add(i + 8)), odd[k]);
+                }
+            }
+            let s = _mm256_set1_ps(scale);
+            for k in 0..P {
+                sum[k] = _mm256_fmadd_ps(_mm256_add_ps(even[k], odd[k]), s, sum[k]);
+            }
+        }
+        for k in 0..P {
+            _mm256_storeu_ps(acc[k], sum[k]);
+        }
     }
 }
 
@@ -1118,6 +1304,69 @@ mod tests {
                     (s - want).abs() <= 1e-4 * want.abs().max(1.0),
                     "{s} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// The many-vector 4-bit kernel gives every (row, vector) exactly `q4_row_dot`'s output,
+    /// for 1 to 8 vectors, every group size, and column blocks that do not divide the row.
+    #[test]
+    fn q4_rows_many_equals_q4_row_dot_bit_for_bit() {
+        if !crate::simd::cpu().avx2 {
+            return;
+        }
+        let mut rng = crate::testkit::Rng::new(11);
+        for (cols, group) in [(1024usize, 64usize), (4096, 32), (512, 128), (96, 16)] {
+            let (rows, groups) = (5, cols / group);
+            let words: Vec<u8> = (0..rows * cols / 2)
+                .map(|_| (rng.next_f32().to_bits() >> 7) as u8)
+                .collect();
+            let scales: Vec<f32> = (0..rows * groups).map(|_| rng.next_f32()).collect();
+            let biases: Vec<f32> = (0..rows * groups).map(|_| rng.next_f32()).collect();
+            for n in 1..=MAX_Q4_AVX2_VECTORS {
+                let xs: Vec<f32> = (0..n * cols).map(|_| rng.next_f32()).collect();
+                let xsums: Vec<f32> = (0..n * groups).map(|_| rng.next_f32()).collect();
+                let mut xperms = Vec::new();
+                permute_many_for_q4(&xs, n, cols, &mut xperms);
+                let mut got = vec![0f32; rows * n];
+                let mut scratch = Q4ManyScratch::default();
+                // SAFETY: the CPU has AVX2 (checked above); the shapes are what it needs.
+                unsafe {
+                    q4_rows_many(
+                        &words,
+                        cols / 2,
+                        &scales,
+                        &biases,
+                        group,
+                        &xperms,
+                        &xsums,
+                        n,
+                        &mut scratch,
+                        &mut got,
+                    )
+                };
+                for r in 0..rows {
+                    let g = r * groups..(r + 1) * groups;
+                    for k in 0..n {
+                        let at = k * q4_vector_stride(cols);
+                        // SAFETY: as above.
+                        let want = unsafe {
+                            q4_row_dot(
+                                &words[r * cols / 2..(r + 1) * cols / 2],
+                                &scales[g.clone()],
+                                &biases[g.clone()],
+                                &xperms[at..at + cols],
+                                &xsums[k * groups..(k + 1) * groups],
+                                group,
+                            )
+                        };
+                        assert_eq!(
+                            got[r * n + k].to_bits(),
+                            want.to_bits(),
+                            "{cols}/{group}, {n} vectors, row {r}, vector {k}"
+                        );
+                    }
+                }
             }
         }
     }
