@@ -108,12 +108,17 @@ pub const MAX_Q4_AVX2_VECTORS: usize = 8;
 /// it made the batched step slower than the FMAs it feeds).
 const Q4_BLOCK_FLOATS: usize = 4096;
 
+/// How many rows ahead [`q4_rows_many`] prefetches a row's block of codes.
+const Q4_PREFETCH_ROWS: usize = 2;
+
 /// What [`q4_rows_many`] keeps between calls: each (row, vector)'s running accumulator, and
 /// one row's codes of one column block widened to floats.
 #[derive(Default)]
 pub struct Q4ManyScratch {
     acc: Vec<f32>,
     unpacked: Vec<f32>,
+    /// The vectors' group sums by group: 8 lanes per group, lane k vector k's.
+    xsums_t: Vec<f32>,
 }
 
 /// [`q4_row_dot`] of several rows against several vectors (`n` of them, 1 to
@@ -175,6 +180,24 @@ pub unsafe fn q4_rows_many(
             let bg = block_groups.min(groups - g0);
             let (c0, bc) = (g0 * group, bg * group);
             for r in 0..rows {
+                // The block of the row `Q4_PREFETCH_ROWS` ahead (past the last row: the next
+                // block's first rows): rows are visited a block at a time, a stride the
+                // hardware prefetchers do not follow, and each block's bytes waited on DRAM.
+                let ahead = r + Q4_PREFETCH_ROWS;
+                let next = if ahead < rows {
+                    Some((ahead, c0 / 2, bc / 2))
+                } else if g0 + bg < groups {
+                    let nbg = block_groups.min(groups - g0 - bg);
+                    Some((ahead - rows, (c0 + bc) / 2, nbg * group / 2))
+                } else {
+                    None
+                };
+                if let Some((pr, at, len)) = next.filter(|&(pr, _, _)| pr < rows) {
+                    let p = words.as_ptr().add(pr * row_bytes + at);
+                    for line in (0..len).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+                    }
+                }
                 let bp = words.as_ptr().add(r * row_bytes + c0 / 2);
                 for i in 0..bc / 16 {
                     let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(bp.add(8 * i) as *const __m128i));
@@ -213,15 +236,26 @@ pub unsafe fn q4_rows_many(
             }
             g0 += bg;
         }
+        // The bias terms of all the vectors at once, one lane per vector: lane k does
+        // `bias_sum += bias · xsum_k` group by group, `q4_row_dot`'s scalar operations.
+        let sums_t = &mut scratch.xsums_t;
+        sums_t.clear();
+        sums_t.resize(groups * 8, 0.0);
+        for k in 0..n {
+            for g in 0..groups {
+                sums_t[g * 8 + k] = xsums[k * groups + g];
+            }
+        }
+        let mut lanes = [0f32; 8];
         for r in 0..rows {
+            let mut bias_sum = _mm256_setzero_ps();
+            for (g, &b) in biases[r * groups..(r + 1) * groups].iter().enumerate() {
+                let s = _mm256_loadu_ps(sums_t.as_ptr().add(g * 8));
+                bias_sum = _mm256_add_ps(bias_sum, _mm256_mul_ps(_mm256_set1_ps(b), s));
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), bias_sum);
             for k in 0..n {
-                let bias = &biases[r * groups..(r + 1) * groups];
-                let xsum = &xsums[k * groups..(k + 1) * groups];
-                let mut bias_sum = 0f32;
-                for (b, s) in bias.iter().zip(xsum) {
-                    bias_sum += b * s;
-                }
-                out[r * n + k] = hsum(_mm256_loadu_ps(acc.add((r * n + k) * 8))) + bias_sum;
+                out[r * n + k] = hsum(_mm256_loadu_ps(acc.add((r * n + k) * 8))) + lanes[k];
             }
         }
     }
