@@ -15,9 +15,13 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   python3 - "$version" "$root/sdist.tar.gz" >&2 <<'PY'
 import json, sys, urllib.parse, urllib.request
 version, dest = sys.argv[1], sys.argv[2]
-meta = f"https://pypi.org/pypi/llama-cpp-python/{version}/json"
-info = json.load(urllib.request.urlopen(meta))
-url = next(u["url"] for u in info["urls"] if u["packagetype"] == "sdist")
+# The simple index's JSON form (PEP 691): what pip reads, so it is there wherever pip works
+# (PyPI's older /pypi/<name>/<version>/json API answered 404 on one of these machines).
+meta = "https://pypi.org/simple/llama-cpp-python/"
+req = urllib.request.Request(meta, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req))["files"]
+sdist = f"llama_cpp_python-{version}.tar.gz"
+url = next(f["url"] for f in files if f["filename"] == sdist)
 urllib.request.urlretrieve(urllib.parse.urljoin(meta, url), dest)
 PY
   tar xzf "$root/sdist.tar.gz" -C "$root"
