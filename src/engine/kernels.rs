@@ -526,7 +526,7 @@ thread_local! {
 /// `products` of `n` decode vectors (1 to `x86::MAX_Q4_AVX2_VECTORS`; `xs` and each output
 /// vector-major, as [`matmul_many_rows`]) as one parallel region, when every matrix decodes
 /// with `Q4Avx2` at one group size; `false` otherwise. Each row's codes are read and widened
-/// once for all the vectors (`x86::q4_row_dot_many`), and every vector's outputs are
+/// once for all the vectors (`x86::q4_rows_many`), and every vector's outputs are
 /// bit-identical to its own `x86::q4_row_dot` — what one token's decode runs.
 #[cfg(target_arch = "x86_64")]
 fn x86_q4_avx2_rows(
@@ -914,8 +914,9 @@ mod tests {
     use crate::mlx::FloatDtype;
 
     /// Decode rows of several vectors: bit for bit what each vector's own decode gives, for
-    /// every decode kernel this CPU has, the batched 4-bit VNNI and AVX2 ones included (one and several
-    /// products at once, 2 to 8 vectors, and one more than the batched kernel takes).
+    /// every decode kernel this CPU has, the batched 4-bit VNNI and AVX2 ones included (one
+    /// and several products at once, 2 to 8 vectors, and one more than the batched kernel
+    /// takes).
     #[test]
     fn decode_rows_equal_each_vectors_own_decode() {
         let (rows, cols) = (43, 1024);
