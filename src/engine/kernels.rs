@@ -324,8 +324,9 @@ pub fn matmul_many(
 
 /// `products` of `n` separate decode vectors (`xs` row-major, `n × cols`; each output
 /// `n × rows`): every vector gets exactly what its own decode gives (`matmul_many(.., 1)`),
-/// bit for bit. With 4-bit weights on the VNNI kernel each weight row is read once for all the
-/// vectors ([`super::x86::q4_rows_split_many`]); otherwise each vector runs by itself.
+/// bit for bit. With 4-bit weights each weight row is read once for all the vectors (the VNNI
+/// kernel's [`super::x86::q4_rows_split_many`], the AVX2 one's [`super::x86::q4_rows_many`]);
+/// other formats run each vector by itself.
 pub fn matmul_many_rows(
     products: &mut [(&Matrix, &mut [f32])],
     xs: &[f32],
