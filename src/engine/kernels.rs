@@ -383,24 +383,13 @@ fn x86_decode_rows(
     scratch: &mut MatmulScratch,
 ) -> bool {
     use super::x86;
-    let Some(first) = products.first().map(|p| p.0) else {
+    if products.is_empty() {
         return true;
-    };
-    let (cols, group) = match (&first.weights, first.kernels.decode) {
-        (Weights::Affine { group, .. }, Decode::Q4Vnni) => (first.cols, *group),
-        _ => return false,
-    };
-    let fits = (2..=x86::MAX_DECODE_ROWS).contains(&n)
-        && xs.len() == n * cols
-        && products.iter().all(|(m, ys)| {
-            m.kernels.decode == Decode::Q4Vnni
-                && m.cols == cols
-                && ys.len() == n * m.rows
-                && matches!(m.weights, Weights::Affine { group: g, .. } if g == group)
-        });
-    if !fits {
-        return false;
     }
+    let Some((cols, group)) = batch_shape(products, xs, n, Decode::Q4Vnni, x86::MAX_DECODE_ROWS)
+    else {
+        return false;
+    };
     scratch.rows_split.resize_with(n, Default::default);
     scratch.rows_xsums.resize_with(n, Vec::new);
     for k in 0..n {
@@ -416,8 +405,58 @@ fn x86_decode_rows(
             )
         };
     }
-    // Row-major outputs (row, vector), spread over the pool by rows, then scattered.
-    let temps = &mut scratch.rows_out;
+    let (acts, xsums) = (&scratch.rows_split[..n], &scratch.rows_xsums[..n]);
+    by_row_then_vector(products, n, &mut scratch.rows_out, |m, at, out| {
+        if let Some(q) = m.quantized() {
+            // SAFETY: as above; `at` and `out.len()` are multiples of `n` (chunks of whole
+            // rows), and the activations and sums were prepared for these matrices.
+            unsafe { x86::q4_rows_split_many(&q, acts, xsums, at / n, out) }
+        }
+    });
+    true
+}
+
+/// `(cols, group)` of `products` when every one decodes with `kernel` at one group size, has
+/// the columns of the `n` vectors of `xs` and room for their outputs, and `n` is 1 (2 for the
+/// VNNI kernel, whose single vector has its own path) to `max`; `None` otherwise.
+#[cfg(target_arch = "x86_64")]
+fn batch_shape(
+    products: &[(&Matrix, &mut [f32])],
+    xs: &[f32],
+    n: usize,
+    kernel: Decode,
+    max: usize,
+) -> Option<(usize, usize)> {
+    let first = products.first()?.0;
+    let (cols, group) = match (&first.weights, first.kernels.decode) {
+        (Weights::Affine { group, .. }, k) if k == kernel => (first.cols, *group),
+        _ => return None,
+    };
+    let min = if kernel == Decode::Q4Vnni { 2 } else { 1 };
+    let fits = (min..=max).contains(&n)
+        && xs.len() == n * cols
+        && products.iter().all(|(m, ys)| {
+            m.kernels.decode == kernel
+                && m.cols == cols
+                && ys.len() == n * m.rows
+                && matches!(m.weights, Weights::Affine { group: g, .. } if g == group)
+        });
+    fits.then_some((cols, group))
+}
+
+/// Runs `kernel(matrix, first, out)` over the rows of every product as one parallel region,
+/// its outputs row-major by (row, vector) in `temps` (a task's rows are contiguous there), then
+/// scatters them into the products' vector-major outputs.
+#[cfg(target_arch = "x86_64")]
+fn by_row_then_vector(
+    products: &mut [(&Matrix, &mut [f32])],
+    n: usize,
+    temps: &mut Vec<Vec<f32>>,
+    kernel: impl Fn(&&Matrix, usize, &mut [f32]) + Sync,
+) {
+    let Some(first) = products.first().map(|p| p.0) else {
+        return;
+    };
     temps.resize_with(products.len(), Vec::new);
     for (t, (m, _)) in temps.iter_mut().zip(products.iter()) {
         t.clear();
@@ -428,15 +467,8 @@ fn x86_decode_rows(
         .zip(temps.iter_mut())
         .map(|((m, _), t)| (*m, &mut t[..]))
         .collect();
-    let (acts, xsums) = (&scratch.rows_split[..n], &scratch.rows_xsums[..n]);
     let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1)) * n;
-    pool().for_each_chunk_of(&mut parts, chunk, |m, at, out| {
-        if let Some(q) = m.quantized() {
-            // SAFETY: as above; `at` and `out.len()` are multiples of `n` (chunks of whole
-            // rows), and the activations and sums were prepared for these matrices.
-            unsafe { x86::q4_rows_split_many(&q, acts, xsums, at / n, out) }
-        }
-    });
+    pool().for_each_chunk_of(&mut parts, chunk, kernel);
     for ((m, ys), t) in products.iter_mut().zip(temps.iter()) {
         let rows = m.rows;
         for r in 0..rows {
@@ -445,7 +477,6 @@ fn x86_decode_rows(
             }
         }
     }
-    true
 }
 
 /// What the AVX2 4-bit kernel needs per pool thread, reused task after task: a task's rows'
@@ -540,21 +571,10 @@ fn x86_q4_avx2_rows(
     let Some(first) = products.first().map(|p| p.0) else {
         return true;
     };
-    let (cols, group) = match (&first.weights, first.kernels.decode) {
-        (Weights::Affine { group, .. }, Decode::Q4Avx2) => (first.cols, *group),
-        _ => return false,
-    };
-    let fits = (1..=x86::MAX_Q4_AVX2_VECTORS).contains(&n)
-        && xs.len() == n * cols
-        && products.iter().all(|(m, ys)| {
-            m.kernels.decode == Decode::Q4Avx2
-                && m.cols == cols
-                && ys.len() == n * m.rows
-                && matches!(m.weights, Weights::Affine { group: g, .. } if g == group)
-        });
-    if !fits {
+    let Some((cols, _)) = batch_shape(products, xs, n, Decode::Q4Avx2, x86::MAX_Q4_AVX2_VECTORS)
+    else {
         return false;
-    }
+    };
     group_sums(first, xs, n, &mut scratch.xsums);
     x86::permute_many_for_q4(xs, n, cols, &mut scratch.xperm);
     let (xperm, xsums) = (&scratch.xperm, &scratch.xsums);
@@ -568,32 +588,12 @@ fn x86_q4_avx2_rows(
             unsafe { task.rows(&q, at / n, out.len() / n, xperm, xsums, n, out) }
         })
     };
-    let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1)) * n;
     if n == 1 {
         // One vector: the outputs are already row-major.
+        let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1));
         pool().for_each_chunk_of(products, chunk, kernel);
-        return true;
-    }
-    // Row-major outputs (row, vector), spread over the pool by rows, then scattered.
-    let temps = &mut scratch.rows_out;
-    temps.resize_with(products.len(), Vec::new);
-    for (t, (m, _)) in temps.iter_mut().zip(products.iter()) {
-        t.clear();
-        t.resize(m.rows * n, 0.0);
-    }
-    let mut parts: Vec<(&Matrix, &mut [f32])> = products
-        .iter()
-        .zip(temps.iter_mut())
-        .map(|((m, _), t)| (*m, &mut t[..]))
-        .collect();
-    pool().for_each_chunk_of(&mut parts, chunk, kernel);
-    for ((m, ys), t) in products.iter_mut().zip(temps.iter()) {
-        let rows = m.rows;
-        for r in 0..rows {
-            for k in 0..n {
-                ys[k * rows + r] = t[r * n + k];
-            }
-        }
+    } else {
+        by_row_then_vector(products, n, &mut scratch.rows_out, kernel);
     }
     true
 }
@@ -962,30 +962,25 @@ mod tests {
                     );
                     assert_eq!((&got, &got2), (&want, &want2), "two products, {n} vectors");
                     #[cfg(target_arch = "x86_64")]
-                    if decode == Decode::Q4Vnni && n <= 8 {
+                    {
                         // The batched kernel itself took these (not the per-vector fallback).
-                        let mut direct = vec![0f32; n * rows];
-                        assert!(x86_decode_rows(
-                            &mut [(&m, &mut direct[..])],
-                            &xs,
-                            n,
-                            &mut scratch
-                        ));
-                        assert_eq!(direct, want, "batched VNNI kernel, {n} vectors");
-                        batched_runs += 1;
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    if decode == Decode::Q4Avx2 && n <= 8 {
-                        // The AVX2 kernel took all the vectors at once.
-                        let mut direct = vec![0f32; n * rows];
-                        assert!(x86_q4_avx2_rows(
-                            &mut [(&m, &mut direct[..])],
-                            &xs,
-                            n,
-                            &mut scratch
-                        ));
-                        assert_eq!(direct, want, "batched AVX2 kernel, {n} vectors");
-                        batched_runs += 1;
+                        type Batched = fn(
+                            &mut [(&Matrix, &mut [f32])],
+                            &[f32],
+                            usize,
+                            &mut MatmulScratch,
+                        ) -> bool;
+                        let batched: Option<Batched> = match decode {
+                            Decode::Q4Vnni => Some(x86_decode_rows),
+                            Decode::Q4Avx2 => Some(x86_q4_avx2_rows),
+                            _ => None,
+                        };
+                        if let Some(batched) = batched.filter(|_| n <= 8) {
+                            let mut direct = vec![0f32; n * rows];
+                            assert!(batched(&mut [(&m, &mut direct[..])], &xs, n, &mut scratch));
+                            assert_eq!(direct, want, "batched {decode:?} kernel, {n} vectors");
+                            batched_runs += 1;
+                        }
                     }
                 }
             }
