@@ -1,10 +1,11 @@
 //! Explicit x86 kernels for decoding (one token, or several sequences' tokens at once) and for
 //! 4-bit prompts on CPUs without AVX-512: AVX2 float rows and 4-bit rows (MLX's packing: byte b
 //! of a row holds codes 2b in its low nibble and 2b + 1 in its high one; one row against one
-//! vector, or a task's rows against up to 8 vectors, each row's codes widened once), and the AVX-512 VNNI / VBMI decode kernels over
-//! activations split into two signed bytes (4-bit, and any width 2/3/5/6/8). Each matrix is
-//! given one of them when the model loads (`kernels::Kernels`, from `crate::simd::cpu()` and its
-//! shape); the portable kernels compute the same sums in another order.
+//! vector, or a task's rows against up to 8 vectors, each row's codes widened once), and the
+//! AVX-512 VNNI / VBMI decode kernels over activations split into two signed bytes (4-bit,
+//! and any width 2/3/5/6/8). Each matrix is given one of them when the model loads
+//! (`kernels::Kernels`, from `crate::simd::cpu()` and its shape); the portable kernels compute
+//! the same sums in another order.
 
 use std::arch::x86_64::*;
 
@@ -124,8 +125,8 @@ pub struct Q4ManyScratch {
 /// [`q4_row_dot`] of several rows against several vectors (`n` of them, 1 to
 /// [`MAX_Q4_AVX2_VECTORS`]): `words` holds the rows (`row_bytes` each), `scales` / `biases`
 /// their groups' values as f32 (`rows × groups`), `xperms` the vectors as
-/// [`permute_many_for_q4`] lays them out with group sums `xsums[k * groups..]`; `out[r * n + k]` is row `r`
-/// against vector `k`. Every output gets exactly the operations of `q4_row_dot`, in its order
+/// [`permute_many_for_q4`] lays them out, with group sums `xsums[k * groups..]`;
+/// `out[r * n + k]` is row `r` against vector `k`. Every output gets exactly the operations of `q4_row_dot`, in its order
 /// (per group an even and an odd accumulator, then `acc += (even + odd) · scale`, the bias
 /// terms summed group by group, `hsum(acc) + bias_sum`): bit-identical to that vector's own
 /// decode. What differs is the loop order: columns in blocks whose activations stay in L1
