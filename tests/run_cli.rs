@@ -247,6 +247,39 @@ fn cached_quantized_and_mounted_models_run() {
     );
 }
 
+/// A routed-experts model (qwen3_moe, per-expert tensors as Hugging Face ships them) runs
+/// through `mlxk run`, greedy output the same on a second run.
+#[test]
+fn a_moe_model_runs() {
+    let fx = Fixture::new();
+    let dir = model(
+        fx.tmp.path(),
+        "moe",
+        &LlamaSpec {
+            model_type: "qwen3_moe",
+            ..spec()
+        },
+    );
+    let args = [
+        dir.to_str().unwrap(),
+        "Hi",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+    ];
+    let (code, first) = run_json(&fx, &args);
+    assert_eq!(code, 0, "{first:#}");
+    let d = &first["data"];
+    assert!(
+        (d["usage"]["completion_tokens"] == 5 && d["finish_reason"] == "length")
+            || d["finish_reason"] == "stop",
+        "{first:#}"
+    );
+    let (_, second) = run_json(&fx, &args);
+    assert_eq!(first["data"]["response"], second["data"]["response"]);
+}
+
 #[test]
 fn refusals_come_before_loading() {
     let fx = Fixture::new();
@@ -265,8 +298,29 @@ fn refusals_come_before_loading() {
         dir
     };
     refuse(
-        &edit("gemma", &|c| c["model_type"] = "gemma3".into()),
-        "llama, mistral, qwen2, qwen3",
+        &edit("mamba", &|c| c["model_type"] = "mamba".into()),
+        "llama, mistral, qwen2, qwen3, qwen3_moe, gemma2, gemma3",
+    );
+    refuse(
+        &edit("gemma3-without-text", &|c| {
+            c["model_type"] = "gemma3".into()
+        }),
+        "without a `text_config`",
+    );
+    refuse(
+        &edit("moe-top-k", &|c| {
+            c["model_type"] = "qwen3_moe".into();
+            for (k, v) in [
+                ("num_experts", 2),
+                ("num_experts_per_tok", 3),
+                ("decoder_sparse_step", 1),
+                ("moe_intermediate_size", 64),
+                ("head_dim", 16),
+            ] {
+                c[k] = v.into();
+            }
+        }),
+        "3 experts per token of 2 experts",
     );
     refuse(
         &edit("vlm", &|c| {

@@ -64,29 +64,38 @@ impl KvCache {
     }
 }
 
+/// How a query's scores are formed: `q·k · scale`, then (gemma2) `cap · tanh(score / cap)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Scoring {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+}
+
 /// Attention of the query heads of kv head `kvh` (`q`: `group × dim`, already rotated) over
-/// positions `0..len` of `cache`: `out` (`group × dim`) = softmax(q·K / √dim) · V. `scores` is
-/// scratch space reused between calls.
+/// the cached positions `seen` (all of them up to the query's, or a sliding window's last
+/// ones): `out` (`group × dim`) = softmax(scores) · V. `scores` is scratch space reused
+/// between calls.
 pub fn attend(
     cache: &KvCache,
     kvh: usize,
-    len: usize,
+    seen: std::ops::Range<usize>,
     q: &[f32],
-    scale: f32,
+    scoring: Scoring,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
     let d = cache.dim;
     let group = q.len() / d;
-    debug_assert!(len <= cache.cap && out.len() == q.len() && kvh < cache.keys.len());
+    debug_assert!(seen.end <= cache.cap && out.len() == q.len() && kvh < cache.keys.len());
+    debug_assert!(seen.start < seen.end);
     for first in (0..group).step_by(MAX_GROUP) {
         let g = MAX_GROUP.min(group - first);
         attend_heads(
             cache,
             kvh,
-            len,
+            seen.clone(),
             &q[first * d..(first + g) * d],
-            scale,
+            scoring,
             &mut out[first * d..(first + g) * d],
             scores,
         );
@@ -94,15 +103,18 @@ pub fn attend(
 }
 
 simd_dispatch! {
-    fn attend_heads(cache: &KvCache, kvh: usize, len: usize, q: &[f32], scale: f32, out: &mut [f32], scores: &mut Vec<f32>) {
+    fn attend_heads(cache: &KvCache, kvh: usize, seen: std::ops::Range<usize>, q: &[f32], scoring: Scoring, out: &mut [f32], scores: &mut Vec<f32>) {
         let d = cache.dim;
         let g = q.len() / d;
-        let blocks = len.div_ceil(BLOCK);
-        let width = blocks * BLOCK;
+        // Whole blocks from the one holding the first position seen; scores are indexed
+        // from that block's first position.
+        let (first_block, last_block) = (seen.start / BLOCK, seen.end.div_ceil(BLOCK));
+        let base = first_block * BLOCK;
+        let width = (last_block - first_block) * BLOCK;
         scores.clear();
         scores.resize(g * width, 0.0);
         let keys = &cache.keys[kvh];
-        for b in 0..blocks {
+        for b in first_block..last_block {
             let mut acc = [[0f32; BLOCK]; MAX_GROUP];
             let kb = &keys[b * d * BLOCK..(b + 1) * d * BLOCK];
             for i in 0..d {
@@ -114,17 +126,25 @@ simd_dispatch! {
                     }
                 }
             }
+            let at = b * BLOCK - base;
             for (h, acc) in acc.iter().enumerate().take(g) {
-                scores[h * width + b * BLOCK..h * width + (b + 1) * BLOCK].copy_from_slice(acc);
+                scores[h * width + at..h * width + at + BLOCK].copy_from_slice(acc);
             }
         }
-        // Softmax weights, normalized in place.
+        // Softmax weights over the positions seen, normalized in place.
+        let (from, to) = (seen.start - base, seen.end - base);
         for h in 0..g {
-            let s = &mut scores[h * width..h * width + len];
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+            let s = &mut scores[h * width + from..h * width + to];
+            match scoring.softcap {
+                None => s.iter_mut().for_each(|v| *v *= scoring.scale),
+                Some(cap) => s
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * scoring.scale / cap).tanh() * cap),
+            }
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let mut sum = 0f32;
             for v in s.iter_mut() {
-                *v = super::kernels::exp(*v * scale - max);
+                *v = super::kernels::exp(*v - max);
                 sum += *v;
             }
             let inv = 1.0 / sum;
@@ -132,9 +152,10 @@ simd_dispatch! {
         }
         out.iter_mut().for_each(|o| *o = 0.0);
         let values = &cache.values[kvh];
-        for (p, v) in values.chunks_exact(d).take(len).enumerate() {
+        for p in seen {
+            let v = &values[p * d..(p + 1) * d];
             for (h, o) in out.chunks_exact_mut(d).enumerate() {
-                let w = scores[h * width + p];
+                let w = scores[h * width + p - base];
                 o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
             }
         }
@@ -147,11 +168,20 @@ mod tests {
 
     /// Against the textbook form (position-major keys, one head at a time), for GQA groups of
     /// 1, 4 and 12 (more than one register group), contexts inside one block and across many,
-    /// and a cache that grew while filling.
+    /// a cache that grew while filling, sliding windows that start inside a block and on a
+    /// block's first position, and soft-capped scores.
     #[test]
     fn attention_equals_the_textbook_form() {
         let mut rng = crate::testkit::Rng::new(9);
-        for (kv_heads, group, d, len) in [(2, 1, 64, 5), (4, 4, 64, 37), (1, 12, 32, 100)] {
+        let cases = [
+            (2, 1, 64, 5, 0, None),
+            (4, 4, 64, 37, 0, None),
+            (1, 12, 32, 100, 0, None),
+            (2, 4, 32, 37, 30, None),
+            (2, 2, 32, 70, 32, Some(3.0)),
+            (1, 1, 16, 9, 0, Some(0.5)),
+        ];
+        for (kv_heads, group, d, len, first, softcap) in cases {
             let kvd = kv_heads * d;
             let keys: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
             let values: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
@@ -166,23 +196,32 @@ mod tests {
             }
             let scale = 1.0 / (d as f32).sqrt();
             for kvh in 0..kv_heads {
-                let q: Vec<f32> = (0..group * d).map(|_| rng.next_f32()).collect();
+                let q: Vec<f32> = (0..group * d).map(|_| 4.0 * rng.next_f32()).collect();
                 let mut out = vec![0f32; group * d];
-                attend(&cache, kvh, len, &q, scale, &mut out, &mut Vec::new());
+                attend(
+                    &cache,
+                    kvh,
+                    first..len,
+                    &q,
+                    Scoring { scale, softcap },
+                    &mut out,
+                    &mut Vec::new(),
+                );
                 for h in 0..group {
                     let qh = &q[h * d..(h + 1) * d];
-                    let s: Vec<f32> = (0..len)
+                    let s: Vec<f32> = (first..len)
                         .map(|p| {
                             let k = &keys[p * kvd + kvh * d..p * kvd + (kvh + 1) * d];
-                            qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                            let s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                            softcap.map_or(s, |c: f32| (s / c).tanh() * c)
                         })
                         .collect();
                     let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let e: Vec<f32> = s.iter().map(|v| (v - max).exp()).collect();
                     let sum: f32 = e.iter().sum();
                     for i in 0..d {
-                        let want: f32 = (0..len)
-                            .map(|p| e[p] / sum * values[p * kvd + kvh * d + i])
+                        let want: f32 = (first..len)
+                            .map(|p| e[p - first] / sum * values[p * kvd + kvh * d + i])
                             .sum();
                         let got = out[h * d + i];
                         assert!(

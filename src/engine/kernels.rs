@@ -6,6 +6,7 @@
 //! loops here, which are written to vectorize and compiled for AVX2 too). Accumulation is in
 //! f32.
 
+use super::args::Rope;
 use super::pool::pool;
 use super::weights::{Matrix, QuantizedRows, Weights};
 use crate::mlx::pack::{unpack_at, PackedWords};
@@ -848,11 +849,12 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// Rotary embedding of one head at `pos`, mlx's non-traditional layout (pairs i, i + d/2).
-/// `table` holds the position's (cos, sin) pairs ([`rope_table`]).
+/// Rotary embedding of one head at `pos`, mlx's non-traditional layout: the pairs (i, i + n)
+/// of the first `2n` dimensions turn (n = `table.len()`, all of the head or phi3's partial
+/// rotary part), the rest stay. `table` holds the position's (cos, sin) pairs ([`rope_table`]).
 pub fn rope(head: &mut [f32], table: &[(f32, f32)]) {
-    let half = head.len() / 2;
-    let (first, second) = head.split_at_mut(half);
+    let half = table.len();
+    let (first, second) = head[..2 * half].split_at_mut(half);
     for ((a, b), &(cos, sin)) in first.iter_mut().zip(second).zip(table) {
         let (x, y) = (*a, *b);
         *a = x * cos - y * sin;
@@ -860,12 +862,17 @@ pub fn rope(head: &mut [f32], table: &[(f32, f32)]) {
     }
 }
 
-/// Appends the (cos, sin) pairs of position `pos`: computed once per token for every head and
-/// layer (the angles are the same; sin/cos per head and layer cost ~4% of a decode step).
-pub fn rope_table(pos: usize, inv_freq: &[f32], out: &mut Vec<(f32, f32)>) {
-    out.extend(inv_freq.iter().map(|&f| {
+/// Appends the (cos, sin) pairs of position `pos`, both multiplied by the RoPE's mscale:
+/// computed once per token for every head and layer (the angles are the same; sin/cos per
+/// head and layer cost ~4% of a decode step).
+pub fn rope_table(pos: usize, r: &Rope, out: &mut Vec<(f32, f32)>) {
+    out.extend(r.inv_freq.iter().map(|&f| {
         let (sin, cos) = (pos as f32 * f).sin_cos();
-        (cos, sin)
+        if r.mscale == 1.0 {
+            (cos, sin)
+        } else {
+            (cos * r.mscale, sin * r.mscale)
+        }
     }));
 }
 
@@ -878,6 +885,24 @@ simd_dispatch! {
     fn silu_mul_simd(gate: &mut [f32], up: &[f32]) {
         for (g, u) in gate.iter_mut().zip(up) {
             *g = *g / (1.0 + exp(-*g)) * u;
+        }
+    }
+}
+
+/// gelu_approx(gate) * up, into `gate`: mlx's `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`,
+/// with tanh(y) = 1 - 2 / (e^{2y} + 1) on the vectorized [`exp`] (within 1e-7 of libm's).
+pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    gelu_tanh_mul_simd(gate, up)
+}
+
+simd_dispatch! {
+    fn gelu_tanh_mul_simd(gate: &mut [f32], up: &[f32]) {
+        let c = (2.0 / std::f64::consts::PI).sqrt() as f32;
+        for (g, u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            let y = c * (x + 0.044715 * (x * x * x));
+            let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
+            *g = 0.5 * x * (1.0 + tanh) * u;
         }
     }
 }

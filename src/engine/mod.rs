@@ -8,10 +8,12 @@
 
 pub mod args;
 pub mod attention;
+mod block;
 #[cfg(target_arch = "x86_64")]
 mod gemm;
 pub mod kernels;
 pub mod model;
+mod moe;
 mod pool;
 pub mod sampler;
 pub mod scheduler;

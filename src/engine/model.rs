@@ -1,69 +1,16 @@
-//! The llama-family transformer (llama / mistral, qwen2 with q/k/v biases, qwen3 with q/k RMS
-//! norms) as mlx-lm computes it: RMSNorm, GQA attention with RoPE and a KV cache, SiLU MLP,
-//! tied or separate lm_head. Activations in f32; weights stay as mapped.
+//! A model as `mlxk run` runs it: the embedding, the blocks ([`super::block`]), the final norm
+//! and lm_head of every family [`super::args::RUN_MODEL_TYPES`] lists, as mlx-lm computes them.
+//! Activations in f32; weights stay as mapped. The weights ([`CpuModel`]) are shared by every
+//! sequence ([`Sequence`]: its KV caches, position and buffers) that runs on them.
 
-use std::cell::RefCell;
 use std::path::Path;
 
-use super::args::{Arch, ModelArgs};
-use super::attention::{self, KvCache};
-use super::kernels::{
-    matmul, matmul_many, matmul_many_rows, matrix_row, rms_norm, rope, rope_table, silu_mul,
-    MatmulScratch,
-};
+use super::args::ModelArgs;
+use super::attention::KvCache;
+use super::block::{norm_weight, resize, Block, Buffers, Rows};
+use super::kernels::{matmul, matmul_many_rows, matrix_row, rms_norm};
 use super::weights::{Matrix, WeightFiles};
 use super::{Engine, EngineError};
-
-/// Self-attention of one block: projections (with qwen2's biases, qwen3's q/k norms), RoPE,
-/// GQA over the block's KV cache, output projection.
-struct Attention {
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
-    o: Matrix,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
-    o_bias: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-}
-
-/// The SiLU-gated MLP of one block.
-struct Mlp {
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
-}
-
-/// One transformer block: pre-norm attention and pre-norm MLP, each added to the residual.
-struct Block {
-    input_norm: Vec<f32>,
-    attn: Attention,
-    post_norm: Vec<f32>,
-    mlp: Mlp,
-}
-
-/// Per-forward buffers, kept between calls so that decoding allocates nothing once warm.
-#[derive(Default)]
-struct Buffers {
-    h: Vec<f32>,
-    x: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    last: Vec<f32>,
-    /// The logits of a step's decode rows (row-major).
-    logits: Vec<f32>,
-    scores: Vec<f32>,
-    /// (cos, sin) per token and frequency.
-    rope: Vec<(f32, f32)>,
-    scratch: MatmulScratch,
-}
 
 /// The weights of a loaded model: immutable once mapped, shared by every sequence that runs on
 /// it (an `Arc<CpuModel>` per model, whatever the number of sequences).
@@ -157,89 +104,25 @@ impl CpuEngine {
     }
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) {
-    if v.len() != n {
-        v.resize(n, 0.0);
-    }
-}
-
 impl CpuModel {
     /// Maps the weights in `dir` for the already checked `args`.
     pub fn load_with(dir: &Path, args: ModelArgs) -> Result<CpuModel, EngineError> {
         let files = WeightFiles::open(dir)?;
         let a = &args;
-        let (hd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-        let embed = files.matrix(a, "model.embed_tokens", a.vocab, a.hidden)?;
-        let lm_head = if a.tie || !files.contains("lm_head.weight") {
+        let m = format!("{}model", a.prefix);
+        let embed = files.matrix(a, &format!("{m}.embed_tokens"), a.vocab, a.hidden)?;
+        let lm_head_name = format!("{}lm_head", a.prefix);
+        let lm_head = if a.tie || !files.contains(&format!("{lm_head_name}.weight")) {
             embed.clone()
         } else {
-            files.matrix(a, "lm_head", a.vocab, a.hidden)?
+            files.matrix(a, &lm_head_name, a.vocab, a.hidden)?
         };
-        let optional = |name: String, len: usize| -> Result<Option<Vec<f32>>, EngineError> {
-            if files.contains(&name) {
-                files.vector(&name, len).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let mut blocks = Vec::with_capacity(a.layers);
-        for l in 0..a.layers {
-            let p = format!("model.layers.{l}");
-            let qk_norm = a.arch == Arch::Qwen3;
-            let head_norm = |name: &str| -> Result<Option<Vec<f32>>, EngineError> {
-                if qk_norm {
-                    files
-                        .vector(&format!("{p}.self_attn.{name}.weight"), a.head_dim)
-                        .map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            blocks.push(Block {
-                input_norm: files.vector(&format!("{p}.input_layernorm.weight"), a.hidden)?,
-                attn: Attention {
-                    q: files.matrix(a, &format!("{p}.self_attn.q_proj"), hd, a.hidden)?,
-                    k: files.matrix(a, &format!("{p}.self_attn.k_proj"), kvd, a.hidden)?,
-                    v: files.matrix(a, &format!("{p}.self_attn.v_proj"), kvd, a.hidden)?,
-                    o: files.matrix(a, &format!("{p}.self_attn.o_proj"), a.hidden, hd)?,
-                    q_bias: optional(format!("{p}.self_attn.q_proj.bias"), hd)?,
-                    k_bias: optional(format!("{p}.self_attn.k_proj.bias"), kvd)?,
-                    v_bias: optional(format!("{p}.self_attn.v_proj.bias"), kvd)?,
-                    o_bias: optional(format!("{p}.self_attn.o_proj.bias"), a.hidden)?,
-                    q_norm: head_norm("q_norm")?,
-                    k_norm: head_norm("k_norm")?,
-                },
-                post_norm: files
-                    .vector(&format!("{p}.post_attention_layernorm.weight"), a.hidden)?,
-                mlp: Mlp {
-                    gate: files.matrix(
-                        a,
-                        &format!("{p}.mlp.gate_proj"),
-                        a.intermediate,
-                        a.hidden,
-                    )?,
-                    up: files.matrix(a, &format!("{p}.mlp.up_proj"), a.intermediate, a.hidden)?,
-                    down: files.matrix(
-                        a,
-                        &format!("{p}.mlp.down_proj"),
-                        a.hidden,
-                        a.intermediate,
-                    )?,
-                },
-            });
-        }
-        let norm = files.vector("model.norm.weight", a.hidden)?;
-        let weight_bytes_per_token = blocks
-            .iter()
-            .map(|b| {
-                let (at, mlp) = (&b.attn, &b.mlp);
-                [&at.q, &at.k, &at.v, &at.o, &mlp.gate, &mlp.up, &mlp.down]
-                    .iter()
-                    .map(|m| m.nbytes())
-                    .sum::<usize>()
-            })
-            .sum::<usize>()
-            + lm_head.nbytes();
+        let blocks = (0..a.layers)
+            .map(|l| Block::load(&files, a, l, &format!("{m}.layers.{l}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = norm_weight(&files, a, &format!("{m}.norm.weight"), a.hidden)?;
+        let weight_bytes_per_token =
+            blocks.iter().map(|b| b.bytes_per_token(a)).sum::<usize>() + lm_head.nbytes();
         Ok(CpuModel {
             batch: Default::default(),
             weight_bytes: files.total_bytes,
@@ -295,15 +178,11 @@ impl CpuModel {
             } = &mut **seq;
             b.size_for(a, t);
             for (i, &tok) in tokens.iter().enumerate() {
-                matrix_row(
-                    &self.embed,
-                    tok as usize,
-                    &mut b.h[i * hidden..(i + 1) * hidden],
-                );
+                self.embed_into(tok, &mut b.h[i * hidden..(i + 1) * hidden]);
             }
-            b.rope.clear();
+            b.ropes.iter_mut().for_each(Vec::clear);
             for i in 0..t {
-                rope_table(*pos + i, &a.inv_freq, &mut b.rope);
+                b.push_rope(a, *pos + i);
             }
             for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
                 let mut rows = Rows::Prompt {
@@ -335,14 +214,10 @@ impl CpuModel {
         let b = &mut *guard;
         b.size_for(a, n);
         let positions: Vec<usize> = decoding.iter().map(|s| s.pos).collect();
-        b.rope.clear();
+        b.ropes.iter_mut().for_each(Vec::clear);
         for (i, &tok) in tokens.iter().enumerate() {
-            matrix_row(
-                &self.embed,
-                tok as usize,
-                &mut b.h[i * hidden..(i + 1) * hidden],
-            );
-            rope_table(positions[i], &a.inv_freq, &mut b.rope);
+            self.embed_into(tok, &mut b.h[i * hidden..(i + 1) * hidden]);
+            b.push_rope(a, positions[i]);
         }
         for (l, block) in self.blocks.iter().enumerate() {
             let mut rows = Rows::Decode {
@@ -359,6 +234,9 @@ impl CpuModel {
             x, logits, scratch, ..
         } = b;
         matmul_many_rows(&mut [(&self.lm_head, &mut logits[..])], x, n, scratch);
+        for row in logits.chunks_exact_mut(a.vocab) {
+            self.finish_logits(row);
+        }
         for (i, seq) in decoding.iter_mut().enumerate() {
             seq.logits
                 .copy_from_slice(&logits[i * a.vocab..(i + 1) * a.vocab]);
@@ -375,226 +253,30 @@ impl CpuModel {
             .copy_from_slice(&b.h[row * a.hidden..(row + 1) * a.hidden]);
         rms_norm(&mut b.last, &self.norm, a.eps);
         matmul(&self.lm_head, &b.last, 1, logits, &mut b.scratch);
+        self.finish_logits(logits);
+    }
+
+    /// Token `tok`'s embedding (times the family's embedding scale) into `out`.
+    fn embed_into(&self, tok: u32, out: &mut [f32]) {
+        matrix_row(&self.embed, tok as usize, out);
+        if let Some(s) = self.args.embed_scale {
+            out.iter_mut().for_each(|v| *v *= s);
+        }
+    }
+
+    /// What a family does to lm_head's output: granite divides it, gemma2 soft-caps it.
+    fn finish_logits(&self, logits: &mut [f32]) {
+        if let Some(d) = self.args.logits_divisor {
+            logits.iter_mut().for_each(|v| *v /= d);
+        }
+        if let Some(cap) = self.args.final_softcap {
+            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
     }
 
     /// The last logits of `seq`.
     pub fn logits<'s>(&self, seq: &'s Sequence) -> &'s [f32] {
         &seq.logits
-    }
-}
-
-impl Buffers {
-    /// Sizes the buffers for `t` tokens (no allocation when the size is unchanged).
-    fn size_for(&mut self, a: &ModelArgs, t: usize) {
-        let (hd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-        resize(&mut self.h, t * a.hidden);
-        resize(&mut self.x, t * a.hidden);
-        resize(&mut self.q, t * hd);
-        resize(&mut self.k, t * kvd);
-        resize(&mut self.v, t * kvd);
-        resize(&mut self.attn, t * hd);
-        resize(&mut self.o, t * a.hidden);
-        resize(&mut self.gate, t * a.intermediate);
-        resize(&mut self.up, t * a.intermediate);
-    }
-
-    /// `x = rms_norm(h) * weight`, token by token.
-    fn norm_residual(&mut self, weight: &[f32], eps: f32) {
-        let hidden = weight.len();
-        for (h, x) in self
-            .h
-            .chunks_exact(hidden)
-            .zip(self.x.chunks_exact_mut(hidden))
-        {
-            x.copy_from_slice(h);
-            rms_norm(x, weight, eps);
-        }
-    }
-
-    /// `h += o`: a sublayer's output joins the residual stream.
-    fn add_to_residual(&mut self) {
-        self.h.iter_mut().zip(&self.o).for_each(|(h, o)| *h += o);
-    }
-}
-
-/// Where the rows of a forward belong: the sequences' caches for one block and each row's
-/// cache and position. A prompt chunk is one sequence's consecutive rows (`Rows::Prompt`); a
-/// decode batch is one row per sequence (`Rows::Decode`), each through the decode kernels so
-/// that a sequence gets exactly what it gets decoding alone.
-enum Rows<'c> {
-    Prompt {
-        t: usize,
-        start: usize,
-        cache: &'c mut KvCache,
-    },
-    Decode {
-        /// Row i's position.
-        positions: &'c [usize],
-        /// Row i's cache.
-        caches: Vec<&'c mut KvCache>,
-    },
-}
-
-impl Rows<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Rows::Prompt { t, .. } => *t,
-            Rows::Decode { positions, .. } => positions.len(),
-        }
-    }
-
-    /// Row `i`'s position.
-    fn position(&self, i: usize) -> usize {
-        match self {
-            Rows::Prompt { start, .. } => start + i,
-            Rows::Decode { positions, .. } => positions[i],
-        }
-    }
-
-    fn cache(&self, i: usize) -> &KvCache {
-        match self {
-            Rows::Prompt { cache, .. } => cache,
-            Rows::Decode { caches, .. } => caches[i],
-        }
-    }
-
-    fn cache_mut(&mut self, i: usize) -> &mut KvCache {
-        match self {
-            Rows::Prompt { cache, .. } => cache,
-            Rows::Decode { caches, .. } => caches[i],
-        }
-    }
-
-    /// `products` of the rows' inputs `xs`: one product over all rows of a prompt (its
-    /// kernels), or each decode row by itself (the decode kernels, as alone).
-    fn project(
-        &self,
-        products: &mut [(&Matrix, &mut [f32])],
-        xs: &[f32],
-        scratch: &mut MatmulScratch,
-    ) {
-        match self {
-            Rows::Prompt { t, .. } => matmul_many(products, xs, *t, scratch),
-            Rows::Decode { positions, .. } => {
-                matmul_many_rows(products, xs, positions.len(), scratch)
-            }
-        }
-    }
-}
-
-impl Block {
-    /// The block over the rows in `b.h`, in place.
-    fn forward(&self, a: &ModelArgs, rows: &mut Rows<'_>, b: &mut Buffers) {
-        b.norm_residual(&self.input_norm, a.eps);
-        self.attn.forward(a, rows, b);
-        b.add_to_residual();
-        b.norm_residual(&self.post_norm, a.eps);
-        self.mlp.forward(rows, b);
-        b.add_to_residual();
-    }
-}
-
-/// Adds `bias` to every row of `out`.
-fn add_bias(out: &mut [f32], bias: &Option<Vec<f32>>) {
-    if let Some(bias) = bias {
-        for row in out.chunks_exact_mut(bias.len()) {
-            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-        }
-    }
-}
-
-impl Attention {
-    /// Attention of the normed rows in `b.x`, writing their keys and values into their caches
-    /// and the projected output into `b.o`.
-    fn forward(&self, a: &ModelArgs, rows: &mut Rows<'_>, b: &mut Buffers) {
-        let (hd, kvd, d) = (a.heads * a.head_dim, a.kv_heads * a.head_dim, a.head_dim);
-        let t = rows.len();
-        rows.project(
-            &mut [
-                (&self.q, &mut b.q),
-                (&self.k, &mut b.k),
-                (&self.v, &mut b.v),
-            ],
-            &b.x,
-            &mut b.scratch,
-        );
-        add_bias(&mut b.q, &self.q_bias);
-        add_bias(&mut b.k, &self.k_bias);
-        add_bias(&mut b.v, &self.v_bias);
-        let half = a.inv_freq.len();
-        for i in 0..t {
-            let table = &b.rope[i * half..(i + 1) * half];
-            for head in b.q[i * hd..(i + 1) * hd].chunks_exact_mut(d) {
-                if let Some(n) = &self.q_norm {
-                    rms_norm(head, n, a.eps);
-                }
-                rope(head, table);
-            }
-            for head in b.k[i * kvd..(i + 1) * kvd].chunks_exact_mut(d) {
-                if let Some(n) = &self.k_norm {
-                    rms_norm(head, n, a.eps);
-                }
-                rope(head, table);
-            }
-        }
-        for i in 0..t {
-            let pos = rows.position(i);
-            rows.cache_mut(i).write(
-                pos,
-                &b.k[i * kvd..(i + 1) * kvd],
-                &b.v[i * kvd..(i + 1) * kvd],
-            );
-        }
-        let scale = 1.0 / (d as f32).sqrt();
-        let group = a.heads / a.kv_heads;
-        let (rows, q) = (&*rows, &b.q);
-        // One task per (row, kv head): causal attention of the query heads that share the kv
-        // head; on the pool when there is enough of it to pay for the region.
-        let width = group * d;
-        let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-            let task = first / width;
-            let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
-            let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
-            attention::attend(
-                rows.cache(i),
-                kvh,
-                rows.position(i) + 1,
-                qg,
-                scale,
-                out,
-                scores,
-            );
-        };
-        let work: usize = (0..t).map(|i| rows.position(i) + 1).sum::<usize>() * hd;
-        if work < (1 << 14) {
-            // A short context: on this thread, one reused score buffer.
-            let scores = &mut b.scores;
-            for (task, out) in b.attn.chunks_mut(width).enumerate() {
-                attend(task * width, out, scores);
-            }
-        } else {
-            thread_local! {
-                static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-            }
-            super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
-                SCORES.with_borrow_mut(|scores| attend(first, out, scores))
-            });
-        }
-        rows.project(&mut [(&self.o, &mut b.o)], &b.attn, &mut b.scratch);
-        add_bias(&mut b.o, &self.o_bias);
-    }
-}
-
-impl Mlp {
-    /// `down(silu(gate(x)) * up(x))` of the normed rows in `b.x`, into `b.o`.
-    fn forward(&self, rows: &Rows<'_>, b: &mut Buffers) {
-        rows.project(
-            &mut [(&self.gate, &mut b.gate), (&self.up, &mut b.up)],
-            &b.x,
-            &mut b.scratch,
-        );
-        silu_mul(&mut b.gate, &b.up);
-        rows.project(&mut [(&self.down, &mut b.o)], &b.gate, &mut b.scratch);
     }
 }
 
@@ -660,6 +342,19 @@ mod tests {
             LlamaSpec {
                 seed: 7,
                 quantization: Some((8, 64)),
+                ..wide.clone()
+            },
+            // Routed experts: a prompt's rows grouped by expert, decoded rows one by one.
+            LlamaSpec {
+                seed: 8,
+                model_type: "qwen3_moe",
+                ..LlamaSpec::default()
+            },
+            LlamaSpec {
+                seed: 9,
+                model_type: "qwen3_moe",
+                quantization: Some((4, 64)),
+                moe_intermediate: 128,
                 ..wide.clone()
             },
         ] {

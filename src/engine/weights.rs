@@ -29,6 +29,16 @@ impl Blob {
         &self.map[self.start..self.start + self.len]
     }
 
+    /// `len` bytes from `offset` of this range (which must hold them).
+    fn slice(&self, offset: usize, len: usize) -> Blob {
+        assert!(offset + len <= self.len, "a slice past its blob");
+        Blob {
+            map: self.map.clone(),
+            start: self.start + offset,
+            len,
+        }
+    }
+
     /// `bytes` in a mapped temporary file (kernel tests).
     #[cfg(test)]
     pub(crate) fn from_bytes(bytes: &[u8]) -> Blob {
@@ -133,6 +143,41 @@ impl Matrix {
             kernels,
             ..self.clone()
         }
+    }
+
+    /// Rows `first..first + count` as a matrix of their own, on the same mapped bytes (the q, k
+    /// and v of a fused qkv projection; one expert of a stacked expert tensor).
+    pub fn row_range(&self, first: usize, count: usize) -> Matrix {
+        assert!(first + count <= self.rows, "rows past the matrix");
+        let weights = match &self.weights {
+            Weights::Float { data, dtype } => {
+                let row = self.cols * dtype.size();
+                Weights::Float {
+                    data: data.slice(first * row, count * row),
+                    dtype: *dtype,
+                }
+            }
+            Weights::Affine {
+                words,
+                scales,
+                biases,
+                dtype,
+                bits,
+                group,
+            } => {
+                let row = self.cols * *bits as usize / 8;
+                let per_row = self.cols / group * dtype.size();
+                Weights::Affine {
+                    words: words.slice(first * row, count * row),
+                    scales: scales.slice(first * per_row, count * per_row),
+                    biases: biases.slice(first * per_row, count * per_row),
+                    dtype: *dtype,
+                    bits: *bits,
+                    group: *group,
+                }
+            }
+        };
+        Matrix::new(weights, count, self.cols)
     }
 
     /// The packed codes, scales and biases of a quantized matrix.
@@ -296,7 +341,38 @@ impl WeightFiles {
         rows: usize,
         cols: usize,
     ) -> Result<Matrix, EngineError> {
+        self.stacked_matrix(args, module, None, rows, cols)
+    }
+
+    /// The `n` matrices (`rows × cols` each) of a stacked `[n, rows, cols]` weight (mlx-lm's
+    /// `switch_mlp` experts), each on its slice of the mapped bytes.
+    pub fn stacked(
+        &self,
+        args: &ModelArgs,
+        module: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Matrix>, EngineError> {
+        let all = self.stacked_matrix(args, module, Some(n), rows, cols)?;
+        Ok((0..n).map(|e| all.row_range(e * rows, rows)).collect())
+    }
+
+    /// The weight of `module` as one `(n ·) rows × cols` matrix; `stack`: stored as
+    /// `[n, rows, cols]` (scales and biases `[n, rows, groups]`).
+    fn stacked_matrix(
+        &self,
+        args: &ModelArgs,
+        module: &str,
+        stack: Option<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, EngineError> {
         let name = format!("{module}.weight");
+        let lead: Vec<usize> = stack.into_iter().collect();
+        let shape =
+            |inner: usize| -> Vec<usize> { lead.iter().copied().chain([rows, inner]).collect() };
+        let total_rows = rows * stack.unwrap_or(1);
         let (data, e) = self.blob(&name)?;
         let bad = |what: String| EngineError::Model {
             path: self.dir.clone(),
@@ -305,13 +381,18 @@ impl WeightFiles {
         if !self.contains(&format!("{module}.scales")) {
             let dtype =
                 FloatDtype::of(e.dtype).ok_or_else(|| bad(format!("{:?} weights", e.dtype)))?;
-            if e.shape != [rows, cols] {
+            if e.shape != shape(cols) {
                 return Err(bad(format!(
-                    "shape {:?}, expected [{rows}, {cols}]",
-                    e.shape
+                    "shape {:?}, expected {:?}",
+                    e.shape,
+                    shape(cols)
                 )));
             }
-            return Ok(Matrix::new(Weights::Float { data, dtype }, rows, cols));
+            return Ok(Matrix::new(
+                Weights::Float { data, dtype },
+                total_rows,
+                cols,
+            ));
         }
         let bits = args
             .quantization
@@ -336,21 +417,25 @@ impl WeightFiles {
             )));
         }
         let words_per_row = cols * bits as usize / 32;
-        if e.dtype != Dtype::U32 || e.shape != [rows, words_per_row] {
+        if e.dtype != Dtype::U32 || e.shape != shape(words_per_row) {
             return Err(bad(format!(
-                "{:?} {:?}, expected U32 [{rows}, {words_per_row}] for {bits} bits",
-                e.dtype, e.shape
+                "{:?} {:?}, expected U32 {:?} for {bits} bits",
+                e.dtype,
+                e.shape,
+                shape(words_per_row)
             )));
         }
-        let groups = se.shape.get(1).copied().unwrap_or(0);
+        let groups = se.shape.last().copied().unwrap_or(0);
         if groups == 0
             || !cols.is_multiple_of(groups)
-            || se.shape != [rows, groups]
+            || se.shape != shape(groups)
             || be.shape != se.shape
         {
             return Err(bad(format!(
-                "scales {:?} / biases {:?} do not fit [{rows}, {cols}]",
-                se.shape, be.shape
+                "scales {:?} / biases {:?} do not fit {:?}",
+                se.shape,
+                be.shape,
+                shape(cols)
             )));
         }
         let group = cols / groups;
@@ -366,7 +451,7 @@ impl WeightFiles {
                 bits,
                 group,
             },
-            rows,
+            total_rows,
             cols,
         ))
     }
