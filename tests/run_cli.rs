@@ -330,13 +330,13 @@ fn refusals_come_before_loading() {
     );
     refuse(
         &edit(
-            "mxfp4",
+            "awq",
             &|c| {
                 c["quantization"] =
-                    serde_json::json!({"group_size": 32, "bits": 4, "mode": "mxfp4"})
+                    serde_json::json!({"group_size": 32, "bits": 4, "mode": "int4_awq"})
             },
         ),
-        "mxfp4",
+        "`int4_awq` is not implemented by `mlxk run` (affine, mxfp4, mxfp8, nvfp4)",
     );
     let no_tok = model(fx.tmp.path(), "no-tokenizer", &spec());
     fs::remove_file(no_tok.join("tokenizer.json")).unwrap();

@@ -1,9 +1,12 @@
 //! `mlxk run`'s engine against mlx-lm (0.32.2, mlx 0.32.4 CPU): for generated models — llama
 //! f32 / f16 / bf16 (tied and untied), 4-bit and 8-bit made by `mlx_lm.convert`, qwen2 with
-//! biases, qwen3 with q/k norms — teacher-forced on mlx-lm's greedy sequence, the logits agree
-//! at every step within a per-dtype tolerance and the argmax agrees wherever mlx-lm's top-1 /
-//! top-2 margin exceeds it; on the f32 model the greedy tokens are identical. Chat templates
-//! render byte-identically to transformers' `apply_chat_template`.
+//! biases, qwen3 with q/k norms; and every other family the engine runs (gemma3_text, gemma3's
+//! text part, gemma2, phi3, granite, olmo2, smollm3, llama's sliding layers, mixtral,
+//! qwen3_moe) built by mlx-lm's own model classes, in f32, 4-bit and the microscaling float
+//! modes — teacher-forced on mlx-lm's greedy sequence, the logits agree at every step within
+//! a per-format tolerance and the argmax agrees wherever mlx-lm's top-1 / top-2 margin exceeds
+//! it; on the f32 models the greedy tokens are identical. Chat templates render
+//! byte-identically to transformers' `apply_chat_template`.
 
 mod common;
 
@@ -239,6 +242,10 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The generated models quantized to every microscaling float mode (a dense and a routed one).
+const FP_MODELS: [&str; 2] = ["gemma3_text", "qwen3_moe"];
+const FP_MODES: [&str; 3] = ["mxfp4", "mxfp8", "nvfp4"];
+
 /// One generated architecture: mlx-lm's own class for `config` builds it (random weights).
 struct Family {
     name: &'static str,
@@ -394,7 +401,33 @@ fn every_family_matches_mlx_lm() {
         json!({"convert": {"src": work.join(f.name), "dst": work.join(format!("{}-q4", f.name)),
                "args": {"quantize": true, "q_bits": 4, "q_group_size": 64}}})
     }));
+    // MLX's microscaling float modes on a dense and a routed model, made by mlx_lm.convert.
+    for base in FP_MODELS {
+        for mode in FP_MODES {
+            jobs.push(json!({"convert": {"src": work.join(base),
+                "dst": work.join(format!("{base}-{mode}")),
+                "args": {"quantize": true, "q_mode": mode}}}));
+        }
+    }
     oracle(&py, work, &jobs);
+    // And by `mlxk convert` (bit-exact with mx.quantize): its output runs as well.
+    let mlxk_mxfp4 = work.join("qwen3_moe-mxfp4-by-mlxk");
+    let out = common::mlxk(
+        &[
+            "convert",
+            work.join("qwen3_moe").to_str().unwrap(),
+            mlxk_mxfp4.to_str().unwrap(),
+            "--quantize",
+            "--q-mode",
+            "mxfp4",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "mlxk convert --q-mode mxfp4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let tok = TextTokenizer::load(&fixture).unwrap();
     let prompt = tok.encode_prompt("The quick brown fox").unwrap();
@@ -411,39 +444,64 @@ fn every_family_matches_mlx_lm() {
     } else {
         1e-4
     };
-    let mut cases = Vec::new();
+    // (model, tolerance, mlx-lm's quantized embedding cast to f32)
+    let mut cases: Vec<(String, f32, bool)> = Vec::new();
     for f in &fams {
-        cases.push((f.name.to_string(), 1e-4f32));
-        cases.push((format!("{}-q4", f.name), q4_tolerance));
+        cases.push((f.name.to_string(), 1e-4, false));
+        cases.push((format!("{}-q4", f.name), q4_tolerance, false));
     }
+    // Microscaling floats: every weight is exact in f32 on both sides (element × scale), but
+    // mx.dequantize returns bfloat16 for these modes, so mlx-lm's quantized embedding feeds
+    // the first layer bf16 values (and gemma multiplies its scale in bf16): against mlx-lm as
+    // users run it the difference is that rounding (measured ≤ 2.5e-3); with the embedding
+    // cast to f32 it is summation order again — except that qwen3_moe's router is 8-bit
+    // affine (mlx-lm's predicate for it), so the VNNI rounding applies there.
+    for base in FP_MODELS {
+        let exact = if base == "qwen3_moe" {
+            q4_tolerance
+        } else {
+            1e-4
+        };
+        for mode in FP_MODES {
+            cases.push((format!("{base}-{mode}"), 5e-3, false));
+            cases.push((format!("{base}-{mode}"), exact, true));
+        }
+    }
+    cases.push(("qwen3_moe-mxfp4-by-mlxk".to_string(), q4_tolerance, true));
     let jobs: Vec<Value> = cases
         .iter()
-        .map(|(name, _)| {
-            json!({"generate": {"model": work.join(name), "prompt_ids": prompt, "steps": STEPS}})
+        .map(|(name, _, f32_embedding)| {
+            json!({"generate": {"model": work.join(name), "prompt_ids": prompt, "steps": STEPS,
+                   "f32_embedding": f32_embedding}})
         })
         .collect();
     let results = oracle(&py, work, &jobs);
     let mut failures = Vec::new();
-    for ((name, tolerance), theirs) in cases.iter().zip(&results) {
+    for ((name, tolerance, f32_embedding), theirs) in cases.iter().zip(&results) {
         let dir = work.join(name);
+        let label = if *f32_embedding {
+            format!("{name} (mlx-lm's embedding in f32)")
+        } else {
+            name.clone()
+        };
         let mut engine = match CpuEngine::load(&dir) {
             Ok(e) => e,
             Err(e) => {
-                failures.push(format!("{name}: does not load: {e}"));
+                failures.push(format!("{label}: does not load: {e}"));
                 continue;
             }
         };
         let (worst, bad) = compare(&mut engine, &prompt, theirs, *tolerance);
         eprintln!(
-            "{name}: worst relative logit difference {worst:.2e} (tolerance {tolerance:.1e})"
+            "{label}: worst relative logit difference {worst:.2e} (tolerance {tolerance:.1e})"
         );
         if worst > *tolerance {
             failures.push(format!(
-                "{name}: logits differ by {worst:.2e} > {tolerance:.1e}"
+                "{label}: logits differ by {worst:.2e} > {tolerance:.1e}"
             ));
         }
-        failures.extend(bad.into_iter().map(|b| format!("{name}: {b}")));
-        if !name.ends_with("-q4") {
+        failures.extend(bad.into_iter().map(|b| format!("{label}: {b}")));
+        if !name.contains('-') || name == "llama-sliding" {
             let theirs: Vec<u32> = serde_json::from_value(theirs["tokens"].clone()).unwrap();
             let mut engine = CpuEngine::load(&dir).unwrap();
             let g = mlxk_fs::engine::generate(&mut engine, &tok, &prompt, &greedy(), &mut |_| {})

@@ -27,6 +27,9 @@ pub const RUN_MODEL_TYPES: &[&str] = &[
     "mixtral",
 ];
 
+/// The quantization modes the engine runs, kept packed.
+pub const QUANT_MODES: &[&str] = &["affine", "mxfp4", "mxfp8", "nvfp4"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Llama,
@@ -261,13 +264,31 @@ impl ModelArgs {
             let modes = std::iter::once(q.mode.as_deref())
                 .chain(q.overrides.values().flatten().map(|l| l.mode.as_deref()));
             for m in modes.flatten() {
-                if m != "affine" {
+                if !QUANT_MODES.contains(&m) {
                     return Err(format!(
-                        "quantization mode `{m}` is not implemented by `mlxk run` (affine only); \
-                         `mlxk convert SRC DST --dequantize` gives a float model it runs"
+                        "quantization mode `{m}` is not implemented by `mlxk run` ({}); \
+                         `mlxk convert SRC DST --dequantize` gives a float model it runs",
+                        QUANT_MODES.join(", ")
                     ));
                 }
             }
+        }
+        // Activations quantized too (mlx's `quantize_input`): a different computation.
+        let block = c
+            .get("quantization")
+            .or_else(|| c.get("quantization_config"));
+        let quantized_input =
+            |v: &Value| v.get("quantize_input").and_then(Value::as_bool) == Some(true);
+        if block.is_some_and(|b| {
+            quantized_input(b)
+                || b.as_object()
+                    .is_some_and(|o| o.values().any(quantized_input))
+        }) {
+            return Err(
+                "`quantize_input` (activations quantized as well as weights) is not implemented \
+                 by `mlxk run`"
+                    .into(),
+            );
         }
         let mut eos = ids(c.get("eos_token_id"));
         for id in ids(text.get("eos_token_id")).into_iter().chain(
@@ -729,10 +750,15 @@ mod tests {
             .unwrap_err()
             .contains("vision"));
         let mut c = base();
-        c["quantization"] = json!({"group_size": 32, "bits": 4, "mode": "mxfp4"});
+        c["quantization"] = json!({"group_size": 32, "bits": 4, "mode": "int4_awq"});
         assert!(ModelArgs::from_config(&c, None)
             .unwrap_err()
-            .contains("mxfp4"));
+            .contains("int4_awq"));
+        c["quantization"] = json!({"group_size": 16, "bits": 4, "mode": "nvfp4",
+                                   "quantize_input": true});
+        assert!(ModelArgs::from_config(&c, None)
+            .unwrap_err()
+            .contains("quantize_input"));
     }
 
     #[test]

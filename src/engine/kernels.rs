@@ -40,6 +40,8 @@ pub(crate) enum Decode {
     Q4Vnni,
     /// `x86::qn_rows_split` (AVX-512 VNNI + VBMI): 2/3/5/6/8-bit rows.
     AnyWidthVbmi,
+    /// `x86::fp_row_dot` (AVX2 + FMA + F16C): mxfp4 / nvfp4 / mxfp8 rows.
+    FpAvx2,
 }
 
 /// How a matrix is multiplied by several tokens (a prompt).
@@ -91,6 +93,8 @@ impl Kernels {
                         out.push(Decode::Q4Avx2);
                     }
                 }
+                Weights::Fp { .. } if cpu.avx2 => out.push(Decode::FpAvx2),
+                Weights::Fp { .. } => {}
             }
         }
         out.push(Decode::Portable);
@@ -118,6 +122,8 @@ impl Kernels {
                         out.push(Prompt::Q4Avx2);
                     }
                 }
+                // Each row decoded to floats once, then dotted with every token (portable).
+                Weights::Fp { .. } => {}
             }
         }
         out.push(Prompt::Portable);
@@ -233,6 +239,21 @@ pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
                 out,
             );
         }
+        (
+            Weights::Fp {
+                words,
+                scales,
+                mode,
+            },
+            None,
+        ) => {
+            let (row_bytes, groups) = (cols * mode.bits() as usize / 8, cols / mode.group_size());
+            mode.decode_row(
+                &words.bytes()[row * row_bytes..(row + 1) * row_bytes],
+                &scales.bytes()[row * groups..(row + 1) * groups],
+                out,
+            );
+        }
         (Weights::Affine { .. }, None) => unreachable!("an affine matrix is quantized"),
     }
 }
@@ -261,6 +282,21 @@ simd_dispatch! {
                 for r in 0..rows {
                     let row = first_row + r;
                     dtype.widen_into(&data.bytes()[row * cols * size..(row + 1) * cols * size], &mut w);
+                    for k in 0..t {
+                        out[r * t + k] = dot(&w, &xs[k * cols..(k + 1) * cols]);
+                    }
+                }
+            }
+            (Weights::Fp { words, scales, mode }, None) => {
+                let (row_bytes, groups) = (cols * mode.bits() as usize / 8, cols / mode.group_size());
+                let mut w = vec![0f32; cols];
+                for r in 0..rows {
+                    let row = first_row + r;
+                    mode.decode_row(
+                        &words.bytes()[row * row_bytes..(row + 1) * row_bytes],
+                        &scales.bytes()[row * groups..(row + 1) * groups],
+                        &mut w,
+                    );
                     for k in 0..t {
                         out[r * t + k] = dot(&w, &xs[k * cols..(k + 1) * cols]);
                     }
@@ -624,9 +660,11 @@ fn x86_decode(
     let same_cols = products
         .iter()
         .all(|(m, ys)| m.cols == cols && ys.len() == m.rows);
+    // Float and microscaling-float rows need no prepared activations: any mix of them runs
+    // as one region.
     let all_float = products
         .iter()
-        .all(|(m, _)| m.kernels.decode == Decode::FloatAvx2);
+        .all(|(m, _)| matches!(m.kernels.decode, Decode::FloatAvx2 | Decode::FpAvx2));
     let group = split_group(first);
     let all_split = group.is_some() && products.iter().all(|(m, _)| split_group(m) == group);
     if !same_cols || !(all_float || all_split) {
@@ -676,6 +714,30 @@ fn x86_decode(
                 }
             }
         }
+        (Decode::FpAvx2, None) => {
+            if let Weights::Fp {
+                words,
+                scales,
+                mode,
+            } = &m.weights
+            {
+                let (row_bytes, groups) =
+                    (cols * mode.bits() as usize / 8, cols / mode.group_size());
+                let (words, scales) = (words.bytes(), scales.bytes());
+                for (r, y) in out.iter_mut().enumerate() {
+                    let row = first + r;
+                    // SAFETY: `FpAvx2` is chosen at load only for a CPU with AVX2, FMA, F16C.
+                    *y = unsafe {
+                        x86::fp_row_dot(
+                            &words[row * row_bytes..(row + 1) * row_bytes],
+                            &scales[row * groups..(row + 1) * groups],
+                            *mode,
+                            x,
+                        )
+                    };
+                }
+            }
+        }
         _ => rows_times_vectors(m, x, 1, xsums, first, out),
     };
     let chunk = decode_rows_per_task(first.nbytes() / first.rows.max(1));
@@ -721,7 +783,11 @@ fn x86_matmul(
     let (rows, cols) = (m.rows, m.cols);
     let kernel = if t == 1 {
         match m.kernels.decode {
-            Decode::FloatAvx2 | Decode::Q4Vnni | Decode::AnyWidthVbmi | Decode::Q4Avx2 => {
+            Decode::FloatAvx2
+            | Decode::Q4Vnni
+            | Decode::AnyWidthVbmi
+            | Decode::Q4Avx2
+            | Decode::FpAvx2 => {
                 return x86_decode(&mut [(m, ys)], xs, scratch);
             }
             Decode::Portable => return false,
@@ -937,6 +1003,7 @@ pub fn exp(x_in: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::engine::weights::Blob;
+    use crate::mlx::fp::FpMode;
     use crate::mlx::FloatDtype;
 
     /// Decode rows of several vectors: bit for bit what each vector's own decode gives, for
@@ -1046,6 +1113,9 @@ mod tests {
         for (bits, group) in widths {
             mats.push(quantized_matrix(&values, rows, cols, bits, group));
         }
+        for mode in [FpMode::Mxfp4, FpMode::Nvfp4, FpMode::Mxfp8] {
+            mats.push(fp_matrix(&values, rows, cols, mode));
+        }
         let cpu = crate::simd::cpu();
         let mut kernels_run = 0;
         // 1: decode kernels; 3 and 6: one partial tile of 16 tokens (and the four-token blocks
@@ -1081,7 +1151,7 @@ mod tests {
                 // width, decode and prompt); float rows stay f32.
                 let tolerance = match m.weights {
                     Weights::Affine { .. } => 2e-3,
-                    Weights::Float { .. } => 1e-4,
+                    Weights::Float { .. } | Weights::Fp { .. } => 1e-4,
                 };
                 for k in choices {
                     let m = m.with_kernels(k);
@@ -1131,6 +1201,24 @@ mod tests {
             .collect();
         matmul_many(&mut products, &xs, 1, &mut MatmulScratch::default());
         assert_eq!(outs, alone);
+    }
+
+    /// `values` (rows × cols) quantized in microscaling-float `mode` as `mx.quantize` does.
+    fn fp_matrix(values: &[f32], rows: usize, cols: usize, mode: FpMode) -> Matrix {
+        let (mut w, mut s, mut codes) = (Vec::new(), Vec::new(), Vec::new());
+        for row in values.chunks_exact(cols) {
+            let mut words = vec![0u32; cols * mode.bits() as usize / 32];
+            let mut scales = vec![0u8; cols / mode.group_size()];
+            mode.quantize_row(row, FloatDtype::F32, &mut words, &mut scales, &mut codes);
+            w.extend(words.iter().flat_map(|x| x.to_le_bytes()));
+            s.extend(scales);
+        }
+        let weights = Weights::Fp {
+            words: Blob::from_bytes(&w),
+            scales: Blob::from_bytes(&s),
+            mode,
+        };
+        Matrix::new(weights, rows, cols)
     }
 
     /// `values` (rows × cols) quantized as `mx.quantize` does (scales and biases in bf16).

@@ -12,6 +12,7 @@ use safetensors::Dtype;
 use super::args::ModelArgs;
 use super::kernels::Kernels;
 use super::EngineError;
+use crate::mlx::fp::FpMode;
 use crate::mlx::FloatDtype;
 use crate::store::files::is_mlx_lm_weights;
 use crate::store::safetensors::read_header;
@@ -87,6 +88,13 @@ pub enum Weights {
         dtype: FloatDtype,
         bits: u32,
         group: usize,
+    },
+    /// MLX's microscaling float modes: FP4 E2M1 (mxfp4, nvfp4) or FP8 E4M3 (mxfp8) codes
+    /// packed LSB-first, one u8 scale per group (E8M0 `2^(s-127)`; nvfp4: an FP8 E4M3 value).
+    Fp {
+        words: Blob,
+        scales: Blob,
+        mode: FpMode,
     },
 }
 
@@ -176,6 +184,19 @@ impl Matrix {
                     group: *group,
                 }
             }
+            Weights::Fp {
+                words,
+                scales,
+                mode,
+            } => {
+                let row = self.cols * mode.bits() as usize / 8;
+                let per_row = self.cols / mode.group_size();
+                Weights::Fp {
+                    words: words.slice(first * row, count * row),
+                    scales: scales.slice(first * per_row, count * per_row),
+                    mode: *mode,
+                }
+            }
         };
         Matrix::new(weights, count, self.cols)
     }
@@ -200,7 +221,7 @@ impl Matrix {
                 rows: self.rows,
                 cols: self.cols,
             }),
-            Weights::Float { .. } => None,
+            Weights::Float { .. } | Weights::Fp { .. } => None,
         }
     }
 
@@ -214,6 +235,7 @@ impl Matrix {
                 biases,
                 ..
             } => words.len + scales.len + biases.len,
+            Weights::Fp { words, scales, .. } => words.len + scales.len,
         }
     }
 }
@@ -406,6 +428,11 @@ impl WeightFiles {
                 "{bits}-bit quantization is not implemented (2-6, 8)"
             )));
         }
+        let quantization = args.quantization.as_ref();
+        let mode = quantization.map_or("affine", |q| q.mode_for(module));
+        if mode != "affine" {
+            return self.fp_matrix(module, mode, &shape, total_rows, cols, data, e);
+        }
         let (scales, se) = self.blob(&format!("{module}.scales"))?;
         let (biases, be) = self.blob(&format!("{module}.biases"))?;
         let dtype = FloatDtype::of(se.dtype)
@@ -450,6 +477,74 @@ impl WeightFiles {
                 dtype,
                 bits,
                 group,
+            },
+            total_rows,
+            cols,
+        ))
+    }
+
+    /// A microscaling-float weight (`mode` mxfp4 / mxfp8 / nvfp4): packed codes and one u8
+    /// scale per group, no biases; the group size is the mode's.
+    #[allow(clippy::too_many_arguments)]
+    fn fp_matrix(
+        &self,
+        module: &str,
+        mode: &str,
+        shape: &dyn Fn(usize) -> Vec<usize>,
+        total_rows: usize,
+        cols: usize,
+        words: Blob,
+        e: &Entry,
+    ) -> Result<Matrix, EngineError> {
+        let bad = |what: String| EngineError::Model {
+            path: self.dir.clone(),
+            reason: format!("`{module}.weight`: {what}"),
+        };
+        let mode = FpMode::parse(mode)
+            .ok_or_else(|| bad(format!("quantization mode `{mode}` is not implemented")))?;
+        if self.contains(&format!("{module}.global_scale")) {
+            return Err(bad(
+                "an nvfp4 global scale is not implemented by `mlxk run`".into(),
+            ));
+        }
+        let (bits, group) = (mode.bits() as usize, mode.group_size());
+        if !cols.is_multiple_of(group) || !(cols * bits).is_multiple_of(32) {
+            return Err(bad(format!(
+                "{cols} columns do not fill {} groups of {group}",
+                mode.name()
+            )));
+        }
+        let words_per_row = cols * bits / 32;
+        if e.dtype != Dtype::U32 || e.shape != shape(words_per_row) {
+            return Err(bad(format!(
+                "{:?} {:?}, expected U32 {:?} for {}",
+                e.dtype,
+                e.shape,
+                shape(words_per_row),
+                mode.name()
+            )));
+        }
+        let (scales, se) = self.blob(&format!("{module}.scales"))?;
+        if se.dtype != Dtype::U8 || se.shape != shape(cols / group) {
+            return Err(bad(format!(
+                "scales {:?} {:?}, expected U8 {:?} for {}",
+                se.dtype,
+                se.shape,
+                shape(cols / group),
+                mode.name()
+            )));
+        }
+        if self.contains(&format!("{module}.biases")) {
+            return Err(bad(format!(
+                "{} has no biases, but the weights do",
+                mode.name()
+            )));
+        }
+        Ok(Matrix::new(
+            Weights::Fp {
+                words,
+                scales,
+                mode,
             },
             total_rows,
             cols,

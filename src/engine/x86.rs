@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::weights::QuantizedRows;
+use crate::mlx::fp::FpMode;
 use crate::mlx::FloatDtype;
 
 /// Distance in floats between consecutive vectors of [`permute_many_for_q4`]: a cache line
@@ -414,6 +415,78 @@ pub unsafe fn float_row_dot(bytes: &[u8], dtype: FloatDtype, x: &[f32]) -> f32 {
             FloatDtype::F16 => f16_row_dot(bytes, x),
             FloatDtype::F32 => f32_row_dot(bytes, x),
         }
+    }
+}
+
+/// `Σ w·x` over one microscaling-float row: `packed` holds its `cols · bits / 8` bytes of
+/// MLX's LSB-first codes, `scales` one u8 per group. Each group's elements are widened to f32
+/// exactly — FP4 E2M1 through an 8-entry table plus the sign bit, FP8 E4M3 as the f16 with
+/// the same bits shifted into place (its value times 2^-8, undone in the scale) — dotted with
+/// `x`, and the group's sum multiplied by its scale (a power of two for mxfp4 / mxfp8).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn fp_row_dot(packed: &[u8], scales: &[u8], mode: FpMode, x: &[f32]) -> f32 {
+    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
+    // below stays inside the slices the assertion covers.
+    unsafe {
+        let (n, group) = (x.len(), mode.group_size());
+        let groups = n / group;
+        assert!(
+            n.is_multiple_of(group)
+                && packed.len() >= n * mode.bits() as usize / 8
+                && scales.len() >= groups
+        );
+        let (pp, xp) = (packed.as_ptr(), x.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        match mode {
+            FpMode::Mxfp4 | FpMode::Nvfp4 => {
+                let magnitudes = _mm256_setr_ps(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0);
+                let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+                let (nibble, sign_bit) = (_mm256_set1_epi32(15), _mm256_set1_epi32(8));
+                for (g, &s) in scales[..groups].iter().enumerate() {
+                    let mut sum = _mm256_setzero_ps();
+                    let mut i = g * group;
+                    while i < (g + 1) * group {
+                        // Eight codes: four bytes, low nibble first.
+                        let word = (pp.add(i / 2) as *const i32).read_unaligned();
+                        let codes = _mm256_and_si256(
+                            _mm256_srlv_epi32(_mm256_set1_epi32(word), shifts),
+                            nibble,
+                        );
+                        // The table lookup uses the low three bits; bit 3 is the sign.
+                        let magnitude = _mm256_permutevar8x32_ps(magnitudes, codes);
+                        let sign = _mm256_slli_epi32(_mm256_and_si256(codes, sign_bit), 28);
+                        let w = _mm256_xor_ps(magnitude, _mm256_castsi256_ps(sign));
+                        sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i)), sum);
+                        i += 8;
+                    }
+                    let scale = _mm256_set1_ps(mode.scale(s));
+                    acc = _mm256_fmadd_ps(sum, scale, acc);
+                }
+            }
+            FpMode::Mxfp8 => {
+                let (magnitude_bits, sign_bit) = (_mm_set1_epi16(0x7F), _mm_set1_epi16(0x80));
+                for (g, &s) in scales[..groups].iter().enumerate() {
+                    let mut sum = _mm256_setzero_ps();
+                    let mut i = g * group;
+                    while i < (g + 1) * group {
+                        let codes = _mm_cvtepu8_epi16(_mm_loadl_epi64(pp.add(i) as *const __m128i));
+                        let half = _mm_or_si128(
+                            _mm_slli_epi16(_mm_and_si128(codes, magnitude_bits), 7),
+                            _mm_slli_epi16(_mm_and_si128(codes, sign_bit), 8),
+                        );
+                        let w = _mm256_cvtph_ps(half);
+                        sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(i)), sum);
+                        i += 8;
+                    }
+                    let scale = _mm256_set1_ps(mode.scale(s) * 256.0);
+                    acc = _mm256_fmadd_ps(sum, scale, acc);
+                }
+            }
+        }
+        hsum(acc)
     }
 }
 

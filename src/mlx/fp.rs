@@ -135,16 +135,55 @@ impl FpMode {
         let group = self.group_size();
         for (i, o) in out.iter_mut().enumerate() {
             let code = super::pack::unpack_at(words, self.bits(), i) as u8;
-            let value = match self {
-                FpMode::Mxfp8 => fp8_e4m3_value(code),
-                FpMode::Mxfp4 | FpMode::Nvfp4 => E2M1[usize::from(code & 0x0F)],
-            };
-            let s = scales[i / group];
-            let scale = match self {
-                FpMode::Mxfp4 | FpMode::Mxfp8 => (f32::from(s) - 127.0).exp2(),
-                FpMode::Nvfp4 => fp8_e4m3_value(s),
-            };
-            *o = FloatDtype::BF16.round(value * scale);
+            *o = FloatDtype::BF16.round(self.element(code) * self.scale(scales[i / group]));
+        }
+    }
+}
+
+impl FpMode {
+    /// The value of element code `code` (the group scale not applied).
+    #[inline]
+    pub fn element(self, code: u8) -> f32 {
+        match self {
+            FpMode::Mxfp8 => fp8_e4m3_value(code),
+            FpMode::Mxfp4 | FpMode::Nvfp4 => E2M1[usize::from(code & 0x0F)],
+        }
+    }
+
+    /// The value of stored scale `s`: `2^(s-127)` (E8M0, as the bits `s << 23`: 255 is
+    /// infinity, never written by quantization), or nvfp4's FP8 E4M3 value.
+    #[inline]
+    pub fn scale(self, s: u8) -> f32 {
+        match self {
+            FpMode::Mxfp4 | FpMode::Mxfp8 => match s {
+                0 => f32::from_bits(0x0040_0000),
+                s => f32::from_bits(u32::from(s) << 23),
+            },
+            FpMode::Nvfp4 => fp8_e4m3_value(s),
+        }
+    }
+
+    /// One packed row (`cols · bits / 8` bytes of MLX's LSB-first words) as f32: each
+    /// element times its group's scale — exact, as mlx's quantized matmul multiplies them.
+    pub fn decode_row(self, packed: &[u8], scales: &[u8], out: &mut [f32]) {
+        let group = self.group_size();
+        for (g, (out, &s)) in out.chunks_exact_mut(group).zip(scales).enumerate() {
+            let scale = self.scale(s);
+            match self {
+                FpMode::Mxfp8 => {
+                    let bytes = &packed[g * group..(g + 1) * group];
+                    for (o, &b) in out.iter_mut().zip(bytes) {
+                        *o = fp8_e4m3_value(b) * scale;
+                    }
+                }
+                FpMode::Mxfp4 | FpMode::Nvfp4 => {
+                    let bytes = &packed[g * group / 2..(g + 1) * group / 2];
+                    for (o, &b) in out.chunks_exact_mut(2).zip(bytes) {
+                        o[0] = E2M1[usize::from(b & 0x0F)] * scale;
+                        o[1] = E2M1[usize::from(b >> 4)] * scale;
+                    }
+                }
+            }
         }
     }
 }
@@ -240,5 +279,43 @@ mod tests {
         assert_eq!(nearest_e2m1(0.25, |v| v), 0);
         assert_eq!(nearest_e2m1(5.0, |v| v), 6);
         assert_eq!(nearest_e2m1(-6.0, |v| v), 15);
+    }
+
+    /// The engine's exact decoding (element × scale in f32) is what `dequantize_row` rounds
+    /// to bf16, for every mode, on values across the scales' range.
+    #[test]
+    fn decode_row_is_the_unrounded_dequantization() {
+        let mut rng = crate::testkit::Rng::new(4);
+        let cols = 64;
+        let row: Vec<f32> = (0..cols)
+            .map(|i| rng.next_f32() * 2f32.powi(i as i32 % 20 - 10))
+            .collect();
+        for mode in [FpMode::Mxfp4, FpMode::Mxfp8, FpMode::Nvfp4] {
+            let mut words = vec![0u32; cols * mode.bits() as usize / 32];
+            let mut scales = vec![0u8; cols / mode.group_size()];
+            mode.quantize_row(
+                &row,
+                FloatDtype::F32,
+                &mut words,
+                &mut scales,
+                &mut Vec::new(),
+            );
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let (mut exact, mut rounded) = (vec![0f32; cols], vec![0f32; cols]);
+            mode.decode_row(&bytes, &scales, &mut exact);
+            mode.dequantize_row(&words, &scales, &mut rounded);
+            for (i, (e, r)) in exact.iter().zip(&rounded).enumerate() {
+                assert_eq!(
+                    FloatDtype::BF16.round(*e),
+                    *r,
+                    "{} element {i}",
+                    mode.name()
+                );
+            }
+            assert!(exact.iter().any(|&v| v != 0.0));
+        }
+        assert_eq!(FpMode::Mxfp4.scale(127), 1.0);
+        assert_eq!(FpMode::Mxfp4.scale(0), 2f32.powi(-127));
+        assert_eq!(FpMode::Mxfp8.scale(130), 8.0);
     }
 }

@@ -37,6 +37,15 @@ impl QuantizationConfig {
         }
     }
 
+    /// The quantization mode of the module at `path`: its own entry's (`affine` when the entry
+    /// names none, as mlx's `to_quantized` defaults), else the block's (`affine` by default).
+    pub fn mode_for(&self, path: &str) -> &str {
+        match self.overrides.get(path) {
+            Some(Some(layer)) => layer.mode.as_deref().unwrap_or("affine"),
+            _ => self.mode.as_deref().unwrap_or("affine"),
+        }
+    }
+
     pub fn from_value(value: &Value) -> Option<QuantizationConfig> {
         let obj = value.as_object()?;
         let as_u32 = |v: Option<&Value>| {

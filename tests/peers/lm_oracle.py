@@ -71,12 +71,28 @@ def make(dst, config, seed, std, norm_mean, tokenizer_from, drop=(), extra=None,
     return {"ok": True}
 
 
-def generate(model_dir, prompt_ids, steps, upcast=False):
+def generate(model_dir, prompt_ids, steps, upcast=False, f32_embedding=False):
     model, _ = load(model_dir)
     if upcast:
         # Every float parameter (and so every activation) in float32: the reference for an
         # engine that widens half weights and computes in f32.
         model.set_dtype(mx.float32)
+    import mlx.nn as nn
+
+    embedding_call = nn.QuantizedEmbedding.__call__
+    if f32_embedding:
+        # mx.dequantize returns bfloat16 for the microscaling modes, so a quantized embedding
+        # feeds the first layer bf16 values; cast to f32 it is the f32 reference.
+        nn.QuantizedEmbedding.__call__ = lambda self, x: embedding_call(self, x).astype(
+            mx.float32
+        )
+    try:
+        return greedy(model, prompt_ids, steps)
+    finally:
+        nn.QuantizedEmbedding.__call__ = embedding_call
+
+
+def greedy(model, prompt_ids, steps):
     from mlx_lm.models.cache import make_prompt_cache
 
     cache = make_prompt_cache(model)
@@ -119,7 +135,13 @@ def main():
             elif "generate" in job:
                 g = job["generate"]
                 results.append(
-                    generate(g["model"], g["prompt_ids"], g["steps"], g.get("upcast", False))
+                    generate(
+                        g["model"],
+                        g["prompt_ids"],
+                        g["steps"],
+                        g.get("upcast", False),
+                        g.get("f32_embedding", False),
+                    )
                 )
             else:
                 t = job["template"]
