@@ -280,6 +280,70 @@ fn a_moe_model_runs() {
     assert_eq!(first["data"]["response"], second["data"]["response"]);
 }
 
+/// A reasoning model whose template opens `<think>`: everything generated before a
+/// `</think>` is reasoning — `data.reasoning` under --json (the answer apart), between its
+/// markers on a pipe, left out with --no-reasoning.
+#[test]
+fn reasoning_is_kept_apart_from_the_answer() {
+    let fx = Fixture::new();
+    // Room in the vocabulary for the two markers the tokenizer gains (ids 259, 260).
+    let thinker = LlamaSpec {
+        vocab: 261,
+        ..spec()
+    };
+    let dir = model(fx.tmp.path(), "thinker", &thinker);
+    let tj = dir.join("tokenizer.json");
+    let mut t: Value = serde_json::from_slice(&fs::read(&tj).unwrap()).unwrap();
+    for (id, content) in [(259, "<think>"), (260, "</think>")] {
+        t["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+            "id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": false}));
+    }
+    fs::write(&tj, t.to_string()).unwrap();
+    let tc = dir.join("tokenizer_config.json");
+    let mut c: Value = serde_json::from_slice(&fs::read(&tc).unwrap()).unwrap();
+    c["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}<think>\n".into();
+    fs::write(&tc, c.to_string()).unwrap();
+    let greedy = ["Hi", "--max-tokens", "6", "--temperature", "0"];
+    let mut args = vec![dir.to_str().unwrap()];
+    args.extend_from_slice(&greedy);
+    let (code, v) = run_json(&fx, &args);
+    assert_eq!(code, 0, "{v:#}");
+    let d = &v["data"];
+    assert_eq!(d["response"], "", "{v:#}");
+    let generated = d["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(generated > 0, "the random model wrote something: {v:#}");
+    let reasoning = d["reasoning"].as_str().expect("reasoning").to_string();
+    // On a pipe: the thinking between its markers.
+    let shown = fx.mlxk(&[&["run"][..], &args].concat());
+    assert!(shown.status.success());
+    let out = String::from_utf8(shown.stdout).unwrap();
+    assert!(
+        out.starts_with("<think>") && out.trim_end().ends_with("</think>"),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.trim_end()
+            .trim_start_matches("<think>")
+            .trim_end_matches("</think>")
+            .trim(),
+        reasoning
+    );
+    // --no-reasoning: nothing but the (empty) answer.
+    let hidden = fx.mlxk(&[&["run"][..], &args, &["--no-reasoning"]].concat());
+    assert!(hidden.status.success());
+    assert_eq!(String::from_utf8(hidden.stdout).unwrap(), "\n");
+    // A model without the markers in its vocabulary has no reasoning: null.
+    let plain = model(fx.tmp.path(), "plain", &spec());
+    let mut args = vec![plain.to_str().unwrap()];
+    args.extend_from_slice(&greedy);
+    let (_, v) = run_json(&fx, &args);
+    assert!(v["data"]["reasoning"].is_null(), "{v:#}");
+}
+
 #[test]
 fn refusals_come_before_loading() {
     let fx = Fixture::new();

@@ -237,6 +237,10 @@ pub struct RunArgs {
     /// Print the answer when it is complete instead of as it is generated.
     #[arg(long)]
     pub no_stream: bool,
+    /// Leave out a reasoning model's thinking (`<think>…</think>`); with --json it is always
+    /// apart, in `data.reasoning`.
+    #[arg(long)]
+    pub no_reasoning: bool,
     /// Timings and model facts on stderr.
     #[arg(long)]
     pub verbose: bool,

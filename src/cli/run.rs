@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::output::human_size;
 use super::{open_cache, CliError, MlxkArgs, Outcome, RunArgs};
+use crate::engine::reasoning::{self, Part, ReasoningSplitter};
 use crate::engine::sampler::SamplerOptions;
 use crate::engine::session::{ChatSession, SessionOptions};
 use crate::engine::template::Message;
@@ -88,19 +89,29 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             s.trim_end_matches('\n').to_string()
         }
         Some(p) => p.to_string(),
-        None => return chat(&mut session, messages, args.json, a.verbose),
+        None => {
+            return chat(
+                &mut session,
+                messages,
+                args.json,
+                a.verbose,
+                !a.no_reasoning,
+            )
+        }
     };
     messages.push(Message::new("user", &prompt));
     let stream = !args.json && !a.no_stream;
+    let thinking = session.reasoning_start(&messages)?;
+    let mut printer = AnswerPrinter::new(thinking, !a.no_reasoning);
     let mut stdout = std::io::stdout();
     let mut on_text = |piece: &str| {
         if stream {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
+            printer.piece(piece, &mut stdout);
         }
     };
     let g = session.answer(&messages, &mut on_text)?;
     if stream {
+        printer.finish(&mut stdout);
         // End the streamed line before any timing report on stderr.
         println!();
     }
@@ -110,13 +121,22 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     let human = if stream {
         String::new()
     } else {
-        format!("{}\n", g.text)
+        let mut printer = AnswerPrinter::new(thinking, !a.no_reasoning);
+        let mut text = Vec::new();
+        printer.piece(&g.text, &mut text);
+        printer.finish(&mut text);
+        format!("{}\n", String::from_utf8_lossy(&text))
+    };
+    let (reasoning, response) = match thinking {
+        Some(inside) => reasoning::split(&g.text, inside),
+        None => (None, g.text.clone()),
     };
     Ok(Outcome::success(
         json!({
             "model": model.name,
             "prompt": prompt,
-            "response": g.text,
+            "response": response,
+            "reasoning": reasoning,
             "finish_reason": g.finish_reason,
             "tokens_generated": g.tokens.len(),
             "generation_time_s": ((g.prompt_time + g.decode_time).as_secs_f64() * 1000.0).round() / 1000.0,
@@ -149,6 +169,7 @@ fn chat(
     system: Vec<Message>,
     json: bool,
     verbose: bool,
+    show_reasoning: bool,
 ) -> Result<Outcome, CliError> {
     let prompts = std::io::stdin().is_terminal() && !json;
     if prompts {
@@ -180,23 +201,98 @@ fn chat(
             _ => {}
         }
         messages.push(Message::new("user", line));
+        let thinking = session.reasoning_start(&messages)?;
+        let mut printer = AnswerPrinter::new(thinking, show_reasoning);
         let mut stdout = std::io::stdout();
         let mut on_text = |piece: &str| {
             if !json {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
+                printer.piece(piece, &mut stdout);
             }
         };
         let g = session.answer(&messages, &mut on_text)?;
         if !json {
+            printer.finish(&mut stdout);
             println!();
         }
+        let (reasoning, response) = match thinking {
+            Some(inside) => reasoning::split(&g.text, inside),
+            None => (None, g.text.clone()),
+        };
         if verbose {
             report_timing(&g);
         }
         messages.push(Message::new("assistant", &g.text));
-        turns.push(json!({"prompt": line, "response": g.text,
-            "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len()}}));
+        turns.push(
+            json!({"prompt": line, "response": response, "reasoning": reasoning,
+            "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len()}}),
+        );
     }
     Ok(Outcome::success(json!({"turns": turns}), String::new()))
+}
+
+/// Writes an answer as it streams: a reasoning model's thinking dim on a terminal, between its
+/// `<think>` markers elsewhere (or left out), then the answer.
+struct AnswerPrinter {
+    splitter: Option<ReasoningSplitter>,
+    show_reasoning: bool,
+    dim: bool,
+    /// The reasoning shown so far is open (its end marker not written yet).
+    open: bool,
+}
+
+impl AnswerPrinter {
+    /// `thinking`: [`ChatSession::reasoning_start`] (`None`: the model writes no reasoning).
+    fn new(thinking: Option<bool>, show_reasoning: bool) -> AnswerPrinter {
+        AnswerPrinter {
+            splitter: thinking.map(ReasoningSplitter::new),
+            show_reasoning,
+            dim: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            open: false,
+        }
+    }
+
+    fn piece(&mut self, piece: &str, w: &mut dyn Write) {
+        let Some(splitter) = self.splitter.as_mut() else {
+            let _ = w.write_all(piece.as_bytes());
+            let _ = w.flush();
+            return;
+        };
+        let (show, dim, open) = (self.show_reasoning, self.dim, &mut self.open);
+        splitter.push(piece, &mut |part, text| {
+            write_part(w, part, text, show, dim, open)
+        });
+        let _ = w.flush();
+    }
+
+    fn finish(&mut self, w: &mut dyn Write) {
+        let (show, dim, open) = (self.show_reasoning, self.dim, &mut self.open);
+        if let Some(splitter) = self.splitter.as_mut() {
+            splitter.finish(&mut |part, text| write_part(w, part, text, show, dim, open));
+        }
+        if *open {
+            let _ = w.write_all(if dim { b"\x1b[0m" } else { b"</think>" });
+            *open = false;
+        }
+        let _ = w.flush();
+    }
+}
+
+fn write_part(w: &mut dyn Write, part: Part, text: &str, show: bool, dim: bool, open: &mut bool) {
+    match part {
+        Part::Reasoning if !show => {}
+        Part::Reasoning => {
+            if !*open {
+                let _ = w.write_all(if dim { b"\x1b[2m" } else { b"<think>" });
+                *open = true;
+            }
+            let _ = w.write_all(text.as_bytes());
+        }
+        Part::Answer => {
+            if *open {
+                let _ = w.write_all(if dim { b"\x1b[0m\n" } else { b"</think>\n\n" });
+                *open = false;
+            }
+            let _ = w.write_all(text.as_bytes());
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod model;
 mod moe;
 mod pool;
+pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
 pub mod session;

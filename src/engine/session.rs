@@ -148,6 +148,15 @@ impl ChatSession {
         self.loaded.prompt_text(messages, self.use_template)
     }
 
+    /// Whether the answer to `messages` may hold reasoning, and whether it starts inside it
+    /// (see [`super::reasoning::reasoning_start`]).
+    pub fn reasoning_start(&self, messages: &[Message]) -> Result<Option<bool>, EngineError> {
+        Ok(super::reasoning::reasoning_start(
+            self.loaded.tok.token_id("</think>"),
+            &self.prompt_text(messages)?,
+        ))
+    }
+
     /// Generates the answer to `messages`, reusing the cached prefix the new prompt shares
     /// with what the engine already holds.
     pub fn answer(
