@@ -23,6 +23,10 @@ fn decode_rows_per_task(row_bytes: usize) -> usize {
     (32 << 10) / row_bytes.max(1)
 }
 
+/// How many rows ahead the microscaling-float decode prefetches.
+#[cfg(target_arch = "x86_64")]
+const FP_PREFETCH_AHEAD: usize = 4;
+
 /// Rows per parallel task of a prompt's GEMM (each task unpacks its rows once).
 #[cfg(target_arch = "x86_64")]
 const GEMM_ROWS_PER_TASK: usize = 32;
@@ -42,6 +46,8 @@ pub(crate) enum Decode {
     AnyWidthVbmi,
     /// `x86::fp_row_dot` (AVX2 + FMA + F16C): mxfp4 / nvfp4 / mxfp8 rows.
     FpAvx2,
+    /// `x86::fp_row_dot_512` (AVX-512 F): the same, 16 lanes.
+    FpAvx512,
 }
 
 /// How a matrix is multiplied by several tokens (a prompt).
@@ -93,7 +99,14 @@ impl Kernels {
                         out.push(Decode::Q4Avx2);
                     }
                 }
-                Weights::Fp { .. } if cpu.avx2 => out.push(Decode::FpAvx2),
+                Weights::Fp { .. } if cols.is_multiple_of(32) => {
+                    if cpu.avx512 {
+                        out.push(Decode::FpAvx512);
+                    }
+                    if cpu.avx2 {
+                        out.push(Decode::FpAvx2);
+                    }
+                }
                 Weights::Fp { .. } => {}
             }
         }
@@ -662,9 +675,12 @@ fn x86_decode(
         .all(|(m, ys)| m.cols == cols && ys.len() == m.rows);
     // Float and microscaling-float rows need no prepared activations: any mix of them runs
     // as one region.
-    let all_float = products
-        .iter()
-        .all(|(m, _)| matches!(m.kernels.decode, Decode::FloatAvx2 | Decode::FpAvx2));
+    let all_float = products.iter().all(|(m, _)| {
+        matches!(
+            m.kernels.decode,
+            Decode::FloatAvx2 | Decode::FpAvx2 | Decode::FpAvx512
+        )
+    });
     let group = split_group(first);
     let all_split = group.is_some() && products.iter().all(|(m, _)| split_group(m) == group);
     if !same_cols || !(all_float || all_split) {
@@ -686,7 +702,15 @@ fn x86_decode(
                 .set_fast(x, group, nibbles, natural, &mut scratch.xsums)
         };
     }
-    let (sa, xsums) = (&scratch.split, &scratch.xsums);
+    // The AVX-512 FP4 kernel reads x in its lane order.
+    let fp4_512 = |m: &Matrix| {
+        m.kernels.decode == Decode::FpAvx512
+            && matches!(m.weights, Weights::Fp { mode, .. } if mode.bits() == 4)
+    };
+    if products.iter().any(|(m, _)| fp4_512(m)) {
+        x86::interleave_for_fp4(x, &mut scratch.xperm);
+    }
+    let (sa, xsums, xi) = (&scratch.split, &scratch.xsums, &scratch.xperm);
     // One region: the matrices' row chunks are stolen as one pool of work.
     let run = |m: &Matrix, first: usize, out: &mut [f32]| match (m.kernels.decode, m.quantized()) {
         // SAFETY (all three arms): the kernel was chosen at load for this matrix only when the
@@ -714,7 +738,7 @@ fn x86_decode(
                 }
             }
         }
-        (Decode::FpAvx2, None) => {
+        (kernel @ (Decode::FpAvx2 | Decode::FpAvx512), None) => {
             if let Weights::Fp {
                 words,
                 scales,
@@ -726,14 +750,30 @@ fn x86_decode(
                 let (words, scales) = (words.bytes(), scales.bytes());
                 for (r, y) in out.iter_mut().enumerate() {
                     let row = first + r;
-                    // SAFETY: `FpAvx2` is chosen at load only for a CPU with AVX2, FMA, F16C.
+                    if row + FP_PREFETCH_AHEAD < m.rows {
+                        // SAFETY: the row is inside the matrix, so inside both slices.
+                        unsafe {
+                            x86::prefetch_fp_row(
+                                words,
+                                scales,
+                                row + FP_PREFETCH_AHEAD,
+                                row_bytes,
+                                groups,
+                            )
+                        };
+                    }
+                    let (w, s) = (
+                        &words[row * row_bytes..(row + 1) * row_bytes],
+                        &scales[row * groups..(row + 1) * groups],
+                    );
+                    // SAFETY: `FpAvx2` / `FpAvx512` are chosen at load only for a CPU with
+                    // AVX2, FMA, F16C / AVX-512 F (with FMA and F16C).
                     *y = unsafe {
-                        x86::fp_row_dot(
-                            &words[row * row_bytes..(row + 1) * row_bytes],
-                            &scales[row * groups..(row + 1) * groups],
-                            *mode,
-                            x,
-                        )
+                        if kernel == Decode::FpAvx512 {
+                            x86::fp_row_dot_512(w, s, *mode, if mode.bits() == 4 { xi } else { x })
+                        } else {
+                            x86::fp_row_dot(w, s, *mode, x)
+                        }
                     };
                 }
             }
@@ -787,7 +827,8 @@ fn x86_matmul(
             | Decode::Q4Vnni
             | Decode::AnyWidthVbmi
             | Decode::Q4Avx2
-            | Decode::FpAvx2 => {
+            | Decode::FpAvx2
+            | Decode::FpAvx512 => {
                 return x86_decode(&mut [(m, ys)], xs, scratch);
             }
             Decode::Portable => return false,

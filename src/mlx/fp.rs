@@ -155,10 +155,11 @@ impl FpMode {
     #[inline]
     pub fn scale(self, s: u8) -> f32 {
         match self {
-            FpMode::Mxfp4 | FpMode::Mxfp8 => match s {
-                0 => f32::from_bits(0x0040_0000),
-                s => f32::from_bits(u32::from(s) << 23),
-            },
+            // 0 is 2^-127, the subnormal with only bit 22 set (branch-free: kernels call this
+            // once per group).
+            FpMode::Mxfp4 | FpMode::Mxfp8 => {
+                f32::from_bits((u32::from(s) << 23) | (u32::from(s == 0) << 22))
+            }
             FpMode::Nvfp4 => fp8_e4m3_value(s),
         }
     }
