@@ -748,33 +748,55 @@ fn x86_decode(
                 let (row_bytes, groups) =
                     (cols * mode.bits() as usize / 8, cols / mode.group_size());
                 let (words, scales) = (words.bytes(), scales.bytes());
-                for (r, y) in out.iter_mut().enumerate() {
-                    let row = first + r;
-                    if row + FP_PREFETCH_AHEAD < m.rows {
+                let row = |r: usize| {
+                    (
+                        &words[r * row_bytes..(r + 1) * row_bytes],
+                        &scales[r * groups..(r + 1) * groups],
+                    )
+                };
+                let prefetch = |r: usize| {
+                    if r + FP_PREFETCH_AHEAD < m.rows {
                         // SAFETY: the row is inside the matrix, so inside both slices.
                         unsafe {
                             x86::prefetch_fp_row(
                                 words,
                                 scales,
-                                row + FP_PREFETCH_AHEAD,
+                                r + FP_PREFETCH_AHEAD,
                                 row_bytes,
                                 groups,
                             )
                         };
                     }
-                    let (w, s) = (
-                        &words[row * row_bytes..(row + 1) * row_bytes],
-                        &scales[row * groups..(row + 1) * groups],
-                    );
-                    // SAFETY: `FpAvx2` / `FpAvx512` are chosen at load only for a CPU with
-                    // AVX2, FMA, F16C / AVX-512 F (with FMA and F16C).
-                    *y = unsafe {
-                        if kernel == Decode::FpAvx512 {
-                            x86::fp_row_dot_512(w, s, *mode, if mode.bits() == 4 { xi } else { x })
-                        } else {
-                            x86::fp_row_dot(w, s, *mode, x)
-                        }
-                    };
+                };
+                if kernel == Decode::FpAvx512 {
+                    let xv = if mode.bits() == 4 { &xi[..] } else { x };
+                    // Two rows at a time: each activation load serves both.
+                    let mut pairs = out.chunks_exact_mut(2);
+                    let mut r = first;
+                    for y in &mut pairs {
+                        prefetch(r);
+                        prefetch(r + 1);
+                        let ((w0, s0), (w1, s1)) = (row(r), row(r + 1));
+                        // SAFETY: `FpAvx512` is chosen at load only for a CPU with AVX-512 F
+                        // (and the AVX2 features, FMA and F16C with it).
+                        let v = unsafe { x86::fp_rows_512([w0, w1], [s0, s1], *mode, xv) };
+                        y.copy_from_slice(&v);
+                        r += 2;
+                    }
+                    if let [y] = pairs.into_remainder() {
+                        prefetch(r);
+                        let (w, s) = row(r);
+                        // SAFETY: as above.
+                        *y = unsafe { x86::fp_rows_512([w], [s], *mode, xv) }[0];
+                    }
+                } else {
+                    for (i, y) in out.iter_mut().enumerate() {
+                        prefetch(first + i);
+                        let (w, s) = row(first + i);
+                        // SAFETY: `FpAvx2` is chosen at load only for a CPU with AVX2, FMA,
+                        // F16C.
+                        *y = unsafe { x86::fp_row_dot(w, s, *mode, x) };
+                    }
                 }
             }
         }

@@ -497,114 +497,110 @@ pub fn interleave_for_fp4(x: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-/// [`fp_row_dot`] on AVX-512, 32 elements per step into 16-lane registers. FP4 codes are
-/// widened with no shuffle but the table lookup: a 16-element run's 8 bytes are broadcast
-/// as a pair of dwords, each lane shifts its own nibble down and `vpermps` (which reads an
-/// index's low four bits) looks its value up, sign included — so the lanes hold the elements
-/// in the order [`interleave_for_fp4`] gives `x` (`xi`). FP8 codes go through F16C in order
-/// (`xi` is then `x` itself). The AVX2 kernel was compute-bound; this one has a third of its
-/// instructions per element and one on the shuffle port per 16.
+/// [`fp_row_dot`] on AVX-512 for `R` rows at once (each `x` load serves all of them), 32
+/// elements per step into 16-lane registers. FP4 codes are widened with no shuffle but the
+/// table lookup: a 16-element run's 8 bytes are broadcast as a pair of dwords, each lane
+/// shifts its own nibble down and `vpermps` (which reads an index's low four bits) looks its
+/// value up, sign included — so the lanes hold the elements in the order
+/// [`interleave_for_fp4`] gives `x` (`xi`). FP8 codes go through F16C in order (`xi` is then
+/// `x` itself). The AVX2 kernel was compute-bound; this one has a third of its instructions
+/// per element and one on the shuffle port per 16.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, FMA and F16C (`crate::simd::cpu().avx512`).
-pub unsafe fn fp_row_dot_512(packed: &[u8], scales: &[u8], mode: FpMode, xi: &[f32]) -> f32 {
+pub unsafe fn fp_rows_512<const R: usize>(
+    packed: [&[u8]; R],
+    scales: [&[u8]; R],
+    mode: FpMode,
+    xi: &[f32],
+) -> [f32; R] {
     let n = xi.len();
-    assert!(
-        n.is_multiple_of(32)
-            && packed.len() >= n * mode.bits() as usize / 8
-            && scales.len() >= n / mode.group_size()
-    );
+    for r in 0..R {
+        assert!(
+            n.is_multiple_of(32)
+                && packed[r].len() >= n * mode.bits() as usize / 8
+                && scales[r].len() >= n / mode.group_size()
+        );
+    }
+    let pp = packed.map(|p| p.as_ptr());
     // SAFETY: the caller's contract gives the CPU features; the assertion covers the reads.
     unsafe {
         match mode {
-            FpMode::Mxfp4 => {
-                fp_blocks_512::<false>(packed, |b| e8m0(scales[b]), |b| e8m0(scales[b]), xi)
-            }
+            FpMode::Mxfp4 => fp_blocks_512::<false, R>(
+                pp,
+                |r, b| e8m0(scales[r][b]),
+                |r, b| e8m0(scales[r][b]),
+                xi,
+            ),
             FpMode::Nvfp4 => {
                 let table = nvfp4_scales();
-                fp_blocks_512::<false>(
-                    packed,
-                    |b| table[usize::from(scales[2 * b])],
-                    |b| table[usize::from(scales[2 * b + 1])],
+                fp_blocks_512::<false, R>(
+                    pp,
+                    |r, b| table[usize::from(scales[r][2 * b])],
+                    |r, b| table[usize::from(scales[r][2 * b + 1])],
                     xi,
                 )
             }
-            FpMode::Mxfp8 => fp_blocks_512::<true>(
-                packed,
-                |b| e8m0(scales[b]) * 256.0,
-                |b| e8m0(scales[b]) * 256.0,
+            // The f16 holding an E4M3 value is that value times 2^-8.
+            FpMode::Mxfp8 => fp_blocks_512::<true, R>(
+                pp,
+                |r, b| e8m0(scales[r][b]) * 256.0,
+                |r, b| e8m0(scales[r][b]) * 256.0,
                 xi,
             ),
         }
     }
 }
 
-/// [`fp_blocks`] on AVX-512 (see [`fp_row_dot_512`] for the FP4 lane order).
+/// [`fp_blocks`] on AVX-512 for `R` rows (see [`fp_rows_512`] for the FP4 lane order).
 ///
 /// # Safety
-/// As [`fp_row_dot_512`], whose assertion covers the reads.
+/// As [`fp_rows_512`], whose assertion covers the reads.
 #[inline]
 #[target_feature(enable = "avx512f,fma,f16c")]
-unsafe fn fp_blocks_512<const FP8: bool>(
-    packed: &[u8],
-    first: impl Fn(usize) -> f32,
-    second: impl Fn(usize) -> f32,
+unsafe fn fp_blocks_512<const FP8: bool, const R: usize>(
+    pp: [*const u8; R],
+    first: impl Fn(usize, usize) -> f32,
+    second: impl Fn(usize, usize) -> f32,
     xi: &[f32],
-) -> f32 {
+) -> [f32; R] {
     // SAFETY: this function's `# Safety` contract gives the CPU features and the bounds.
     unsafe {
-        let (pp, xp) = (packed.as_ptr(), xi.as_ptr());
+        let xp = xi.as_ptr();
         let e2m1 = _mm512_setr_ps(
             0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
         );
         // Lanes 2k and 2k + 1 shift their dword by 4k: nibble k of the low dword (element
         // k) and of the high one (element k + 8).
         let shifts = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
-        let fp4 = |i: usize| -> __m512 {
-            let pair = (pp.add(i / 2) as *const i64).read_unaligned();
+        let fp4 = |p: *const u8, i: usize| -> __m512 {
+            let pair = (p.add(i / 2) as *const i64).read_unaligned();
             _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64(pair), shifts), e2m1)
         };
         let (magnitude_bits, sign_bit8) = (_mm256_set1_epi16(0x7F), _mm256_set1_epi16(0x80));
-        let fp8 = |i: usize| -> __m512 {
-            let codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(pp.add(i) as *const __m128i));
+        let fp8 = |p: *const u8, i: usize| -> __m512 {
+            let codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(i) as *const __m128i));
             _mm512_cvtph_ps(_mm256_or_si256(
                 _mm256_slli_epi16(_mm256_and_si256(codes, magnitude_bits), 7),
                 _mm256_slli_epi16(_mm256_and_si256(codes, sign_bit8), 8),
             ))
         };
-        // Four accumulators (blocks alternate between two pairs): two would leave the loop
-        // waiting on the FMA latency.
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let block = |b: usize, acc: &mut [__m512; 4], pair: usize| {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for b in 0..xi.len() / 32 {
             let i = 32 * b;
-            let (s0, s1) = (_mm512_set1_ps(first(b)), _mm512_set1_ps(second(b)));
-            let (w0, w1) = if FP8 {
-                (fp8(i), fp8(i + 16))
-            } else {
-                (fp4(i), fp4(i + 16))
-            };
-            acc[pair] =
-                _mm512_fmadd_ps(_mm512_mul_ps(w0, s0), _mm512_loadu_ps(xp.add(i)), acc[pair]);
-            acc[pair + 1] = _mm512_fmadd_ps(
-                _mm512_mul_ps(w1, s1),
-                _mm512_loadu_ps(xp.add(i + 16)),
-                acc[pair + 1],
-            );
-        };
-        let blocks = xi.len() / 32;
-        let mut b = 0;
-        while b + 2 <= blocks {
-            block(b, &mut acc, 0);
-            block(b + 1, &mut acc, 2);
-            b += 2;
+            let (x0, x1) = (_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(xp.add(i + 16)));
+            for r in 0..R {
+                let (s0, s1) = (_mm512_set1_ps(first(r, b)), _mm512_set1_ps(second(r, b)));
+                let (w0, w1) = if FP8 {
+                    (fp8(pp[r], i), fp8(pp[r], i + 16))
+                } else {
+                    (fp4(pp[r], i), fp4(pp[r], i + 16))
+                };
+                acc[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(w0, s0), x0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(w1, s1), x1, acc[r][1]);
+            }
         }
-        if b < blocks {
-            block(b, &mut acc, 0);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ))
+        acc.map(|[a0, a1]| _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)))
     }
 }
 
