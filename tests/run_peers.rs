@@ -2,7 +2,7 @@
 //! f32 / f16 / bf16 (tied and untied), 4-bit and 8-bit made by `mlx_lm.convert`, qwen2 with
 //! biases, qwen3 with q/k norms; and every other family the engine runs (gemma3_text, gemma3's
 //! text part, gemma2, phi3, granite, olmo2, smollm3, llama's sliding layers, mixtral,
-//! qwen3_moe) built by mlx-lm's own model classes, in f32, 4-bit and the microscaling float
+//! qwen3_moe, gpt_oss) built by mlx-lm's own model classes, in f32, 4-bit and the microscaling float
 //! modes — teacher-forced on mlx-lm's greedy sequence, the logits agree at every step within
 //! a per-format tolerance and the argmax agrees wherever mlx-lm's top-1 / top-2 margin exceeds
 //! it; on the f32 models the greedy tokens are identical. Chat templates render
@@ -242,9 +242,17 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The generated models quantized to every microscaling float mode (a dense and a routed one).
-const FP_MODELS: [&str; 2] = ["gemma3_text", "qwen3_moe"];
-const FP_MODES: [&str; 3] = ["mxfp4", "mxfp8", "nvfp4"];
+/// Generated models quantized to microscaling float modes: every mode on a dense and a routed
+/// model, and gpt-oss in mxfp4 as it ships.
+const FP_MODELS: [(&str, &str); 7] = [
+    ("gemma3_text", "mxfp4"),
+    ("gemma3_text", "mxfp8"),
+    ("gemma3_text", "nvfp4"),
+    ("qwen3_moe", "mxfp4"),
+    ("qwen3_moe", "mxfp8"),
+    ("qwen3_moe", "nvfp4"),
+    ("gpt_oss", "mxfp4"),
+];
 
 /// One generated architecture: mlx-lm's own class for `config` builds it (random weights).
 struct Family {
@@ -360,6 +368,19 @@ fn families() -> Vec<Family> {
                 json!({"num_local_experts": 4, "num_experts_per_tok": 2}),
             ),
         ),
+        // Biased attention with sinks, a sliding layer (window 6) and a full one, YaRN RoPE,
+        // 4 biased experts with the clamped SwiGLU, top-2.
+        plain(
+            "gpt_oss",
+            family_config(
+                "gpt_oss",
+                json!({"head_dim": 32, "num_local_experts": 4,
+                "num_experts_per_tok": 2, "sliding_window": 6, "rope_theta": 150000.0,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                    "beta_slow": 1.0, "original_max_position_embeddings": 4096}}),
+            ),
+        ),
         // Layer 1 dense (mlp_only_layers), layer 0 routed over 8 experts.
         plain(
             "qwen3_moe",
@@ -402,12 +423,10 @@ fn every_family_matches_mlx_lm() {
                "args": {"quantize": true, "q_bits": 4, "q_group_size": 64}}})
     }));
     // MLX's microscaling float modes on a dense and a routed model, made by mlx_lm.convert.
-    for base in FP_MODELS {
-        for mode in FP_MODES {
-            jobs.push(json!({"convert": {"src": work.join(base),
-                "dst": work.join(format!("{base}-{mode}")),
-                "args": {"quantize": true, "q_mode": mode}}}));
-        }
+    for (base, mode) in FP_MODELS {
+        jobs.push(json!({"convert": {"src": work.join(base),
+            "dst": work.join(format!("{base}-{mode}")),
+            "args": {"quantize": true, "q_mode": mode}}}));
     }
     oracle(&py, work, &jobs);
     // And by `mlxk convert` (bit-exact with mx.quantize): its output runs as well.
@@ -454,18 +473,16 @@ fn every_family_matches_mlx_lm() {
     // mx.dequantize returns bfloat16 for these modes, so mlx-lm's quantized embedding feeds
     // the first layer bf16 values (and gemma multiplies its scale in bf16): against mlx-lm as
     // users run it the difference is that rounding (measured ≤ 2.5e-3); with the embedding
-    // cast to f32 it is summation order again — except that qwen3_moe's router is 8-bit
-    // affine (mlx-lm's predicate for it), so the VNNI rounding applies there.
-    for base in FP_MODELS {
-        let exact = if base == "qwen3_moe" {
-            q4_tolerance
-        } else {
+    // cast to f32 it is summation order again — except that the routers of qwen3_moe and
+    // gpt_oss are 8-bit affine (mlx-lm's predicates), so the VNNI rounding applies there.
+    for (base, mode) in FP_MODELS {
+        let exact = if base == "gemma3_text" {
             1e-4
+        } else {
+            q4_tolerance
         };
-        for mode in FP_MODES {
-            cases.push((format!("{base}-{mode}"), 5e-3, false));
-            cases.push((format!("{base}-{mode}"), exact, true));
-        }
+        cases.push((format!("{base}-{mode}"), 5e-3, false));
+        cases.push((format!("{base}-{mode}"), exact, true));
     }
     cases.push(("qwen3_moe-mxfp4-by-mlxk".to_string(), q4_tolerance, true));
     let jobs: Vec<Value> = cases

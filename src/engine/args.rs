@@ -25,6 +25,7 @@ pub const RUN_MODEL_TYPES: &[&str] = &[
     "olmo2",
     "smollm3",
     "mixtral",
+    "gpt_oss",
 ];
 
 /// The quantization modes the engine runs, kept packed.
@@ -53,6 +54,9 @@ pub enum Arch {
     Smollm3,
     /// llama attention, routed experts (top-k, then softmax).
     Mixtral,
+    /// Biased attention with per-head sinks, alternating sliding and full layers, YaRN RoPE,
+    /// biased routed experts with a clamped SwiGLU.
+    GptOss,
 }
 
 /// Where a block's RMS norms sit.
@@ -82,6 +86,8 @@ pub enum Activation {
     Silu,
     /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, mlx's `gelu_approx`.
     GeluTanh,
+    /// gpt-oss: `(clip(up, ±7) + 1) · g · σ(1.702 g)` with `g = min(gate, 7)`.
+    SwigluOai,
 }
 
 /// A rotary embedding: the angle per position of each rotated pair (pairs `i, i + len`, so
@@ -158,6 +164,8 @@ pub struct ModelArgs {
     /// The logits become `cap · tanh(logits / cap)` (gemma2).
     pub final_softcap: Option<f32>,
     pub moe: Option<MoeArgs>,
+    /// Each query head has a learned sink logit that joins its softmax (gpt-oss).
+    pub sinks: bool,
     /// Before every tensor name (`language_model.` for a gemma3 checkpoint with a vision tower).
     pub prefix: String,
     pub quantization: Option<QuantizationConfig>,
@@ -235,6 +243,7 @@ impl ModelArgs {
             "olmo2" => Arch::Olmo2,
             "smollm3" => Arch::Smollm3,
             "mixtral" => Arch::Mixtral,
+            "gpt_oss" => Arch::GptOss,
             other => return Err(not_supported(other)),
         };
         // A gemma3 checkpoint is a vision model whose text part mlx-lm runs by itself (the
@@ -334,6 +343,7 @@ impl ModelArgs {
             ));
         }
         let rope_default = match arch {
+            Arch::GptOss => 150_000.0,
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Mixtral | Arch::Gemma3 => {
                 1_000_000.0
             }
@@ -345,14 +355,11 @@ impl ModelArgs {
             Arch::Phi3 => phi3_rope(c, head_dim, theta)?,
             // gemma2 and mixtral use a plain RoPE whatever rope_scaling says (as mlx-lm).
             Arch::Gemma2 | Arch::Mixtral => plain_rope(head_dim, theta, 1.0),
-            _ => Rope {
-                inv_freq: rope_inv_freq(head_dim, theta, scaling)?,
-                mscale: 1.0,
-            },
+            _ => scaled_rope(head_dim, theta, scaling)?,
         };
         let mut ropes = vec![global_rope];
         let eps_default = match arch {
-            Arch::Mixtral => 1e-5,
+            Arch::Mixtral | Arch::GptOss => 1e-5,
             _ => 1e-6,
         };
         let eps = get_f64(c, "rms_norm_eps").unwrap_or(eps_default) as f32;
@@ -362,6 +369,8 @@ impl ModelArgs {
         );
         let tie = match arch {
             Arch::Gemma2 => true,
+            // gpt_oss always has its own lm_head.
+            Arch::GptOss => false,
             // gemma3 ties exactly when the weights have no lm_head (mlx-lm's sanitize).
             Arch::Gemma3 => false,
             _ => c
@@ -378,9 +387,29 @@ impl ModelArgs {
             };
             layers
         ];
-        // llama / smollm3 (and mistral) mark sliding layers in `layer_types`.
-        if matches!(arch, Arch::Llama | Arch::Smollm3) {
-            if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+        // llama / smollm3 (and mistral) mark sliding layers in `layer_types`; gpt_oss
+        // alternates sliding and full layers unless it says otherwise.
+        let alternating: Option<Vec<Value>> = (arch == Arch::GptOss).then(|| {
+            (0..layers)
+                .map(|i| {
+                    Value::from(if i % 2 == 0 {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    })
+                })
+                .collect()
+        });
+        let sliding_window = match arch {
+            Arch::GptOss => Some(sliding_window.unwrap_or(128)),
+            _ => sliding_window,
+        };
+        if matches!(arch, Arch::Llama | Arch::Smollm3 | Arch::GptOss) {
+            let types = c
+                .get("layer_types")
+                .and_then(Value::as_array)
+                .or(alternating.as_ref());
+            if let Some(types) = types {
                 if types.len() != layers {
                     return Err(format!(
                         "`layer_types` has {} entries for {layers} layers",
@@ -430,10 +459,19 @@ impl ModelArgs {
         }
         let mut moe = None;
         match arch {
-            Arch::Mixtral => {
+            Arch::Mixtral | Arch::GptOss => {
+                let gpt_oss = arch == Arch::GptOss;
                 moe = Some(MoeArgs {
-                    experts: get_usize(c, "num_local_experts").unwrap_or(8),
-                    top_k: get_usize(c, "num_experts_per_tok").unwrap_or(2),
+                    experts: get_usize(c, "num_local_experts").unwrap_or(if gpt_oss {
+                        128
+                    } else {
+                        8
+                    }),
+                    top_k: get_usize(c, "num_experts_per_tok").unwrap_or(if gpt_oss {
+                        4
+                    } else {
+                        2
+                    }),
                     intermediate: need("intermediate_size")?,
                     routing: Routing::TopKThenSoftmax,
                 });
@@ -543,10 +581,10 @@ impl ModelArgs {
                 Arch::Olmo2 => QkNorm::Whole,
                 _ => QkNorm::None,
             },
-            act: if gemma {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
+            act: match arch {
+                Arch::Gemma2 | Arch::Gemma3 => Activation::GeluTanh,
+                Arch::GptOss => Activation::SwigluOai,
+                _ => Activation::Silu,
             },
             embed_scale,
             attn_scale,
@@ -567,6 +605,7 @@ impl ModelArgs {
                 _ => None,
             },
             moe,
+            sinks: arch == Arch::GptOss,
             prefix: String::new(),
             quantization: None,
             eos: Vec::new(),
@@ -669,6 +708,58 @@ fn phi3_rope(c: &Value, head_dim: usize, base: f64) -> Result<Rope, String> {
         // mlx-lm warns and runs without scaling.
         _ => Ok(plain_rope(dims, base, 1.0)),
     }
+}
+
+/// The RoPE mlx-lm's `initialize_rope` builds for `scaling`: YaRN (gpt-oss, DeepSeek) here,
+/// the others by [`rope_inv_freq`].
+fn scaled_rope(dims: usize, base: f64, scaling: Option<&Value>) -> Result<Rope, String> {
+    let kind = scaling
+        .and_then(|s| s.get("type").or_else(|| s.get("rope_type")))
+        .and_then(Value::as_str);
+    let Some(s) = scaling.filter(|_| matches!(kind, Some("yarn" | "deepseek_yarn"))) else {
+        return Ok(Rope {
+            inv_freq: rope_inv_freq(dims, base, scaling)?,
+            mscale: 1.0,
+        });
+    };
+    let get = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
+    let factor = s
+        .get("factor")
+        .and_then(Value::as_f64)
+        .ok_or("rope_scaling `yarn` without `factor`")?;
+    let original = get("original_max_position_embeddings", 4096.0);
+    let (beta_fast, beta_slow) = (get("beta_fast", 32.0), get("beta_slow", 1.0));
+    let get_mscale = |m: f64| {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * factor.ln() + 1.0
+        }
+    };
+    let mscale = get_mscale(get("mscale", 1.0)) / get_mscale(get("mscale_all_dim", 0.0));
+    let correction = |rotations: f64| {
+        dims as f64 * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let low = correction(beta_fast).floor().max(0.0);
+    let mut high = correction(beta_slow).ceil().min(dims as f64 - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    let inv_freq = (0..dims / 2)
+        .map(|i| {
+            // mlx computes these in f32: the period base^(2i/d), interpolated between itself
+            // and `factor` times itself by the ramp over the correction range.
+            let extra = (base as f32).powf((2 * i) as f32 / dims as f32);
+            let inter = factor as f32 * extra;
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0) as f32;
+            let mask = 1.0 - ramp;
+            1.0 / (inter * extra / (inter * mask + extra * (1.0 - mask)))
+        })
+        .collect();
+    Ok(Rope {
+        inv_freq,
+        mscale: mscale as f32,
+    })
 }
 
 /// The per-pair rotary frequencies, as mlx-lm's `initialize_rope` builds them: plain

@@ -64,11 +64,14 @@ impl KvCache {
     }
 }
 
-/// How a query's scores are formed: `q·k · scale`, then (gemma2) `cap · tanh(score / cap)`.
+/// How a query's scores are formed: `q·k · scale`, then (gemma2) `cap · tanh(score / cap)`;
+/// with `sinks` (gpt-oss: one logit per query head of the call) the softmax also counts
+/// `e^sink`, a position that is attended to and contributes nothing.
 #[derive(Debug, Clone, Copy)]
-pub struct Scoring {
+pub struct Scoring<'a> {
     pub scale: f32,
     pub softcap: Option<f32>,
+    pub sinks: Option<&'a [f32]>,
 }
 
 /// Attention of the query heads of kv head `kvh` (`q`: `group × dim`, already rotated) over
@@ -80,12 +83,13 @@ pub fn attend(
     kvh: usize,
     seen: std::ops::Range<usize>,
     q: &[f32],
-    scoring: Scoring,
+    scoring: Scoring<'_>,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
     let d = cache.dim;
     let group = q.len() / d;
+    debug_assert!(scoring.sinks.is_none_or(|s| s.len() == group));
     debug_assert!(seen.end <= cache.cap && out.len() == q.len() && kvh < cache.keys.len());
     debug_assert!(seen.start < seen.end);
     for first in (0..group).step_by(MAX_GROUP) {
@@ -95,7 +99,10 @@ pub fn attend(
             kvh,
             seen.clone(),
             &q[first * d..(first + g) * d],
-            scoring,
+            Scoring {
+                sinks: scoring.sinks.map(|s| &s[first..first + g]),
+                ..scoring
+            },
             &mut out[first * d..(first + g) * d],
             scores,
         );
@@ -103,7 +110,7 @@ pub fn attend(
 }
 
 simd_dispatch! {
-    fn attend_heads(cache: &KvCache, kvh: usize, seen: std::ops::Range<usize>, q: &[f32], scoring: Scoring, out: &mut [f32], scores: &mut Vec<f32>) {
+    fn attend_heads(cache: &KvCache, kvh: usize, seen: std::ops::Range<usize>, q: &[f32], scoring: Scoring<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
         let d = cache.dim;
         let g = q.len() / d;
         // Whole blocks from the one holding the first position seen; scores are indexed
@@ -141,11 +148,15 @@ simd_dispatch! {
                     .iter_mut()
                     .for_each(|v| *v = (*v * scoring.scale / cap).tanh() * cap),
             }
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let sink = scoring.sinks.map(|sinks| sinks[h]);
+            let max = s.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &v| m.max(v));
             let mut sum = 0f32;
             for v in s.iter_mut() {
                 *v = super::kernels::exp(*v - max);
                 sum += *v;
+            }
+            if let Some(sink) = sink {
+                sum += super::kernels::exp(sink - max);
             }
             let inv = 1.0 / sum;
             s.iter_mut().for_each(|v| *v *= inv);
@@ -169,7 +180,7 @@ mod tests {
     /// Against the textbook form (position-major keys, one head at a time), for GQA groups of
     /// 1, 4 and 12 (more than one register group), contexts inside one block and across many,
     /// a cache that grew while filling, sliding windows that start inside a block and on a
-    /// block's first position, and soft-capped scores.
+    /// block's first position, soft-capped scores, and per-head sinks.
     #[test]
     fn attention_equals_the_textbook_form() {
         let mut rng = crate::testkit::Rng::new(9);
@@ -181,7 +192,10 @@ mod tests {
             (2, 2, 32, 70, 32, Some(3.0)),
             (1, 1, 16, 9, 0, Some(0.5)),
         ];
-        for (kv_heads, group, d, len, first, softcap) in cases {
+        for (case, (kv_heads, group, d, len, first, softcap)) in cases.into_iter().enumerate() {
+            // Every other case with per-head sinks (gpt-oss).
+            let sinks: Option<Vec<f32>> =
+                (case % 2 == 1).then(|| (0..group).map(|h| h as f32 - 1.5).collect());
             let kvd = kv_heads * d;
             let keys: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
             let values: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
@@ -203,7 +217,11 @@ mod tests {
                     kvh,
                     first..len,
                     &q,
-                    Scoring { scale, softcap },
+                    Scoring {
+                        scale,
+                        softcap,
+                        sinks: sinks.as_deref(),
+                    },
                     &mut out,
                     &mut Vec::new(),
                 );
@@ -216,9 +234,13 @@ mod tests {
                             softcap.map_or(s, |c: f32| (s / c).tanh() * c)
                         })
                         .collect();
-                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sink = sinks.as_ref().map(|s| s[h]);
+                    let max = s
+                        .iter()
+                        .copied()
+                        .fold(sink.unwrap_or(f32::NEG_INFINITY), f32::max);
                     let e: Vec<f32> = s.iter().map(|v| (v - max).exp()).collect();
-                    let sum: f32 = e.iter().sum();
+                    let sum: f32 = e.iter().sum::<f32>() + sink.map_or(0.0, |k| (k - max).exp());
                     for i in 0..d {
                         let want: f32 = (first..len)
                             .map(|p| e[p - first] / sum * values[p * kvd + kvh * d + i])

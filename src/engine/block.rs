@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use super::args::{Activation, ModelArgs, NormPlacement, QkNorm};
 use super::attention::{self, KvCache, Scoring};
 use super::kernels::{
-    gelu_tanh_mul, matmul_many, matmul_many_rows, rms_norm, rope, silu_mul, MatmulScratch,
+    gelu_tanh_mul, matmul_many, matmul_many_rows, rms_norm, rope, silu_mul, swiglu_oai_mul,
+    MatmulScratch,
 };
 use super::moe::Moe;
 use super::weights::{Matrix, WeightFiles};
@@ -33,6 +34,8 @@ pub(crate) struct Attention {
     window: Option<usize>,
     /// The index of this layer's RoPE in [`ModelArgs::ropes`]; `None`: no rotation.
     rope: Option<usize>,
+    /// gpt-oss: per query head, a logit that joins the softmax.
+    sinks: Option<Vec<f32>>,
 }
 
 /// The gated MLP: `down(act(gate(x)) · up(x))`, with optional biases (granite's mlp_bias).
@@ -332,7 +335,7 @@ impl Block {
 }
 
 /// Adds `bias` to every row of `out`.
-fn add_bias(out: &mut [f32], bias: &Option<Vec<f32>>) {
+pub(crate) fn add_bias(out: &mut [f32], bias: &Option<Vec<f32>>) {
     if let Some(bias) = bias {
         for row in out.chunks_exact_mut(bias.len()) {
             row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
@@ -387,6 +390,11 @@ impl Attention {
             k_norm: qk_norm("k_norm", k_norm_len)?,
             window: a.layer[l].window,
             rope: a.layer[l].rope,
+            sinks: if a.sinks {
+                Some(files.vector(&format!("{p}.sinks"), a.heads)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -445,16 +453,13 @@ impl Attention {
                 &b.v[i * kvd..(i + 1) * kvd],
             );
         }
-        let scoring = Scoring {
-            scale: a.attn_scale,
-            softcap: a.attn_softcap,
-        };
         let window = self.window;
         let seen = |pos: usize| {
             let end = pos + 1;
             window.map_or(0, |w| end.saturating_sub(w))..end
         };
         let group = a.heads / a.kv_heads;
+        let sinks = self.sinks.as_deref();
         let (rows, q) = (&*rows, &b.q);
         // One task per (row, kv head): causal attention of the query heads that share the kv
         // head; on the pool when there is enough of it to pay for the region.
@@ -463,6 +468,11 @@ impl Attention {
             let task = first / width;
             let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
             let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
+            let scoring = Scoring {
+                scale: a.attn_scale,
+                softcap: a.attn_softcap,
+                sinks: sinks.map(|s| &s[kvh * group..(kvh + 1) * group]),
+            };
             attention::attend(
                 rows.cache(i),
                 kvh,
@@ -525,16 +535,23 @@ impl Mlp {
         })
     }
 
-    /// An MLP made of already loaded matrices (one routed expert), without biases.
-    pub(crate) fn of(gate: Matrix, up: Matrix, down: Matrix) -> Mlp {
+    /// An MLP made of already loaded matrices (one routed expert) and its biases, if any
+    /// (gate, up, down).
+    pub(crate) fn of(gate: Matrix, up: Matrix, down: Matrix, biases: [Option<Vec<f32>>; 3]) -> Mlp {
+        let [gate_bias, up_bias, down_bias] = biases;
         Mlp {
             gate,
             up,
             down,
-            gate_bias: None,
-            up_bias: None,
-            down_bias: None,
+            gate_bias,
+            up_bias,
+            down_bias,
         }
+    }
+
+    /// The expert's biases, added to its products' outputs (gate, up, down).
+    pub(crate) fn biases(&self) -> [&Option<Vec<f32>>; 3] {
+        [&self.gate_bias, &self.up_bias, &self.down_bias]
     }
 
     pub(crate) fn nbytes(&self) -> usize {
@@ -561,5 +578,6 @@ pub(crate) fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
     match act {
         Activation::Silu => silu_mul(gate, up),
         Activation::GeluTanh => gelu_tanh_mul(gate, up),
+        Activation::SwigluOai => swiglu_oai_mul(gate, up),
     }
 }

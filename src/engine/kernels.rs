@@ -1018,6 +1018,22 @@ simd_dispatch! {
     }
 }
 
+/// gpt-oss's clamped SwiGLU, into `gate`: `(clip(up, ±7) + 1) · g · σ(1.702 g)` with
+/// `g = min(gate, 7)` (mlx-lm's `swiglu_oai`).
+pub fn swiglu_oai_mul(gate: &mut [f32], up: &[f32]) {
+    swiglu_oai_mul_simd(gate, up)
+}
+
+simd_dispatch! {
+    fn swiglu_oai_mul_simd(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            let x = g.min(7.0);
+            let linear = u.clamp(-7.0, 7.0) + 1.0;
+            *g = linear * (x / (1.0 + exp(-1.702 * x)));
+        }
+    }
+}
+
 /// gelu_approx(gate) * up, into `gate`: mlx's `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`,
 /// with tanh(y) = 1 - 2 / (e^{2y} + 1) on the vectorized [`exp`] (within 1e-7 of libm's).
 pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {

@@ -7,21 +7,26 @@
 //! same way whether it decodes alone or in a batch.
 
 use super::args::{ModelArgs, MoeArgs, Routing};
-use super::block::{activate, resize, Buffers, Mlp, Rows};
+use super::block::{activate, add_bias, resize, Buffers, Mlp, Rows};
 use super::kernels::{exp, matmul, matmul_many};
 use super::weights::{Matrix, WeightFiles};
 use super::EngineError;
 
 pub(crate) struct Moe {
     router: Matrix,
+    /// gpt-oss's router has a bias.
+    router_bias: Option<Vec<f32>>,
     experts: Vec<Mlp>,
     args: MoeArgs,
 }
 
-/// Where a family keeps its experts under a layer's prefix, and its per-expert names when the
-/// weights are not stacked (checkpoints as Hugging Face ships them).
+/// Where a family keeps its experts under a layer's prefix: the block, the router, the
+/// stacked experts, and the per-expert names when the weights are not stacked (checkpoints as
+/// Hugging Face ships them).
 struct Layout {
     block: &'static str,
+    router: &'static str,
+    stacked: &'static str,
     per_expert: [&'static str; 3],
 }
 
@@ -31,33 +36,65 @@ impl Moe {
             path: std::path::PathBuf::new(),
             reason: "a routed layer without expert settings".into(),
         })?;
+        use super::args::Arch;
         let layout = match a.arch {
-            super::args::Arch::Mixtral => Layout {
+            Arch::Mixtral => Layout {
                 block: "block_sparse_moe",
+                router: "gate",
+                stacked: "switch_mlp",
                 per_expert: ["w1", "w3", "w2"],
+            },
+            Arch::GptOss => Layout {
+                block: "mlp",
+                router: "router",
+                stacked: "experts",
+                per_expert: ["gate_proj", "up_proj", "down_proj"],
             },
             _ => Layout {
                 block: "mlp",
+                router: "gate",
+                stacked: "switch_mlp",
                 per_expert: ["gate_proj", "up_proj", "down_proj"],
             },
         };
         let base = format!("{p}.{}", layout.block);
-        let router = files.matrix(a, &format!("{base}.gate"), m.experts, a.hidden)?;
+        let router_name = format!("{base}.{}", layout.router);
+        let router = files.matrix(a, &router_name, m.experts, a.hidden)?;
+        let router_bias = if files.contains(&format!("{router_name}.bias")) {
+            Some(files.vector(&format!("{router_name}.bias"), m.experts)?)
+        } else {
+            None
+        };
         let (h, i, n) = (a.hidden, m.intermediate, m.experts);
-        let experts = if files.contains(&format!("{base}.switch_mlp.gate_proj.weight")) {
+        let stacked = format!("{base}.{}", layout.stacked);
+        let experts = if files.contains(&format!("{stacked}.gate_proj.weight")) {
             let sw = |name: &str, rows, cols| {
-                files.stacked(a, &format!("{base}.switch_mlp.{name}"), n, rows, cols)
+                files.stacked(a, &format!("{stacked}.{name}"), n, rows, cols)
             };
             let (gates, ups, downs) = (
                 sw("gate_proj", i, h)?,
                 sw("up_proj", i, h)?,
                 sw("down_proj", h, i)?,
             );
+            // Stacked biases (gpt-oss): `[experts, rows]`, one row per expert.
+            let bias = |name: &str, len: usize| -> Result<Vec<Option<Vec<f32>>>, EngineError> {
+                let key = format!("{stacked}.{name}.bias");
+                if !files.contains(&key) {
+                    return Ok(vec![None; n]);
+                }
+                let all = files.vector(&key, n * len)?;
+                Ok(all.chunks_exact(len).map(|c| Some(c.to_vec())).collect())
+            };
+            let biases = bias("gate_proj", i)?
+                .into_iter()
+                .zip(bias("up_proj", i)?)
+                .zip(bias("down_proj", h)?);
             gates
                 .into_iter()
                 .zip(ups)
                 .zip(downs)
-                .map(|((g, u), d)| Mlp::of(g, u, d))
+                .zip(biases)
+                .map(|(((g, u), d), ((gb, ub), db))| Mlp::of(g, u, d, [gb, ub, db]))
                 .collect()
         } else {
             let [g, u, d] = layout.per_expert;
@@ -68,12 +105,14 @@ impl Moe {
                         files.matrix(a, &name(g), i, h)?,
                         files.matrix(a, &name(u), i, h)?,
                         files.matrix(a, &name(d), h, i)?,
+                        [None, None, None],
                     ))
                 })
                 .collect::<Result<Vec<_>, EngineError>>()?
         };
         Ok(Moe {
             router,
+            router_bias,
             experts,
             args: m,
         })
@@ -118,6 +157,7 @@ impl Moe {
         let (t, h, n) = (rows.len(), a.hidden, self.args.experts);
         resize(&mut b.router, t * n);
         rows.project(&mut [(&self.router, &mut b.router)], &b.x, &mut b.scratch);
+        add_bias(&mut b.router, &self.router_bias);
         let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); t];
         for (i, c) in chosen.iter_mut().enumerate() {
             self.route(&b.router[i * n..(i + 1) * n], c);
@@ -163,6 +203,15 @@ impl Moe {
             }
             matmul_many(&mut products, xi, 1, scratch);
         }
+        for ((&(e, _), g), u) in chosen
+            .iter()
+            .zip(gate.chunks_exact_mut(inter))
+            .zip(up.chunks_exact_mut(inter))
+        {
+            let [gb, ub, _] = self.experts[e].biases();
+            add_bias(g, gb);
+            add_bias(u, ub);
+        }
         activate(a.act, gate, up);
         for ((&(e, _), g), y) in chosen
             .iter()
@@ -170,6 +219,7 @@ impl Moe {
             .zip(expert_y.chunks_exact_mut(h))
         {
             matmul(&self.experts[e].down, g, 1, y, scratch);
+            add_bias(y, self.experts[e].biases()[2]);
         }
         let out = &mut o[i * h..(i + 1) * h];
         for (&(_, w), y) in chosen.iter().zip(expert_y.chunks_exact(h)) {
@@ -217,8 +267,12 @@ impl Moe {
                 m,
                 scratch,
             );
+            let [gb, ub, db] = expert.biases();
+            add_bias(gate, gb);
+            add_bias(up, ub);
             activate(a.act, gate, up);
             matmul(&expert.down, gate, m, expert_y, scratch);
+            add_bias(expert_y, db);
             for (r, &(i, slot)) in users.iter().enumerate() {
                 let w = chosen[i][slot].1;
                 let dst = &mut contributions[(i * k + slot) * h..(i * k + slot + 1) * h];
