@@ -86,6 +86,34 @@ fn compare(
     (worst, bad)
 }
 
+/// Loads the model in `dir` and compares it with mlx-lm's run (`theirs`): prints the worst
+/// difference, adds what is out of tolerance to `failures`; `false` when it does not load.
+fn check(
+    label: &str,
+    dir: &Path,
+    prompt: &[u32],
+    theirs: &Value,
+    tolerance: f32,
+    failures: &mut Vec<String>,
+) -> bool {
+    let mut engine = match CpuEngine::load(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            failures.push(format!("{label}: does not load: {e}"));
+            return false;
+        }
+    };
+    let (worst, bad) = compare(&mut engine, prompt, theirs, tolerance);
+    eprintln!("{label}: worst relative logit difference {worst:.2e} (tolerance {tolerance:.1e})");
+    if worst > tolerance {
+        failures.push(format!(
+            "{label}: logits differ by {worst:.2e} > {tolerance:.1e}"
+        ));
+    }
+    failures.extend(bad.into_iter().map(|b| format!("{label}: {b}")));
+    true
+}
+
 #[test]
 fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     let Some(py) = common::peer_python("engine_matches_mlx_lm_logits_and_greedy_tokens") else {
@@ -201,38 +229,24 @@ fn engine_matches_mlx_lm_logits_and_greedy_tokens() {
     let results = oracle(&py, work, &jobs);
     let mut failures = Vec::new();
     for (c, theirs) in cases.iter().zip(&results) {
-        let mut engine = CpuEngine::load(&work.join(c.name)).unwrap();
-        let (worst, bad) = compare(&mut engine, &prompt, theirs, c.tolerance);
         let label = format!(
             "{}{}",
             c.name,
             if c.upcast { " (mlx-lm in f32)" } else { "" }
         );
-        eprintln!(
-            "{label}: worst relative logit difference {worst:.2e} (tolerance {:.1e})",
-            c.tolerance
+        check(
+            &label,
+            &work.join(c.name),
+            &prompt,
+            theirs,
+            c.tolerance,
+            &mut failures,
         );
-        if worst > c.tolerance {
-            failures.push(format!(
-                "{label}: logits differ by {worst:.2e} > {:.1e}",
-                c.tolerance
-            ));
-        }
-        failures.extend(bad.into_iter().map(|b| format!("{label}: {b}")));
     }
     // f32: the greedy tokens themselves, through the whole generate loop.
     let f32_theirs: Vec<u32> = serde_json::from_value(results[0]["tokens"].clone()).unwrap();
     let mut engine = CpuEngine::load(&work.join("llama-f32")).unwrap();
-    let opts = mlxk_fs::engine::GenerateOptions {
-        max_tokens: STEPS,
-        sampler: mlxk_fs::engine::sampler::SamplerOptions {
-            temperature: 0.0,
-            repetition_penalty: 1.0,
-            ..Default::default()
-        },
-        stop: vec![],
-    };
-    let g = mlxk_fs::engine::generate(&mut engine, &tok, &prompt, &opts, &mut |_| {}).unwrap();
+    let g = mlxk_fs::engine::generate(&mut engine, &tok, &prompt, &greedy(), &mut |_| {}).unwrap();
     if g.tokens != f32_theirs {
         failures.push(format!(
             "llama-f32 greedy tokens: ours {:?} theirs {f32_theirs:?}",
@@ -501,23 +515,9 @@ fn every_family_matches_mlx_lm() {
         } else {
             name.clone()
         };
-        let mut engine = match CpuEngine::load(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                failures.push(format!("{label}: does not load: {e}"));
-                continue;
-            }
-        };
-        let (worst, bad) = compare(&mut engine, &prompt, theirs, *tolerance);
-        eprintln!(
-            "{label}: worst relative logit difference {worst:.2e} (tolerance {tolerance:.1e})"
-        );
-        if worst > *tolerance {
-            failures.push(format!(
-                "{label}: logits differ by {worst:.2e} > {tolerance:.1e}"
-            ));
+        if !check(&label, &dir, &prompt, theirs, *tolerance, &mut failures) {
+            continue;
         }
-        failures.extend(bad.into_iter().map(|b| format!("{label}: {b}")));
         if !name.contains('-') || name == "llama-sliding" {
             let theirs: Vec<u32> = serde_json::from_value(theirs["tokens"].clone()).unwrap();
             let mut engine = CpuEngine::load(&dir).unwrap();
