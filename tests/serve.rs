@@ -295,7 +295,9 @@ fn endless_model(root: &Path, name: &str, layers: usize) -> PathBuf {
 /// A 200-token stream of `model` on a thread, returned once the server runs it (its status and
 /// body when joined).
 fn long_stream(server: &Server, model: &str) -> std::thread::JoinHandle<(u16, Value)> {
-    let body = json!({"model": model, "prompt": "go", "max_tokens": 200, "stream": true});
+    // Long enough that it still runs when the test's next request arrives on a loaded machine
+    // (at 200 tokens it could finish first while the other tests compete for the two cores).
+    let body = json!({"model": model, "prompt": "go", "max_tokens": 1000, "stream": true});
     let url = server.url("/v1/completions");
     let long =
         std::thread::spawn(move || http(&url, "POST", Some(body.to_string().as_bytes()), &[]));

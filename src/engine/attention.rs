@@ -13,54 +13,125 @@ const BLOCK: usize = 16;
 /// Query heads per kv head handled in registers at once.
 const MAX_GROUP: usize = 8;
 
-/// One layer's cached keys and values.
+/// One layer's cached keys and values. A global layer keeps every position (slot =
+/// position); a sliding-window layer keeps a ring of slots (slot = position mod capacity)
+/// just large enough for its window plus the chunk being written, so its memory does not grow
+/// with the context (gemma3: 5 of every 6 layers).
 pub struct KvCache {
-    /// Per kv head: `[block][dim][16 positions]`.
+    /// Per kv head: `[block][dim][16 slots]`.
     keys: Vec<Vec<f32>>,
-    /// Per kv head: `[position][dim]`.
+    /// Per kv head: `[slot][dim]`.
     values: Vec<Vec<f32>>,
-    /// Positions there is room for (a multiple of the block).
+    /// Slots (a multiple of the block).
     cap: usize,
     dim: usize,
+    /// A sliding-window layer's window: the ring mode.
+    window: Option<usize>,
+    /// The positions the slots hold: `oldest..end`.
+    oldest: usize,
+    end: usize,
 }
 
 impl KvCache {
+    /// The cache of a global layer.
     pub fn new(kv_heads: usize, dim: usize) -> KvCache {
         KvCache {
             keys: vec![Vec::new(); kv_heads],
             values: vec![Vec::new(); kv_heads],
             cap: 0,
             dim,
+            window: None,
+            oldest: 0,
+            end: 0,
         }
     }
 
-    /// Room for `positions` positions; existing entries are kept.
+    /// The cache of a sliding-window layer whose queries see the last `window` positions.
+    pub fn sliding(kv_heads: usize, dim: usize, window: usize) -> KvCache {
+        KvCache {
+            window: Some(window.max(1)),
+            ..KvCache::new(kv_heads, dim)
+        }
+    }
+
+    /// Room for `positions` positions; existing entries are kept. A ring needs no more room
+    /// for a longer context.
     pub fn reserve(&mut self, positions: usize) {
-        if positions <= self.cap {
+        if self.window.is_some() || positions <= self.cap {
             return;
         }
         // Doubling: a long chat grows the cache a few times, not once per token.
-        let cap = positions.max(2 * self.cap).next_multiple_of(BLOCK);
-        // Zero-filled: a block's positions past the context are scored (and ignored).
+        self.relayout(positions.max(2 * self.cap).next_multiple_of(BLOCK));
+    }
+
+    /// Room to write `count` positions from `start` and attend over them: a ring grows to
+    /// hold the window before the first of them plus all of them.
+    pub fn prepare(&mut self, start: usize, count: usize) {
+        match self.window {
+            None => self.reserve(start + count),
+            Some(w) => {
+                let need = (w + count + BLOCK).next_multiple_of(BLOCK);
+                if need > self.cap {
+                    self.relayout(need);
+                }
+            }
+        }
+    }
+
+    /// `cap` slots, the positions held moved to their new slots (zero-filled elsewhere: a
+    /// block's slots outside what a query sees are scored and ignored).
+    fn relayout(&mut self, cap: usize) {
+        let d = self.dim;
+        let old_cap = self.cap;
         for (k, v) in self.keys.iter_mut().zip(&mut self.values) {
-            k.resize(cap * self.dim, 0.0);
-            v.resize(cap * self.dim, 0.0);
+            let (mut nk, mut nv) = (vec![0f32; cap * d], vec![0f32; cap * d]);
+            for pos in self.oldest..self.end {
+                let (from, to) = (pos % old_cap, pos % cap);
+                let (fb, fl, tb, tl) = (from / BLOCK, from % BLOCK, to / BLOCK, to % BLOCK);
+                for i in 0..d {
+                    nk[(tb * d + i) * BLOCK + tl] = k[(fb * d + i) * BLOCK + fl];
+                }
+                nv[to * d..(to + 1) * d].copy_from_slice(&v[from * d..(from + 1) * d]);
+            }
+            *k = nk;
+            *v = nv;
         }
         self.cap = cap;
     }
 
     /// Stores the key and value vectors (`kv_heads × dim` each) of position `pos`.
     pub fn write(&mut self, pos: usize, k: &[f32], v: &[f32]) {
-        self.reserve(pos + 1);
+        self.prepare(pos, 1);
         let d = self.dim;
-        let (block, lane) = (pos / BLOCK, pos % BLOCK);
+        let slot = pos % self.cap;
+        let (block, lane) = (slot / BLOCK, slot % BLOCK);
         for (h, (keys, values)) in self.keys.iter_mut().zip(&mut self.values).enumerate() {
             let kb = &mut keys[block * d * BLOCK..(block + 1) * d * BLOCK];
             for (i, &x) in k[h * d..(h + 1) * d].iter().enumerate() {
                 kb[i * BLOCK + lane] = x;
             }
-            values[pos * d..(pos + 1) * d].copy_from_slice(&v[h * d..(h + 1) * d]);
+            values[slot * d..(slot + 1) * d].copy_from_slice(&v[h * d..(h + 1) * d]);
         }
+        // The slot held `pos - cap` before.
+        self.oldest = self.oldest.max((pos + 1).saturating_sub(self.cap));
+        self.end = self.end.max(pos + 1);
+    }
+
+    /// Forgets the positions from `position` on. `false` when a query at `position` could not
+    /// be answered any more (a ring that has overwritten part of the window before it): the
+    /// cache is then emptied and the sequence must run again from the start.
+    pub fn truncate(&mut self, position: usize) -> bool {
+        self.end = self.end.min(position);
+        let needed = match self.window {
+            Some(w) => (position + 1).saturating_sub(w),
+            None => 0,
+        };
+        if self.oldest > needed {
+            self.oldest = 0;
+            self.end = 0;
+            return false;
+        }
+        true
     }
 }
 
@@ -90,8 +161,8 @@ pub fn attend(
     let d = cache.dim;
     let group = q.len() / d;
     debug_assert!(scoring.sinks.is_none_or(|s| s.len() == group));
-    debug_assert!(seen.end <= cache.cap && out.len() == q.len() && kvh < cache.keys.len());
-    debug_assert!(seen.start < seen.end);
+    debug_assert!(out.len() == q.len() && kvh < cache.keys.len());
+    debug_assert!(seen.start < seen.end && cache.oldest <= seen.start && seen.end <= cache.end);
     for first in (0..group).step_by(MAX_GROUP) {
         let g = MAX_GROUP.min(group - first);
         attend_heads(
@@ -121,9 +192,13 @@ simd_dispatch! {
         scores.clear();
         scores.resize(g * width, 0.0);
         let keys = &cache.keys[kvh];
+        // Absolute block b lives in block b mod (cap / BLOCK) (a ring's slots wrap; a global
+        // cache's never do).
+        let blocks = cache.cap / BLOCK;
         for b in first_block..last_block {
             let mut acc = [[0f32; BLOCK]; MAX_GROUP];
-            let kb = &keys[b * d * BLOCK..(b + 1) * d * BLOCK];
+            let pb = b % blocks;
+            let kb = &keys[pb * d * BLOCK..(pb + 1) * d * BLOCK];
             for i in 0..d {
                 let k = &kb[i * BLOCK..][..BLOCK];
                 for (h, acc) in acc.iter_mut().enumerate().take(g) {
@@ -164,7 +239,8 @@ simd_dispatch! {
         out.iter_mut().for_each(|o| *o = 0.0);
         let values = &cache.values[kvh];
         for p in seen {
-            let v = &values[p * d..(p + 1) * d];
+            let slot = p % cache.cap;
+            let v = &values[slot * d..(slot + 1) * d];
             for (h, o) in out.chunks_exact_mut(d).enumerate() {
                 let w = scores[h * width + p - base];
                 o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
@@ -254,5 +330,83 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A sliding-window layer's ring gives what a cache of every position gives, for chunks
+    /// of every size (the ring growing to hold the window plus the chunk, then wrapping many
+    /// times), and a rewind it can no longer serve empties it.
+    #[test]
+    fn a_ring_of_slots_attends_as_the_whole_cache() {
+        let mut rng = crate::testkit::Rng::new(5);
+        let (kv_heads, group, d, window) = (2, 3, 32, 21);
+        let kvd = kv_heads * d;
+        let len = 300;
+        let keys: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
+        let values: Vec<f32> = (0..len * kvd).map(|_| rng.next_f32()).collect();
+        let (mut ring, mut whole) = (
+            KvCache::sliding(kv_heads, d, window),
+            KvCache::new(kv_heads, d),
+        );
+        let scoring = Scoring {
+            scale: 0.2,
+            softcap: None,
+            sinks: None,
+        };
+        let mut pos = 0;
+        let chunks = [
+            1, 5, 1, 1, 40, 3, 1, 17, 1, 1, 64, 2, 1, 1, 1, 90, 1, 1, 2, 1, 1,
+        ];
+        // Then decoding: one position at a time, round the ring again.
+        for chunk in chunks.into_iter().chain(std::iter::repeat_n(1, 60)) {
+            ring.prepare(pos, chunk);
+            whole.prepare(pos, chunk);
+            for p in pos..pos + chunk {
+                let (k, v) = (
+                    &keys[p * kvd..(p + 1) * kvd],
+                    &values[p * kvd..(p + 1) * kvd],
+                );
+                ring.write(p, k, v);
+                whole.write(p, k, v);
+            }
+            for p in pos..pos + chunk {
+                let seen = (p + 1).saturating_sub(window)..p + 1;
+                for kvh in 0..kv_heads {
+                    let q: Vec<f32> = (0..group * d).map(|_| rng.next_f32()).collect();
+                    let (mut a, mut b) = (vec![0f32; group * d], vec![0f32; group * d]);
+                    attend(
+                        &ring,
+                        kvh,
+                        seen.clone(),
+                        &q,
+                        scoring,
+                        &mut a,
+                        &mut Vec::new(),
+                    );
+                    attend(
+                        &whole,
+                        kvh,
+                        seen.clone(),
+                        &q,
+                        scoring,
+                        &mut b,
+                        &mut Vec::new(),
+                    );
+                    assert_eq!(a, b, "position {p} kv head {kvh}");
+                }
+            }
+            pos += chunk;
+        }
+        assert_eq!(ring.cap, (window + 90 + BLOCK).next_multiple_of(BLOCK));
+        assert!(
+            pos > 2 * ring.cap,
+            "{pos} positions through {} slots",
+            ring.cap
+        );
+        // Back a few positions: the window before them is still there.
+        assert!(ring.truncate(pos - 3));
+        // Far back: overwritten long ago; the ring empties itself.
+        assert!(!ring.truncate(pos / 2));
+        assert_eq!((ring.oldest, ring.end), (0, 0));
+        assert!(whole.truncate(pos / 2), "a whole cache keeps everything");
     }
 }

@@ -186,6 +186,18 @@ impl Rows<'_> {
         }
     }
 
+    /// Room in every row's cache for the positions this forward writes.
+    fn prepare(&mut self) {
+        match self {
+            Rows::Prompt { t, start, cache } => cache.prepare(*start, *t),
+            Rows::Decode { positions, caches } => {
+                for (cache, &pos) in caches.iter_mut().zip(positions.iter()) {
+                    cache.prepare(pos, 1);
+                }
+            }
+        }
+    }
+
     fn cache(&self, i: usize) -> &KvCache {
         match self {
             Rows::Prompt { cache, .. } => cache,
@@ -445,6 +457,7 @@ impl Attention {
             self.norm_and_rotate(a, &mut b.q[i * hd..(i + 1) * hd], &self.q_norm, table);
             self.norm_and_rotate(a, &mut b.k[i * kvd..(i + 1) * kvd], &self.k_norm, table);
         }
+        rows.prepare();
         for i in 0..t {
             let pos = rows.position(i);
             rows.cache_mut(i).write(

@@ -49,8 +49,11 @@ pub trait Engine {
     fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], EngineError>;
     /// Runs one token; returns the logits after it.
     fn decode(&mut self, token: u32) -> Result<&[f32], EngineError>;
-    /// Forgets everything after `position` (the cache keeps the tokens before it).
-    fn rewind(&mut self, position: usize);
+    /// Forgets everything after `position` (the cache keeps the tokens before it) and returns
+    /// the position the engine is at: `position`, or earlier when it cannot keep that much
+    /// (a sliding-window cache that has overwritten what it would need) — the caller runs
+    /// the tokens from there.
+    fn rewind(&mut self, position: usize) -> usize;
     /// Tokens processed so far.
     fn position(&self) -> usize;
     /// Room for this many positions (so decoding allocates nothing).

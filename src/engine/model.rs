@@ -43,8 +43,13 @@ impl Sequence {
     pub fn new(model: &CpuModel) -> Sequence {
         let a = &model.args;
         Sequence {
-            caches: (0..a.layers)
-                .map(|_| KvCache::new(a.kv_heads, a.head_dim))
+            caches: a
+                .layer
+                .iter()
+                .map(|l| match l.window {
+                    Some(w) => KvCache::sliding(a.kv_heads, a.head_dim, w),
+                    None => KvCache::new(a.kv_heads, a.head_dim),
+                })
                 .collect(),
             pos: 0,
             buf: Buffers::default(),
@@ -57,9 +62,24 @@ impl Sequence {
         self.pos
     }
 
-    /// Forgets everything after `position`.
-    pub fn rewind(&mut self, position: usize) {
-        self.pos = self.pos.min(position);
+    /// Forgets everything after `position` and returns where the sequence now is:
+    /// `position` (or where it already was, if earlier), or 0 when a sliding-window layer
+    /// has already overwritten what a query there would need — the tokens must then run
+    /// again from the start.
+    pub fn rewind(&mut self, position: usize) -> usize {
+        let mut pos = self.pos.min(position);
+        let mut kept = true;
+        for cache in &mut self.caches {
+            kept &= cache.truncate(pos);
+        }
+        if !kept {
+            for cache in &mut self.caches {
+                cache.truncate(0);
+            }
+            pos = 0;
+        }
+        self.pos = pos;
+        pos
     }
 
     /// Room for this many positions in every cache.
@@ -291,8 +311,8 @@ impl Engine for CpuEngine {
         Ok(&self.seq.logits)
     }
 
-    fn rewind(&mut self, position: usize) {
-        self.seq.rewind(position);
+    fn rewind(&mut self, position: usize) -> usize {
+        self.seq.rewind(position)
     }
 
     fn position(&self) -> usize {
@@ -419,7 +439,7 @@ mod tests {
             );
         }
         // Rewinding one sequence leaves the others where they are.
-        seqs[0].rewind(2);
+        assert_eq!(seqs[0].rewind(2), 2);
         assert_eq!(seqs[0].position(), 2);
         assert_eq!(seqs[1].position(), 2 + 1 + 1 + 1);
         assert!(

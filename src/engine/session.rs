@@ -177,7 +177,7 @@ impl ChatSession {
             .take_while(|(a, b)| a == b)
             .count()
             .min(ids.len() - 1);
-        self.engine.rewind(common);
+        let common = self.engine.rewind(common);
         let mut g = generate(
             &mut self.engine,
             &self.loaded.tok,
