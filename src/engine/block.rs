@@ -309,7 +309,7 @@ impl Block {
     }
 
     /// Bytes of weights one token reads in this block (for experts: the routed ones).
-    pub(crate) fn bytes_per_token(&self, a: &ModelArgs) -> usize {
+    pub(crate) fn bytes_per_token(&self) -> usize {
         let at = &self.attn;
         let attn: usize = [&at.q, &at.k, &at.v, &at.o]
             .iter()
@@ -317,7 +317,7 @@ impl Block {
             .sum();
         attn + match &self.ffn {
             FeedForward::Dense(m) => m.nbytes(),
-            FeedForward::Experts(moe) => moe.bytes_per_token(a),
+            FeedForward::Experts(moe) => moe.bytes_per_token(),
         }
     }
 

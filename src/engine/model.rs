@@ -142,7 +142,7 @@ impl CpuModel {
             .collect::<Result<Vec<_>, _>>()?;
         let norm = norm_weight(&files, a, &format!("{m}.norm.weight"), a.hidden)?;
         let weight_bytes_per_token =
-            blocks.iter().map(|b| b.bytes_per_token(a)).sum::<usize>() + lm_head.nbytes();
+            blocks.iter().map(|b| b.bytes_per_token()).sum::<usize>() + lm_head.nbytes();
         Ok(CpuModel {
             batch: Default::default(),
             weight_bytes: files.total_bytes,

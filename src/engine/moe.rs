@@ -119,7 +119,7 @@ impl Moe {
     }
 
     /// The router plus `top_k` experts' bytes: what one token reads.
-    pub(crate) fn bytes_per_token(&self, _: &ModelArgs) -> usize {
+    pub(crate) fn bytes_per_token(&self) -> usize {
         let all: usize = self.experts.iter().map(Mlp::nbytes).sum();
         self.router.nbytes() + all / self.experts.len().max(1) * self.args.top_k
     }
