@@ -252,20 +252,11 @@ pub fn matrix_row(m: &Matrix, row: usize, out: &mut [f32]) {
                 out,
             );
         }
-        (
-            Weights::Fp {
-                words,
-                scales,
-                mode,
-            },
-            None,
-        ) => {
-            let (row_bytes, groups) = (cols * mode.bits() as usize / 8, cols / mode.group_size());
-            mode.decode_row(
-                &words.bytes()[row * row_bytes..(row + 1) * row_bytes],
-                &scales.bytes()[row * groups..(row + 1) * groups],
-                out,
-            );
+        (Weights::Fp { .. }, None) => {
+            if let Some(f) = m.fp() {
+                let (w, s) = f.row(row);
+                f.mode.decode_row(w, s, out);
+            }
         }
         (Weights::Affine { .. }, None) => unreachable!("an affine matrix is quantized"),
     }
@@ -300,16 +291,12 @@ simd_dispatch! {
                     }
                 }
             }
-            (Weights::Fp { words, scales, mode }, None) => {
-                let (row_bytes, groups) = (cols * mode.bits() as usize / 8, cols / mode.group_size());
+            (Weights::Fp { .. }, None) => {
+                let Some(f) = m.fp() else { return };
                 let mut w = vec![0f32; cols];
                 for r in 0..rows {
-                    let row = first_row + r;
-                    mode.decode_row(
-                        &words.bytes()[row * row_bytes..(row + 1) * row_bytes],
-                        &scales.bytes()[row * groups..(row + 1) * groups],
-                        &mut w,
-                    );
+                    let (codes, scales) = f.row(first_row + r);
+                    f.mode.decode_row(codes, scales, &mut w);
                     for k in 0..t {
                         out[r * t + k] = dot(&w, &xs[k * cols..(k + 1) * cols]);
                     }
@@ -739,33 +726,13 @@ fn x86_decode(
             }
         }
         (kernel @ (Decode::FpAvx2 | Decode::FpAvx512), None) => {
-            if let Weights::Fp {
-                words,
-                scales,
-                mode,
-            } = &m.weights
-            {
-                let (row_bytes, groups) =
-                    (cols * mode.bits() as usize / 8, cols / mode.group_size());
-                let (words, scales) = (words.bytes(), scales.bytes());
-                let row = |r: usize| {
-                    (
-                        &words[r * row_bytes..(r + 1) * row_bytes],
-                        &scales[r * groups..(r + 1) * groups],
-                    )
-                };
+            if let Some(f) = m.fp() {
+                let (mode, row) = (&f.mode, |r: usize| f.row(r));
                 let prefetch = |r: usize| {
                     if r + FP_PREFETCH_AHEAD < m.rows {
-                        // SAFETY: the row is inside the matrix, so inside both slices.
-                        unsafe {
-                            x86::prefetch_fp_row(
-                                words,
-                                scales,
-                                r + FP_PREFETCH_AHEAD,
-                                row_bytes,
-                                groups,
-                            )
-                        };
+                        let (codes, scales) = f.row(r + FP_PREFETCH_AHEAD);
+                        // SAFETY: SSE is part of x86-64; the row's slices are in the matrix.
+                        unsafe { x86::prefetch_fp_row(codes, scales) };
                     }
                 };
                 if kernel == Decode::FpAvx512 {

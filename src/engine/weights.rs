@@ -121,6 +121,28 @@ pub struct QuantizedRows<'a> {
     pub cols: usize,
 }
 
+/// A microscaling-float matrix's stored bytes, row by row (what its kernels read).
+#[derive(Clone, Copy)]
+pub struct FpRows<'a> {
+    pub words: &'a [u8],
+    pub scales: &'a [u8],
+    pub mode: FpMode,
+    /// Bytes of packed codes per row.
+    pub row_bytes: usize,
+    /// Scales (groups) per row.
+    pub groups: usize,
+}
+
+impl<'a> FpRows<'a> {
+    /// Row `r`'s packed codes and scales.
+    pub fn row(&self, r: usize) -> (&'a [u8], &'a [u8]) {
+        (
+            &self.words[r * self.row_bytes..(r + 1) * self.row_bytes],
+            &self.scales[r * self.groups..(r + 1) * self.groups],
+        )
+    }
+}
+
 impl QuantizedRows<'_> {
     pub fn groups(&self) -> usize {
         self.cols / self.group
@@ -222,6 +244,24 @@ impl Matrix {
                 cols: self.cols,
             }),
             Weights::Float { .. } | Weights::Fp { .. } => None,
+        }
+    }
+
+    /// The packed codes and scales of a microscaling-float matrix.
+    pub fn fp(&self) -> Option<FpRows<'_>> {
+        match &self.weights {
+            Weights::Fp {
+                words,
+                scales,
+                mode,
+            } => Some(FpRows {
+                words: words.bytes(),
+                scales: scales.bytes(),
+                mode: *mode,
+                row_bytes: self.cols * mode.bits() as usize / 8,
+                groups: self.cols / mode.group_size(),
+            }),
+            _ => None,
         }
     }
 

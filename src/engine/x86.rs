@@ -461,27 +461,20 @@ pub unsafe fn fp_row_dot(packed: &[u8], scales: &[u8], mode: FpMode, x: &[f32]) 
     }
 }
 
-/// Prefetches row `row` of a microscaling-float matrix (its codes and scales) into L1: the
+/// Prefetches one row of a microscaling-float matrix (its codes and scales) into L1: the
 /// decode loop asks for a row a few ahead of the one it multiplies, as the hardware
 /// prefetchers do not start on their own early enough (without it, ~60% of the kernel's time
 /// was the first load of each row).
 ///
 /// # Safety
-/// The CPU must support SSE (every x86-64 does); `row` must lie inside both slices.
-pub unsafe fn prefetch_fp_row(
-    words: &[u8],
-    scales: &[u8],
-    row: usize,
-    row_bytes: usize,
-    groups: usize,
-) {
-    // SAFETY: the caller's contract puts the row inside both slices.
+/// The CPU must support SSE (every x86-64 does).
+pub unsafe fn prefetch_fp_row(codes: &[u8], scales: &[u8]) {
+    // SAFETY: every address is inside the slices (a prefetch does not fault anyway).
     unsafe {
-        let p = words.as_ptr().add(row * row_bytes);
-        for line in (0..row_bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.add(line) as *const i8);
+        for line in (0..codes.len()).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().add(line) as *const i8);
         }
-        _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr().add(row * groups) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(scales.as_ptr() as *const i8);
     }
 }
 
