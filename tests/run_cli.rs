@@ -344,6 +344,56 @@ fn reasoning_is_kept_apart_from_the_answer() {
     assert!(v["data"]["reasoning"].is_null(), "{v:#}");
 }
 
+/// gpt-oss's harmony format: the analysis channel is the reasoning, the final channel the
+/// answer; the markers (special tokens) never reach the user.
+#[test]
+fn harmony_analysis_is_kept_apart_from_the_final_answer() {
+    let fx = Fixture::new();
+    let dir = fx.path("harmony");
+    common::harmony_model(&dir);
+    let d = dir.to_str().unwrap();
+    let greedy = [d, "Hi", "--temperature", "0", "--repetition-penalty", "1"];
+    let (code, v) = run_json(&fx, &greedy);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["data"]["reasoning"], common::HARMONY_REASONING, "{v:#}");
+    assert_eq!(v["data"]["response"], common::HARMONY_ANSWER, "{v:#}");
+    assert_eq!(v["data"]["finish_reason"], "stop", "{v:#}");
+    // On a pipe: the reasoning between `<think>` markers, then the answer.
+    let shown = fx.mlxk(&[&["run"][..], &greedy].concat());
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert_eq!(
+        stdout(&shown),
+        format!(
+            "<think>{}</think>\n\n{}\n",
+            common::HARMONY_REASONING,
+            common::HARMONY_ANSWER
+        )
+    );
+    let hidden = fx.mlxk(&[&["run"][..], &greedy, &["--no-reasoning"]].concat());
+    assert_eq!(stdout(&hidden), format!("{}\n", common::HARMONY_ANSWER));
+    // A chat: every turn split the same way, the history holding the answers.
+    let out = with_stdin(
+        &fx,
+        &[
+            "--json",
+            "run",
+            d,
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+        ],
+        "Hi\nAgain\n",
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let turns = v["data"]["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 2, "{v:#}");
+    for t in turns {
+        assert_eq!(t["reasoning"], common::HARMONY_REASONING, "{v:#}");
+        assert_eq!(t["response"], common::HARMONY_ANSWER, "{v:#}");
+    }
+}
+
 #[test]
 fn refusals_come_before_loading() {
     let fx = Fixture::new();

@@ -815,6 +815,47 @@ fn workspaces_and_mounted_paths_are_models() {
     server.stop();
 }
 
+/// A reasoning model's thinking comes in `reasoning_content`, apart from `content`, whole and
+/// streamed (gpt-oss's harmony analysis channel here); a completion's text is as generated.
+#[test]
+fn reasoning_comes_apart_from_the_content() {
+    let Some(py) = common::peer_python("reasoning_comes_apart_from_the_content") else {
+        return;
+    };
+    let fx = Fixture::new();
+    let dir = fx.path("harmony");
+    common::harmony_model(&dir);
+    let model = dir.to_str().unwrap();
+    let server = Server::start(&fx.cache, &[]);
+    let greedy = json!({"temperature": 0, "max_tokens": 40});
+    let results = client(
+        &py,
+        &server,
+        None,
+        json!([
+            request("chat", false, chat(model, "Hi", greedy.clone())),
+            request("chat", true, chat(model, "Hi", greedy.clone())),
+        ]),
+    );
+    for r in &results {
+        assert_eq!(r["text"], common::HARMONY_ANSWER, "{r}");
+        assert_eq!(r["reasoning"], common::HARMONY_REASONING, "{r}");
+        assert_eq!(r["finish_reason"], "stop", "{r}");
+    }
+    let mut args =
+        json!({"model": model, "prompt": "<|start|>user<|message|>Hi<|end|><|start|>assistant"});
+    merge(&mut args, greedy);
+    let (s, v) = post(&server, "/v1/completions", &args);
+    assert_eq!(s, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("<|channel|>analysis<|message|>Thinking")
+            && text.ends_with("<|message|>Hello!"),
+        "{text:?}"
+    );
+    server.stop();
+}
+
 #[test]
 fn sigterm_ends_running_streams_and_exits_zero() {
     let Some(py) = common::peer_python("sigterm_ends_running_streams_and_exits_zero") else {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::output::human_size;
 use super::{open_cache, CliError, MlxkArgs, Outcome, RunArgs};
-use crate::engine::reasoning::{self, Part, ReasoningSplitter};
+use crate::engine::reasoning::{self, Format, Part, ReasoningSplitter};
 use crate::engine::sampler::SamplerOptions;
 use crate::engine::session::{ChatSession, SessionOptions};
 use crate::engine::template::Message;
@@ -101,8 +101,8 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     };
     messages.push(Message::new("user", &prompt));
     let stream = !args.json && !a.no_stream;
-    let thinking = session.reasoning_start(&messages)?;
-    let mut printer = AnswerPrinter::new(thinking, !a.no_reasoning);
+    let format = session.reasoning_format(&messages)?;
+    let mut printer = AnswerPrinter::new(format, !a.no_reasoning);
     let mut stdout = std::io::stdout();
     let mut on_text = |piece: &str| {
         if stream {
@@ -121,14 +121,14 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     let human = if stream {
         String::new()
     } else {
-        let mut printer = AnswerPrinter::new(thinking, !a.no_reasoning);
+        let mut printer = AnswerPrinter::new(format, !a.no_reasoning);
         let mut text = Vec::new();
         printer.piece(&g.text, &mut text);
         printer.finish(&mut text);
         format!("{}\n", String::from_utf8_lossy(&text))
     };
-    let (reasoning, response) = match thinking {
-        Some(inside) => reasoning::split(&g.text, inside),
+    let (reasoning, response) = match format {
+        Some(format) => reasoning::split(&g.text, format),
         None => (None, g.text.clone()),
     };
     Ok(Outcome::success(
@@ -201,8 +201,8 @@ fn chat(
             _ => {}
         }
         messages.push(Message::new("user", line));
-        let thinking = session.reasoning_start(&messages)?;
-        let mut printer = AnswerPrinter::new(thinking, show_reasoning);
+        let format = session.reasoning_format(&messages)?;
+        let mut printer = AnswerPrinter::new(format, show_reasoning);
         let mut stdout = std::io::stdout();
         let mut on_text = |piece: &str| {
             if !json {
@@ -214,14 +214,16 @@ fn chat(
             printer.finish(&mut stdout);
             println!();
         }
-        let (reasoning, response) = match thinking {
-            Some(inside) => reasoning::split(&g.text, inside),
+        let (reasoning, response) = match format {
+            Some(format) => reasoning::split(&g.text, format),
             None => (None, g.text.clone()),
         };
         if verbose {
             report_timing(&g);
         }
-        messages.push(Message::new("assistant", &g.text));
+        // The answer alone: a template drops earlier turns' reasoning anyway (Qwen3 cuts at
+        // `</think>`), and harmony's takes the content as the final channel's message.
+        messages.push(Message::new("assistant", &response));
         turns.push(
             json!({"prompt": line, "response": response, "reasoning": reasoning,
             "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len()}}),
@@ -241,8 +243,8 @@ struct AnswerPrinter {
 }
 
 impl AnswerPrinter {
-    /// `thinking`: [`ChatSession::reasoning_start`] (`None`: the model writes no reasoning).
-    fn new(thinking: Option<bool>, show_reasoning: bool) -> AnswerPrinter {
+    /// `thinking`: [`ChatSession::reasoning_format`] (`None`: the model writes no reasoning).
+    fn new(thinking: Option<Format>, show_reasoning: bool) -> AnswerPrinter {
         AnswerPrinter {
             splitter: thinking.map(ReasoningSplitter::new),
             show_reasoning,

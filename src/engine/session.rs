@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::args::ModelArgs;
 use super::model::{CpuEngine, CpuModel};
+use super::reasoning::Format;
 use super::template::{ChatTemplate, Message};
 use super::tokenizer::TextTokenizer;
 use super::weights::weight_files_size;
@@ -83,6 +84,11 @@ impl LoadedModel {
         Ok((dir, ModelArgs::load(dir)?))
     }
 
+    /// How the answer to a prompt marks its reasoning (see [`super::reasoning::format_of`]).
+    pub fn reasoning_format(&self, prompt: &str) -> Option<Format> {
+        super::reasoning::format_of(self.tok.harmony, self.tok.token_id("</think>"), prompt)
+    }
+
     /// The prompt text of `messages`: the chat template's rendering (unless `use_template` is
     /// false or the model has none), else the contents joined by blank lines.
     pub fn prompt_text(
@@ -148,13 +154,9 @@ impl ChatSession {
         self.loaded.prompt_text(messages, self.use_template)
     }
 
-    /// Whether the answer to `messages` may hold reasoning, and whether it starts inside it
-    /// (see [`super::reasoning::reasoning_start`]).
-    pub fn reasoning_start(&self, messages: &[Message]) -> Result<Option<bool>, EngineError> {
-        Ok(super::reasoning::reasoning_start(
-            self.loaded.tok.token_id("</think>"),
-            &self.prompt_text(messages)?,
-        ))
+    /// How the answer to `messages` marks its reasoning, if it may hold any.
+    pub fn reasoning_format(&self, messages: &[Message]) -> Result<Option<Format>, EngineError> {
+        Ok(self.loaded.reasoning_format(&self.prompt_text(messages)?))
     }
 
     /// Generates the answer to `messages`, reusing the cached prefix the new prompt shares

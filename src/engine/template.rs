@@ -93,12 +93,13 @@ const WEEKDAYS: [&str; 7] = [
 ];
 
 /// Python's `strftime` for the codes chat templates use (%d %m %Y %y %b %B %a %A %H %M %S %%),
-/// in UTC.
-fn strftime(fmt: &str, t: std::time::SystemTime) -> String {
-    let secs = t
+/// at `offset` seconds east of UTC.
+fn strftime(fmt: &str, t: std::time::SystemTime, offset: i64) -> String {
+    let utc = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let secs = utc.saturating_add_signed(offset);
     let days = (secs / 86_400) as i64;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -144,6 +145,34 @@ fn strftime(fmt: &str, t: std::time::SystemTime) -> String {
     out
 }
 
+/// Seconds east of UTC of the local time zone at `t` (0 where it cannot be known).
+fn local_utc_offset(t: std::time::SystemTime) -> i64 {
+    #[cfg(unix)]
+    {
+        let secs = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let Ok(time) = libc::time_t::try_from(secs) else {
+            return 0;
+        };
+        // SAFETY: `tm` is plain data that localtime_r fills; both pointers are valid for the
+        // call, and the reentrant variant shares no static buffer.
+        unsafe {
+            let mut tm: libc::tm = std::mem::zeroed();
+            if libc::localtime_r(&time, &mut tm).is_null() {
+                return 0;
+            }
+            tm.tm_gmtoff
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = t;
+        0
+    }
+}
+
 impl ChatTemplate {
     /// The model's template, if it has one.
     pub fn load(dir: &Path, tokenizer_config: &Value) -> Result<Option<ChatTemplate>, EngineError> {
@@ -172,8 +201,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<JValue, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
+        // transformers' `strftime_now` is `datetime.now().strftime`: the local time.
         env.add_function("strftime_now", |fmt: String| -> String {
-            strftime(&fmt, std::time::SystemTime::now())
+            let now = std::time::SystemTime::now();
+            strftime(&fmt, now, local_utc_offset(now))
         });
         env.add_filter(
             "tojson",
@@ -216,11 +247,14 @@ mod tests {
     fn strftime_like_python() {
         // 2024-07-26 13:05:09 UTC, a Friday.
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_722_000_309);
-        assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
+        assert_eq!(strftime("%d %b %Y", t, 0), "26 Jul 2024");
         assert_eq!(
-            strftime("%A %B %d, %y %H:%M:%S %%", t),
+            strftime("%A %B %d, %y %H:%M:%S %%", t, 0),
             "Friday July 26, 24 13:25:09 %"
         );
+        // Eleven hours east it is already the next day.
+        assert_eq!(strftime("%a %d %H", t, 11 * 3600), "Sat 27 00");
+        assert_eq!(strftime("%d %H", t, -14 * 3600), "25 23");
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct TextTokenizer {
     pub eos_token: Option<String>,
     /// tokenizer_config.json, for the chat template.
     pub config: Value,
+    /// A harmony vocabulary (gpt-oss): its output is decoded with the special tokens that
+    /// frame its messages kept, so that reasoning can be told from the answer.
+    pub harmony: bool,
 }
 
 /// `"<s>"` or `{"content": "<s>", ...}`.
@@ -53,7 +56,9 @@ impl TextTokenizer {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null);
+        let harmony = super::reasoning::is_harmony_vocabulary(&|t| inner.token_to_id(t));
         Ok(TextTokenizer {
+            harmony,
             bos_token: token_text(config.get("bos_token")),
             eos_token: token_text(config.get("eos_token")),
             inner,
@@ -69,8 +74,10 @@ impl TextTokenizer {
             .map_err(|e| EngineError::Input(format!("cannot tokenize the prompt: {e}")))
     }
 
+    /// The text of generated `ids`: special tokens left out, except in a harmony vocabulary,
+    /// where they are the message structure.
     pub fn decode(&self, ids: &[u32]) -> String {
-        self.inner.decode(ids, true).unwrap_or_default()
+        self.inner.decode(ids, !self.harmony).unwrap_or_default()
     }
 
     /// The id of a token string, if the vocabulary has it.

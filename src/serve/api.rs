@@ -4,6 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use crate::engine::reasoning::{self, Format, Part};
 use crate::engine::sampler::SamplerOptions;
 use crate::engine::scheduler::{Finish, FinishReason};
 use crate::engine::template::Message;
@@ -419,18 +420,32 @@ pub struct Answer {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// How the model marks reasoning in a chat answer (`None` for completions, whose text is
+    /// given as generated): the reasoning goes to `reasoning_content`, as DeepSeek's API,
+    /// vLLM and llama.cpp's server give it, and `content` is the answer alone.
+    pub reasoning: Option<Format>,
 }
 
 impl Answer {
     /// The whole answer (stream: false).
     pub fn complete(&self, text: &str, finish: &Finish) -> Value {
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish.reason.as_str(),
-            }),
+            Endpoint::Chat => {
+                let (reasoning, content) = match self.reasoning {
+                    Some(format) => reasoning::split(text, format),
+                    None => (None, text.to_string()),
+                };
+                let mut message = json!({"role": "assistant", "content": content});
+                if let Some(r) = reasoning {
+                    message["reasoning_content"] = json!(r);
+                }
+                json!({
+                    "index": 0,
+                    "message": message,
+                    "logprobs": null,
+                    "finish_reason": finish.reason.as_str(),
+                })
+            }
             Endpoint::Completions => json!({
                 "index": 0,
                 "text": text,
@@ -448,11 +463,11 @@ impl Answer {
         })
     }
 
-    /// A stream chunk: the first (`role` only, chat), one with text, or the last (with the
-    /// finish reason and an empty delta).
+    /// A stream chunk: the first (`role` only, chat), one with a piece of the answer (or of
+    /// the reasoning, chat), or the last (with the finish reason and an empty delta).
     pub fn chunk(
         &self,
-        text: Option<&str>,
+        piece: Option<(Part, &str)>,
         first: bool,
         finish: Option<FinishReason>,
         include_usage: bool,
@@ -463,14 +478,20 @@ impl Answer {
                 if first {
                     delta.insert("role".into(), json!("assistant"));
                 }
-                if let Some(t) = text {
-                    delta.insert("content".into(), json!(t));
+                match piece {
+                    Some((Part::Answer, t)) => {
+                        delta.insert("content".into(), json!(t));
+                    }
+                    Some((Part::Reasoning, t)) => {
+                        delta.insert("reasoning_content".into(), json!(t));
+                    }
+                    None => {}
                 }
                 json!({"index": 0, "delta": delta, "logprobs": null,
                        "finish_reason": finish.map(FinishReason::as_str)})
             }
             Endpoint::Completions => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null,
+                "index": 0, "text": piece.map_or("", |(_, t)| t), "logprobs": null,
                 "finish_reason": finish.map(FinishReason::as_str),
             }),
         };
@@ -631,6 +652,7 @@ mod tests {
             id: "chatcmpl-1".into(),
             created: 7,
             model: "m".into(),
+            reasoning: None,
         };
         let f = Finish {
             reason: FinishReason::Length,
@@ -645,5 +667,20 @@ mod tests {
         assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant"}));
         assert!(first["usage"].is_null() && first.get("usage").is_some());
         assert_eq!(a.usage_chunk(&f)["choices"], json!([]));
+        assert!(v["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
+        // A reasoning model's thinking is apart from the content, whole or streamed.
+        let thinker = Answer {
+            reasoning: Some(Format::Think { inside: false }),
+            ..a
+        };
+        let v = thinker.complete("<think>\nhmm\n</think>\n\nhi", &f);
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": "hi", "reasoning_content": "hmm"})
+        );
+        let c = thinker.chunk(Some((Part::Reasoning, "hm")), false, None, false);
+        assert_eq!(c["choices"][0]["delta"], json!({"reasoning_content": "hm"}));
     }
 }

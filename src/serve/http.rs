@@ -24,6 +24,7 @@ use super::api::{self, Answer, CompletionRequest, Endpoint, Prompt};
 use super::epoch_secs;
 use super::error::ApiError;
 use super::models::{ModelHandle, Registry};
+use crate::engine::reasoning::{Format, Part, ReasoningSplitter};
 use crate::engine::scheduler::{Event, EventSink, Finish, FinishReason, Job, SubmitError};
 
 /// What every handler shares.
@@ -121,7 +122,7 @@ async fn complete(
     })?;
     let req = api::parse(endpoint, &body)?;
     let model = state.registry.get(&req.model).await?;
-    let prompt = {
+    let (prompt, reasoning) = {
         let (model, req) = (model.clone(), req.clone());
         tokio::task::spawn_blocking(move || tokenize(&model, &req))
             .await
@@ -157,6 +158,7 @@ async fn complete(
         id: format!("{}-{created:x}{n:06x}", endpoint.id_prefix()),
         created,
         model: req.model.clone(),
+        reasoning,
     };
     if req.stream {
         Ok(stream(answer, rx, req.include_usage).into_response())
@@ -166,14 +168,21 @@ async fn complete(
 }
 
 /// The prompt's token ids: chat messages through the model's template, a completion prompt
-/// as it is.
-fn tokenize(model: &ModelHandle, req: &CompletionRequest) -> Result<Vec<u32>, ApiError> {
+/// as it is; and for a chat, how the answer marks its reasoning.
+fn tokenize(
+    model: &ModelHandle,
+    req: &CompletionRequest,
+) -> Result<(Vec<u32>, Option<Format>), ApiError> {
     let loaded = &model.loaded;
-    let text = match &req.prompt {
-        Prompt::Chat(messages) => loaded
-            .prompt_text(messages, true)
-            .map_err(|e| ApiError::field("messages", e.to_string()))?,
-        Prompt::Text(t) => t.clone(),
+    let (text, reasoning) = match &req.prompt {
+        Prompt::Chat(messages) => {
+            let text = loaded
+                .prompt_text(messages, true)
+                .map_err(|e| ApiError::field("messages", e.to_string()))?;
+            let reasoning = loaded.reasoning_format(&text);
+            (text, reasoning)
+        }
+        Prompt::Text(t) => (t.clone(), None),
     };
     let ids = loaded
         .tok
@@ -186,7 +195,7 @@ fn tokenize(model: &ModelHandle, req: &CompletionRequest) -> Result<Vec<u32>, Ap
         };
         return Err(ApiError::field(param, "the prompt is empty"));
     }
-    Ok(ids)
+    Ok((ids, reasoning))
 }
 
 /// The request's max_tokens within the model's context (default: the rest of it); a request
@@ -289,6 +298,9 @@ fn stream(
         {
             return;
         }
+        // A chat answer's reasoning is split from its content as it streams.
+        let mut splitter = answer.reasoning.map(ReasoningSplitter::new);
+        let mut pieces: Vec<(Part, String)> = Vec::new();
         let mut finish: Option<Finish> = None;
         loop {
             let event = tokio::select! {
@@ -299,8 +311,15 @@ fn stream(
             let Some(event) = event else { break };
             match event {
                 Event::Text(t) => {
-                    if !send(&answer.chunk(Some(&t), false, None, include_usage)).await {
-                        return;
+                    match splitter.as_mut() {
+                        Some(sp) => sp.push(&t, &mut |part, s| pieces.push((part, s.into()))),
+                        None => pieces.push((Part::Answer, t)),
+                    }
+                    for (part, t) in pieces.drain(..) {
+                        let chunk = answer.chunk(Some((part, &t)), false, None, include_usage);
+                        if !send(&chunk).await {
+                            return;
+                        }
                     }
                 }
                 Event::Done(f) if f.reason == FinishReason::Cancelled => {
@@ -318,6 +337,14 @@ fn stream(
             }
         }
         if let Some(f) = finish {
+            if let Some(sp) = splitter.as_mut() {
+                sp.finish(&mut |part, s| pieces.push((part, s.into())));
+            }
+            for (part, t) in pieces.drain(..) {
+                if !send(&answer.chunk(Some((part, &t)), false, None, include_usage)).await {
+                    return;
+                }
+            }
             if !send(&answer.chunk(None, false, Some(f.reason), include_usage)).await {
                 return;
             }

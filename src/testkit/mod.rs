@@ -8,4 +8,7 @@ pub mod fuzz;
 pub mod model;
 
 pub use cache::{fake_sha, fixture_cache, FixtureCache};
-pub use model::{llama_model_files, safetensors_bytes, LlamaSpec, Rng, TensorSpec, WeightDtype};
+pub use model::{
+    llama_model_files, safetensors_bytes, scripted_model_files, LlamaSpec, Rng, Script, TensorSpec,
+    WeightDtype,
+};

@@ -593,6 +593,126 @@ pub fn tokenizer_json() -> String {
     serde_json::to_string(&tok).unwrap_or_default()
 }
 
+/// A model that writes a fixed text whatever it is asked (after a prompt ending in a given
+/// byte): for tests of what is done with a model's output — reasoning split from the answer,
+/// special tokens decoded — where a random model's text says nothing.
+///
+/// Every token of the script is its own vocabulary entry, so the next token depends on the
+/// current one only: one layer whose attention and MLP add nothing (zero output projections),
+/// an embedding that gives each token of the chain its own dimension, and an lm_head that maps
+/// that dimension to the successor. Greedy decoding follows the chain.
+#[derive(Debug, Clone)]
+pub struct Script<'a> {
+    /// The prompt's last byte (a byte token), where the script starts.
+    pub after: u8,
+    /// The text of each token written, in order: a special token (each at most once) or a
+    /// plain vocabulary entry of that text (each at most once, and not a single byte nor a
+    /// special's text: a repeated marker is written in other pieces, e.g. `<|chan`, `nel|>`).
+    pub tokens: &'a [&'a str],
+    /// Special tokens of the vocabulary (added tokens, `special: true`).
+    pub specials: &'a [&'a str],
+    /// The special token written after the script: the tokenizer config's eos token.
+    pub eos: &'a str,
+    pub chat_template: &'a str,
+}
+
+/// The files of a [`Script`] model: config, tokenizer, tokenizer config (template, eos) and
+/// f32 weights.
+pub fn scripted_model_files(script: &Script) -> Vec<(String, Vec<u8>)> {
+    let mut tok: Value = serde_json::from_str(&tokenizer_json()).unwrap_or_default();
+    let symbols = byte_symbols();
+    let mut next_id = 259usize;
+    let mut special_ids = BTreeMap::new();
+    for &s in script.specials.iter().chain([&script.eos]) {
+        if special_ids.contains_key(s) {
+            continue;
+        }
+        special_ids.insert(s, next_id);
+        tok["model"]["vocab"][s] = json!(next_id);
+        if let Some(added) = tok["added_tokens"].as_array_mut() {
+            added.push(
+                json!({"id": next_id, "content": s, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}),
+            );
+        }
+        next_id += 1;
+    }
+    let mut chain = vec![script.after as usize];
+    for &t in script.tokens {
+        match special_ids.get(t) {
+            Some(&id) => chain.push(id),
+            None => {
+                // A plain entry: the text in the byte-level vocabulary's symbols, so that it
+                // decodes to exactly `t`.
+                // (tokenizers gives an added token the id of a vocabulary entry of the same
+                // text, so a special's text cannot be a plain entry too.)
+                let key: String = t.bytes().map(|b| symbols[b as usize]).collect();
+                assert!(
+                    tok["model"]["vocab"].get(&key).is_none(),
+                    "script token {t:?} is already in the vocabulary: split it differently"
+                );
+                tok["model"]["vocab"][key] = json!(next_id);
+                chain.push(next_id);
+                next_id += 1;
+            }
+        }
+    }
+    let eos = special_ids[script.eos];
+    let distinct: std::collections::BTreeSet<usize> = chain.iter().copied().collect();
+    assert_eq!(distinct.len(), chain.len(), "a script token repeats");
+    let hidden = chain.len().next_multiple_of(16).max(64);
+    let spec = LlamaSpec {
+        hidden,
+        layers: 1,
+        intermediate: 64,
+        heads: 4,
+        kv_heads: 2,
+        vocab: next_id,
+        dtype: WeightDtype::F32,
+        ..LlamaSpec::default()
+    };
+    let mut tensors = spec.tensors();
+    let f32s = |v: Vec<f32>| {
+        v.into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    for t in &mut tensors {
+        let (rows, cols) = (t.shape[0], t.shape.get(1).copied().unwrap_or(1));
+        let mut m = vec![0f32; rows * cols];
+        match t.name.as_str() {
+            "model.embed_tokens.weight" => {
+                for (dim, &id) in chain.iter().enumerate() {
+                    m[id * cols + dim] = 1.0;
+                }
+            }
+            "lm_head.weight" => {
+                for dim in 0..chain.len() {
+                    let successor = chain.get(dim + 1).copied().unwrap_or(eos);
+                    m[successor * cols + dim] = 8.0;
+                }
+            }
+            n if n.ends_with("o_proj.weight") || n.ends_with("down_proj.weight") => {}
+            _ => continue,
+        }
+        t.data = f32s(m);
+    }
+    let mut config = spec.config();
+    config["eos_token_id"] = json!(eos);
+    let mut tc = tokenizer_config();
+    tc["eos_token"] = json!(script.eos);
+    tc["chat_template"] = json!(script.chat_template);
+    vec![
+        ("config.json".to_string(), pretty(&config)),
+        ("tokenizer.json".to_string(), tok.to_string().into_bytes()),
+        ("tokenizer_config.json".to_string(), pretty(&tc)),
+        (
+            "model.safetensors".to_string(),
+            safetensors_bytes(&tensors, Some("mlx")),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

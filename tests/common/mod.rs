@@ -340,3 +340,43 @@ pub fn peer_model_base() -> mlxk_fs::testkit::LlamaSpec {
         ..mlxk_fs::testkit::LlamaSpec::default()
     }
 }
+
+/// What [`harmony_model`] writes: its reasoning and its answer.
+pub const HARMONY_REASONING: &str = "Thinking it over.";
+pub const HARMONY_ANSWER: &str = "Hello!";
+
+/// A model with a harmony vocabulary (gpt-oss's message markers as special tokens) that answers
+/// any chat the way gpt-oss does: an analysis message, then the final one —
+/// `<|channel|>analysis<|message|>Thinking it over.<|end|><|start|>assistant<|channel|>final
+/// <|message|>Hello!<|return|>` (see `mlxk_fs::testkit::Script`; the second header's markers
+/// are plain text pieces, the first's the special tokens).
+pub fn harmony_model(dir: &Path) {
+    use mlxk_fs::testkit::{scripted_model_files, Script};
+    let script = Script {
+        after: b't',
+        tokens: &[
+            "<|channel|>",
+            "analysis",
+            "<|message|>",
+            "Thinking",
+            " it over.",
+            "<|end|>",
+            "<|start|>",
+            "assistant",
+            "<|chan",
+            "nel|>final",
+            "<|mess",
+            "age|>",
+            "Hel",
+            "lo!",
+        ],
+        specials: &["<|start|>", "<|channel|>", "<|message|>", "<|end|>"],
+        eos: "<|return|>",
+        chat_template: "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}\
+                        <|end|>{% endfor %}<|start|>assistant",
+    };
+    fs::create_dir_all(dir).expect("mkdir");
+    for (name, bytes) in scripted_model_files(&script) {
+        fs::write(dir.join(name), bytes).expect("write model file");
+    }
+}

@@ -25,15 +25,18 @@ def run_request(client, r):
         resp = create(stream=False, **args)
         choice = resp.choices[0]
         text = choice.message.content if kind == "chat" else choice.text
+        # A reasoning model's thinking: an extra field the client keeps as an attribute.
+        reasoning = getattr(choice.message, "reasoning_content", None) if kind == "chat" else None
         return {
             "id": resp.id,
             "object": resp.object,
             "model": resp.model,
             "text": text,
+            "reasoning": reasoning,
             "finish_reason": choice.finish_reason,
             "usage": resp.usage.model_dump() if resp.usage else None,
         }
-    text, finish, usage, chunks, roles = "", None, None, 0, []
+    text, finish, usage, chunks, roles, reasoning = "", None, None, 0, [], None
     for chunk in create(stream=True, **args):
         chunks += 1
         if chunk.usage is not None:
@@ -45,12 +48,16 @@ def run_request(client, r):
             if c.delta.role:
                 roles.append(c.delta.role)
             text += c.delta.content or ""
+            piece = getattr(c.delta, "reasoning_content", None)
+            if piece is not None:
+                reasoning = (reasoning or "") + piece
         else:
             text += c.text or ""
         if c.finish_reason:
             finish = c.finish_reason
     return {
         "text": text,
+        "reasoning": reasoning,
         "finish_reason": finish,
         "usage": usage,
         "chunks": chunks,
