@@ -10,6 +10,11 @@
 #   llama dense  1.6B (hidden 2048, 32 layers, intermediate 5504): the MoE's dense equal, 4-bit
 #   llama 0.43B  (the run benchmark's), mxfp4, beside its affine 4-bit
 # A 64-token prompt, 128 greedy tokens, both cores; median of RUNS after one warm-up.
+# Side by side, in the same run: llama.cpp (scripts/bench/llama_cpp.sh; ~30 minutes to build the
+# first time) on the same gemma3_text, qwen3_moe and dense models, converted to F16 GGUF
+# (scripts/bench/hf_to_gguf.py) and quantized to Q4_0 (4.5 bits per weight, as MLX's 4-bit
+# with groups of 64), decoding 128 tokens after a 64-token context with llama-bench, 2 threads
+# (MLXK_BENCH_LLAMA_CPP=0 leaves it out).
 #
 #   scripts/bench/families.sh [RUNS]   (default 3)
 set -euo pipefail
@@ -56,6 +61,16 @@ make moe "{\"model_type\": \"qwen3_moe\", \"hidden_size\": 1024, \"num_hidden_la
 make dense "{\"model_type\": \"llama\", \"hidden_size\": 2048, \"num_hidden_layers\": 32,
   \"intermediate_size\": 5504, \"num_attention_heads\": 16, \"num_key_value_heads\": 4,
   \"rope_theta\": 10000.0, $common}"
+with_llama_cpp=${MLXK_BENCH_LLAMA_CPP:-1}
+if [ "$with_llama_cpp" = 1 ]; then
+  llama_bin=$(scripts/bench/llama_cpp.sh)
+  gguf_py=$(scripts/bench/llama_cpp.sh --gguf-py)
+  for m in gemma3 moe dense; do
+    "$py" scripts/bench/hf_to_gguf.py "$gguf_py" "$work/$m" "$work/$m-f16.gguf"
+    "$llama_bin/llama-quantize" "$work/$m-f16.gguf" "$work/$m-q4_0.gguf" Q4_0 >/dev/null 2>&1
+    rm "$work/$m-f16.gguf"
+  done
+fi
 quantize "$work/gemma3" "$work/gemma3-q4" --q-bits 4 --q-group-size 64
 quantize "$work/moe" "$work/moe-q4" --q-bits 4 --q-group-size 64
 quantize "$work/dense" "$work/dense-q4" --q-bits 4 --q-group-size 64
@@ -92,3 +107,20 @@ bench "qwen3_moe 1.7B/0.3B 4-bit" "$work/moe-q4"
 bench "llama 1.6B dense 4-bit" "$work/dense-q4"
 bench "llama 0.43B 4-bit" "$work/llama-q4"
 bench "llama 0.43B mxfp4" "$work/llama-mxfp4"
+
+bench_llama_cpp() { # name gguf
+  "$llama_bin/llama-bench" -m "$2" -t "$(nproc)" -p 0 -n 128 -d 64 -r "$runs" -o json \
+    >"$work/llama.json" 2>/dev/null
+  "$py" - "$work/llama.json" "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))[0]
+print(f"{sys.argv[2]:22} decode {r['avg_ts']:6.1f} tok/s mean of {len(r['samples_ts'])}"
+      f" ({min(r['samples_ts']):.1f}-{max(r['samples_ts']):.1f}) | {r['model_size'] / 1e6:6.1f} MB file")
+PY
+}
+if [ "$with_llama_cpp" = 1 ]; then
+  echo "llama.cpp $(cd "$(dirname "$gguf_py")" && git describe --tags 2>/dev/null || echo "(llama-cpp-python 0.3.36's)"), Q4_0:"
+  bench_llama_cpp "gemma3_text 0.52B Q4_0" "$work/gemma3-q4_0.gguf"
+  bench_llama_cpp "qwen3_moe 1.7B/0.3B Q4_0" "$work/moe-q4_0.gguf"
+  bench_llama_cpp "llama 1.6B dense Q4_0" "$work/dense-q4_0.gguf"
+fi

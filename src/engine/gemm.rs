@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::weights::QuantizedRows;
+use super::weights::{FpRows, QuantizedRows};
 use super::x86::CodeUnpacker;
 use crate::mlx::FloatDtype;
 
@@ -373,27 +373,72 @@ pub unsafe fn float_gemm_rows(
     n: usize,
     out: TokenMajorOut,
 ) {
+    let row_bytes = cols * dtype.size();
+    assert!(data.len() >= rows * row_bytes);
+    // SAFETY: this function's `# Safety` contract is the one below's; the assertion covers
+    // the rows widened.
+    unsafe {
+        widened_gemm_rows(rows, cols, panels, first, n, out, |at, w| {
+            dtype.widen_into(&data[at * row_bytes..(at + 1) * row_bytes], w)
+        })
+    }
+}
+
+/// [`float_gemm_rows`] for a microscaling-float matrix (mxfp4 / mxfp8 / nvfp4): each row
+/// decoded to its exact f32 values (element × scale, as mlx multiplies them) once per prompt
+/// chunk, then the float tiles.
+///
+/// # Safety
+/// As [`float_gemm_rows`]; `f` must hold `rows` rows of `cols` columns.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn fp_gemm_rows(
+    f: &FpRows,
+    rows: usize,
+    cols: usize,
+    panels: &FloatPanels,
+    first: usize,
+    n: usize,
+    out: TokenMajorOut,
+) {
+    assert!(
+        f.row_bytes * 8 == cols * f.mode.bits() as usize
+            && f.words.len() >= rows * f.row_bytes
+            && f.scales.len() >= rows * f.groups
+    );
+    // SAFETY: as `float_gemm_rows`; the assertion covers the rows decoded.
+    unsafe {
+        widened_gemm_rows(rows, cols, panels, first, n, out, |at, w| {
+            let (codes, scales) = f.row(at);
+            f.mode.decode_row(codes, scales, w)
+        })
+    }
+}
+
+/// The float GEMM over rows that `widen(row, out)` writes as f32.
+///
+/// # Safety
+/// As [`float_gemm_rows`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn widened_gemm_rows(
+    rows: usize,
+    cols: usize,
+    panels: &FloatPanels,
+    first: usize,
+    n: usize,
+    out: TokenMajorOut,
+    widen: impl Fn(usize, &mut [f32]),
+) {
     // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
     // below stays inside the slices its length checks cover.
     unsafe {
-        let row_bytes = cols * dtype.size();
-        assert!(
-            panels.cols == cols
-                && first + n <= rows
-                && data.len() >= rows * row_bytes
-                && out.len >= panels.tokens * rows
-        );
+        assert!(panels.cols == cols && first + n <= rows && out.len >= panels.tokens * rows);
         FLOAT_PANEL.with_borrow_mut(|w| {
             w.resize(ROWS * cols, 0.0);
             let mut row = first;
             while row < first + n {
                 let r = ROWS.min(first + n - row);
                 for i in 0..r {
-                    let at = row + i;
-                    dtype.widen_into(
-                        &data[at * row_bytes..(at + 1) * row_bytes],
-                        &mut w[i * cols..(i + 1) * cols],
-                    );
+                    widen(row + i, &mut w[i * cols..(i + 1) * cols]);
                 }
                 let mut tile = 0;
                 while tile < panels.tiles {

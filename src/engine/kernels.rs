@@ -9,6 +9,7 @@
 use super::args::Rope;
 use super::pool::pool;
 use super::weights::{Matrix, QuantizedRows, Weights};
+use crate::mlx::fp::FpMode;
 use crate::mlx::pack::{unpack_at, PackedWords};
 use crate::simd::{simd_dispatch, Cpu};
 
@@ -48,6 +49,9 @@ pub(crate) enum Decode {
     FpAvx2,
     /// `x86::fp_row_dot_512` (AVX-512 F): the same, 16 lanes.
     FpAvx512,
+    /// `x86::mxfp4_rows_split` (AVX-512 VNNI): mxfp4 rows as integers over 16-bit split
+    /// activations.
+    Mxfp4Vnni,
 }
 
 /// How a matrix is multiplied by several tokens (a prompt).
@@ -62,6 +66,9 @@ pub(crate) enum Prompt {
     FloatGemm,
     /// `gemm::affine_gemm_rows` (AVX-512 VNNI): any width 2-8.
     AffineGemm,
+    /// `gemm::fp_gemm_rows` (AVX-512): microscaling-float rows decoded to f32, then the float
+    /// tiles.
+    FpGemm,
 }
 
 /// The kernels of one matrix, chosen once when the model loads (by format, bits, group,
@@ -99,7 +106,10 @@ impl Kernels {
                         out.push(Decode::Q4Avx2);
                     }
                 }
-                Weights::Fp { .. } if cols.is_multiple_of(32) => {
+                Weights::Fp { mode, .. } if cols.is_multiple_of(32) => {
+                    if mode == FpMode::Mxfp4 && cpu.vnni && mxfp4_split_kernel_fits(cols) {
+                        out.push(Decode::Mxfp4Vnni);
+                    }
                     if cpu.avx512 {
                         out.push(Decode::FpAvx512);
                     }
@@ -135,8 +145,13 @@ impl Kernels {
                         out.push(Prompt::Q4Avx2);
                     }
                 }
-                // Each row decoded to floats once, then dotted with every token (portable).
-                Weights::Fp { .. } => {}
+                // Each row decoded to floats once per prompt chunk, then the float GEMM tiles
+                // (portable: then dotted with every token).
+                Weights::Fp { .. } => {
+                    if cpu.avx512 {
+                        out.push(Prompt::FpGemm);
+                    }
+                }
             }
         }
         out.push(Prompt::Portable);
@@ -147,11 +162,15 @@ impl Kernels {
 #[cfg(target_arch = "x86_64")]
 use super::gemm::fits as gemm_fits;
 #[cfg(target_arch = "x86_64")]
-use super::x86::{any_width_kernel_fits, split_kernel_fits};
+use super::x86::{any_width_kernel_fits, mxfp4_split_kernel_fits, split_kernel_fits};
 
 // Other architectures have only the portable kernels.
 #[cfg(not(target_arch = "x86_64"))]
 fn split_kernel_fits(_: usize, _: usize) -> bool {
+    false
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn mxfp4_split_kernel_fits(_: usize) -> bool {
     false
 }
 #[cfg(not(target_arch = "x86_64"))]
@@ -655,6 +674,7 @@ fn x86_decode(
     let cols = first.cols;
     let split_group = |m: &Matrix| match (m.kernels.decode, &m.weights) {
         (Decode::Q4Vnni | Decode::AnyWidthVbmi, Weights::Affine { group, .. }) => Some(*group),
+        (Decode::Mxfp4Vnni, _) => Some(FpMode::Mxfp4.group_size()),
         _ => None,
     };
     let same_cols = products
@@ -676,7 +696,7 @@ fn x86_decode(
     if let Some(group) = group {
         let nibbles = products
             .iter()
-            .any(|(m, _)| m.kernels.decode == Decode::Q4Vnni);
+            .any(|(m, _)| matches!(m.kernels.decode, Decode::Q4Vnni | Decode::Mxfp4Vnni));
         let natural = products
             .iter()
             .any(|(m, _)| m.kernels.decode == Decode::AnyWidthVbmi);
@@ -704,6 +724,12 @@ fn x86_decode(
         // CPU has its features and the matrix's shape fits it (`Kernels::decode_choices`); the
         // activations were prepared above in the layout each kernel reads.
         (Decode::Q4Vnni, Some(q)) => unsafe { x86::q4_rows_split(&q, sa, xsums, first, out) },
+        (Decode::Mxfp4Vnni, None) => {
+            if let Some(f) = m.fp() {
+                // SAFETY: as the arms around it; the activations are in groups of 32.
+                unsafe { x86::mxfp4_rows_split(&f, sa, xsums, first, out) }
+            }
+        }
         (Decode::AnyWidthVbmi, Some(q)) => unsafe {
             match q.bits {
                 2 => x86::qn_rows_split::<2>(&q, sa, xsums, first, out),
@@ -817,7 +843,8 @@ fn x86_matmul(
             | Decode::AnyWidthVbmi
             | Decode::Q4Avx2
             | Decode::FpAvx2
-            | Decode::FpAvx512 => {
+            | Decode::FpAvx512
+            | Decode::Mxfp4Vnni => {
                 return x86_decode(&mut [(m, ys)], xs, scratch);
             }
             Decode::Portable => return false,
@@ -849,6 +876,17 @@ fn x86_matmul(
                 // matrix above, `ys` is borrowed until `run` returns, and task `c` alone
                 // writes rows `first..first + n`.
                 unsafe { gemm::float_gemm_rows(bytes, dtype, rows, cols, panels, first, n, out) }
+            });
+        }
+        (Prompt::FpGemm, Weights::Fp { .. }, _) => {
+            let Some(f) = m.fp() else { return false };
+            scratch.float_panels.set(xs, t, cols);
+            let (panels, out) = (&scratch.float_panels, gemm::TokenMajorOut::new(ys));
+            pool().run(rows.div_ceil(GEMM_ROWS_PER_TASK), &|c| {
+                let first = c * GEMM_ROWS_PER_TASK;
+                let n = GEMM_ROWS_PER_TASK.min(rows - first);
+                // SAFETY: as `FloatGemm` above (chosen at load for a CPU with AVX-512).
+                unsafe { gemm::fp_gemm_rows(&f, rows, cols, panels, first, n, out) }
             });
         }
         (Prompt::FloatAvx2, Weights::Float { data, dtype }, _) => {
@@ -1193,13 +1231,13 @@ mod tests {
                         .collect()
                 };
                 assert!(choices.contains(&m.kernels), "the default is a choice");
-                // The AVX-512 VNNI kernels round activations to 16 bits per group (every
-                // width, decode and prompt); float rows stay f32.
-                let tolerance = match m.weights {
-                    Weights::Affine { .. } => 2e-3,
-                    Weights::Float { .. } | Weights::Fp { .. } => 1e-4,
-                };
                 for k in choices {
+                    // The AVX-512 VNNI kernels round activations to 16 bits per group (every
+                    // affine width, decode and prompt, and mxfp4's decode); the others stay
+                    // f32.
+                    let rounds_activations = matches!(m.weights, Weights::Affine { .. })
+                        || (t == 1 && k.decode == Decode::Mxfp4Vnni);
+                    let tolerance = if rounds_activations { 2e-3 } else { 1e-4 };
                     let m = m.with_kernels(k);
                     let mut got = vec![0f32; t * rows];
                     matmul(&m, &xs, t, &mut got, &mut MatmulScratch::default());
