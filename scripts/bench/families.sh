@@ -13,7 +13,8 @@
 # Side by side, in the same run: llama.cpp (scripts/bench/llama_cpp.sh; ~30 minutes to build the
 # first time) on the same gemma3_text, qwen3_moe and dense models, converted to F16 GGUF
 # (scripts/bench/hf_to_gguf.py) and quantized to Q4_0 (4.5 bits per weight, as MLX's 4-bit
-# with groups of 64), decoding 128 tokens after a 64-token context with llama-bench, 2 threads
+# with groups of 64), decoding 128 tokens with llama-bench, 2 threads (from an empty context:
+# this llama-bench crashes with `-d 64` on these models; 64 tokens of context change little)
 # (MLXK_BENCH_LLAMA_CPP=0 leaves it out).
 #
 #   scripts/bench/families.sh [RUNS]   (default 3)
@@ -109,7 +110,7 @@ bench "llama 0.43B 4-bit" "$work/llama-q4"
 bench "llama 0.43B mxfp4" "$work/llama-mxfp4"
 
 bench_llama_cpp() { # name gguf
-  "$llama_bin/llama-bench" -m "$2" -t "$(nproc)" -p 0 -n 128 -d 64 -r "$runs" -o json \
+  "$llama_bin/llama-bench" -m "$2" -t "$(nproc)" -p 0 -n 128 -r "$runs" -o json \
     >"$work/llama.json" 2>/dev/null
   "$py" - "$work/llama.json" "$1" <<'PY'
 import json, sys
