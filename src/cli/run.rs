@@ -101,7 +101,8 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
     };
     messages.push(Message::new("user", &prompt));
     let stream = !args.json && !a.no_stream;
-    let format = session.reasoning_format(&messages)?;
+    let text = session.prompt_text(&messages)?;
+    let format = session.reasoning_format(&text);
     let mut printer = AnswerPrinter::new(format, !a.no_reasoning);
     let mut stdout = std::io::stdout();
     let mut on_text = |piece: &str| {
@@ -109,7 +110,7 @@ pub(super) fn run(args: &MlxkArgs, a: &RunArgs) -> Result<Outcome, CliError> {
             printer.piece(piece, &mut stdout);
         }
     };
-    let g = session.answer(&messages, &mut on_text)?;
+    let g = session.answer(&text, &mut on_text)?;
     if stream {
         printer.finish(&mut stdout);
         // End the streamed line before any timing report on stderr.
@@ -201,7 +202,8 @@ fn chat(
             _ => {}
         }
         messages.push(Message::new("user", line));
-        let format = session.reasoning_format(&messages)?;
+        let text = session.prompt_text(&messages)?;
+        let format = session.reasoning_format(&text);
         let mut printer = AnswerPrinter::new(format, show_reasoning);
         let mut stdout = std::io::stdout();
         let mut on_text = |piece: &str| {
@@ -209,7 +211,7 @@ fn chat(
                 printer.piece(piece, &mut stdout);
             }
         };
-        let g = session.answer(&messages, &mut on_text)?;
+        let g = session.answer(&text, &mut on_text)?;
         if !json {
             printer.finish(&mut stdout);
             println!();

@@ -88,6 +88,10 @@ pub(crate) struct Buffers {
     pub(crate) expert_gate: Vec<f32>,
     pub(crate) expert_up: Vec<f32>,
     pub(crate) expert_y: Vec<f32>,
+    /// Each row's chosen experts and their weights, and the router's probabilities of one
+    /// row (kept: a decode step allocates nothing for routing).
+    pub(crate) routes: Vec<Vec<(usize, f32)>>,
+    pub(crate) route_probs: Vec<f32>,
     pub(crate) scratch: MatmulScratch,
 }
 

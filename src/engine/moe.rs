@@ -126,7 +126,7 @@ impl Moe {
 
     /// The experts token `logits` (one router row) chooses and their weights, as mlx-lm's
     /// routing for the family computes them, into `chosen`.
-    fn route(&self, logits: &[f32], chosen: &mut Vec<(usize, f32)>) {
+    fn route(&self, logits: &[f32], chosen: &mut Vec<(usize, f32)>, probs: &mut Vec<f32>) {
         let k = self.args.top_k;
         // The top k by value (ties: the lower index first).
         let top = |values: &[f32], chosen: &mut Vec<(usize, f32)>| {
@@ -141,9 +141,10 @@ impl Moe {
                 softmax_weights(chosen);
             }
             Routing::SoftmaxThenTopK { renormalize } => {
-                let mut probs = logits.to_vec();
-                softmax(&mut probs);
-                top(&probs, chosen);
+                probs.clear();
+                probs.extend_from_slice(logits);
+                softmax(probs);
+                top(probs, chosen);
                 if renormalize {
                     let sum: f32 = chosen.iter().map(|c| c.1).sum();
                     chosen.iter_mut().for_each(|c| c.1 /= sum);
@@ -158,9 +159,10 @@ impl Moe {
         resize(&mut b.router, t * n);
         rows.project(&mut [(&self.router, &mut b.router)], &b.x, &mut b.scratch);
         add_bias(&mut b.router, &self.router_bias);
-        let mut chosen: Vec<Vec<(usize, f32)>> = vec![Vec::new(); t];
+        let mut chosen = std::mem::take(&mut b.routes);
+        chosen.resize_with(t, Vec::new);
         for (i, c) in chosen.iter_mut().enumerate() {
-            self.route(&b.router[i * n..(i + 1) * n], c);
+            self.route(&b.router[i * n..(i + 1) * n], c, &mut b.route_probs);
         }
         b.o.iter_mut().for_each(|o| *o = 0.0);
         if rows.row_by_row() {
@@ -170,6 +172,7 @@ impl Moe {
         } else {
             self.grouped(a, &chosen, b);
         }
+        b.routes = chosen;
         debug_assert_eq!(b.o.len(), t * h);
     }
 

@@ -154,20 +154,20 @@ impl ChatSession {
         self.loaded.prompt_text(messages, self.use_template)
     }
 
-    /// How the answer to `messages` marks its reasoning, if it may hold any.
-    pub fn reasoning_format(&self, messages: &[Message]) -> Result<Option<Format>, EngineError> {
-        Ok(self.loaded.reasoning_format(&self.prompt_text(messages)?))
+    /// How the answer to a prompt ([`ChatSession::prompt_text`]) marks its reasoning, if it
+    /// may hold any.
+    pub fn reasoning_format(&self, prompt: &str) -> Option<Format> {
+        self.loaded.reasoning_format(prompt)
     }
 
-    /// Generates the answer to `messages`, reusing the cached prefix the new prompt shares
-    /// with what the engine already holds.
+    /// Generates the answer to a prompt ([`ChatSession::prompt_text`] of the conversation),
+    /// reusing the cached prefix it shares with what the engine already holds.
     pub fn answer(
         &mut self,
-        messages: &[Message],
+        prompt: &str,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, EngineError> {
-        let text = self.prompt_text(messages)?;
-        let ids = self.loaded.tok.encode_prompt(&text)?;
+        let ids = self.loaded.tok.encode_prompt(prompt)?;
         if ids.is_empty() {
             return Err(EngineError::Input("the prompt is empty".into()));
         }
