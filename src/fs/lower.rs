@@ -4,6 +4,7 @@
 //! [`ModelView`]. Nodes are addressed by their path in this tree (`org/name/config.json`); a
 //! file node carries its snapshot sha, so its content never changes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -78,21 +79,70 @@ pub struct LowerAttr {
 pub struct LowerTree {
     cache: HubCache,
     views: DashMap<(String, String), Arc<ModelView>>,
-    /// The cache's repo ids, listed at most once a second (every lookup at the root or in an
-    /// org needs them; the watcher drops the list when the cache changes).
-    repo_ids: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<String>>)>>,
+    /// The cache's repos by org (every lookup at the root or in an org needs them; the
+    /// watcher drops the index when the cache changes).
+    repo_index: std::sync::Mutex<Option<CachedIndex>>,
+    /// Each repo's default snapshot as last resolved (refs/main, else the newest), trusted for
+    /// [`REPO_LIST_TTL`]: every lookup in a model needs it, and resolving it reads the repo's
+    /// directories (~20 system calls). The watcher drops it when the repo changes.
+    defaults: DashMap<String, (std::time::Instant, Option<(ModelRepo, Snapshot)>)>,
+    /// How long the repo index and the default snapshots are trusted ([`REPO_LIST_TTL`]).
+    ttl: std::time::Duration,
     started: SystemTime,
 }
 
-/// How long a listing of the cache's repos is trusted without the watcher's word.
+/// The cache's repos as the root and the org directories show them: lookups are a map probe,
+/// not a scan of every repo id (which made each lookup's cost grow with the cache).
+#[derive(Debug, Default)]
+struct RepoIndex {
+    /// Org → its models' names, sorted.
+    orgs: BTreeMap<String, Vec<String>>,
+    /// Repos without an org (`gpt2`), sorted.
+    bare: Vec<String>,
+}
+
+impl RepoIndex {
+    fn of(ids: Vec<String>) -> RepoIndex {
+        let mut index = RepoIndex::default();
+        for id in ids {
+            match id.split_once('/') {
+                Some((org, name)) => index
+                    .orgs
+                    .entry(org.to_string())
+                    .or_default()
+                    .push(name.to_string()),
+                None => index.bare.push(id),
+            }
+        }
+        index.orgs.values_mut().for_each(|names| names.sort());
+        index.bare.sort();
+        index
+    }
+}
+
+#[derive(Debug)]
+struct CachedIndex {
+    index: Arc<RepoIndex>,
+    /// When the hub directory was last checked, and its mtime then.
+    checked: std::time::Instant,
+    hub_mtime: Option<SystemTime>,
+}
+
+/// How long the repo index is trusted without looking at the hub directory again.
 const REPO_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A hub directory changed this recently may change again within its mtime's granularity
+/// unseen (a second on some file systems): such an index is rebuilt rather than trusted.
+const MTIME_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl LowerTree {
     pub fn new(cache: HubCache) -> LowerTree {
         LowerTree {
             cache,
             views: DashMap::new(),
-            repo_ids: std::sync::Mutex::new(None),
+            repo_index: std::sync::Mutex::new(None),
+            defaults: DashMap::new(),
+            ttl: REPO_LIST_TTL,
             started: SystemTime::now(),
         }
     }
@@ -105,6 +155,7 @@ impl LowerTree {
     /// root names the dropped views showed: their kernel entries must go too.
     pub fn invalidate_repo(&self, repo: &str) -> Vec<String> {
         self.forget_repo_list();
+        self.defaults.remove(repo);
         let mut names = Vec::new();
         self.views.retain(|(r, _), v| {
             if r == repo {
@@ -121,11 +172,12 @@ impl LowerTree {
 
     pub fn invalidate_all(&self) {
         self.forget_repo_list();
+        self.defaults.clear();
         self.views.clear();
     }
 
     fn forget_repo_list(&self) {
-        *self.repo_ids.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.repo_index.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn views_len(&self) -> usize {
@@ -139,29 +191,72 @@ impl LowerTree {
             .sum()
     }
 
-    fn repo_ids(&self) -> Arc<Vec<String>> {
-        let mut cached = self.repo_ids.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, ids)) = cached.as_ref() {
-            if at.elapsed() < REPO_LIST_TTL {
-                return ids.clone();
+    /// The repo index: trusted for [`REPO_LIST_TTL`], then kept as long as the hub
+    /// directory's mtime has not moved (a repo appearing or going changes it) — one stat a
+    /// second instead of a listing of every repo.
+    fn repo_index(&self) -> Arc<RepoIndex> {
+        let mut cached = self.repo_index.lock().unwrap_or_else(|p| p.into_inner());
+        let hub_mtime = || {
+            std::fs::metadata(self.cache.root())
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        if let Some(c) = cached.as_mut() {
+            if c.checked.elapsed() < self.ttl {
+                return c.index.clone();
+            }
+            let now = hub_mtime();
+            let settled = now.is_some_and(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .is_ok_and(|age| age >= MTIME_SETTLE)
+            });
+            if now.is_some() && now == c.hub_mtime && settled {
+                c.checked = std::time::Instant::now();
+                return c.index.clone();
             }
         }
-        let ids: Arc<Vec<String>> = Arc::new(
-            self.cache
-                .repos()
-                .map(|r| r.into_iter().map(|r| r.repo_id).collect())
-                .unwrap_or_default(),
-        );
-        *cached = Some((std::time::Instant::now(), ids.clone()));
-        ids
+        // The mtime first: a change during the listing shows as a newer mtime next time.
+        let mtime = hub_mtime();
+        let ids = self
+            .cache
+            .repos()
+            .map(|r| r.into_iter().map(|r| r.repo_id).collect())
+            .unwrap_or_default();
+        let index = Arc::new(RepoIndex::of(ids));
+        *cached = Some(CachedIndex {
+            index: index.clone(),
+            checked: std::time::Instant::now(),
+            hub_mtime: mtime,
+        });
+        index
+    }
+
+    /// `repo` and its default snapshot (see `defaults`).
+    fn default_snapshot(&self, repo: &str) -> Option<(ModelRepo, Snapshot)> {
+        if let Some(hit) = self.defaults.get(repo) {
+            if hit.0.elapsed() < self.ttl {
+                return hit.1.clone();
+            }
+        }
+        let found = self
+            .cache
+            .repo(repo)
+            .and_then(|r| r.default_snapshot().map(|s| (r, s)));
+        self.defaults
+            .insert(repo.to_string(), (std::time::Instant::now(), found.clone()));
+        found
     }
 
     /// The view of `repo` at `rev` (default snapshot when `None`).
     pub fn view(&self, repo: &str, rev: Option<&str>) -> Option<Arc<ModelView>> {
-        let repo_handle = self.cache.repo(repo)?;
-        let snapshot = match rev {
-            None => repo_handle.default_snapshot()?,
-            Some(r) => find_revision(&repo_handle, r).ok()?,
+        let (repo_handle, snapshot) = match rev {
+            None => self.default_snapshot(repo)?,
+            Some(r) => {
+                let repo_handle = self.cache.repo(repo)?;
+                let snapshot = find_revision(&repo_handle, r).ok()?;
+                (repo_handle, snapshot)
+            }
         };
         self.cached_or_build(repo_handle, snapshot)
     }
@@ -222,16 +317,17 @@ impl LowerTree {
 
     fn root_child(&self, name: &str) -> Option<LowerNode> {
         let (base, rev) = split_rev(name);
-        let ids = self.repo_ids();
-        if rev.is_none()
-            && ids
-                .iter()
-                .any(|id| id.split_once('/').is_some_and(|(o, _)| o == base))
-        {
+        let index = self.repo_index();
+        if rev.is_none() && index.orgs.contains_key(base) {
             return Some(LowerNode::Org(base.to_string()));
         }
         // Repos without an org (`gpt2`) sit at the root.
-        if ids.iter().any(|id| id == base) && self.model_exists(base, rev) {
+        if index
+            .bare
+            .binary_search_by(|b| b.as_str().cmp(base))
+            .is_ok()
+            && self.model_exists(base, rev)
+        {
             return Some(LowerNode::Model {
                 repo: base.to_string(),
                 rev: rev.map(str::to_string),
@@ -241,12 +337,12 @@ impl LowerTree {
     }
 
     fn model_exists(&self, repo: &str, rev: Option<&str>) -> bool {
-        let Some(r) = self.cache.repo(repo) else {
-            return false;
-        };
         match rev {
-            None => r.default_snapshot().is_some(),
-            Some(rev) => find_revision(&r, rev).is_ok(),
+            None => self.default_snapshot(repo).is_some(),
+            Some(rev) => self
+                .cache
+                .repo(repo)
+                .is_some_and(|r| find_revision(&r, rev).is_ok()),
         }
     }
 
@@ -254,41 +350,42 @@ impl LowerTree {
     pub fn children(&self, node: &LowerNode) -> Vec<(String, LowerNode)> {
         let mut out: Vec<(String, LowerNode)> = match node {
             LowerNode::Root => {
-                let mut orgs: Vec<String> = Vec::new();
-                let mut out = Vec::new();
-                for id in self.repo_ids().iter().cloned() {
-                    match id.split_once('/') {
-                        Some((org, _)) => {
-                            if !orgs.iter().any(|o| o == org) {
-                                orgs.push(org.to_string());
-                            }
-                        }
-                        None => {
-                            if self.model_exists(&id, None) {
-                                out.push((
-                                    id.clone(),
-                                    LowerNode::Model {
-                                        repo: id,
-                                        rev: None,
-                                    },
-                                ))
-                            }
-                        }
-                    }
-                }
-                out.extend(orgs.into_iter().map(|o| (o.clone(), LowerNode::Org(o))));
+                let index = self.repo_index();
+                let mut out: Vec<(String, LowerNode)> = index
+                    .bare
+                    .iter()
+                    .filter(|id| self.model_exists(id, None))
+                    .map(|id| {
+                        (
+                            id.clone(),
+                            LowerNode::Model {
+                                repo: id.clone(),
+                                rev: None,
+                            },
+                        )
+                    })
+                    .collect();
+                out.extend(
+                    index
+                        .orgs
+                        .keys()
+                        .map(|o| (o.clone(), LowerNode::Org(o.clone()))),
+                );
                 out
             }
             LowerNode::Org(org) => self
-                .repo_ids()
-                .iter()
-                .filter_map(|id| {
-                    let (o, name) = id.split_once('/')?;
-                    (o == org && self.model_exists(id, None)).then(|| {
+                .repo_index()
+                .orgs
+                .get(org)
+                .into_iter()
+                .flatten()
+                .filter_map(|name| {
+                    let id = format!("{org}/{name}");
+                    self.model_exists(&id, None).then(|| {
                         (
-                            name.to_string(),
+                            name.clone(),
                             LowerNode::Model {
-                                repo: id.clone(),
+                                repo: id,
                                 rev: None,
                             },
                         )
@@ -402,4 +499,94 @@ fn view_children(view: &ModelView, rel: &str) -> Vec<(String, LowerNode)> {
             Some((name, node))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{llama_model_files, FixtureCache, LlamaSpec};
+
+    /// A tree over a cache of `org/a` and `gpt2` whose kept answers last `ttl`.
+    fn tree(ttl: std::time::Duration) -> (tempfile::TempDir, FixtureCache, LowerTree) {
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = FixtureCache::create(&tmp.path().join("hub")).unwrap();
+        let files = llama_model_files(&LlamaSpec::default(), 1, false, "mlx");
+        fx.add_model("org/a", "v1", &files).unwrap();
+        fx.add_model("gpt2", "v1", &files).unwrap();
+        let mut lower = LowerTree::new(HubCache::open(&fx.root).unwrap());
+        lower.ttl = ttl;
+        (tmp, fx, lower)
+    }
+
+    const LONG: std::time::Duration = std::time::Duration::from_secs(3600);
+    const SHORT: std::time::Duration = std::time::Duration::from_millis(20);
+
+    fn names(lower: &LowerTree, node: &LowerNode) -> Vec<String> {
+        lower.children(node).into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// The repo index answers lookups at the root and in an org; a repo that appears is
+    /// listed as soon as the watcher's invalidation runs.
+    #[test]
+    fn the_repo_index_follows_the_cache() {
+        let (_tmp, fx, lower) = tree(LONG);
+        assert_eq!(names(&lower, &LowerNode::Root), ["gpt2", "org"]);
+        assert!(lower.resolve("org/a").is_some() && lower.resolve("gpt2").is_some());
+        assert!(lower.resolve("nope").is_none() && lower.resolve("org/b").is_none());
+        let files = llama_model_files(&LlamaSpec::default(), 1, false, "mlx");
+        fx.add_model("org/b", "v1", &files).unwrap();
+        fx.add_model("new/c", "v1", &files).unwrap();
+        // Within its time the index is trusted: the new repos are not seen yet.
+        assert_eq!(names(&lower, &LowerNode::Org("org".into())), ["a"]);
+        // The watcher's word drops it at once.
+        lower.invalidate_repo("org/b");
+        assert_eq!(names(&lower, &LowerNode::Org("org".into())), ["a", "b"]);
+        assert_eq!(names(&lower, &LowerNode::Root), ["gpt2", "new", "org"]);
+    }
+
+    /// Without the watcher: once the index's time is up, a hub directory whose mtime moved
+    /// (a repo removed) is listed again.
+    #[test]
+    fn the_repo_index_is_rebuilt_when_the_hub_changes() {
+        let (_tmp, fx, lower) = tree(SHORT);
+        let files = llama_model_files(&LlamaSpec::default(), 1, false, "mlx");
+        fx.add_model("new/c", "v1", &files).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(names(&lower, &LowerNode::Root), ["gpt2", "new", "org"]);
+        std::fs::remove_dir_all(fx.repo_dir("new/c")).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(names(&lower, &LowerNode::Root), ["gpt2", "org"]);
+        assert!(lower.resolve("new").is_none());
+    }
+
+    /// A repo's default snapshot is kept for the index's time; a new revision is seen at once
+    /// after the watcher's invalidation.
+    #[test]
+    fn the_default_snapshot_follows_refs_main() {
+        let (_tmp, fx, lower) = tree(LONG);
+        let v1 = lower.view("org/a", None).unwrap();
+        let spec = LlamaSpec {
+            seed: 9,
+            ..LlamaSpec::default()
+        };
+        let sha2 = fx
+            .add_snapshot("org/a", "v2", &llama_model_files(&spec, 2, true, "mlx"))
+            .unwrap();
+        fx.set_ref("org/a", "main", &sha2).unwrap();
+        let sha = |v: &ModelView| v.sha.clone();
+        assert_eq!(sha(&lower.view("org/a", None).unwrap()), sha(&v1));
+        lower.invalidate_repo("org/a");
+        assert_eq!(sha(&lower.view("org/a", None).unwrap()), sha2);
+        // Without the watcher's word, a tree whose answers last a moment sees it then.
+        let (_tmp, fx, lower) = tree(SHORT);
+        let v1 = lower.view("org/a", None).unwrap();
+        let sha2 = fx
+            .add_snapshot("org/a", "v2", &llama_model_files(&spec, 2, true, "mlx"))
+            .unwrap();
+        fx.set_ref("org/a", "main", &sha2).unwrap();
+        std::thread::sleep(SHORT * 2);
+        let now = lower.view("org/a", None).unwrap();
+        assert_ne!(sha(&now), sha(&v1));
+        assert_eq!(sha(&now), sha2);
+    }
 }

@@ -50,6 +50,11 @@ fn run(ns: &Namespace, root: &Path, rx: &mpsc::Receiver<notify::Result<notify::E
         while let Ok(ev) = rx.recv_timeout(SETTLE) {
             note(ev, &mut repos);
         }
+        if !rescan && repos.is_empty() {
+            // Only opens and closes (the daemon's own reads while a listing runs): nothing
+            // changed, and invalidating the root would make the kernel ask for it again.
+            continue;
+        }
         if rescan {
             ns.lower().invalidate_all();
         }
