@@ -51,7 +51,7 @@ pub(crate) struct Mlp {
 /// A block's feed-forward part.
 pub(crate) enum FeedForward {
     Dense(Box<Mlp>),
-    Experts(Moe),
+    Experts(Box<Moe>),
 }
 
 /// One transformer block: attention, then the feed-forward part, each added to the residual.
@@ -295,7 +295,7 @@ impl Block {
             ),
         };
         let ffn = if a.layer[l].moe {
-            FeedForward::Experts(Moe::load(files, a, p)?)
+            FeedForward::Experts(Box::new(Moe::load(files, a, p)?))
         } else {
             FeedForward::Dense(Box::new(Mlp::load(
                 files,

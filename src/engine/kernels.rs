@@ -21,7 +21,8 @@ const ROWS_PER_TASK: usize = 16;
 /// for the other's last task at the end of each of the ~100 regions per token.
 #[cfg(target_arch = "x86_64")]
 fn decode_rows_per_task(row_bytes: usize) -> usize {
-    (32 << 10) / row_bytes.max(1)
+    // Whole tiles of the tiled kernel.
+    ((32 << 10) / row_bytes.max(1)).next_multiple_of(TILE_ROWS)
 }
 
 /// How many rows ahead the microscaling-float decode prefetches.
@@ -41,8 +42,9 @@ pub(crate) enum Decode {
     FloatAvx2,
     /// `x86::q4_row_dot` (AVX2): 4-bit rows, groups a multiple of 16.
     Q4Avx2,
-    /// `x86::q4_rows_split` (AVX-512 VNNI) over 16-bit split activations.
-    Q4Vnni,
+    /// `tiles::TiledRows::decode` (AVX-512 VNNI): 4-bit rows repacked at load, 16 rows per
+    /// tile, over 16-bit split activations; one or several vectors alike.
+    Q4Tiled,
     /// `x86::qn_rows_split` (AVX-512 VNNI + VBMI): 2/3/5/6/8-bit rows.
     AnyWidthVbmi,
     /// `x86::fp_row_dot` (AVX2 + FMA + F16C): mxfp4 / nvfp4 / mxfp8 rows.
@@ -64,6 +66,9 @@ pub(crate) enum Prompt {
     Q4Avx2,
     /// `gemm::float_gemm_rows` (AVX-512).
     FloatGemm,
+    /// `tiles::TiledRows::decode` over the tokens, eight at a time (the decode kernel's
+    /// arithmetic: a prompt token's outputs are the bits its decode would give).
+    Q4Tiled,
     /// `gemm::affine_gemm_rows` (AVX-512 VNNI): any width 2-8.
     AffineGemm,
     /// `gemm::fp_gemm_rows` (AVX-512): microscaling-float rows decoded to f32, then the float
@@ -88,6 +93,21 @@ impl Kernels {
         }
     }
 
+    /// [`Kernels::best`] but the tiled 4-bit ones (when the memory for the tiles could not be
+    /// mapped).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn without_tiles(weights: &Weights, cols: usize, cpu: Cpu) -> Kernels {
+        let first = |choices: Vec<Decode>| choices.into_iter().find(|&k| k != Decode::Q4Tiled);
+        let prompts = Kernels::prompt_choices(weights, cols, cpu);
+        Kernels {
+            decode: first(Kernels::decode_choices(weights, cols, cpu)).unwrap_or(Decode::Portable),
+            prompt: prompts
+                .into_iter()
+                .find(|&k| k != Prompt::Q4Tiled)
+                .unwrap_or(Prompt::Portable),
+        }
+    }
+
     /// Every decode kernel `cpu` can run for `weights`, fastest first, `Portable` last.
     pub(crate) fn decode_choices(weights: &Weights, cols: usize, cpu: Cpu) -> Vec<Decode> {
         let mut out = Vec::new();
@@ -96,8 +116,8 @@ impl Kernels {
                 Weights::Float { .. } if cpu.avx2 => out.push(Decode::FloatAvx2),
                 Weights::Float { .. } => {}
                 Weights::Affine { bits, group, .. } => {
-                    if bits == 4 && cpu.vnni && split_kernel_fits(cols, group) {
-                        out.push(Decode::Q4Vnni);
+                    if cpu.vnni && tiles_fit(bits, cols, group) {
+                        out.push(Decode::Q4Tiled);
                     }
                     if bits != 4 && cpu.vbmi && any_width_kernel_fits(cols, bits, group) {
                         out.push(Decode::AnyWidthVbmi);
@@ -138,6 +158,9 @@ impl Kernels {
                     }
                 }
                 Weights::Affine { bits, group, .. } => {
+                    if cpu.vnni && tiles_fit(bits, cols, group) {
+                        out.push(Prompt::Q4Tiled);
+                    }
                     if cpu.vnni && gemm_fits(cols, bits, group) {
                         out.push(Prompt::AffineGemm);
                     }
@@ -162,19 +185,27 @@ impl Kernels {
 #[cfg(target_arch = "x86_64")]
 use super::gemm::fits as gemm_fits;
 #[cfg(target_arch = "x86_64")]
-use super::x86::{any_width_kernel_fits, mxfp4_split_kernel_fits, split_kernel_fits};
+use super::tiles::{Q4Tiles, RowsOut, TileVector, TiledRows, MAX_TILE_VECTORS, TILE_ROWS};
+#[cfg(target_arch = "x86_64")]
+use super::x86::SplitActivations;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{any_width_kernel_fits, mxfp4_split_kernel_fits};
+#[cfg(target_arch = "x86_64")]
+fn tiles_fit(bits: u32, cols: usize, group: usize) -> bool {
+    Q4Tiles::fits(bits, cols, group)
+}
 
 // Other architectures have only the portable kernels.
-#[cfg(not(target_arch = "x86_64"))]
-fn split_kernel_fits(_: usize, _: usize) -> bool {
-    false
-}
 #[cfg(not(target_arch = "x86_64"))]
 fn mxfp4_split_kernel_fits(_: usize) -> bool {
     false
 }
 #[cfg(not(target_arch = "x86_64"))]
 fn any_width_kernel_fits(_: usize, _: u32, _: usize) -> bool {
+    false
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn tiles_fit(_: u32, _: usize, _: usize) -> bool {
     false
 }
 #[cfg(not(target_arch = "x86_64"))]
@@ -380,9 +411,9 @@ pub fn matmul_many(
 
 /// `products` of `n` separate decode vectors (`xs` row-major, `n × cols`; each output
 /// `n × rows`): every vector gets exactly what its own decode gives (`matmul_many(.., 1)`),
-/// bit for bit. With 4-bit weights each weight row is read once for all the vectors (the VNNI
-/// kernel's [`super::x86::q4_rows_split_many`], the AVX2 one's [`super::x86::q4_rows_many`]);
-/// other formats run each vector by itself.
+/// bit for bit. With 4-bit weights each weight row is read once for all the vectors (the
+/// tiled kernel's [`super::tiles::TiledRows::decode`], the AVX2 one's
+/// [`super::x86::q4_rows_many`]); other formats run each vector by itself.
 pub fn matmul_many_rows(
     products: &mut [(&Matrix, &mut [f32])],
     xs: &[f32],
@@ -392,9 +423,12 @@ pub fn matmul_many_rows(
     let cols = xs.len() / n.max(1);
     #[cfg(target_arch = "x86_64")]
     {
-        // More vectors than the batched kernel takes: even groups of at most its maximum,
-        // each group reading the weights once.
-        let max = super::x86::MAX_DECODE_ROWS;
+        if x86_decode_rows(products, xs, n, scratch) {
+            return;
+        }
+        // More vectors than the AVX2 kernel takes: even groups of at most its maximum, each
+        // group reading the weights once.
+        let max = super::x86::MAX_Q4_AVX2_VECTORS;
         if n > max {
             let groups = n.div_ceil(max);
             let mut k = 0;
@@ -412,7 +446,7 @@ pub fn matmul_many_rows(
             }
             return;
         }
-        if x86_decode_rows(products, xs, n, scratch) || x86_q4_avx2_rows(products, xs, n, scratch) {
+        if x86_q4_avx2_rows(products, xs, n, scratch) {
             return;
         }
     }
@@ -428,9 +462,8 @@ pub fn matmul_many_rows(
     }
 }
 
-/// [`matmul_many_rows`] on the batched VNNI kernel, when every product decodes with `Q4Vnni`
-/// at one group size and there are 2 to [`super::x86::MAX_DECODE_ROWS`] vectors; `false`
-/// otherwise.
+/// [`matmul_many_rows`] on the tiled kernel, when every product decodes with `Q4Tiled` at one
+/// group size and there are 2 vectors or more; `false` otherwise.
 #[cfg(target_arch = "x86_64")]
 fn x86_decode_rows(
     products: &mut [(&Matrix, &mut [f32])],
@@ -438,38 +471,72 @@ fn x86_decode_rows(
     n: usize,
     scratch: &mut MatmulScratch,
 ) -> bool {
-    use super::x86;
     if products.is_empty() {
         return true;
     }
-    let Some((cols, group)) = batch_shape(products, xs, n, Decode::Q4Vnni, x86::MAX_DECODE_ROWS)
-    else {
+    let Some((cols, group)) = batch_shape(products, xs, n, Decode::Q4Tiled, usize::MAX) else {
         return false;
     };
-    scratch.rows_split.resize_with(n, Default::default);
-    scratch.rows_xsums.resize_with(n, Vec::new);
-    for k in 0..n {
-        // SAFETY: `Q4Vnni` was chosen at load for these matrices, which needs AVX-512 F and
+    scratch.vectors.resize_with(n, Default::default);
+    for (v, x) in scratch.vectors.iter_mut().zip(xs.chunks_exact(cols)) {
+        // SAFETY: `Q4Tiled` was chosen at load for these matrices, which needs AVX-512 F and
         // BW (VNNI implies them) and the shapes `set_fast` needs.
-        unsafe {
-            scratch.rows_split[k].set_fast(
-                &xs[k * cols..(k + 1) * cols],
-                group,
-                true,
-                false,
-                &mut scratch.rows_xsums[k],
-            )
-        };
+        unsafe { v.set(x, group) };
     }
-    let (acts, xsums) = (&scratch.rows_split[..n], &scratch.rows_xsums[..n]);
-    by_row_then_vector(products, n, &mut scratch.rows_out, |m, at, out| {
-        if let Some(q) = m.quantized() {
-            // SAFETY: as above; `at` and `out.len()` are multiples of `n` (chunks of whole
-            // rows), and the activations and sums were prepared for these matrices.
-            unsafe { x86::q4_rows_split_many(&q, acts, xsums, at / n, out) }
-        }
-    });
+    let first = products[0].0;
+    let rows_per_task = decode_rows_per_task(first.nbytes() / first.rows.max(1));
+    tiled_products(products, &scratch.vectors[..n], rows_per_task);
     true
+}
+
+/// Every product's rows against every one of `vectors` (prepared for their columns and group;
+/// any number, in groups of [`MAX_TILE_VECTORS`]) by the tiled kernel, as one parallel region
+/// of `rows_per_task` rows per task (whole tiles); the outputs vector-major, as
+/// [`matmul_many_rows`]'s. A task runs all the vectors over its rows, so its tiles stay in
+/// cache from one group of vectors to the next.
+#[cfg(target_arch = "x86_64")]
+fn tiled_products(
+    products: &mut [(&Matrix, &mut [f32])],
+    vectors: &[TileVector],
+    rows_per_task: usize,
+) {
+    const PARTS: usize = 8;
+    let t = vectors.len();
+    debug_assert!(rows_per_task.is_multiple_of(TILE_ROWS) && t > 0);
+    for part in products.chunks_mut(PARTS) {
+        // Per product: its tiles, its outputs, its rows, and its first task.
+        let mut spans: [Option<(&TiledRows, RowsOut, usize)>; PARTS] = [None; PARTS];
+        let mut starts = [0usize; PARTS + 1];
+        for (i, (m, ys)) in part.iter_mut().enumerate() {
+            assert!(
+                ys.len() == t * m.rows,
+                "tiled products: outputs of another shape"
+            );
+            spans[i] = m
+                .tiles
+                .as_ref()
+                .map(|tiles| (tiles, RowsOut::new(ys, m.rows, 0, 0), m.rows));
+            starts[i + 1] = starts[i] + m.rows.div_ceil(rows_per_task);
+        }
+        let count = part.len();
+        pool().run(starts[count], &|task| {
+            let p = starts[..count].partition_point(|&s| s <= task) - 1;
+            let Some((tiles, out, rows)) = spans[p] else {
+                return;
+            };
+            let first = (task - starts[p]) * rows_per_task;
+            let nrows = rows_per_task.min(rows - first);
+            for k0 in (0..t).step_by(MAX_TILE_VECTORS) {
+                let m = (t - k0).min(MAX_TILE_VECTORS);
+                let group: [(&SplitActivations, &[f32]); MAX_TILE_VECTORS] =
+                    std::array::from_fn(|k| vectors[(k0 + k).min(t - 1)].pair());
+                // SAFETY: `Q4Tiled` (these tiles) is chosen at load only on a CPU with AVX-512
+                // VNNI; task `task` alone writes rows `first..first + nrows`, and the outputs
+                // stay borrowed until `run` returns.
+                unsafe { tiles.decode(&group[..m], first, nrows, out.offset(k0, first)) }
+            }
+        });
+    }
 }
 
 /// `(cols, group)` of `products` when every one decodes with `kernel` at one group size, has
@@ -488,7 +555,7 @@ fn batch_shape(
         (Weights::Affine { group, .. }, k) if k == kernel => (first.cols, *group),
         _ => return None,
     };
-    let min = if kernel == Decode::Q4Vnni { 2 } else { 1 };
+    let min = if kernel == Decode::Q4Tiled { 2 } else { 1 };
     let fits = (min..=max).contains(&n)
         && xs.len() == n * cols
         && products.iter().all(|(m, ys)| {
@@ -656,7 +723,7 @@ fn x86_q4_avx2_rows(
 
 /// One token through one or several products of the same input as one parallel region, when
 /// every matrix decodes with `FloatAvx2`, or every one with a split-activation kernel
-/// (`Q4Vnni`, `AnyWidthVbmi`) at one group size; `false` otherwise (the caller then runs each
+/// (`Q4Tiled`, `AnyWidthVbmi`) at one group size; `false` otherwise (the caller then runs each
 /// product by itself).
 #[cfg(target_arch = "x86_64")]
 fn x86_decode(
@@ -673,7 +740,7 @@ fn x86_decode(
     }
     let cols = first.cols;
     let split_group = |m: &Matrix| match (m.kernels.decode, &m.weights) {
-        (Decode::Q4Vnni | Decode::AnyWidthVbmi, Weights::Affine { group, .. }) => Some(*group),
+        (Decode::Q4Tiled | Decode::AnyWidthVbmi, Weights::Affine { group, .. }) => Some(*group),
         (Decode::Mxfp4Vnni, _) => Some(FpMode::Mxfp4.group_size()),
         _ => None,
     };
@@ -696,7 +763,7 @@ fn x86_decode(
     if let Some(group) = group {
         let nibbles = products
             .iter()
-            .any(|(m, _)| matches!(m.kernels.decode, Decode::Q4Vnni | Decode::Mxfp4Vnni));
+            .any(|(m, _)| matches!(m.kernels.decode, Decode::Q4Tiled | Decode::Mxfp4Vnni));
         let natural = products
             .iter()
             .any(|(m, _)| m.kernels.decode == Decode::AnyWidthVbmi);
@@ -723,7 +790,21 @@ fn x86_decode(
         // SAFETY (all three arms): the kernel was chosen at load for this matrix only when the
         // CPU has its features and the matrix's shape fits it (`Kernels::decode_choices`); the
         // activations were prepared above in the layout each kernel reads.
-        (Decode::Q4Vnni, Some(q)) => unsafe { x86::q4_rows_split(&q, sa, xsums, first, out) },
+        (Decode::Q4Tiled, Some(_)) => {
+            if let Some(tiles) = &m.tiles {
+                let rows = out.len();
+                // SAFETY: as the arms around it; `first` starts a tile (chunks of whole tiles)
+                // and this task alone writes `out`.
+                unsafe {
+                    tiles.decode(
+                        &[(sa, &xsums[..])],
+                        first,
+                        rows,
+                        RowsOut::new(out, rows, 0, 0),
+                    )
+                }
+            }
+        }
         (Decode::Mxfp4Vnni, None) => {
             if let Some(f) = m.fp() {
                 // SAFETY: as the arms around it; the activations are in groups of 32.
@@ -839,7 +920,7 @@ fn x86_matmul(
     let kernel = if t == 1 {
         match m.kernels.decode {
             Decode::FloatAvx2
-            | Decode::Q4Vnni
+            | Decode::Q4Tiled
             | Decode::AnyWidthVbmi
             | Decode::Q4Avx2
             | Decode::FpAvx2
@@ -853,6 +934,17 @@ fn x86_matmul(
         m.kernels.prompt
     };
     match (kernel, &m.weights, m.quantized()) {
+        (Prompt::Q4Tiled, _, Some(q)) if m.tiles.is_some() => {
+            scratch.vectors.resize_with(t, Default::default);
+            pool().for_each_chunk(&mut scratch.vectors[..t], 1, |k, v| {
+                if let Some(v) = v.first_mut() {
+                    // SAFETY: `Q4Tiled` is chosen at load only on a CPU with AVX-512 VNNI
+                    // (F and BW with it) and for shapes `set_fast` takes.
+                    unsafe { v.set(&xs[k * cols..(k + 1) * cols], q.group) }
+                }
+            });
+            tiled_products(&mut [(m, ys)], &scratch.vectors[..t], TILE_ROWS);
+        }
         (Prompt::AffineGemm, _, Some(q)) => {
             scratch.panels.set(xs, t, cols, q.group);
             let (panels, out) = (&scratch.panels, gemm::TokenMajorOut::new(ys));
@@ -958,12 +1050,11 @@ pub struct MatmulScratch {
     xsums: Vec<f32>,
     xperm: Vec<f32>,
     by_row: Vec<f32>,
-    /// Batched decode rows: each vector's split activations and group sums, and the outputs
-    /// by (row, vector).
+    /// Several vectors for the tiled kernel (a batched decode, a prompt): each one's split
+    /// activations and group sums.
     #[cfg(target_arch = "x86_64")]
-    rows_split: Vec<super::x86::SplitActivations>,
-    #[cfg(target_arch = "x86_64")]
-    rows_xsums: Vec<Vec<f32>>,
+    vectors: Vec<TileVector>,
+    /// The AVX2 kernel's batched outputs by (row, vector).
     #[cfg(target_arch = "x86_64")]
     rows_out: Vec<Vec<f32>>,
     #[cfg(target_arch = "x86_64")]
@@ -1089,6 +1180,7 @@ mod tests {
     use crate::engine::weights::Blob;
     use crate::mlx::fp::FpMode;
     use crate::mlx::FloatDtype;
+    use std::sync::Arc;
 
     /// Decode rows of several vectors: bit for bit what each vector's own decode gives, for
     /// every decode kernel this CPU has, the batched 4-bit VNNI and AVX2 ones included (one
@@ -1147,7 +1239,7 @@ mod tests {
                             &mut MatmulScratch,
                         ) -> bool;
                         let batched: Option<Batched> = match decode {
-                            Decode::Q4Vnni => Some(x86_decode_rows),
+                            Decode::Q4Tiled => Some(x86_decode_rows),
                             Decode::Q4Avx2 => Some(x86_q4_avx2_rows),
                             _ => None,
                         };
@@ -1163,6 +1255,51 @@ mod tests {
         }
         if cpu.avx2 {
             assert!(batched_runs > 0, "no batched kernel was exercised");
+        }
+    }
+
+    /// The tiled 4-bit kernel: a prompt token's outputs are the bits its own decode gives (one
+    /// arithmetic for both); the row ranges of a fused matrix (q / k / v, gate / up, experts)
+    /// give what a matrix of those rows alone gives — sharing the tiles when a range starts on
+    /// a tile, repacked on their own otherwise — decoding one vector or several.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tiled_prompts_equal_decodes_and_row_ranges_their_own_matrices() {
+        if !crate::simd::cpu().vnni {
+            return;
+        }
+        // 70 rows: four whole tiles and a partial one.
+        let (rows, cols, t) = (70, 512, 11);
+        let mut rng = crate::testkit::Rng::new(21);
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        let xs: Vec<f32> = (0..t * cols).map(|_| rng.next_f32()).collect();
+        let m = quantized_matrix(&values, rows, cols, 4, 64);
+        assert_eq!(m.kernels.decode, Decode::Q4Tiled);
+        assert_eq!(m.kernels.prompt, Prompt::Q4Tiled);
+        let decode = |m: &Matrix, x: &[f32]| {
+            let mut y = vec![0f32; m.rows];
+            matmul(m, x, 1, &mut y, &mut MatmulScratch::default());
+            y
+        };
+        let mut prompt = vec![0f32; t * rows];
+        matmul(&m, &xs, t, &mut prompt, &mut MatmulScratch::default());
+        for (k, x) in xs.chunks_exact(cols).enumerate() {
+            assert_eq!(decode(&m, x), prompt[k * rows..(k + 1) * rows], "token {k}");
+        }
+        for (first, count) in [(0, 32), (32, 38), (16, 20), (5, 30), (64, 6)] {
+            let part = m.row_range(first, count);
+            let own = quantized_matrix(&values[first * cols..][..count * cols], count, cols, 4, 64);
+            let shares = Arc::ptr_eq(
+                part.tiles.as_ref().expect("tiles").store(),
+                m.tiles.as_ref().expect("tiles").store(),
+            );
+            assert_eq!(shares, first % 16 == 0, "rows {first}+{count}");
+            assert_eq!(decode(&part, &xs[..cols]), decode(&own, &xs[..cols]));
+            let (mut a, mut b) = (vec![0f32; t * count], vec![0f32; t * count]);
+            let mut scratch = MatmulScratch::default();
+            matmul_many_rows(&mut [(&part, &mut a[..])], &xs, t, &mut scratch);
+            matmul_many_rows(&mut [(&own, &mut b[..])], &xs, t, &mut scratch);
+            assert_eq!(a, b, "rows {first}+{count}, {t} vectors");
         }
     }
 

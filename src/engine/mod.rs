@@ -20,6 +20,8 @@ pub mod sampler;
 pub mod scheduler;
 pub mod session;
 pub mod template;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 pub mod tokenizer;
 pub mod weights;
 #[cfg(target_arch = "x86_64")]

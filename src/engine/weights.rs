@@ -10,6 +10,8 @@ use memmap2::Mmap;
 use safetensors::Dtype;
 
 use super::args::ModelArgs;
+#[cfg(target_arch = "x86_64")]
+use super::kernels::Decode;
 use super::kernels::Kernels;
 use super::EngineError;
 use crate::mlx::fp::FpMode;
@@ -28,6 +30,22 @@ pub struct Blob {
 impl Blob {
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
+    }
+
+    /// Drops this range's pages from the process (they stay in the page cache): for bytes
+    /// that were copied elsewhere and are rarely read again.
+    #[cfg(target_arch = "x86_64")]
+    fn release(&self) {
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only drops page-table
+        // entries; later reads fault the same file contents back in, so every slice of it
+        // stays valid.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.len,
+            )
+        };
     }
 
     /// `len` bytes from `offset` of this range (which must hold them).
@@ -105,6 +123,9 @@ pub struct Matrix {
     pub cols: usize,
     pub weights: Weights,
     pub(crate) kernels: Kernels,
+    /// The 4-bit rows repacked for the tiled decode kernel, when this CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) tiles: Option<super::tiles::TiledRows>,
 }
 
 /// A quantized matrix's stored bytes as the kernels read them (one argument instead of eight).
@@ -157,12 +178,51 @@ impl QuantizedRows<'_> {
 impl Matrix {
     /// A matrix with the best kernels this CPU has for it.
     pub fn new(weights: Weights, rows: usize, cols: usize) -> Matrix {
-        let kernels = Kernels::best(&weights, cols, crate::simd::cpu());
-        Matrix {
+        let mut m = Matrix {
             rows,
             cols,
+            kernels: Kernels::best(&weights, cols, crate::simd::cpu()),
             weights,
-            kernels,
+            #[cfg(target_arch = "x86_64")]
+            tiles: None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        m.repack();
+        m
+    }
+
+    /// On a CPU with the tiled 4-bit kernel: the rows repacked for it (decode and prompts then
+    /// read only those) and the mapped pages of the packed codes, scales and biases dropped
+    /// from this process (the page cache keeps them; what else reads them faults them back
+    /// in). If the memory for the tiles cannot be had, the next-best kernels run on the
+    /// mapped rows.
+    #[cfg(target_arch = "x86_64")]
+    fn repack(&mut self) {
+        let cpu = crate::simd::cpu();
+        let choices = Kernels::decode_choices(&self.weights, self.cols, cpu);
+        if !choices.contains(&Decode::Q4Tiled) {
+            return;
+        }
+        let Some(q) = self.quantized() else { return };
+        match super::tiles::Q4Tiles::repack(&q) {
+            Ok(tiles) => {
+                self.tiles = Some(tiles);
+                if let Weights::Affine {
+                    words,
+                    scales,
+                    biases,
+                    ..
+                } = &self.weights
+                {
+                    for blob in [words, scales, biases] {
+                        blob.release();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("4-bit rows not repacked ({e}): decoding them from the mapping");
+                self.kernels = Kernels::without_tiles(&self.weights, self.cols, cpu);
+            }
         }
     }
 
@@ -220,6 +280,16 @@ impl Matrix {
                 }
             }
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiles) = self.tiles.as_ref().and_then(|t| t.row_range(first, count)) {
+            return Matrix {
+                rows: count,
+                cols: self.cols,
+                kernels: self.kernels,
+                weights,
+                tiles: Some(tiles),
+            };
+        }
         Matrix::new(weights, count, self.cols)
     }
 

@@ -1,9 +1,10 @@
 //! Explicit x86 kernels for decoding (one token, or several sequences' tokens at once) and for
 //! 4-bit prompts on CPUs without AVX-512: AVX2 float rows and 4-bit rows (MLX's packing: byte b
 //! of a row holds codes 2b in its low nibble and 2b + 1 in its high one; one row against one
-//! vector, or a task's rows against up to 8 vectors, each row's codes widened once), and the
-//! AVX-512 VNNI / VBMI decode kernels over activations split into two signed bytes (4-bit,
-//! and any width 2/3/5/6/8). Each matrix is given one of them when the model loads
+//! vector, or a task's rows against up to 8 vectors, each row's codes widened once), the
+//! activations split into two signed bytes that the AVX-512 VNNI kernels read
+//! ([`SplitActivations`]: the 4-bit tiled kernel of `tiles`, mxfp4 rows, and 2/3/5/6/8-bit rows
+//! with VBMI). Each matrix is given one of them when the model loads
 //! (`kernels::Kernels`, from `crate::simd::cpu()` and its shape); the portable kernels compute
 //! the same sums in another order.
 
@@ -731,7 +732,7 @@ const SPLIT_MAX: f32 = 32639.0;
 /// byte so that VNNI's byte dot product (`vpdpbusd`: unsigned codes × signed bytes, 64
 /// products per instruction) computes 16-bit-exact sums: `Σ q·v = Σ q·lo + 256 · Σ q·hi`.
 /// Two layouts, built when asked for:
-/// - `nibble_order` ([`q4_rows_split`]): per 128 values (64 packed bytes of a 4-bit row), four
+/// - `nibble_order` (`tiles::TiledRows::decode`, [`mxfp4_rows_split`]): per 128 values (64 packed bytes of a 4-bit row), four
 ///   64-byte vectors in the order the packed bytes are read: low bytes of the even-indexed
 ///   values (the low nibbles' partners), their high bytes, then the same for the odd ones;
 /// - `natural` ([`qn_rows_split`]): per 64 values, their 64 low bytes, then their 64 high ones.
@@ -974,280 +975,8 @@ unsafe fn window(
     }
 }
 
-/// The most decode rows [`q4_rows_split_many`] takes at once.
-pub const MAX_DECODE_ROWS: usize = 8;
-
-/// [`q4_rows_split`] for `acts.len()` vectors at once (at most [`MAX_DECODE_ROWS`]): each
-/// weight block is loaded and its nibbles separated once, then dotted with every vector's
-/// activations — for each vector exactly the operations, in the order, [`q4_rows_split`]
-/// does, so every output is bit-identical to that vector's own decode. `out` is row-major:
-/// `out[r * n + k]` is row `first + r` against vector `k`.
-///
-/// # Safety
-/// As [`q4_rows_split`]; `xsums[k]` is vector `k`'s per-group sums.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-pub unsafe fn q4_rows_split_many(
-    m: &QuantizedRows,
-    acts: &[SplitActivations],
-    xsums: &[Vec<f32>],
-    first: usize,
-    out: &mut [f32],
-) {
-    // SAFETY (every arm): this function's contract, passed on; the count is the arm's.
-    unsafe {
-        match acts.len() {
-            1 => q4_rows_paired::<1, 1, 0, 0>(m, acts, xsums, first, out),
-            2 => q4_rows_paired::<2, 2, 0, 0>(m, acts, xsums, first, out),
-            3 => q4_rows_paired::<3, 3, 0, 0>(m, acts, xsums, first, out),
-            4 => q4_rows_paired::<4, 2, 2, 0>(m, acts, xsums, first, out),
-            5 => q4_rows_paired::<5, 3, 2, 0>(m, acts, xsums, first, out),
-            6 => q4_rows_paired::<6, 3, 3, 0>(m, acts, xsums, first, out),
-            7 => q4_rows_paired::<7, 3, 2, 2>(m, acts, xsums, first, out),
-            8 => q4_rows_paired::<8, 3, 3, 2>(m, acts, xsums, first, out),
-            n => panic!("q4_rows_split_many: {n} vectors (1 to {MAX_DECODE_ROWS} are taken)"),
-        }
-    }
-}
-
-/// [`q4_rows_split_many`] two rows at a time: a vector's activations for a block are loaded
-/// once for both rows (activation loads were a large part of a batched step: halving them,
-/// measured inexactly, gave 15-25%). The vectors go in passes of `A`, `B`, `C` (at most three
-/// each, so a pass's accumulators stay in registers) while the pair's weights sit in L1. Each
-/// (row, vector) gets the operations of [`q4_rows_split`] in its order: bit-identical. An odd
-/// last row is a tile of one.
-///
-/// # Safety
-/// As [`q4_rows_split_many`], with `acts.len() == N == A + B + C`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn q4_rows_paired<const N: usize, const A: usize, const B: usize, const C: usize>(
-    m: &QuantizedRows,
-    acts: &[SplitActivations],
-    xsums: &[Vec<f32>],
-    first: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
-    // below stays inside the slices the assertion covers.
-    unsafe {
-        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-        assert!(A + B + C == N && (1..=3).contains(&A) && B <= 3 && C <= 3);
-        let ManyVectors {
-            act,
-            act_scales,
-            sums,
-            groups,
-            row_bytes,
-            row_scales,
-            rows,
-            nrows,
-        } = ManyVectors::<N>::checked(m, acts, xsums, first, out.len());
-        let row_at = |row: usize| TileRow {
-            words: words.as_ptr().add(row * row_bytes),
-            scales: scales.as_ptr().add(row * row_scales),
-            biases: biases.as_ptr().add(row * row_scales),
-        };
-        let vectors = Vectors {
-            shape: TileShape {
-                dtype,
-                group,
-                groups,
-            },
-            act: &act,
-            act_scales: &act_scales,
-            sums: &sums,
-        };
-        for p in 0..nrows / 2 {
-            let row = first + 2 * p;
-            for ahead in [4, 5] {
-                if row + ahead < rows {
-                    prefetch_row(words, scales, biases, row + ahead, row_bytes, row_scales);
-                }
-            }
-            let tile = [row_at(row), row_at(row + 1)];
-            run_tile::<2, A, B, C>(&tile, &vectors, &mut out[2 * p * N..(2 * p + 2) * N]);
-        }
-        if nrows % 2 == 1 {
-            let tile = [row_at(first + nrows - 1)];
-            run_tile::<1, A, B, C>(&tile, &vectors, &mut out[(nrows - 1) * N..]);
-        }
-    }
-}
-
-/// Every vector's pointers and the matrix's shape, as a tile's passes take them.
-struct Vectors<'a> {
-    shape: TileShape,
-    act: &'a [*const i8],
-    act_scales: &'a [*const f32],
-    sums: &'a [*const f32],
-}
-
-/// The `R` rows of `tile` against every vector, in passes of `A`, `B`, `C` vectors; `out` is
-/// row-major (`R` rows of all the vectors).
-///
-/// # Safety
-/// As [`q4_rows_paired`].
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn run_tile<const R: usize, const A: usize, const B: usize, const C: usize>(
-    tile: &[TileRow; R],
-    v: &Vectors,
-    out: &mut [f32],
-) {
-    // SAFETY: this function's contract, passed on to each pass.
-    unsafe {
-        tile_pass::<R, A>(tile, v, 0, out);
-        if B > 0 {
-            tile_pass::<R, B>(tile, v, A, out);
-        }
-        if C > 0 {
-            tile_pass::<R, C>(tile, v, A + B, out);
-        }
-    }
-}
-
-/// The shapes the batched kernel checks before any pointer is followed, and each vector's
-/// pointers: its split activations, activation scales and group sums.
-struct ManyVectors<const N: usize> {
-    act: [*const i8; N],
-    act_scales: [*const f32; N],
-    sums: [*const f32; N],
-    groups: usize,
-    row_bytes: usize,
-    row_scales: usize,
-    /// Rows of the matrix.
-    rows: usize,
-    /// Rows asked for (`out` holds `nrows * N`).
-    nrows: usize,
-}
-
-impl<const N: usize> ManyVectors<N> {
-    /// Panics unless rows `first..first + out_len / N` of `m` and the `N` vectors' slices all
-    /// hold what the kernels read.
-    fn checked(
-        m: &QuantizedRows,
-        acts: &[SplitActivations],
-        xsums: &[Vec<f32>],
-        first: usize,
-        out_len: usize,
-    ) -> ManyVectors<N> {
-        let groups = acts.first().map_or(0, |a| a.scales.len());
-        let cols = groups * m.group;
-        let (row_bytes, row_scales) = (cols / 2, groups * m.dtype.size());
-        let rows = m.words.len() / row_bytes.max(1);
-        let nrows = out_len / N.max(1);
-        assert!(
-            (1..=MAX_DECODE_ROWS).contains(&N)
-                && acts.len() == N
-                && xsums.len() == N
-                && out_len == nrows * N
-                && split_kernel_fits(cols, m.group)
-                && first + nrows <= rows
-                && m.scales.len() >= rows * row_scales
-                && m.biases.len() >= rows * row_scales
-                && acts
-                    .iter()
-                    .all(|a| a.scales.len() == groups && a.nibble_order.len() >= 2 * cols)
-                && xsums.iter().all(|x| x.len() >= groups)
-        );
-        ManyVectors {
-            act: std::array::from_fn(|k| acts[k].nibble_order.as_ptr()),
-            act_scales: std::array::from_fn(|k| acts[k].scales.as_ptr()),
-            sums: std::array::from_fn(|k| xsums[k].as_ptr()),
-            groups,
-            row_bytes,
-            row_scales,
-            rows,
-            nrows,
-        }
-    }
-}
-
-/// One row's three streams, at the row.
-struct TileRow {
-    words: *const u8,
-    scales: *const u8,
-    biases: *const u8,
-}
-
-/// What every row of a matrix shares.
-struct TileShape {
-    dtype: FloatDtype,
-    group: usize,
-    groups: usize,
-}
-
-/// `R` rows against the `V` vectors from `from` on: their outputs into `out` (row-major, every
-/// vector of a row together).
-///
-/// # Safety
-/// As [`q4_rows_paired`]: the rows and the vectors' slices hold `shape.groups` groups.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-unsafe fn tile_pass<const R: usize, const V: usize>(
-    rows: &[TileRow; R],
-    vectors: &Vectors,
-    from: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: this function's `# Safety` contract gives the CPU features and the extents.
-    unsafe {
-        let shape = &vectors.shape;
-        let n = vectors.act.len();
-        let act = &vectors.act[from..from + V];
-        let act_scales = &vectors.act_scales[from..from + V];
-        let sums = &vectors.sums[from..from + V];
-        let low = _mm512_set1_epi8(0x0F);
-        let (lane_group, groups_per_block) = q4_lane_groups(shape.group);
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        let mut sc = [[_mm512_setzero_ps(); V]; R];
-        let mut base = 0;
-        while base < shape.groups {
-            let g = (shape.groups - base).min(16);
-            let mask: __mmask16 = if g == 16 { 0xFFFF } else { (1u16 << g) - 1 };
-            for r in 0..R {
-                for k in 0..V {
-                    (sc[r][k], acc[r][k]) = window(
-                        rows[r].scales,
-                        rows[r].biases,
-                        shape.dtype,
-                        act_scales[k],
-                        sums[k],
-                        base,
-                        mask,
-                        acc[r][k],
-                    );
-                }
-            }
-            let first_block = base * shape.group / 128;
-            let mut idx = lane_group;
-            for blk in first_block..first_block + g * shape.group / 128 {
-                let nib: [(__m512i, __m512i); R] =
-                    std::array::from_fn(|r| q4_nibbles(rows[r].words.add(blk * 64), low));
-                for k in 0..V {
-                    let v = q4_block_acts(act[k].add(blk * 256));
-                    for r in 0..R {
-                        let isum = q4_isum(nib[r].0, nib[r].1, &v);
-                        acc[r][k] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(isum),
-                            _mm512_permutexvar_ps(idx, sc[r][k]),
-                            acc[r][k],
-                        );
-                    }
-                }
-                idx = _mm512_add_epi32(idx, groups_per_block);
-            }
-            base += g;
-        }
-        for r in 0..R {
-            for k in 0..V {
-                out[r * n + from + k] = _mm512_reduce_add_ps(acc[r][k]);
-            }
-        }
-    }
-}
-
-/// Whether [`q4_row_dot_split`] runs rows of `cols` columns at this group size.
+/// Whether the split activations take rows of `cols` columns at this group size (what the
+/// 4-bit tiled kernel needs).
 pub fn split_kernel_fits(cols: usize, group: usize) -> bool {
     matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
 }
@@ -1321,100 +1050,13 @@ unsafe fn q4_block_isum(lo: __m512i, hi: __m512i, a: *const i8) -> __m512i {
     unsafe { q4_isum(lo, hi, &q4_block_acts(a)) }
 }
 
-/// Outputs of 4-bit rows `first..first + out.len()` of a matrix against
-/// [`SplitActivations`]: `Σ_g scale_g · d_g · Σ q·v + bias_g · Σ x`, reading the stored scales
-/// and biases itself (16 groups at a time, widened in registers). Per 128 weights: one load,
-/// three instructions to separate the nibbles, four byte dot products, and the scale applied
-/// per lane (a lane holds 8 codes of one group). The three streams of a row (codes, scales,
-/// biases) are prefetched a few rows ahead: without it the first touch of each row stalled.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW, VL and VNNI (`crate::simd::cpu().vnni`), and
-/// [`split_kernel_fits`] must hold for the matrix's columns and group.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")]
-pub unsafe fn q4_rows_split(
-    m: &QuantizedRows,
-    act: &SplitActivations,
-    xsum: &[f32],
-    first: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: this function's `# Safety` contract gives the CPU features; every pointer
-    // below stays inside the slices its length checks cover.
-    unsafe {
-        const PREFETCH_ROWS: usize = 4;
-        let (words, scales, biases, dtype, group) = (m.words, m.scales, m.biases, m.dtype, m.group);
-        let groups = act.scales.len();
-        let cols = groups * group;
-        let size = dtype.size();
-        let (row_bytes, row_scales) = (cols / 2, groups * size);
-        let rows = words.len() / row_bytes.max(1);
-        // Checked once: every pointer below stays inside these slices.
-        assert!(
-            split_kernel_fits(cols, group)
-                && first + out.len() <= rows
-                && xsum.len() >= groups
-                && scales.len() >= rows * row_scales
-                && biases.len() >= rows * row_scales
-                && act.nibble_order.len() >= 2 * cols
-        );
-        let low = _mm512_set1_epi8(0x0F);
-        let (lane_group, groups_per_block) = q4_lane_groups(group);
-        let (ap, xd, xs) = (
-            act.nibble_order.as_ptr(),
-            act.scales.as_ptr(),
-            xsum.as_ptr(),
-        );
-        for (r, y) in out.iter_mut().enumerate() {
-            let row = first + r;
-            if row + PREFETCH_ROWS < rows {
-                prefetch_row(
-                    words,
-                    scales,
-                    biases,
-                    row + PREFETCH_ROWS,
-                    row_bytes,
-                    row_scales,
-                );
-            }
-            let bp = words.as_ptr().add(row * row_bytes);
-            let (sp, bip) = (
-                scales.as_ptr().add(row * row_scales),
-                biases.as_ptr().add(row * row_scales),
-            );
-            let mut acc = _mm512_setzero_ps();
-            let mut base = 0;
-            while base < groups {
-                let n = (groups - base).min(16);
-                let m: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-                let sc;
-                (sc, acc) = window(sp, bip, dtype, xd, xs, base, m, acc);
-                let first_block = base * group / 128;
-                let mut idx = lane_group;
-                for blk in first_block..first_block + n * group / 128 {
-                    let (lo, hi) = q4_nibbles(bp.add(blk * 64), low);
-                    let isum = q4_block_isum(lo, hi, ap.add(blk * 256));
-                    acc = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_permutexvar_ps(idx, sc),
-                        acc,
-                    );
-                    idx = _mm512_add_epi32(idx, groups_per_block);
-                }
-                base += n;
-            }
-            *y = _mm512_reduce_add_ps(acc);
-        }
-    }
-}
-
 /// Whether [`mxfp4_rows_split`] runs mxfp4 rows of `cols` columns.
 pub fn mxfp4_split_kernel_fits(cols: usize) -> bool {
     cols.is_multiple_of(128)
 }
 
 /// Outputs of mxfp4 rows `first..first + out.len()` against [`SplitActivations`] prepared in
-/// groups of 32 (mxfp4's) in nibble order: the integer path of [`q4_rows_split`] for
+/// groups of 32 (mxfp4's) in nibble order: the integer path of the 4-bit tiled kernel (`tiles`) for
 /// microscaling floats. An E2M1 code doubled is an integer (0, ±1, ±2, ±3, ±4, ±6, ±8, ±12);
 /// plus 12 it is an unsigned byte (0..=24) that `vpdpbusd` multiplies by the signed activation
 /// bytes, and the 12 comes back out through the group's Σx:
@@ -1525,8 +1167,8 @@ pub fn any_width_kernel_fits(cols: usize, bits: u32, group: usize) -> bool {
     matches!(bits, 2 | 3 | 5 | 6 | 8) && matches!(group, 32 | 64 | 128) && cols.is_multiple_of(128)
 }
 
-/// [`q4_rows_split`] for the other widths (2, 3, 5, 6, 8 bits) against the `natural` layout of
-/// [`SplitActivations`]. MLX packs codes as one LSB-first bit stream, so 8 consecutive codes
+/// Rows of 2, 3, 5, 6 or 8 bits against the `natural` layout of [`SplitActivations`] (4-bit
+/// rows have their own kernel, `tiles`). MLX packs codes as one LSB-first bit stream, so 8 consecutive codes
 /// fill exactly `bits` bytes: per 64 codes, one masked load of `8·bits` bytes, a byte permute
 /// (VBMI) giving each 64-bit lane its `bits` bytes, a multishift pulling the 8 codes out at
 /// offsets 0, bits, 2·bits, … and a mask — 4 instructions to unpack any width — then two byte

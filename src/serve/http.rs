@@ -47,7 +47,75 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_large_bodies,
+        ))
         .with_state(state)
+}
+
+/// How much of a refused body is read and dropped, at most, before the 413 is sent.
+const DRAIN_BYTES: usize = 64 << 20;
+/// How long a refused body may take to arrive before the connection is closed regardless.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers a body over the limit with 413 only once the client has sent it (up to
+/// `DRAIN_BYTES`). Why: a server that answers and closes while the client still writes leaves
+/// unread bytes in the socket, the kernel resets the connection, and the client sees a broken
+/// pipe instead of the 413 that says what is wrong (nginx's "lingering close", for the same
+/// reason). Bodies within the limit are buffered here and passed on unchanged.
+async fn refuse_large_bodies(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use tokio_stream::StreamExt;
+    let limit = state.body_limit;
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    let mut failed = None;
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    total += bytes.len();
+                    if total <= limit {
+                        kept.extend_from_slice(&bytes);
+                    } else if total > limit + DRAIN_BYTES {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    // A client that stops sending mid-body is not waited on forever.
+    let timed_out = tokio::time::timeout(DRAIN_TIME, read).await.is_err();
+    if total > limit {
+        let mut resp = ApiError::too_large(limit).into_response();
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    if timed_out {
+        return ApiError::invalid(format!(
+            "the request body did not arrive within {} s",
+            DRAIN_TIME.as_secs()
+        ))
+        .into_response();
+    }
+    if let Some(e) = failed {
+        return ApiError::invalid(format!("cannot read the request body: {e}")).into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept)))
+        .await
 }
 
 /// With --api-key, every request but `/health` (a liveness probe) needs `Bearer <key>`.
