@@ -185,7 +185,10 @@ impl Kernels {
 #[cfg(target_arch = "x86_64")]
 use super::gemm::fits as gemm_fits;
 #[cfg(target_arch = "x86_64")]
-use super::tiles::{Q4Tiles, RowsOut, TileVector, TiledRows, MAX_TILE_VECTORS, TILE_ROWS};
+use super::tiles::{
+    amx_available, AmxActivations, Q4Tiles, RowsOut, TileVector, TiledRows, MAX_TILE_VECTORS,
+    TILE_ROWS,
+};
 #[cfg(target_arch = "x86_64")]
 use super::x86::SplitActivations;
 #[cfg(target_arch = "x86_64")]
@@ -485,24 +488,59 @@ fn x86_decode_rows(
     }
     let first = products[0].0;
     let rows_per_task = decode_rows_per_task(first.nbytes() / first.rows.max(1));
-    tiled_products(products, &scratch.vectors[..n], rows_per_task);
+    tiled_products(
+        products,
+        &scratch.vectors[..n],
+        rows_per_task,
+        &mut scratch.amx,
+    );
     true
 }
 
+/// From how many vectors the tiled products run on AMX (where the CPU has it) rather than
+/// `vpdpbusd`: the outputs are the same bits either way (`src/engine/tiles/amx.rs`). Measured
+/// (docs/benchmarks.md): prompts of 71 and 520 tokens 5-20% faster on AMX, batched decode
+/// steps of 8 and 16 sequences 7% and 4% slower — so prompts only.
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_VECTORS: usize = 32;
+
+/// Rows per task on AMX, at least: four tiles.
+#[cfg(target_arch = "x86_64")]
+const AMX_ROWS_PER_TASK: usize = 4 * TILE_ROWS;
+
 /// Every product's rows against every one of `vectors` (prepared for their columns and group;
-/// any number, in groups of [`MAX_TILE_VECTORS`]) by the tiled kernel, as one parallel region
-/// of `rows_per_task` rows per task (whole tiles); the outputs vector-major, as
-/// [`matmul_many_rows`]'s. A task runs all the vectors over its rows, so its tiles stay in
-/// cache from one group of vectors to the next.
+/// any number: on AMX from [`AMX_MIN_VECTORS`] on, else in groups of [`MAX_TILE_VECTORS`]) by
+/// the tiled kernel, as one parallel region of `rows_per_task` rows per task (whole tiles);
+/// the outputs vector-major, as [`matmul_many_rows`]'s. A task runs all the vectors over its
+/// rows, so its tiles stay in cache from one group of vectors to the next.
 #[cfg(target_arch = "x86_64")]
 fn tiled_products(
     products: &mut [(&Matrix, &mut [f32])],
     vectors: &[TileVector],
     rows_per_task: usize,
+    amx: &mut AmxActivations,
 ) {
     const PARTS: usize = 8;
     let t = vectors.len();
     debug_assert!(rows_per_task.is_multiple_of(TILE_ROWS) && t > 0);
+    let shape = products
+        .first()
+        .and_then(|(m, _)| m.tiles.as_ref())
+        .map(TiledRows::shape);
+    let amx: Option<&AmxActivations> = match shape {
+        Some((cols, group)) if t >= AMX_MIN_VECTORS && amx_available() => {
+            // SAFETY: tiles exist only on a CPU with AVX-512 VNNI (F with it).
+            unsafe { amx.set(vectors, cols, group) };
+            Some(amx)
+        }
+        _ => None,
+    };
+    // AMX reuses a block of vectors over several tiles of a task (`tiles/amx.rs`).
+    let rows_per_task = if amx.is_some() {
+        rows_per_task.max(AMX_ROWS_PER_TASK)
+    } else {
+        rows_per_task
+    };
     for part in products.chunks_mut(PARTS) {
         // Per product: its tiles, its outputs, its rows, and its first task.
         let mut spans: [Option<(&TiledRows, RowsOut, usize)>; PARTS] = [None; PARTS];
@@ -526,6 +564,11 @@ fn tiled_products(
             };
             let first = (task - starts[p]) * rows_per_task;
             let nrows = rows_per_task.min(rows - first);
+            if let Some(amx) = amx {
+                // SAFETY: as below, and `amx_available` said the tile registers are ours.
+                unsafe { tiles.amx_decode(amx, first, nrows, out.offset(0, first)) };
+                return;
+            }
             for k0 in (0..t).step_by(MAX_TILE_VECTORS) {
                 let m = (t - k0).min(MAX_TILE_VECTORS);
                 let group: [(&SplitActivations, &[f32]); MAX_TILE_VECTORS] =
@@ -943,7 +986,12 @@ fn x86_matmul(
                     unsafe { v.set(&xs[k * cols..(k + 1) * cols], q.group) }
                 }
             });
-            tiled_products(&mut [(m, ys)], &scratch.vectors[..t], TILE_ROWS);
+            tiled_products(
+                &mut [(m, ys)],
+                &scratch.vectors[..t],
+                TILE_ROWS,
+                &mut scratch.amx,
+            );
         }
         (Prompt::AffineGemm, _, Some(q)) => {
             scratch.panels.set(xs, t, cols, q.group);
@@ -1054,6 +1102,9 @@ pub struct MatmulScratch {
     /// activations and group sums.
     #[cfg(target_arch = "x86_64")]
     vectors: Vec<TileVector>,
+    /// The same vectors as AMX's A matrices (when that path runs).
+    #[cfg(target_arch = "x86_64")]
+    amx: AmxActivations,
     /// The AVX2 kernel's batched outputs by (row, vector).
     #[cfg(target_arch = "x86_64")]
     rows_out: Vec<Vec<f32>>,
@@ -1300,6 +1351,48 @@ mod tests {
             matmul_many_rows(&mut [(&part, &mut a[..])], &xs, t, &mut scratch);
             matmul_many_rows(&mut [(&own, &mut b[..])], &xs, t, &mut scratch);
             assert_eq!(a, b, "rows {first}+{count}, {t} vectors");
+        }
+    }
+
+    /// From [`AMX_MIN_VECTORS`] vectors on the tiled products run on AMX where the CPU has it:
+    /// each vector still gets the bits of its own decode, at every group size, with a partial
+    /// block of 16 vectors, a partial tile of rows and more than one pass of 64 vectors.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_products_equal_each_vectors_own_decode() {
+        if !crate::simd::cpu().vnni {
+            return;
+        }
+        if !amx_available() {
+            eprintln!("no AMX here: the products below ran on vpdpbusd");
+        }
+        let (rows, cols) = (70, 512);
+        let mut rng = crate::testkit::Rng::new(5);
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.next_f32()).collect();
+        let xs: Vec<f32> = (0..80 * cols).map(|_| 4.0 * rng.next_f32()).collect();
+        for group in [32, 64, 128] {
+            let m = quantized_matrix(&values, rows, cols, 4, group);
+            assert_eq!(m.kernels.prompt, Prompt::Q4Tiled);
+            let mut scratch = MatmulScratch::default();
+            let alone: Vec<Vec<f32>> = xs
+                .chunks_exact(cols)
+                .map(|x| {
+                    let mut y = vec![0f32; rows];
+                    matmul(&m, x, 1, &mut y, &mut scratch);
+                    y
+                })
+                .collect();
+            for t in [AMX_MIN_VECTORS, AMX_MIN_VECTORS + 1, 70] {
+                let mut ys = vec![0f32; t * rows];
+                matmul(&m, &xs[..t * cols], t, &mut ys, &mut scratch);
+                for (k, y) in ys.chunks_exact(rows).enumerate() {
+                    assert_eq!(y, alone[k], "group {group}, {t} vectors: vector {k}");
+                }
+                matmul_many_rows(&mut [(&m, &mut ys[..])], &xs[..t * cols], t, &mut scratch);
+                for (k, y) in ys.chunks_exact(rows).enumerate() {
+                    assert_eq!(y, alone[k], "group {group}, a step of {t}: vector {k}");
+                }
+            }
         }
     }
 

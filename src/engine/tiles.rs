@@ -27,6 +27,9 @@ use super::weights::QuantizedRows;
 use super::x86::{split_kernel_fits, SplitActivations};
 use crate::mlx::FloatDtype;
 
+mod amx;
+pub(crate) use amx::{available as amx_available, AmxActivations};
+
 /// Rows per tile: one 32-bit lane each.
 pub(crate) const TILE_ROWS: usize = 16;
 
@@ -143,6 +146,11 @@ impl TiledRows {
     #[cfg(test)]
     pub(crate) fn store(&self) -> &Arc<Q4Tiles> {
         &self.store
+    }
+
+    /// The columns and the group size of the matrix.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.store.cols, self.store.group)
     }
 
     /// Rows `first..first + count`, when `first` starts a tile and the rows are inside these.
