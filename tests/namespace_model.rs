@@ -661,6 +661,64 @@ impl ReadAtAll for File {
     }
 }
 
+/// The daemon remembers the overlay directories that do not exist (a fresh overlay has none of
+/// the cache's) so that lookups stop probing them; what it writes there is seen at once all the
+/// same: a file created, a directory renamed into a model whose absence was known, a cache file
+/// removed (a whiteout in a directory that did not exist).
+#[test]
+fn what_is_written_where_the_overlay_was_known_absent_is_seen_at_once() {
+    let fx = Fixture::new();
+    let cache = HubCache::open(&fx.cache).unwrap();
+    let overlay = OverlayDir::open(&fx.path("overlay")).unwrap();
+    let ns = Namespace::new(LowerTree::new(cache), overlay);
+    let caller = Caller {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
+    let work = ns.lookup(ROOT_INO, OsStr::new(WORK)).unwrap().ino;
+    let models = ns.list(work).unwrap();
+    assert!(models.len() >= 3, "{models:?}");
+    let look_all = |dir: u64| {
+        for n in ns.list(dir).unwrap() {
+            let _ = ns.lookup(dir, &n);
+        }
+    };
+    let ino = |m: &OsString| ns.lookup(work, m).unwrap().ino;
+    let (a, b, c) = (ino(&models[0]), ino(&models[1]), ino(&models[2]));
+    for m in [a, b, c] {
+        look_all(m);
+    }
+    for m in &models[..3] {
+        assert!(!fx.path("overlay").join(WORK).join(m).exists(), "{m:?}");
+    }
+    // A file created where nothing of the overlay existed.
+    let notes = OsStr::new("notes.txt");
+    assert!(matches!(ns.lookup(a, notes), Err(NsError::NotFound)));
+    ns.create(a, notes, 0o644, libc::O_WRONLY, caller).unwrap();
+    assert_eq!(ns.lookup(a, notes).unwrap().kind, Kind::File);
+    assert!(ns.list(a).unwrap().iter().any(|n| n == notes));
+    // A directory renamed into model b, whose absence was just learned again.
+    let d = ns.mkdir(a, OsStr::new("d"), 0o755, caller).unwrap();
+    ns.create(d.ino, OsStr::new("inner"), 0o644, libc::O_WRONLY, caller)
+        .unwrap();
+    look_all(b);
+    ns.rename(a, OsStr::new("d"), b, OsStr::new("moved"), 0)
+        .unwrap();
+    let moved = ns.lookup(b, OsStr::new("moved")).unwrap();
+    assert_eq!(moved.kind, Kind::Dir);
+    assert_eq!(
+        ns.lookup(moved.ino, OsStr::new("inner")).unwrap().kind,
+        Kind::File
+    );
+    // A cache file of model c removed: its whiteout goes into a new overlay directory.
+    let config = OsStr::new("config.json");
+    assert!(ns.lookup(c, config).is_ok());
+    look_all(c);
+    ns.unlink(c, config).unwrap();
+    assert!(matches!(ns.lookup(c, config), Err(NsError::NotFound)));
+    assert!(!ns.list(c).unwrap().iter().any(|n| n == config));
+}
+
 #[test]
 fn randomized_operations_on_the_namespace_match_a_reference_directory() {
     let run = Run::from_env("MLXK_MODEL", "namespace_model", 20_000, 10);

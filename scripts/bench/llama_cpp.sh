@@ -36,4 +36,21 @@ if [ ! -x "$src/build/bin/llama-server" ] || [ ! -x "$src/build/bin/llama-quanti
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
   "$root/tools/bin/cmake" --build "$src/build" -j"$(nproc)" --target llama-server llama-quantize llama-bench >&2
 fi
+# llama.cpp 0.3.36's AMX matmul crashes (SIGSEGV in ggml_backend_amx_mul_mat, at the first
+# graph of llama-server) on a CPU with AMX (seen on Sapphire Rapids): its CPU backend library is
+# built a second time without AMX (everything else native), and the servers are run with that
+# library first on LD_LIBRARY_PATH (the binaries' RUNPATH yields to it).
+#   LD_LIBRARY_PATH=$(scripts/bench/llama_cpp.sh --no-amx-lib)
+if [ "${1:-}" = "--no-amx-lib" ]; then
+  lib=$src/build-noamx/bin
+  if [ ! -f "$lib/libggml-cpu.so" ]; then
+    flags="-march=native -mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    "$root/tools/bin/cmake" -S "$src" -B "$src/build-noamx" -DCMAKE_BUILD_TYPE=Release \
+      -DGGML_NATIVE=OFF -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
+    "$root/tools/bin/cmake" --build "$src/build-noamx" -j"$(nproc)" --target ggml-cpu >&2
+  fi
+  echo "$lib"
+  exit 0
+fi
 echo "$src/build/bin"

@@ -123,7 +123,8 @@ if [ -z "${SKIP_LLAMA_CPP:-}" ]; then
   "$bin/llama-quantize" "$work/f16.gguf" "$work/q4_0.gguf" Q4_0 >/dev/null 2>&1
   rm "$work/f16.gguf"
   echo "-- llama.cpp $(cd "$(dirname "$bin")/.." && git describe --tags 2>/dev/null || basename "$(dirname "$(dirname "$bin")")"), Q4_0 $(du -sh "$work/q4_0.gguf" | cut -f1)"
-  "$bin/llama-server" -m "$work/q4_0.gguf" --host 127.0.0.1 --port $port -np 8 -c 2048 -t "$(nproc)" \
+  # Its AMX matmul crashes on AMX CPUs: the CPU backend built without it (llama_cpp.sh).
+  LD_LIBRARY_PATH=$(scripts/bench/llama_cpp.sh --no-amx-lib) "$bin/llama-server" -m "$work/q4_0.gguf" --host 127.0.0.1 --port $port -np 8 -c 2048 -t "$(nproc)" \
     --no-webui >"$work/llama.log" 2>&1 &
   server=$!
   wait_port "http://127.0.0.1:$port/health" $server

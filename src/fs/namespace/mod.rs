@@ -27,6 +27,7 @@ use dashmap::DashMap;
 use super::lower::LowerTree;
 use crate::store::overlay::{is_internal, OverlayDir};
 
+mod absent;
 mod attr;
 mod copyup;
 mod create;
@@ -207,6 +208,8 @@ pub struct Namespace {
     ids: DashMap<Ident, u64>,
     next_ino: AtomicU64,
     tree: RwLock<()>,
+    /// Overlay directories known not to exist (forgotten whenever the tree is written).
+    absent: absent::AbsentDirs,
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     pub counters: Counters,
     pub passthrough: AtomicBool,
@@ -225,6 +228,7 @@ impl Namespace {
             ids: DashMap::new(),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             tree: RwLock::new(()),
+            absent: Default::default(),
             invalidations: Mutex::new(None),
             counters: Counters::default(),
             passthrough: Default::default(),
@@ -269,8 +273,18 @@ impl Namespace {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_tree(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    /// Every change to the overlay holds this: it forgets the overlay directories known absent.
+    fn write_tree(&self) -> absent::WriteTree<'_> {
+        absent::WriteTree::new(&self.tree, &self.absent)
+    }
+
+    /// Whether union directory `dir` has no overlay directory (nothing of it was written):
+    /// then no name of it has an overlay entry, redirect, whiteout or opaque marker.
+    fn overlay_absent(&self, dir: &Path) -> bool {
+        self.absent.is_absent(dir, || {
+            matches!(std::fs::symlink_metadata(self.overlay.path(dir)),
+                Err(e) if not_found_like(&e))
+        })
     }
 
     /// The index shown next to a shard may change when the shard does: drop the kernel's entry.
@@ -295,6 +309,8 @@ impl Namespace {
 
     /// Queues kernel invalidations for every known directory along mount path `path`.
     pub fn invalidate_path(&self, path: &Path) {
+        // Whoever asks wrote the overlay behind the daemon (a convert, an overlay reset).
+        self.absent.forget_all();
         let mut parent = ROOT_INO;
         for name in path.iter().filter(|c| !c.is_empty() && *c != "/") {
             self.invalidate(Invalidation::Entry(parent, name.to_os_string()));

@@ -76,7 +76,9 @@ impl Namespace {
         for name in path.iter() {
             // Below a directory with nothing of the cache, only a redirect can bring some back:
             // no need to look for whiteouts and opaque markers there.
-            let marker = if lower.is_some() {
+            let marker = if self.overlay_absent(&cur) {
+                None
+            } else if lower.is_some() {
                 self.overlay.marker(&cur, name)
             } else {
                 self.overlay.redirect(&cur, name).map(Marker::Ref)
@@ -88,7 +90,7 @@ impl Namespace {
             }
             .filter(|(_, n)| n.is_dir());
             cur.push(name);
-            if lower.is_some() && self.overlay.is_opaque(&cur) {
+            if lower.is_some() && !self.overlay_absent(&cur) && self.overlay.is_opaque(&cur) {
                 lower = None;
             }
         }
@@ -119,6 +121,9 @@ impl Namespace {
 
     /// The cache path and node `name` of `dir` shows now (its redirect, else its default).
     pub(super) fn lower_path(&self, dir: &Path, name: &OsStr) -> Option<(String, LowerNode)> {
+        if self.overlay_absent(dir) {
+            return self.lower_default_node(dir, name);
+        }
         match self.overlay.marker(dir, name) {
             Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
             Some(Marker::Whiteout) => None,
@@ -134,12 +139,13 @@ impl Namespace {
         if check_name(name).is_err() {
             return Err(NsError::NotFound);
         }
-        let child = dir.join(name);
-        match fs::symlink_metadata(self.overlay.path(&child)) {
-            Ok(m) if m.is_dir() => return Ok(Found::Dir { read_only: dir_ro }),
-            Ok(m) => return Ok(Found::Upper(m)),
-            Err(e) if not_found_like(&e) => {}
-            Err(e) => return Err(e.into()),
+        if !self.overlay_absent(dir) {
+            match fs::symlink_metadata(self.overlay.path(dir.join(name))) {
+                Ok(m) if m.is_dir() => return Ok(Found::Dir { read_only: dir_ro }),
+                Ok(m) => return Ok(Found::Upper(m)),
+                Err(e) if not_found_like(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let (_, node) = self.lower_path(dir, name).ok_or(NsError::NotFound)?;
         if node.is_dir() {
@@ -167,6 +173,9 @@ impl Namespace {
     /// The index of model directory `dir` recomputed from the union's shards, when the overlay
     /// changed the shard set (`Ok(None)`: the cache's view stands; `NotFound`: no index).
     pub(super) fn union_index(&self, dir: &Path) -> NsResult<Option<Arc<[u8]>>> {
+        if self.overlay_absent(dir) {
+            return Ok(None);
+        }
         let listing = self.overlay.read_dir(dir)?;
         let shard = |n: &OsStr| n.to_str().is_some_and(crate::store::files::is_safetensors);
         let changed = listing.entries.iter().any(|n| shard(n))
@@ -200,9 +209,11 @@ impl Namespace {
 
     /// A real file holding what `name` of `dir` shows (overlay file or cache blob).
     pub(super) fn readable_path(&self, dir: &Path, name: &OsStr) -> Option<PathBuf> {
-        let upper = self.overlay.path(dir.join(name));
-        if let Ok(m) = fs::metadata(&upper) {
-            return m.is_file().then_some(upper);
+        if !self.overlay_absent(dir) {
+            let upper = self.overlay.path(dir.join(name));
+            if let Ok(m) = fs::metadata(&upper) {
+                return m.is_file().then_some(upper);
+            }
         }
         let (_, node) = self.lower_path(dir, name)?;
         match self.lower.content(&node)? {
@@ -213,7 +224,11 @@ impl Namespace {
 
     /// The names of union directory `dir`, sorted (`.`/`..` excluded).
     pub(super) fn list_names(&self, dir: &Path) -> NsResult<Vec<OsString>> {
-        let ol = self.overlay.read_dir(dir)?;
+        let ol = if self.overlay_absent(dir) {
+            Default::default()
+        } else {
+            self.overlay.read_dir(dir)?
+        };
         let mut names: BTreeSet<OsString> = ol.entries.iter().cloned().collect();
         for (n, t) in &ol.refs {
             if self.lower.resolve(t).is_some() {
