@@ -661,6 +661,17 @@ impl ReadAtAll for File {
     }
 }
 
+/// The namespace over the fixture's cache with a fresh overlay, and this process as its caller.
+fn namespace_over(fx: &Fixture) -> (Namespace, Caller) {
+    let cache = HubCache::open(&fx.cache).unwrap();
+    let overlay = OverlayDir::open(&fx.path("overlay")).unwrap();
+    let caller = Caller {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
+    (Namespace::new(LowerTree::new(cache), overlay), caller)
+}
+
 /// The daemon remembers the overlay directories that do not exist (a fresh overlay has none of
 /// the cache's) so that lookups stop probing them; what it writes there is seen at once all the
 /// same: a file created, a directory renamed into a model whose absence was known, a cache file
@@ -668,13 +679,7 @@ impl ReadAtAll for File {
 #[test]
 fn what_is_written_where_the_overlay_was_known_absent_is_seen_at_once() {
     let fx = Fixture::new();
-    let cache = HubCache::open(&fx.cache).unwrap();
-    let overlay = OverlayDir::open(&fx.path("overlay")).unwrap();
-    let ns = Namespace::new(LowerTree::new(cache), overlay);
-    let caller = Caller {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    };
+    let (ns, caller) = namespace_over(&fx);
     let work = ns.lookup(ROOT_INO, OsStr::new(WORK)).unwrap().ino;
     let models = ns.list(work).unwrap();
     assert!(models.len() >= 3, "{models:?}");
@@ -732,13 +737,7 @@ fn randomized_operations_on_the_namespace_match_a_reference_directory() {
 
     let fx = Fixture::new();
     let cache_before = tree_state(&fx.cache);
-    let cache = HubCache::open(&fx.cache).unwrap();
-    let overlay = OverlayDir::open(&fx.path("overlay")).unwrap();
-    let ns = Namespace::new(LowerTree::new(cache), overlay);
-    let caller = Caller {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    };
+    let (ns, caller) = namespace_over(&fx);
     let work = ns.lookup(ROOT_INO, OsStr::new(WORK)).unwrap().ino;
     let mut vfs = Vfs {
         ns: &ns,
