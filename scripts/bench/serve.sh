@@ -72,11 +72,18 @@ wait_port() { # url pid
   return 1
 }
 
+# Time the hypervisor gave the VM's CPUs to someone else (/proc/stat's steal ticks, every CPU),
+# as a share of the elapsed CPU time: this VM's runs have lost up to half of it, which halves a
+# server's figures without any change of its own.
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
 load() { # name url model max_tokens levels rounds [extra]
-  local name=$1
+  local name=$1 before after
   shift
   echo "-- $name (bandwidth $(bandwidth))"
+  before=$(cpu_ticks)
   "$py" scripts/bench/serve_load.py "$@" | tee "$work/$name.jsonl"
+  after=$(cpu_ticks)
+  echo "$before $after" | awk '{ printf "   (%s: CPU time stolen by the hypervisor %.1f%%)\n", n, 100 * ($3 - $1) / ($4 - $2) }' n="$name"
 }
 
 # The single-stream reference: `mlxk run`, warm.
@@ -130,6 +137,12 @@ if [ -z "${SKIP_LLAMA_CPP:-}" ]; then
   wait_port "http://127.0.0.1:$port/health" $server
   load llama-server "http://127.0.0.1:$port/v1" q4_0 "$levels" "$rounds" 128 '{"ignore_eos": true}'
   kill $server; wait $server 2>/dev/null || true; server=""
+  # llama.cpp's fastest single stream on this CPU, for reference: llama-bench on the native
+  # build, whose AMX kernels decode (they crash only for batches of more than 64 rows, so a
+  # 64-token prompt runs).
+  echo "-- llama-bench (native build, AMX where the CPU has it), Q4_0, single stream:"
+  "$bin/llama-bench" -m "$work/q4_0.gguf" -p 64 -n 128 -t "$(nproc)" -r 2 2>/dev/null | grep -E "pp64|tg128" ||
+    echo "   (llama-bench failed)"
 fi
 
 # mlx-lm's server (CPU): one stream, a few tokens.

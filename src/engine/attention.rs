@@ -4,14 +4,26 @@
 //! one contiguous 4 KiB block; the query heads that share a kv head (GQA) are scored together,
 //! each key read once for all of them. Values are cached per kv head, position-major, and each
 //! is read once for all the query heads. Plain loops the compiler vectorizes (compiled for
-//! AVX2 + FMA at run time when the CPU has them).
+//! AVX-512 or AVX2 + FMA at run time when the CPU has them), with fused multiply-adds
+//! (`mul_add`: the same rounding in every build, one instruction where the CPU has FMA).
 
-use crate::simd::simd_dispatch;
+use std::ops::Range;
+
+use crate::simd::simd_dispatch_avx512;
 
 /// Positions scored per block (the cache's capacity is a multiple of it).
 const BLOCK: usize = 16;
-/// Query heads per kv head handled in registers at once.
+/// Query heads handled in registers at once (of one row, or of a prompt's consecutive rows).
 const MAX_GROUP: usize = 8;
+
+/// The most rows [`rows_per_call`] gives.
+pub(crate) const MAX_ROWS_PER_CALL: usize = MAX_GROUP;
+
+/// How many consecutive rows of a prompt to give [`attend`] at once for kv groups of `group`
+/// query heads: as many as fill the heads scored together.
+pub(crate) fn rows_per_call(group: usize) -> usize {
+    (MAX_GROUP / group.max(1)).max(1)
+}
 
 /// One layer's cached keys and values. A global layer keeps every position (slot =
 /// position); a sliding-window layer keeps a ring of slots (slot = position mod capacity)
@@ -145,48 +157,77 @@ pub struct Scoring<'a> {
     pub sinks: Option<&'a [f32]>,
 }
 
-/// Attention of the query heads of kv head `kvh` (`q`: `group × dim`, already rotated) over
-/// the cached positions `seen` (all of them up to the query's, or a sliding window's last
-/// ones): `out` (`group × dim`) = softmax(scores) · V. `scores` is scratch space reused
-/// between calls.
+/// Attention of consecutive query rows of one sequence for kv head `kvh`: `q` holds each
+/// row's query heads that share the kv head (`rows × group × dim`, already rotated), `seen[r]`
+/// the cached positions row `r` attends to (all of them up to its own, or a sliding window's
+/// last ones): `out` (the same shape) = softmax(scores) · V. Up to [`MAX_GROUP`] heads — of one
+/// row or of several — are scored together, each key read once for all of them; a head's
+/// numbers do not depend on which heads it is scored with, so a row gets the same bits alone,
+/// in a prompt chunk of any length or in a batch. `scores` is scratch space reused between
+/// calls.
 pub fn attend(
     cache: &KvCache,
     kvh: usize,
-    seen: std::ops::Range<usize>,
+    seen: &[Range<usize>],
     q: &[f32],
     scoring: Scoring<'_>,
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
     let d = cache.dim;
-    let group = q.len() / d;
+    let heads = q.len() / d;
+    let group = heads / seen.len().max(1);
+    debug_assert!(!seen.is_empty() && group * seen.len() == heads);
     debug_assert!(scoring.sinks.is_none_or(|s| s.len() == group));
     debug_assert!(out.len() == q.len() && kvh < cache.keys.len());
-    debug_assert!(seen.start < seen.end && cache.oldest <= seen.start && seen.end <= cache.end);
-    for first in (0..group).step_by(MAX_GROUP) {
-        let g = MAX_GROUP.min(group - first);
+    debug_assert!(seen
+        .iter()
+        .all(|r| r.start < r.end && cache.oldest <= r.start && r.end <= cache.end));
+    for first in (0..heads).step_by(MAX_GROUP) {
+        let n = MAX_GROUP.min(heads - first);
+        let heads = HeadRanges { seen, group, first };
         attend_heads(
             cache,
             kvh,
-            seen.clone(),
-            &q[first * d..(first + g) * d],
-            Scoring {
-                sinks: scoring.sinks.map(|s| &s[first..first + g]),
-                ..scoring
-            },
-            &mut out[first * d..(first + g) * d],
+            heads,
+            &q[first * d..(first + n) * d],
+            scoring,
+            &mut out[first * d..(first + n) * d],
             scores,
         );
     }
 }
 
-simd_dispatch! {
-    fn attend_heads(cache: &KvCache, kvh: usize, seen: std::ops::Range<usize>, q: &[f32], scoring: Scoring<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+/// Which positions each head of one [`attend_heads`] call sees: head `h` of the call is head
+/// `first + h` of the rows' `rows × group` heads.
+#[derive(Clone, Copy)]
+struct HeadRanges<'a> {
+    seen: &'a [Range<usize>],
+    group: usize,
+    first: usize,
+}
+
+impl HeadRanges<'_> {
+    fn of(&self, h: usize) -> Range<usize> {
+        self.seen[(self.first + h) / self.group].clone()
+    }
+
+    /// The head's index in its kv group (its sink).
+    fn in_group(&self, h: usize) -> usize {
+        (self.first + h) % self.group
+    }
+}
+
+simd_dispatch_avx512! {
+    fn attend_heads(cache: &KvCache, kvh: usize, heads: HeadRanges<'_>, q: &[f32], scoring: Scoring<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
         let d = cache.dim;
         let g = q.len() / d;
+        // Every head's positions: from the first any head sees to the last.
+        let start = (0..g).map(|h| heads.of(h).start).min().unwrap_or(0);
+        let end = (0..g).map(|h| heads.of(h).end).max().unwrap_or(0);
         // Whole blocks from the one holding the first position seen; scores are indexed
         // from that block's first position.
-        let (first_block, last_block) = (seen.start / BLOCK, seen.end.div_ceil(BLOCK));
+        let (first_block, last_block) = (start / BLOCK, end.div_ceil(BLOCK));
         let base = first_block * BLOCK;
         let width = (last_block - first_block) * BLOCK;
         scores.clear();
@@ -204,7 +245,7 @@ simd_dispatch! {
                 for (h, acc) in acc.iter_mut().enumerate().take(g) {
                     let qi = q[h * d + i];
                     for l in 0..BLOCK {
-                        acc[l] += qi * k[l];
+                        acc[l] = qi.mul_add(k[l], acc[l]);
                     }
                 }
             }
@@ -213,22 +254,30 @@ simd_dispatch! {
                 scores[h * width + at..h * width + at + BLOCK].copy_from_slice(acc);
             }
         }
-        // Softmax weights over the positions seen, normalized in place.
-        let (from, to) = (seen.start - base, seen.end - base);
+        // Softmax weights over the positions each head sees, normalized in place.
         for h in 0..g {
-            let s = &mut scores[h * width + from..h * width + to];
+            let seen = heads.of(h);
+            let s = &mut scores[h * width + seen.start - base..h * width + seen.end - base];
             match scoring.softcap {
                 None => s.iter_mut().for_each(|v| *v *= scoring.scale),
                 Some(cap) => s
                     .iter_mut()
                     .for_each(|v| *v = (*v * scoring.scale / cap).tanh() * cap),
             }
-            let sink = scoring.sinks.map(|sinks| sinks[h]);
+            let sink = scoring.sinks.map(|sinks| sinks[heads.in_group(h)]);
             let max = s.iter().fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for v in s.iter_mut() {
-                *v = super::kernels::exp(*v - max);
-                sum += *v;
+            // The exponentials in a loop of their own, summed in 16 lanes: a float sum in
+            // one chain is kept in order, which kept the exponentials from being vectorized
+            // and then bound the loop by the add's latency.
+            s.iter_mut().for_each(|v| *v = super::kernels::exp(*v - max));
+            let mut lanes = [0f32; BLOCK];
+            let mut chunks = s.chunks_exact(BLOCK);
+            for c in &mut chunks {
+                lanes.iter_mut().zip(c).for_each(|(l, v)| *l += v);
+            }
+            let mut sum = chunks.remainder().iter().sum::<f32>();
+            for l in lanes {
+                sum += l;
             }
             if let Some(sink) = sink {
                 sum += super::kernels::exp(sink - max);
@@ -238,12 +287,18 @@ simd_dispatch! {
         }
         out.iter_mut().for_each(|o| *o = 0.0);
         let values = &cache.values[kvh];
-        for p in seen {
+        let ranges: [Range<usize>; MAX_GROUP] = std::array::from_fn(|h| {
+            if h < g { heads.of(h) } else { 0..0 }
+        });
+        for p in start..end {
             let slot = p % cache.cap;
             let v = &values[slot * d..(slot + 1) * d];
             for (h, o) in out.chunks_exact_mut(d).enumerate() {
-                let w = scores[h * width + p - base];
-                o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                // Each head adds its own positions, in order: the same sums as alone.
+                if ranges[h].contains(&p) {
+                    let w = scores[h * width + p - base];
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o = w.mul_add(*v, *o));
+                }
             }
         }
     }
@@ -291,7 +346,7 @@ mod tests {
                 attend(
                     &cache,
                     kvh,
-                    first..len,
+                    std::slice::from_ref(&(first..len)),
                     &q,
                     Scoring {
                         scale,
@@ -327,6 +382,78 @@ mod tests {
                             "kv head {kvh} head {h} dim {i}: {got} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Rows attended together (a prompt chunk's, scored several at a time so that each key
+    /// is read once for all of them) get exactly what each gets alone: GQA groups of 1, 3, 4
+    /// and 12 (rows packed into one call, and one row split over calls), global and sliding
+    /// ranges, soft caps and sinks.
+    #[test]
+    fn rows_attended_together_equal_each_row_alone() {
+        let mut rng = crate::testkit::Rng::new(13);
+        for (case, (group, d, window)) in [
+            (1, 32, None),
+            (3, 16, Some(5)),
+            (4, 64, None),
+            (12, 16, Some(40)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let kv_heads = 2;
+            let kvd = kv_heads * d;
+            let len = 70;
+            let mut cache = KvCache::new(kv_heads, d);
+            cache.reserve(len);
+            for p in 0..len {
+                let k: Vec<f32> = (0..kvd).map(|_| rng.next_f32()).collect();
+                let v: Vec<f32> = (0..kvd).map(|_| rng.next_f32()).collect();
+                cache.write(p, &k, &v);
+            }
+            let sinks: Option<Vec<f32>> =
+                (case % 2 == 1).then(|| (0..group).map(|h| 0.5 * h as f32 - 1.0).collect());
+            let scoring = Scoring {
+                scale: 0.3,
+                softcap: (case == 2).then_some(2.0),
+                sinks: sinks.as_deref(),
+            };
+            let seen = |p: usize| window.map_or(0, |w: usize| (p + 1).saturating_sub(w))..p + 1;
+            // Rows 20..37 (positions), in one call.
+            let rows: Vec<Range<usize>> = (20..37).map(seen).collect();
+            let q: Vec<f32> = (0..rows.len() * group * d)
+                .map(|_| 3.0 * rng.next_f32())
+                .collect();
+            for kvh in 0..kv_heads {
+                let mut together = vec![0f32; q.len()];
+                attend(
+                    &cache,
+                    kvh,
+                    &rows,
+                    &q,
+                    scoring,
+                    &mut together,
+                    &mut Vec::new(),
+                );
+                for (r, range) in rows.iter().enumerate() {
+                    let w = group * d;
+                    let mut alone = vec![0f32; w];
+                    attend(
+                        &cache,
+                        kvh,
+                        std::slice::from_ref(range),
+                        &q[r * w..(r + 1) * w],
+                        scoring,
+                        &mut alone,
+                        &mut Vec::new(),
+                    );
+                    assert_eq!(
+                        &together[r * w..(r + 1) * w],
+                        &alone[..],
+                        "group {group}, row {r}, kv head {kvh}"
+                    );
                 }
             }
         }
@@ -376,7 +503,7 @@ mod tests {
                     attend(
                         &ring,
                         kvh,
-                        seen.clone(),
+                        std::slice::from_ref(&seen),
                         &q,
                         scoring,
                         &mut a,
@@ -385,7 +512,7 @@ mod tests {
                     attend(
                         &whole,
                         kvh,
-                        seen.clone(),
+                        std::slice::from_ref(&seen),
                         &q,
                         scoring,
                         &mut b,

@@ -73,6 +73,10 @@ pub(crate) struct Buffers {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
+    /// A prompt's attention outputs by kv head (`[kv head][row][group × dim]`), and one
+    /// task's query rows gathered (see `Attention::forward`).
+    attn_by_kv: Vec<f32>,
+    q_rows: Vec<f32>,
     pub(crate) o: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -477,43 +481,96 @@ impl Attention {
         };
         let group = a.heads / a.kv_heads;
         let sinks = self.sinks.as_deref();
-        let (rows, q) = (&*rows, &b.q);
-        // One task per (row, kv head): causal attention of the query heads that share the kv
-        // head; on the pool when there is enough of it to pay for the region.
-        let width = group * d;
-        let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-            let task = first / width;
-            let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
-            let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
-            let scoring = Scoring {
-                scale: a.attn_scale,
-                softcap: a.attn_softcap,
-                sinks: sinks.map(|s| &s[kvh * group..(kvh + 1) * group]),
-            };
-            attention::attend(
-                rows.cache(i),
-                kvh,
-                seen(rows.position(i)),
-                qg,
-                scoring,
-                out,
-                scores,
-            );
+        let scoring = |kvh: usize| Scoring {
+            scale: a.attn_scale,
+            softcap: a.attn_softcap,
+            sinks: sinks.map(|s| &s[kvh * group..(kvh + 1) * group]),
         };
+        let width = group * d;
         let work: usize = (0..t).map(|i| seen(rows.position(i)).len()).sum::<usize>() * hd;
-        if work < (1 << 14) {
-            // A short context: on this thread, one reused score buffer.
-            let scores = &mut b.scores;
-            for (task, out) in b.attn.chunks_mut(width).enumerate() {
-                attend(task * width, out, scores);
+        let together = attention::rows_per_call(group);
+        if let (Rows::Prompt { start, cache, .. }, true) = (&*rows, together > 1 && t > 1) {
+            // A prompt chunk: a task per kv head and run of `together` rows, scored together
+            // (each key read once for all of them), into a kv-head-major buffer, then into
+            // `attn`'s row-major order.
+            let (start, cache, q) = (*start, &**cache, &b.q);
+            resize(&mut b.attn_by_kv, t * hd);
+            let mut parts: Vec<(usize, &mut [f32])> =
+                b.attn_by_kv.chunks_mut(t * width).enumerate().collect();
+            let attend_rows = |kvh: usize,
+                               first: usize,
+                               out: &mut [f32],
+                               q_rows: &mut Vec<f32>,
+                               scores: &mut Vec<f32>| {
+                let (r0, n) = (first / width, out.len() / width);
+                let ranges: [std::ops::Range<usize>; attention::MAX_ROWS_PER_CALL] =
+                    std::array::from_fn(|r| if r < n { seen(start + r0 + r) } else { 0..0 });
+                q_rows.clear();
+                for r in r0..r0 + n {
+                    q_rows.extend_from_slice(&q[r * hd + kvh * width..r * hd + (kvh + 1) * width]);
+                }
+                attention::attend(cache, kvh, &ranges[..n], q_rows, scoring(kvh), out, scores);
+            };
+            if work < (1 << 14) {
+                let (q_rows, scores) = (&mut b.q_rows, &mut b.scores);
+                for (kvh, part) in parts.iter_mut() {
+                    for (c, out) in part.chunks_mut(together * width).enumerate() {
+                        attend_rows(*kvh, c * together * width, out, q_rows, scores);
+                    }
+                }
+            } else {
+                thread_local! {
+                    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> =
+                        const { RefCell::new((Vec::new(), Vec::new())) };
+                }
+                super::pool::pool().for_each_chunk_of(
+                    &mut parts,
+                    together * width,
+                    |&kvh, first, out| {
+                        SCRATCH.with_borrow_mut(|(q_rows, scores)| {
+                            attend_rows(kvh, first, out, q_rows, scores)
+                        })
+                    },
+                );
+            }
+            drop(parts);
+            for (kvh, part) in b.attn_by_kv.chunks(t * width).enumerate() {
+                for (r, row) in part.chunks(width).enumerate() {
+                    b.attn[r * hd + kvh * width..r * hd + (kvh + 1) * width].copy_from_slice(row);
+                }
             }
         } else {
-            thread_local! {
-                static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+            let (rows, q) = (&*rows, &b.q);
+            // One task per (row, kv head): causal attention of the query heads that share the
+            // kv head; on the pool when there is enough of it to pay for the region.
+            let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+                let task = first / width;
+                let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
+                let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
+                attention::attend(
+                    rows.cache(i),
+                    kvh,
+                    std::slice::from_ref(&seen(rows.position(i))),
+                    qg,
+                    scoring(kvh),
+                    out,
+                    scores,
+                );
+            };
+            if work < (1 << 14) {
+                // A short context: on this thread, one reused score buffer.
+                let scores = &mut b.scores;
+                for (task, out) in b.attn.chunks_mut(width).enumerate() {
+                    attend(task * width, out, scores);
+                }
+            } else {
+                thread_local! {
+                    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+                }
+                super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
+                    SCORES.with_borrow_mut(|scores| attend(first, out, scores))
+                });
             }
-            super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
-                SCORES.with_borrow_mut(|scores| attend(first, out, scores))
-            });
         }
         rows.project(&mut [(&self.o, &mut b.o)], &b.attn, &mut b.scratch);
         add_bias(&mut b.o, &self.o_bias);
@@ -590,11 +647,20 @@ impl Mlp {
     }
 }
 
-/// `gate = act(gate) * up`.
+/// `gate = act(gate) * up`; a batch's or a prompt's rows on the pool (on one thread, a
+/// decode step of 8 sequences spent 2% of its time here with the other core waiting).
 pub(crate) fn activate(act: Activation, gate: &mut [f32], up: &[f32]) {
-    match act {
-        Activation::Silu => silu_mul(gate, up),
-        Activation::GeluTanh => gelu_tanh_mul(gate, up),
-        Activation::SwigluOai => swiglu_oai_mul(gate, up),
+    /// Elements below which one thread is quicker than starting a region.
+    const PARALLEL_FROM: usize = 1 << 14;
+    const CHUNK: usize = 4096;
+    let f = match act {
+        Activation::Silu => silu_mul,
+        Activation::GeluTanh => gelu_tanh_mul,
+        Activation::SwigluOai => swiglu_oai_mul,
+    };
+    if gate.len() < PARALLEL_FROM {
+        f(gate, up);
+        return;
     }
+    super::pool::pool().for_each_chunk(gate, CHUNK, |first, g| f(g, &up[first..first + g.len()]));
 }
