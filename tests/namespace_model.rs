@@ -724,6 +724,44 @@ fn what_is_written_where_the_overlay_was_known_absent_is_seen_at_once() {
     assert!(!ns.list(c).unwrap().iter().any(|n| n == config));
 }
 
+/// The listing the daemon keeps of an existing overlay directory (so that a lookup there does
+/// not probe the overlay for each name's records) is forgotten by every change: a file created,
+/// a cache file removed (its whiteout) and one renamed (its redirect) in a directory whose
+/// overlay listing was just learned are seen at once.
+#[test]
+fn what_is_written_where_the_overlay_listing_was_known_is_seen_at_once() {
+    let fx = Fixture::new();
+    let (ns, caller) = namespace_over(&fx);
+    let work = ns.lookup(ROOT_INO, OsStr::new(WORK)).unwrap().ino;
+    let model = ns.list(work).unwrap()[0].clone();
+    let a = ns.lookup(work, &model).unwrap().ino;
+    let look_all = |dir: u64| {
+        for n in ns.list(dir).unwrap() {
+            let _ = ns.lookup(dir, &n);
+        }
+        let _ = ns.lookup(dir, OsStr::new("not-there"));
+    };
+    // The model's overlay directory exists from here on.
+    ns.create(a, OsStr::new("first.txt"), 0o644, libc::O_WRONLY, caller)
+        .unwrap();
+    assert!(fx.path("overlay").join(WORK).join(&model).is_dir());
+    look_all(a);
+    let second = OsStr::new("second.txt");
+    ns.create(a, second, 0o644, libc::O_WRONLY, caller).unwrap();
+    assert_eq!(ns.lookup(a, second).unwrap().kind, Kind::File);
+    look_all(a);
+    let config = OsStr::new("config.json");
+    ns.unlink(a, config).unwrap();
+    assert!(matches!(ns.lookup(a, config), Err(NsError::NotFound)));
+    look_all(a);
+    let (tok, renamed) = (OsStr::new("tokenizer.json"), OsStr::new("renamed.json"));
+    ns.rename(a, tok, a, renamed, 0).unwrap();
+    assert_eq!(ns.lookup(a, renamed).unwrap().kind, Kind::File);
+    assert!(matches!(ns.lookup(a, tok), Err(NsError::NotFound)));
+    let names = ns.list(a).unwrap();
+    assert!(names.iter().any(|n| n == renamed) && !names.iter().any(|n| n == tok));
+}
+
 #[test]
 fn randomized_operations_on_the_namespace_match_a_reference_directory() {
     let run = Run::from_env("MLXK_MODEL", "namespace_model", 20_000, 10);

@@ -293,13 +293,11 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
                 };
             }
         })?;
-    let _watcher = match super::watch::start(ns.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("cannot watch the cache for changes ({e}): new models appear within a second anyway");
-            None
-        }
-    };
+    if let Err(e) = super::watch::start(ns.clone()) {
+        tracing::warn!(
+            "cannot watch the cache for changes ({e}): new models appear within a second anyway"
+        );
+    }
     let signal_mountpoint = mountpoint.clone();
     std::thread::Builder::new()
         .name("mlxk-fs-signals".into())

@@ -25,7 +25,9 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 
 use super::lower::LowerTree;
-use crate::store::overlay::{is_internal, OverlayDir};
+use crate::store::overlay::{
+    is_internal, Marker, OverlayDir, OPAQUE_MARKER, REF_PREFIX, WHITEOUT_PREFIX,
+};
 
 mod absent;
 mod attr;
@@ -208,8 +210,9 @@ pub struct Namespace {
     ids: DashMap<Ident, u64>,
     next_ino: AtomicU64,
     tree: RwLock<()>,
-    /// Overlay directories known not to exist (forgotten whenever the tree is written).
-    absent: absent::AbsentDirs,
+    /// Overlay directories known not to exist, and the names in those that do (forgotten
+    /// whenever the tree is written).
+    known: absent::KnownDirs,
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     pub counters: Counters,
     pub passthrough: AtomicBool,
@@ -228,7 +231,7 @@ impl Namespace {
             ids: DashMap::new(),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             tree: RwLock::new(()),
-            absent: Default::default(),
+            known: Default::default(),
             invalidations: Mutex::new(None),
             counters: Counters::default(),
             passthrough: Default::default(),
@@ -273,18 +276,65 @@ impl Namespace {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every change to the overlay holds this: it forgets the overlay directories known absent.
+    /// Every change to the overlay holds this: it forgets what is known of overlay directories.
     fn write_tree(&self) -> absent::WriteTree<'_> {
-        absent::WriteTree::new(&self.tree, &self.absent)
+        absent::WriteTree::new(&self.tree, &self.known)
     }
 
     /// Whether union directory `dir` has no overlay directory (nothing of it was written):
     /// then no name of it has an overlay entry, redirect, whiteout or opaque marker.
     fn overlay_absent(&self, dir: &Path) -> bool {
-        self.absent.is_absent(dir, || {
+        self.known.is_absent(dir, || {
             matches!(std::fs::symlink_metadata(self.overlay.path(dir)),
                 Err(e) if not_found_like(&e))
         })
+    }
+
+    /// Whether the overlay directory of union directory `dir` may hold the raw entry `name`:
+    /// `false` only when it is known absent or its listing is known without it.
+    fn overlay_may_hold(&self, dir: &Path, name: &OsStr) -> bool {
+        if self.overlay_absent(dir) {
+            return false;
+        }
+        let names = self.known.names(dir, || {
+            let entries = std::fs::read_dir(self.overlay.path(dir)).ok()?;
+            entries
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()
+                .ok()
+        });
+        names.is_none_or(|n| n.contains(name))
+    }
+
+    /// The marker (redirect or whiteout) of `name` in union directory `dir`, asking the
+    /// overlay only when its records may be there.
+    fn overlay_marker(&self, dir: &Path, name: &OsStr) -> Option<Marker> {
+        let may = |prefix: &str| {
+            let mut record = OsString::from(prefix);
+            record.push(name);
+            self.overlay_may_hold(dir, &record)
+        };
+        if may(REF_PREFIX) || may(WHITEOUT_PREFIX) {
+            self.overlay.marker(dir, name)
+        } else {
+            None
+        }
+    }
+
+    /// The redirect of `name` in union directory `dir`, as [`Namespace::overlay_marker`].
+    fn overlay_redirect(&self, dir: &Path, name: &OsStr) -> Option<String> {
+        let mut record = OsString::from(REF_PREFIX);
+        record.push(name);
+        if self.overlay_may_hold(dir, &record) {
+            self.overlay.redirect(dir, name)
+        } else {
+            None
+        }
+    }
+
+    /// Whether union directory `dir` is opaque in the overlay.
+    fn overlay_opaque(&self, dir: &Path) -> bool {
+        self.overlay_may_hold(dir, OsStr::new(OPAQUE_MARKER)) && self.overlay.is_opaque(dir)
     }
 
     /// The index shown next to a shard may change when the shard does: drop the kernel's entry.
@@ -310,7 +360,7 @@ impl Namespace {
     /// Queues kernel invalidations for every known directory along mount path `path`.
     pub fn invalidate_path(&self, path: &Path) {
         // Whoever asks wrote the overlay behind the daemon (a convert, an overlay reset).
-        self.absent.forget_all();
+        self.known.forget_all();
         let mut parent = ROOT_INO;
         for name in path.iter().filter(|c| !c.is_empty() && *c != "/") {
             self.invalidate(Invalidation::Entry(parent, name.to_os_string()));

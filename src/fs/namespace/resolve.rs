@@ -79,9 +79,9 @@ impl Namespace {
             let marker = if self.overlay_absent(&cur) {
                 None
             } else if lower.is_some() {
-                self.overlay.marker(&cur, name)
+                self.overlay_marker(&cur, name)
             } else {
-                self.overlay.redirect(&cur, name).map(Marker::Ref)
+                self.overlay_redirect(&cur, name).map(Marker::Ref)
             };
             lower = match marker {
                 Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
@@ -90,7 +90,7 @@ impl Namespace {
             }
             .filter(|(_, n)| n.is_dir());
             cur.push(name);
-            if lower.is_some() && !self.overlay_absent(&cur) && self.overlay.is_opaque(&cur) {
+            if lower.is_some() && self.overlay_opaque(&cur) {
                 lower = None;
             }
         }
@@ -121,10 +121,7 @@ impl Namespace {
 
     /// The cache path and node `name` of `dir` shows now (its redirect, else its default).
     pub(super) fn lower_path(&self, dir: &Path, name: &OsStr) -> Option<(String, LowerNode)> {
-        if self.overlay_absent(dir) {
-            return self.lower_default_node(dir, name);
-        }
-        match self.overlay.marker(dir, name) {
+        match self.overlay_marker(dir, name) {
             Some(Marker::Ref(t)) => self.lower.resolve(&t).map(|n| (t, n)),
             Some(Marker::Whiteout) => None,
             None => self.lower_default_node(dir, name),
@@ -139,7 +136,7 @@ impl Namespace {
         if check_name(name).is_err() {
             return Err(NsError::NotFound);
         }
-        if !self.overlay_absent(dir) {
+        if self.overlay_may_hold(dir, name) {
             match fs::symlink_metadata(self.overlay.path(dir.join(name))) {
                 Ok(m) if m.is_dir() => return Ok(Found::Dir { read_only: dir_ro }),
                 Ok(m) => return Ok(Found::Upper(m)),
@@ -209,7 +206,7 @@ impl Namespace {
 
     /// A real file holding what `name` of `dir` shows (overlay file or cache blob).
     pub(super) fn readable_path(&self, dir: &Path, name: &OsStr) -> Option<PathBuf> {
-        if !self.overlay_absent(dir) {
+        if self.overlay_may_hold(dir, name) {
             let upper = self.overlay.path(dir.join(name));
             if let Ok(m) = fs::metadata(&upper) {
                 return m.is_file().then_some(upper);
