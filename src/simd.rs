@@ -53,35 +53,11 @@ pub fn cpu() -> Cpu {
 /// selection differs.
 macro_rules! simd_dispatch {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn portable($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                /// # Safety
-                /// The CPU must have AVX2, FMA and F16C (`crate::simd::cpu().avx2`).
-                #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
-                    portable($($arg),*)
-                }
-                if $crate::simd::cpu().avx2 {
-                    // SAFETY: the CPU has every feature `fast` is compiled for (checked above).
-                    return unsafe { fast($($arg),*) };
-                }
-            }
-            portable($($arg),*)
-        }
+        $crate::simd::simd_dispatch!(@builds false; $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? $body);
     };
-}
-pub(crate) use simd_dispatch;
-
-/// [`simd_dispatch!`] with a third build, for AVX-512 F (sixteen lanes and 32 registers), run
-/// first where [`cpu`] has it: for loops whose working set of accumulators is larger than
-/// AVX2's 16 registers or that gain from the wider lanes (attention). The same IEEE
-/// operations in every build.
-macro_rules! simd_dispatch_avx512 {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    // The builds; `$avx512`: a third one for AVX-512 F, run first where the CPU has it (when
+    // false, the optimizer drops it).
+    (@builds $avx512:literal; $(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
@@ -101,7 +77,7 @@ macro_rules! simd_dispatch_avx512 {
                     portable($($arg),*)
                 }
                 let cpu = $crate::simd::cpu();
-                if cpu.avx512 {
+                if $avx512 && cpu.avx512 {
                     // SAFETY: the CPU has every feature `wide` is compiled for (checked above).
                     return unsafe { wide($($arg),*) };
                 }
@@ -112,6 +88,17 @@ macro_rules! simd_dispatch_avx512 {
             }
             portable($($arg),*)
         }
+    };
+}
+pub(crate) use simd_dispatch;
+
+/// [`simd_dispatch!`] with a third build, for AVX-512 F (sixteen lanes and 32 registers), run
+/// first where [`cpu`] has it: for loops whose working set of accumulators is larger than
+/// AVX2's 16 registers or that gain from the wider lanes (attention). The same IEEE
+/// operations in every build.
+macro_rules! simd_dispatch_avx512 {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $crate::simd::simd_dispatch!(@builds true; $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? $body);
     };
 }
 pub(crate) use simd_dispatch_avx512;

@@ -222,6 +222,9 @@ pub struct Namespace {
     gid: u32,
 }
 
+/// The longest file name (bytes) the overlay's file systems take.
+const NAME_MAX: usize = 255;
+
 impl Namespace {
     pub fn new(lower: LowerTree, overlay: OverlayDir) -> Namespace {
         let ns = Namespace {
@@ -295,6 +298,11 @@ impl Namespace {
     fn overlay_may_hold(&self, dir: &Path, name: &OsStr) -> bool {
         if self.overlay_absent(dir) {
             return false;
+        }
+        // A name longer than a file name may be is asked of the overlay, whose ENAMETOOLONG
+        // is the answer (no listing holds it, and "absent" would turn it into ENOENT).
+        if name.len() > NAME_MAX {
+            return true;
         }
         let names = self.known.names(dir, || {
             let entries = std::fs::read_dir(self.overlay.path(dir)).ok()?;
