@@ -29,11 +29,11 @@ use crate::store::overlay::{
     is_internal, Marker, OverlayDir, OPAQUE_MARKER, REF_PREFIX, WHITEOUT_PREFIX,
 };
 
-mod absent;
 mod attr;
 mod copyup;
 mod create;
 mod inodes;
+mod known;
 mod open;
 mod remove;
 mod rename;
@@ -212,7 +212,7 @@ pub struct Namespace {
     tree: RwLock<()>,
     /// Overlay directories known not to exist, and the names in those that do (forgotten
     /// whenever the tree is written).
-    known: absent::KnownDirs,
+    known: known::KnownDirs,
     invalidations: Mutex<Option<mpsc::Sender<Invalidation>>>,
     pub counters: Counters,
     pub passthrough: AtomicBool,
@@ -280,8 +280,8 @@ impl Namespace {
     }
 
     /// Every change to the overlay holds this: it forgets what is known of overlay directories.
-    fn write_tree(&self) -> absent::WriteTree<'_> {
-        absent::WriteTree::new(&self.tree, &self.known)
+    fn write_tree(&self) -> known::WriteTree<'_> {
+        known::WriteTree::new(&self.tree, &self.known)
     }
 
     /// Whether union directory `dir` has no overlay directory (nothing of it was written):

@@ -76,9 +76,7 @@ impl Namespace {
         for name in path.iter() {
             // Below a directory with nothing of the cache, only a redirect can bring some back:
             // no need to look for whiteouts and opaque markers there.
-            let marker = if self.overlay_absent(&cur) {
-                None
-            } else if lower.is_some() {
+            let marker = if lower.is_some() {
                 self.overlay_marker(&cur, name)
             } else {
                 self.overlay_redirect(&cur, name).map(Marker::Ref)
