@@ -73,8 +73,8 @@ pub(crate) struct Buffers {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    /// A prompt's attention outputs by kv head (`[kv head][row][group × dim]`), and one
-    /// task's query rows gathered (see `Attention::forward`).
+    /// Attention outputs by kv head (`[kv head][row][group × dim]`, each head's rows padded
+    /// to whole runs), and one task's query rows gathered (see `Attention::forward`).
     attn_by_kv: Vec<f32>,
     q_rows: Vec<f32>,
     pub(crate) o: Vec<f32>,
@@ -488,88 +488,65 @@ impl Attention {
         };
         let width = group * d;
         let work: usize = (0..t).map(|i| seen(rows.position(i)).len()).sum::<usize>() * hd;
-        let together = attention::rows_per_call(group);
-        if let (Rows::Prompt { start, cache, .. }, true) = (&*rows, together > 1 && t > 1) {
-            // A prompt chunk: a task per kv head and run of `together` rows, scored together
-            // (each key read once for all of them), into a kv-head-major buffer, then into
-            // `attn`'s row-major order.
-            let (start, cache, q) = (*start, &**cache, &b.q);
-            resize(&mut b.attn_by_kv, t * hd);
-            let mut parts: Vec<(usize, &mut [f32])> =
-                b.attn_by_kv.chunks_mut(t * width).enumerate().collect();
-            let attend_rows = |kvh: usize,
-                               first: usize,
-                               out: &mut [f32],
-                               q_rows: &mut Vec<f32>,
-                               scores: &mut Vec<f32>| {
-                let (r0, n) = (first / width, out.len() / width);
+        // One task per kv head and run of rows: a prompt's consecutive rows are scored
+        // together (each key read once for all of them), a decode batch's rows (each its own
+        // sequence and cache) one at a time. The outputs go into a kv-head-major buffer, each
+        // head's rows padded to whole runs so that no task straddles two heads, then into
+        // `attn`'s row-major order.
+        let together = match rows {
+            Rows::Prompt { .. } => attention::rows_per_call(group),
+            Rows::Decode { .. } => 1,
+        };
+        let run = together * width;
+        let per_head = t.div_ceil(together) * run;
+        resize(&mut b.attn_by_kv, a.kv_heads * per_head);
+        let (rows, q) = (&*rows, &b.q);
+        let attend_rows =
+            |first: usize, out: &mut [f32], q_rows: &mut Vec<f32>, scores: &mut Vec<f32>| {
+                let (kvh, r0) = (first / per_head, first % per_head / width);
+                let n = together.min(t - r0);
                 let ranges: [std::ops::Range<usize>; attention::MAX_ROWS_PER_CALL] =
-                    std::array::from_fn(|r| if r < n { seen(start + r0 + r) } else { 0..0 });
+                    std::array::from_fn(|r| {
+                        if r < n {
+                            seen(rows.position(r0 + r))
+                        } else {
+                            0..0
+                        }
+                    });
                 q_rows.clear();
                 for r in r0..r0 + n {
                     q_rows.extend_from_slice(&q[r * hd + kvh * width..r * hd + (kvh + 1) * width]);
                 }
-                attention::attend(cache, kvh, &ranges[..n], q_rows, scoring(kvh), out, scores);
-            };
-            if work < (1 << 14) {
-                let (q_rows, scores) = (&mut b.q_rows, &mut b.scores);
-                for (kvh, part) in parts.iter_mut() {
-                    for (c, out) in part.chunks_mut(together * width).enumerate() {
-                        attend_rows(*kvh, c * together * width, out, q_rows, scores);
-                    }
-                }
-            } else {
-                thread_local! {
-                    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> =
-                        const { RefCell::new((Vec::new(), Vec::new())) };
-                }
-                super::pool::pool().for_each_chunk_of(
-                    &mut parts,
-                    together * width,
-                    |&kvh, first, out| {
-                        SCRATCH.with_borrow_mut(|(q_rows, scores)| {
-                            attend_rows(kvh, first, out, q_rows, scores)
-                        })
-                    },
-                );
-            }
-            drop(parts);
-            for (kvh, part) in b.attn_by_kv.chunks(t * width).enumerate() {
-                for (r, row) in part.chunks(width).enumerate() {
-                    b.attn[r * hd + kvh * width..r * hd + (kvh + 1) * width].copy_from_slice(row);
-                }
-            }
-        } else {
-            let (rows, q) = (&*rows, &b.q);
-            // One task per (row, kv head): causal attention of the query heads that share the
-            // kv head; on the pool when there is enough of it to pay for the region.
-            let attend = |first: usize, out: &mut [f32], scores: &mut Vec<f32>| {
-                let task = first / width;
-                let (i, kvh) = (task / a.kv_heads, task % a.kv_heads);
-                let qg = &q[i * hd + kvh * width..i * hd + (kvh + 1) * width];
+                // A run's rows share one cache (a prompt's); a decode run is one row.
+                let cache = rows.cache(r0);
                 attention::attend(
-                    rows.cache(i),
+                    cache,
                     kvh,
-                    std::slice::from_ref(&seen(rows.position(i))),
-                    qg,
+                    &ranges[..n],
+                    q_rows,
                     scoring(kvh),
-                    out,
+                    &mut out[..n * width],
                     scores,
                 );
             };
-            if work < (1 << 14) {
-                // A short context: on this thread, one reused score buffer.
-                let scores = &mut b.scores;
-                for (task, out) in b.attn.chunks_mut(width).enumerate() {
-                    attend(task * width, out, scores);
-                }
-            } else {
-                thread_local! {
-                    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-                }
-                super::pool::pool().for_each_chunk(&mut b.attn, width, |first, out| {
-                    SCORES.with_borrow_mut(|scores| attend(first, out, scores))
-                });
+        if work < (1 << 14) {
+            // A short context: on this thread, one reused set of scratch buffers.
+            let (q_rows, scores) = (&mut b.q_rows, &mut b.scores);
+            for (task, out) in b.attn_by_kv.chunks_mut(run).enumerate() {
+                attend_rows(task * run, out, q_rows, scores);
+            }
+        } else {
+            thread_local! {
+                static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> =
+                    const { RefCell::new((Vec::new(), Vec::new())) };
+            }
+            super::pool::pool().for_each_chunk(&mut b.attn_by_kv, run, |first, out| {
+                SCRATCH.with_borrow_mut(|(q_rows, scores)| attend_rows(first, out, q_rows, scores))
+            });
+        }
+        for (kvh, head) in b.attn_by_kv.chunks(per_head).enumerate() {
+            for (r, row) in head.chunks(width).take(t).enumerate() {
+                b.attn[r * hd + kvh * width..r * hd + (kvh + 1) * width].copy_from_slice(row);
             }
         }
         rows.project(&mut [(&self.o, &mut b.o)], &b.attn, &mut b.scratch);

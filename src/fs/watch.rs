@@ -239,8 +239,9 @@ impl Watcher {
             Some(repo) => {
                 changed.repos.insert(repo);
             }
-            // The root itself, or a name in it that is no repo: only the listing changes.
-            None => changed.rescan |= path == self.root && !mask.is_empty(),
+            // The root itself removed or moved: anything may have changed. A name in it that
+            // is no repo (`.locks`, `version.txt`) changes nothing shown.
+            None => changed.rescan |= path == self.root,
         }
     }
 }
