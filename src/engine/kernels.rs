@@ -480,16 +480,9 @@ fn x86_decode_rows(
     let Some((cols, group)) = batch_shape(products, xs, n, Decode::Q4Tiled, usize::MAX) else {
         return false;
     };
-    scratch.vectors.resize_with(n, Default::default);
-    // The vectors on the pool, as a prompt's (one thread preparing 8 of them kept the other
-    // waiting for ~2% of a batched step).
-    pool().for_each_chunk(&mut scratch.vectors[..n], 1, |k, v| {
-        if let Some(v) = v.first_mut() {
-            // SAFETY: `Q4Tiled` was chosen at load for these matrices, which needs AVX-512 F
-            // and BW (VNNI implies them) and the shapes `set_fast` needs.
-            unsafe { v.set(&xs[k * cols..(k + 1) * cols], group) }
-        }
-    });
+    // SAFETY: `Q4Tiled` was chosen at load for these matrices, which needs AVX-512 F and BW
+    // (VNNI implies them) and the shapes `set_fast` needs.
+    unsafe { prepare_tile_vectors(&mut scratch.vectors, xs, n, cols, group) };
     let first = products[0].0;
     let rows_per_task = decode_rows_per_task(first.nbytes() / first.rows.max(1));
     tiled_products(
@@ -499,6 +492,29 @@ fn x86_decode_rows(
         &mut scratch.amx,
     );
     true
+}
+
+/// The first `n` of `vectors` set to the `n` rows of `xs` (`cols` each, groups of `group`), on
+/// the pool (one thread preparing a batch's 8 kept the other waiting for ~2% of a step).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and BW, and `cols` and `group` be shapes `TileVector::set`
+/// takes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn prepare_tile_vectors(
+    vectors: &mut Vec<TileVector>,
+    xs: &[f32],
+    n: usize,
+    cols: usize,
+    group: usize,
+) {
+    vectors.resize_with(n.max(vectors.len()), Default::default);
+    pool().for_each_chunk(&mut vectors[..n], 1, |k, v| {
+        if let Some(v) = v.first_mut() {
+            // SAFETY: this function's contract.
+            unsafe { v.set(&xs[k * cols..(k + 1) * cols], group) }
+        }
+    });
 }
 
 /// From how many vectors the tiled products run on AMX (where the CPU has it) rather than
@@ -982,14 +998,9 @@ fn x86_matmul(
     };
     match (kernel, &m.weights, m.quantized()) {
         (Prompt::Q4Tiled, _, Some(q)) if m.tiles.is_some() => {
-            scratch.vectors.resize_with(t, Default::default);
-            pool().for_each_chunk(&mut scratch.vectors[..t], 1, |k, v| {
-                if let Some(v) = v.first_mut() {
-                    // SAFETY: `Q4Tiled` is chosen at load only on a CPU with AVX-512 VNNI
-                    // (F and BW with it) and for shapes `set_fast` takes.
-                    unsafe { v.set(&xs[k * cols..(k + 1) * cols], q.group) }
-                }
-            });
+            // SAFETY: `Q4Tiled` is chosen at load only on a CPU with AVX-512 VNNI (F and BW
+            // with it) and for shapes `set_fast` takes.
+            unsafe { prepare_tile_vectors(&mut scratch.vectors, xs, t, cols, q.group) };
             tiled_products(
                 &mut [(m, ys)],
                 &scratch.vectors[..t],
