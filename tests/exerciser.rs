@@ -33,7 +33,8 @@ fn randomized_operations_match_a_reference_directory() {
     let run = Run::from_env("MLXK_EXERCISER", "exerciser", 2000, 1);
     let fx = Fixture::new();
     let cache_before = tree_state(&fx.cache);
-    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &[]);
+    // Extended attributes are among the compared state: served here (off by default).
+    let m = MountGuard::new(&fx.cache, &fx.path("mnt"), &fx.path("state"), &["--xattrs"]);
     let work = m.path(WORK);
     // The index a model shows is recomputed when its shards change in the overlay; a plain
     // directory has no such file. Making the virtual files ordinary overlay files first (a

@@ -52,6 +52,74 @@ fn setxattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
     }
 }
 
+fn xattr_errno(r: isize) -> Result<usize, i32> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(xattr_errno(r)?);
+    Ok(buf)
+}
+
+fn listxattr(p: &Path) -> Result<usize, i32> {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let mut buf = vec![0u8; 256];
+    xattr_errno(unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Without `--xattrs` the mount has no extended attributes (the kernel stops asking after the
+/// first ENOSYS, which is the point): every call says EOPNOTSUPP, a cache file is not copied up
+/// for one, and the status file's invalidation request (a setxattr) still goes through. With
+/// `--xattrs` the same overlay file takes and keeps one.
+#[test]
+fn extended_attributes_are_off_unless_asked_for_and_the_invalidation_request_still_works() {
+    if !fuse_available("extended_attributes_are_off_unless_asked_for") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before = tree_state(&fx.cache);
+    let m = mount(&fx, &["--no-passthrough"]);
+    fs::create_dir_all(m.path("myorg/ws")).unwrap();
+    let file = m.path("myorg/ws/notes.txt");
+    fs::write(&file, b"n").unwrap();
+    let cached = m.path("mlx-community/Llama-tiny-f16/config.json");
+    for p in [&file, &cached] {
+        let set = setxattr(p, "user.k", b"v").map_err(|e| e.raw_os_error());
+        assert_eq!(set, Err(Some(libc::EOPNOTSUPP)), "{}", p.display());
+        assert_eq!(getxattr(p, "user.k"), Err(libc::EOPNOTSUPP));
+        assert_eq!(getxattr(p, "security.selinux"), Err(libc::EOPNOTSUPP));
+        assert_eq!(listxattr(p), Err(libc::EOPNOTSUPP));
+    }
+    let overlay = fx.path("state").join("overlay-mnt");
+    assert!(
+        !overlay
+            .join("mlx-community/Llama-tiny-f16/config.json")
+            .exists(),
+        "a refused setxattr copied the file up"
+    );
+    mlxk_fs::store::mounts::ask_to_invalidate(&m.mountpoint, "myorg/ws").unwrap();
+    assert_eq!(m.record["xattrs"], false, "{}", m.record);
+    drop(m);
+
+    let m = mount(&fx, &["--no-passthrough", "--xattrs"]);
+    assert_eq!(m.record["xattrs"], true, "{}", m.record);
+    let file = m.path("myorg/ws/notes.txt");
+    setxattr(&file, "user.k", b"v").unwrap();
+    assert_eq!(getxattr(&file, "user.k"), Ok(b"v".to_vec()));
+    assert!(listxattr(&file).unwrap() >= "user.k\0".len());
+    mlxk_fs::store::mounts::ask_to_invalidate(&m.mountpoint, "myorg/ws").unwrap();
+    drop(m);
+    assert_eq!(before, tree_state(&fx.cache), "the cache changed");
+}
+
 #[test]
 fn edits_deletes_renames_and_new_workspaces_land_in_the_overlay_and_survive_a_remount() {
     if !fuse_available("edits_deletes_renames_and_new_workspaces_land_in_the_overlay") {
@@ -245,7 +313,8 @@ fn names_that_are_not_utf8_work_as_on_any_linux_filesystem() {
 fn write_paths_copy_up(extra: &[&str]) {
     let fx = Fixture::new();
     let before = tree_state(&fx.cache);
-    let m = mount(&fx, extra);
+    // With extended attributes served: setting one on a cache file is a write path too.
+    let m = mount(&fx, &[extra, &["--xattrs"]].concat());
     let models = [
         "mlx-community/Llama-tiny-f16",
         "mlx-community/Llama-tiny-bf16",

@@ -107,6 +107,18 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
+    /// Serve extended attributes of the files written into the mount. Off by default on
+    /// Linux: a file system that has none is never asked again, which saves `ls -l` two round
+    /// trips per entry (docs/mount.md, "Extended attributes"). Always on with macFUSE.
+    #[arg(long)]
+    pub xattrs: bool,
+    /// Where what the daemon learns from headers is kept across mounts (default:
+    /// $XDG_CACHE_HOME/mlxk-fs/views, else ~/.cache/mlxk-fs/views). Never inside the HF cache.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_view_cache")]
+    pub view_cache: Option<PathBuf>,
+    /// Keep nothing across mounts: every mount reads the headers again.
+    #[arg(long)]
+    pub no_view_cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +205,15 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
             .unwrap_or_else(crate::store::overlay::default_dir),
     )
     .map_err(|e| e.to_string())?;
+    let view_cache = if m.no_view_cache {
+        None
+    } else {
+        let dir = m
+            .view_cache
+            .clone()
+            .unwrap_or_else(crate::store::mounts::view_cache_dir);
+        Some(std::path::absolute(dir).map_err(|e| e.to_string())?)
+    };
     if m.foreground {
         let opts = MountOptions {
             mountpoint: m.mountpoint.clone(),
@@ -201,6 +222,8 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
             allow_other: m.allow_other,
             passthrough: !m.no_passthrough,
             threads: m.threads,
+            xattrs: m.xattrs || cfg!(target_os = "macos"),
+            view_cache,
             log_file,
         };
         daemon::serve(&opts, |record| {
@@ -232,6 +255,16 @@ fn mount(m: &MountArgs) -> Result<(Value, String), String> {
     }
     if m.no_passthrough {
         child_args.push("--no-passthrough".into());
+    }
+    if m.xattrs {
+        child_args.push("--xattrs".into());
+    }
+    match &view_cache {
+        Some(dir) => {
+            child_args.push("--view-cache".into());
+            child_args.push(dir.display().to_string());
+        }
+        None => child_args.push("--no-view-cache".into()),
     }
     if let Some(l) = &log_file {
         child_args.push("--log-file".into());

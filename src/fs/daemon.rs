@@ -13,6 +13,7 @@ use super::lower::LowerTree;
 use super::mountinfo;
 use super::namespace::{Invalidation, Namespace};
 use super::sandbox::PrivateCache;
+use super::viewcache::ViewCache;
 use crate::store::cache::HubCache;
 use crate::store::mounts::{self, MountRecord};
 use crate::store::overlay::OverlayDir;
@@ -28,6 +29,10 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Extended attributes served (else the kernel is told the file system has none).
+    pub xattrs: bool,
+    /// Where views' virtual files are kept across mounts (`None`: not kept).
+    pub view_cache: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
 }
 
@@ -225,8 +230,17 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
             path: overlay_root.clone(),
             source,
         })?;
-    let ns = Arc::new(Namespace::new(LowerTree::new(cache), overlay));
-    let fs = MlxkFs::new(ns.clone(), opts.passthrough);
+    let mut lower = LowerTree::new(cache);
+    match &opts.view_cache {
+        // The cache is never written, not even by this.
+        Some(dir) if crate::store::cache::canonicalize_lenient(dir).starts_with(&cache_root) => {
+            tracing::warn!(dir = %dir.display(), "view cache directory is inside the HF cache: not kept");
+        }
+        Some(dir) => lower = lower.with_view_cache(ViewCache::new(dir, &cache_root)),
+        None => {}
+    }
+    let ns = Arc::new(Namespace::new(lower, overlay));
+    let fs = MlxkFs::new(ns.clone(), opts.passthrough, opts.xattrs);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("mlxk-fs".into()),
@@ -334,6 +348,7 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
         version: crate::VERSION.to_string(),
         log_file: opts.log_file.clone(),
         cache_read_only: isolated,
+        xattrs: opts.xattrs,
     };
     if let Err(e) = record.write() {
         tracing::warn!("cannot write the mount registry record: {e}");

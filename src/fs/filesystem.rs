@@ -41,15 +41,19 @@ thread_local! {
 pub struct MlxkFs {
     ns: Arc<Namespace>,
     want_passthrough: bool,
+    /// Extended attributes served; without them getxattr and listxattr answer ENOSYS once and
+    /// the kernel never asks again (`ls -l` asks two of every entry it lists).
+    xattrs: bool,
     passthrough: AtomicBool,
     handles: Handles,
 }
 
 impl MlxkFs {
-    pub fn new(ns: Arc<Namespace>, want_passthrough: bool) -> MlxkFs {
+    pub fn new(ns: Arc<Namespace>, want_passthrough: bool, xattrs: bool) -> MlxkFs {
         MlxkFs {
             ns,
             want_passthrough,
+            xattrs,
             passthrough: AtomicBool::new(false),
             handles: Handles::default(),
         }
@@ -741,6 +745,10 @@ impl Filesystem for MlxkFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        // The status file's invalidation request is a setxattr too, and always served.
+        if !self.xattrs && !self.ns.is_status_file(ino.0) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         match self.ns.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),
@@ -748,6 +756,9 @@ impl Filesystem for MlxkFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.ns.getxattr(ino.0, name, size as usize) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -756,6 +767,9 @@ impl Filesystem for MlxkFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.ns.listxattr(ino.0, size as usize) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -764,6 +778,9 @@ impl Filesystem for MlxkFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.ns.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.error(e)),

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use dashmap::DashMap;
 
 use super::view::{ModelView, ViewEntry, VirtualFile};
+use super::viewcache::ViewCache;
 use crate::store::cache::{dir_name_from_repo_id, HubCache, ModelRepo, Snapshot};
 use crate::store::files::join_rel;
 use crate::store::spec::{find_revision, open_snapshot, split_rev};
@@ -89,6 +90,8 @@ pub struct LowerTree {
     /// How long the repo index and the default snapshots are trusted ([`REPO_LIST_TTL`]).
     ttl: std::time::Duration,
     started: SystemTime,
+    /// Views' virtual files kept across mounts (none: computed from the headers every time).
+    view_cache: Option<Arc<ViewCache>>,
 }
 
 /// The cache's repos as the root and the org directories show them: lookups are a map probe,
@@ -144,7 +147,14 @@ impl LowerTree {
             defaults: DashMap::new(),
             ttl: REPO_LIST_TTL,
             started: SystemTime::now(),
+            view_cache: None,
         }
+    }
+
+    /// Keeps views' virtual files in `cache` across mounts.
+    pub fn with_view_cache(mut self, cache: ViewCache) -> LowerTree {
+        self.view_cache = Some(Arc::new(cache));
+        self
     }
 
     pub fn cache(&self) -> &HubCache {
@@ -182,6 +192,14 @@ impl LowerTree {
 
     pub fn views_len(&self) -> usize {
         self.views.len()
+    }
+
+    /// Views whose virtual files came from the view cache.
+    pub fn views_from_cache(&self) -> usize {
+        self.views
+            .iter()
+            .filter(|v| v.value().virtuals_from_cache())
+            .count()
     }
 
     pub fn header_bytes_read(&self) -> u64 {
@@ -277,7 +295,7 @@ impl LowerTree {
             return Some(v.clone());
         }
         let model = open_snapshot(&self.cache, repo, snapshot).ok()?;
-        let view = Arc::new(ModelView::new(model));
+        let view = Arc::new(ModelView::new(model, self.view_cache.clone()));
         self.views.insert(key, view.clone());
         Some(view)
     }
@@ -428,15 +446,15 @@ impl LowerTree {
                 ))
             }
             LowerNode::Dir { repo, sha, .. } => dir(self.view_at(repo, sha)?.modified),
+            // What the snapshot's walk saw: a blob never changes under its name, and a new
+            // revision is a new view (the watcher drops the old one).
             LowerNode::File { repo, sha, rel } => {
                 let view = self.view_at(repo, sha)?;
-                let path = view.model.file(rel)?.readable()?.to_path_buf();
-                let meta = std::fs::metadata(path).ok()?;
+                let file = view.model.file(rel)?;
                 LowerAttr {
-                    size: meta.len(),
-                    mtime: meta.modified().unwrap_or(view.modified),
-                    perm: (std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777)
-                        as u16,
+                    size: file.size()?,
+                    mtime: file.modified().unwrap_or(view.modified),
+                    perm: file.mode()? as u16,
                 }
             }
             LowerNode::Virtual { repo, sha, file } => {
@@ -588,5 +606,68 @@ mod tests {
         let now = lower.view("org/a", None).unwrap();
         assert_ne!(sha(&now), sha(&v1));
         assert_eq!(sha(&now), sha2);
+    }
+
+    /// What a view computed is kept across trees (a remount reads no header), and a snapshot
+    /// whose shard was replaced by another blob is computed afresh, never taken from the
+    /// record of its old content.
+    #[test]
+    fn views_are_kept_across_mounts_and_a_replaced_blob_is_computed_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = FixtureCache::create(&tmp.path().join("hub")).unwrap();
+        let files = llama_model_files(&LlamaSpec::default(), 2, true, "mlx");
+        let sha = fx.add_model("org/a", "v1", &files).unwrap();
+        let views = tmp.path().join("views");
+        let tree = |kept: bool| {
+            let lower = LowerTree::new(HubCache::open(&fx.root).unwrap());
+            if kept {
+                lower.with_view_cache(ViewCache::new(&views, &fx.root))
+            } else {
+                lower
+            }
+        };
+        let bytes = |lower: &LowerTree| {
+            let v = lower.view("org/a", None).unwrap();
+            let virtuals = v.virtuals();
+            (
+                virtuals.sentinel.clone(),
+                virtuals.index.clone(),
+                virtuals.orig_index,
+            )
+        };
+        let first = tree(true);
+        let computed = bytes(&first);
+        assert!(computed.1.is_some(), "a two-shard model has an index");
+        assert!(first.header_bytes_read() > 0 && first.views_from_cache() == 0);
+        let again = tree(true);
+        assert_eq!(bytes(&again), computed);
+        assert_eq!(
+            (again.header_bytes_read(), again.views_from_cache()),
+            (0, 1)
+        );
+        // The second shard now holds other tensors: another blob under the same name.
+        let spec = LlamaSpec {
+            seed: 9,
+            hidden: LlamaSpec::default().hidden * 2,
+            ..LlamaSpec::default()
+        };
+        let (rel, shard) = llama_model_files(&spec, 2, true, "mlx")
+            .into_iter()
+            .find(|(rel, _)| rel.ends_with("00002-of-00002.safetensors"))
+            .unwrap();
+        let snapshot_mtime = std::fs::metadata(fx.snapshot_dir("org/a", &sha))
+            .and_then(|m| m.modified())
+            .unwrap();
+        let etag = fx.write_blob("org/a", &shard).unwrap();
+        fx.link("org/a", &sha, &rel, &etag).unwrap();
+        // Only the blob differs: the snapshot directory keeps its time.
+        fx.set_snapshot_mtime("org/a", &sha, snapshot_mtime)
+            .unwrap();
+        let replaced = tree(true);
+        let fresh = bytes(&tree(false));
+        assert_ne!(fresh, computed, "the new shard changes the index");
+        assert_eq!(bytes(&replaced), fresh);
+        assert_eq!(replaced.views_from_cache(), 0);
+        assert!(replaced.header_bytes_read() > 0);
     }
 }

@@ -4,6 +4,7 @@
 //!   concern: inodes, resolve, attr, open, copyup, create, remove, rename, xattr);
 //! - [`lower`]: the cache as the read-only tree below the overlay;
 //! - [`view`]: one snapshot as shown, with its virtual sentinel and rebuilt index;
+//!   [`viewcache`]: those virtual files kept on disk across mounts;
 //! - [`filesystem`]: fuser callbacks, which only translate; `handles`: open files, directory
 //!   snapshots, passthrough backing ids;
 //! - [`daemon`]: mounting, signals, the registry record, the cache watcher, status;
@@ -19,4 +20,5 @@ mod mountinfo;
 pub mod namespace;
 mod sandbox;
 pub mod view;
+pub mod viewcache;
 mod watch;

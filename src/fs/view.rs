@@ -14,6 +14,8 @@ use crate::store::index::INDEX_FILE;
 use crate::store::sentinel::{iso8601, SENTINEL_FILE};
 use crate::store::spec::ResolvedModel;
 
+use super::viewcache::ViewCache;
+
 /// Name under which a differing cached index stays readable.
 pub const ORIG_INDEX_FILE: &str = "model.safetensors.index.json.orig";
 /// The largest cached index served as it is (a 1,000-shard index is a few MB).
@@ -53,7 +55,7 @@ pub struct Virtuals {
     pub index: Option<Arc<[u8]>>,
     /// Whether the cached index differs from the rebuilt one (and is shown as `.orig`).
     pub orig_index: bool,
-    /// Header bytes read to compute this.
+    /// Header bytes read to compute this (0 when it came from the view cache).
     pub bytes_read: u64,
 }
 
@@ -66,10 +68,14 @@ pub struct ModelView {
     /// Directory (relative, "" for the model root) -> name -> entry, for the cache's files.
     dirs: BTreeMap<String, BTreeMap<String, ViewEntry>>,
     virtuals: OnceLock<Virtuals>,
+    /// Where computed virtual files are kept across mounts.
+    view_cache: Option<Arc<ViewCache>>,
+    /// Whether `virtuals` came from the view cache.
+    cached: std::sync::atomic::AtomicBool,
 }
 
 impl ModelView {
-    pub fn new(model: ResolvedModel) -> ModelView {
+    pub fn new(model: ResolvedModel, view_cache: Option<Arc<ViewCache>>) -> ModelView {
         let repo_id = model.repo_id().unwrap_or_default().to_string();
         let sha = model.snapshot_sha().unwrap_or_default().to_string();
         let modified = match &model.location {
@@ -108,6 +114,8 @@ impl ModelView {
             model,
             dirs,
             virtuals: OnceLock::new(),
+            view_cache,
+            cached: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -191,9 +199,26 @@ impl ModelView {
         self.virtuals.get().map_or(0, |v| v.bytes_read)
     }
 
+    /// Whether the virtual files were taken from the view cache (no header read).
+    pub fn virtuals_from_cache(&self) -> bool {
+        self.cached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn virtuals(&self) -> &Virtuals {
-        self.virtuals
-            .get_or_init(|| compute_virtuals(&self.model, self.modified))
+        self.virtuals.get_or_init(|| {
+            let Some(cache) = &self.view_cache else {
+                return compute_virtuals(&self.model, self.modified);
+            };
+            let key = super::viewcache::key_of(&self.model, self.modified);
+            if let Some(v) = cache.get(&key) {
+                self.cached
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return v;
+            }
+            let v = compute_virtuals(&self.model, self.modified);
+            cache.put(&key, &v);
+            v
+        })
     }
 }
 

@@ -204,6 +204,12 @@ impl HubCache {
             };
             let rel = super::files::join_rel(prefix, &name);
             let path = entry.path();
+            // The type from the directory entry where the file system gives one: a snapshot
+            // is links, and a link needs no lstat of its own.
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                out.push(self.follow_link(&path, rel, dirs));
+                continue;
+            }
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -237,12 +243,12 @@ impl HubCache {
             };
         }
         match dirs.resolve(link, &target) {
-            Ok(resolved) if !resolved.starts_with(&self.canonical_root) => ModelFile {
+            Ok((resolved, _)) if !resolved.starts_with(&self.canonical_root) => ModelFile {
                 rel_path: rel,
                 path: link.to_path_buf(),
                 state: FileState::EscapesCache { target },
             },
-            Ok(resolved) => match fs::metadata(&resolved) {
+            Ok((resolved, known)) => match known.map_or_else(|| fs::metadata(&resolved), Ok) {
                 Ok(meta) if meta.is_file() => {
                     ModelFile::present(rel, link.to_path_buf(), resolved, &meta)
                 }
@@ -396,34 +402,40 @@ impl RealDirs {
     /// some `..` then plain names (what the hub writes: `../../blobs/<sha>`): the `..` are
     /// applied to the link's real directory (a path without links, whose parent is its
     /// lexical parent), the names' directory is made real, and a last component that is a
-    /// link itself, or any other target, goes to `fs::canonicalize`.
-    fn resolve(&mut self, link: &Path, target: &Path) -> std::io::Result<PathBuf> {
+    /// link itself, or any other target, goes to `fs::canonicalize`. The metadata of the
+    /// resolved file comes along when the fast path had to stat it anyway.
+    fn resolve(
+        &mut self,
+        link: &Path,
+        target: &Path,
+    ) -> std::io::Result<(PathBuf, Option<fs::Metadata>)> {
+        let canonical = |link: &Path| fs::canonicalize(link).map(|p| (p, None));
         let mut ups = 0;
         let mut names: Vec<&std::ffi::OsStr> = Vec::new();
         for c in target.components() {
             match c {
                 Component::ParentDir if names.is_empty() => ups += 1,
                 Component::Normal(n) => names.push(n),
-                _ => return fs::canonicalize(link),
+                _ => return canonical(link),
             }
         }
         let (Some(last), Some(link_dir)) = (names.pop(), link.parent()) else {
-            return fs::canonicalize(link);
+            return canonical(link);
         };
         let Some(mut dir) = self.real(link_dir) else {
-            return fs::canonicalize(link);
+            return canonical(link);
         };
         for _ in 0..ups {
             dir.pop();
         }
         dir.extend(names);
         let Some(dir) = self.real(&dir) else {
-            return fs::canonicalize(link);
+            return canonical(link);
         };
         let resolved = dir.join(last);
         match fs::symlink_metadata(&resolved) {
-            Ok(m) if !m.file_type().is_symlink() => Ok(resolved),
-            _ => fs::canonicalize(link),
+            Ok(m) if !m.file_type().is_symlink() => Ok((resolved, Some(m))),
+            _ => canonical(link),
         }
     }
 }
@@ -589,7 +601,7 @@ mod tests {
             let link = snap.join(name);
             symlink(target, &link).unwrap();
             let want = fs::canonicalize(&link).ok();
-            let got = dirs.resolve(&link, target).ok();
+            let got = dirs.resolve(&link, target).ok().map(|(p, _)| p);
             assert_eq!(got, want, "{name} -> {}", target.display());
         }
     }

@@ -23,6 +23,8 @@ pub enum FileState {
         resolved: PathBuf,
         size: u64,
         modified: SystemTime,
+        /// Permission bits (and set-id, sticky) of the content.
+        mode: u32,
     },
     /// A link whose target does not exist; `incomplete` when the blob is still `.incomplete`.
     Missing {
@@ -50,6 +52,7 @@ impl ModelFile {
                 resolved,
                 size: meta.len(),
                 modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
             },
         }
     }
@@ -105,6 +108,14 @@ impl ModelFile {
     pub fn modified(&self) -> Option<SystemTime> {
         match &self.state {
             FileState::Present { modified, .. } => Some(*modified),
+            _ => None,
+        }
+    }
+
+    /// Permission bits of the content, as they were when the directory was read.
+    pub fn mode(&self) -> Option<u32> {
+        match &self.state {
+            FileState::Present { mode, .. } => Some(*mode),
             _ => None,
         }
     }

@@ -43,6 +43,9 @@ pub struct MountRecord {
     /// The daemon reaches the cache through a read-only bind mount in its own namespace.
     #[serde(default)]
     pub cache_read_only: bool,
+    /// Extended attributes of overlay files are served (`mlxk-fs mount --xattrs`).
+    #[serde(default)]
+    pub xattrs: bool,
 }
 
 /// Where records are kept.
@@ -54,6 +57,19 @@ pub fn registry_dir() -> PathBuf {
         return PathBuf::from(d).join("mlxk-fs").join("mounts");
     }
     super::cache::home_dir().join(".local/state/mlxk-fs/mounts")
+}
+
+/// Where mounts keep what they learned from headers across restarts (never in the HF cache):
+/// `$MLXK_FS_STATE_DIR/views`, else `$XDG_CACHE_HOME/mlxk-fs/views`, else
+/// `~/.cache/mlxk-fs/views`.
+pub fn view_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MLXK_FS_STATE_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("views");
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("mlxk-fs").join("views");
+    }
+    super::cache::home_dir().join(".cache/mlxk-fs/views")
 }
 
 fn record_path(dir: &Path, mountpoint: &Path) -> PathBuf {

@@ -53,6 +53,12 @@ impl Namespace {
         errno_result(r).map(drop)
     }
 
+    /// Whether `ino` is the hidden status file (whose setxattr is a request, not an attribute).
+    pub fn is_status_file(&self, ino: u64) -> bool {
+        self.node(ino)
+            .is_ok_and(|node| matches!(node.kind, NodeKind::Status))
+    }
+
     /// An extended attribute (`size` 0: its length). Cache files have none.
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: usize) -> NsResult<Vec<u8>> {
         let Some(path) = self.xattr_source(ino)? else {
