@@ -557,7 +557,10 @@ impl Filesystem for MlxkFs {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (data goes to the overlay file as it is written, and POSIX
+        // locks stay in the kernel): ENOSYS once, and the kernel sends no more FLUSH requests —
+        // one round trip less per file closed (an untar closes one per file).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

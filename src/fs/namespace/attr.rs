@@ -161,14 +161,11 @@ impl Namespace {
     /// the copy.
     pub fn setattr(&self, ino: u64, set: &SetAttr, handle: Option<&File>) -> NsResult<NodeInfo> {
         let node = self.node(ino)?;
-        let path = match (self.writable_path(&node), &node.kind, handle) {
-            (Ok(p), _, _) => p,
-            // An open, unlinked overlay file: only its handle reaches it.
-            (Err(NsError::NotFound), NodeKind::Upper { .. }, Some(f)) => {
-                return self.setattr_fd(ino, set, f);
-            }
-            (Err(e), _, _) => return Err(e),
-        };
+        if let (NodeKind::Upper { .. }, Some(f)) = (&node.kind, handle) {
+            // The handle is this node's file (an overlay file is its inode): no path to walk.
+            return self.setattr_fd(ino, set, f);
+        }
+        let path = self.writable_path(&node)?;
         let replaced = match &node.kind {
             NodeKind::Lower { node: lower, .. } => Some(self.lower_info(ino, lower)?),
             NodeKind::Generated { bytes } => Some(self.synthetic(

@@ -163,6 +163,10 @@ impl Namespace {
 
     /// Creates the overlay directories of union directory `dir` and its ancestors.
     pub(super) fn ensure_upper_dir(&self, dir: &Path) -> NsResult<()> {
+        // Usually it exists: one stat then, not one per level.
+        if fs::symlink_metadata(self.overlay.path(dir)).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
         let mut cur = PathBuf::new();
         // The overlay's root first, then each level below it.
         for name in std::iter::once(OsStr::new("")).chain(dir.iter()) {
@@ -195,8 +199,11 @@ impl Namespace {
                 read_only: true, ..
             } => Err(NsError::ReadOnly),
             NodeKind::Dir { .. } => {
-                let _g = self.write_tree();
+                let mut g = self.write_tree_scoped();
                 let path = self.path_of(node.ino)?;
+                if self.overlay_absent(&path) {
+                    g.changing(path.ancestors().map(Path::to_path_buf).collect());
+                }
                 self.ensure_upper_dir(&path)?;
                 Ok(self.overlay.path(&path))
             }

@@ -42,10 +42,11 @@ impl Namespace {
         is_dir: bool,
         make: impl FnOnce(&Path) -> io::Result<T>,
     ) -> NsResult<(NodeInfo, T)> {
-        let _g = self.write_tree();
+        let mut g = self.write_tree_scoped();
         let (_, ro) = self.dir_node(parent)?;
         let dir = self.path_of(parent)?;
         self.check_new_name(&dir, ro, name)?;
+        g.changing(self.entry_scope(&dir, name));
         self.ensure_upper_dir(&dir)?;
         let child = dir.join(name);
         let path = self.overlay.path(&child);
@@ -158,11 +159,12 @@ impl Namespace {
             }
             NodeKind::Upper { .. } => {}
         }
-        let _g = self.write_tree();
+        let mut g = self.write_tree_scoped();
         let (src, _) = self.upper_of(&node)?;
         let (_, ro) = self.dir_node(parent)?;
         let dir = self.path_of(parent)?;
         self.check_new_name(&dir, ro, name)?;
+        g.changing(self.entry_scope(&dir, name));
         self.ensure_upper_dir(&dir)?;
         fs::hard_link(&src, self.overlay.path(dir.join(name)))?;
         self.overlay.remove_whiteout(&dir, name)?;

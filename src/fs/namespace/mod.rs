@@ -284,6 +284,25 @@ impl Namespace {
         known::WriteTree::new(&self.tree, &self.known)
     }
 
+    /// The write lock for a change that will name what it touches
+    /// ([`known::WriteTree::changing`]) before it makes it.
+    fn write_tree_scoped(&self) -> known::WriteTree<'_> {
+        known::WriteTree::scoped(&self.tree, &self.known)
+    }
+
+    /// What a change that adds or removes `name` of union directory `dir` touches: the entry,
+    /// `dir`, and every level above when `dir` has no overlay directory yet (making it adds an
+    /// entry to each level it creates).
+    fn entry_scope(&self, dir: &Path, name: &OsStr) -> Vec<std::path::PathBuf> {
+        let mut scope = vec![dir.join(name)];
+        if self.overlay_absent(dir) {
+            scope.extend(dir.ancestors().map(Path::to_path_buf));
+        } else {
+            scope.push(dir.to_path_buf());
+        }
+        scope
+    }
+
     /// Whether union directory `dir` has no overlay directory (nothing of it was written):
     /// then no name of it has an overlay entry, redirect, whiteout or opaque marker.
     fn overlay_absent(&self, dir: &Path) -> bool {

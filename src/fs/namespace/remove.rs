@@ -9,7 +9,7 @@ use super::*;
 
 impl Namespace {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> NsResult<()> {
-        let _g = self.write_tree();
+        let mut g = self.write_tree_scoped();
         let (_, ro) = self.dir_node(parent)?;
         let dir = self.path_of(parent)?;
         let found = self.find(&dir, ro, name)?;
@@ -19,6 +19,7 @@ impl Namespace {
             _ if ro => return Err(NsError::ReadOnly),
             _ => {}
         }
+        g.changing(self.entry_scope(&dir, name));
         // The whiteout first: a crash in between leaves the file, never the older cache copy.
         if self.lower_default(&dir, name).is_some() {
             self.ensure_upper_dir(&dir)?;
