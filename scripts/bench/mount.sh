@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks of the mount (release build, root for passthrough and drop_caches):
+# Benchmarks of the mount (release build, root for passthrough and drop_caches), every row both
+# with passthrough and on the daemon path (--no-passthrough: what every non-root and every macOS
+# user gets):
 #  1. sequential read of a 2 GiB shard, warm and cold page cache: directly from the cache,
 #     through the mount with passthrough, and with --no-passthrough (MB/s, ratio to direct);
-#  2. mlx_lm.load + eval of every weight, from the mount vs from the snapshot directory;
-#  3. mount start-up and `ls -lR` over a cache of 1,000 models (no header is read).
+#  2. mx.load + eval of a 256 MiB safetensors file, warm, and mlx_lm.load + eval of the 2 GiB
+#     model: from the snapshot directory vs through both mounts;
+#  3. N models (default 10,000; MANY_MODELS=N): mount until serving, `ls -lR` of the whole mount,
+#     then unmount, mount again (the view cache kept) and `ls -lR` again; header bytes read
+#     again, daemon RSS.
 #
 #   scripts/bench/mount.sh [RUNS]   (default 3)
 set -euo pipefail
@@ -69,50 +74,66 @@ for path in direct passthrough fallback; do
 done
 
 echo
-echo "### mlx_lm.load + mx.eval(parameters), same model, warm page cache"
+echo "### mx.load + eval, warm page cache (seconds, best of $runs)"
 cat > "$work/load.py" <<'PY'
 import sys, time
 import mlx.core as mx
 mx.set_default_device(mx.cpu)
-from mlx_lm import load
+path = sys.argv[2]
 t = time.perf_counter()
-model, _ = load(sys.argv[1])
-mx.eval(model.parameters())
+if sys.argv[1] == "mx":
+    weights = mx.load(path)
+    mx.eval(list(weights.values()))
+else:
+    from mlx_lm import load
+    model, _ = load(path)
+    mx.eval(model.parameters())
 print(f"{time.perf_counter() - t:.3f}")
 PY
+# A ~256 MiB single-shard model for mx.load (hidden 1024, 5 layers), in a cache of its own.
+"$fixture" llama "$work/hub-small" 1024 5 2816 32000 1 >/dev/null
+small=$(ls "$work"/hub-small/models--bench--llama/snapshots/*/model.safetensors)
+mkdir -p "$work/mnt-small-pt" "$work/mnt-small-nopt"
+"$fs" mount "$work/mnt-small-pt" --cache "$work/hub-small" --overlay "$work/ov-small-pt" >/dev/null
+"$fs" mount "$work/mnt-small-nopt" --cache "$work/hub-small" --overlay "$work/ov-small-nopt" --no-passthrough >/dev/null
 snapdir=$(dirname "$shard")
-# One discarded run of each first, so both read from a warm page cache.
-"$py" "$work/load.py" "$snapdir" >/dev/null
-"$py" "$work/load.py" "$work/mnt-pt/bench/llama" >/dev/null
-snap_all=(); mnt_all=()
-for _ in $(seq "$runs"); do
-  snap_all+=("$("$py" "$work/load.py" "$snapdir")")
-  mnt_all+=("$("$py" "$work/load.py" "$work/mnt-pt/bench/llama")")
-done
-snap_s=$(printf '%s\n' "${snap_all[@]}" | sort -n | head -1)
-mnt_s=$(printf '%s\n' "${mnt_all[@]}" | sort -n | head -1)
-echo "| source | seconds (best) |"
-echo "|---|---|"
-echo "| snapshot directory | $snap_s |"
-echo "| mount (passthrough) | $mnt_s |"
-echo "| ratio mount / snapshot | $(awk "BEGIN{printf \"%.3f\", $mnt_s/$snap_s}") |"
-"$fs" umount "$work/mnt-pt" >/dev/null
-"$fs" umount "$work/mnt-nopt" >/dev/null
+load_best() { # mx|lm path -> best seconds of $runs (after one discarded run: warm page cache)
+  "$py" "$work/load.py" "$1" "$2" >/dev/null
+  for _ in $(seq "$runs"); do "$py" "$work/load.py" "$1" "$2"; done | sort -n | head -1
+}
+echo "| what | snapshot | passthrough | ratio | --no-passthrough | ratio |"
+echo "|---|---|---|---|---|---|"
+row() { # label kind snapshot-path pt-path nopt-path
+  local s p n
+  s=$(load_best "$2" "$3"); p=$(load_best "$2" "$4"); n=$(load_best "$2" "$5")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$s" "$p" "$(awk "BEGIN{printf \"%.3f\", $p/$s}")" \
+    "$n" "$(awk "BEGIN{printf \"%.3f\", $n/$s}")"
+}
+row "mx.load, $(( $(stat -L -c %s "$small") / 1048576 )) MiB safetensors" mx "$small" \
+  "$work/mnt-small-pt/bench/llama/model.safetensors" "$work/mnt-small-nopt/bench/llama/model.safetensors"
+row "mlx_lm.load, $(( size / 1048576 )) MiB model" lm "$snapdir" "$work/mnt-pt/bench/llama" "$work/mnt-nopt/bench/llama"
+for m in mnt-pt mnt-nopt mnt-small-pt mnt-small-nopt; do "$fs" umount "$work/$m" >/dev/null; done
 
+n_models=${MANY_MODELS:-10000}
 echo
-echo "### 1,000 models: mount start-up and ls -lR"
-"$fixture" many "$work/hub1000" 1000
+echo "### $n_models models (1 small shard each), --no-passthrough: mount and ls -lR, then again after a remount"
+"$fixture" many "$work/hub-many" "$n_models" >/dev/null
 mkdir -p "$work/mnt-many"
-t0=$(date +%s%N); "$fs" mount "$work/mnt-many" --cache "$work/hub1000" --overlay "$work/ov-many" >/dev/null; t1=$(date +%s%N)
-startup=$(( (t1 - t0) / 1000000 ))
-t0=$(date +%s%N); entries=$(ls -lR "$work/mnt-many" | wc -l); t1=$(date +%s%N)
-lslr=$(( (t1 - t0) / 1000000 ))
-t0=$(date +%s%N); ls -lR "$work/mnt-many" >/dev/null; t1=$(date +%s%N)
-lslr_warm=$(( (t1 - t0) / 1000000 ))
-headers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["header_bytes_read"])' "$work/mnt-many/.mlxk-fs-status")
-echo "| step | ms |"
-echo "|---|---|"
-echo "| mlxk-fs mount (returns when ready) | $startup |"
-echo "| ls -lR, first ($entries lines) | $lslr |"
-echo "| ls -lR, again | $lslr_warm |"
-echo "| header bytes read by the daemon meanwhile | $headers |"
+echo "| round | mount until serving, ms | ls -lR, s (entries) | daemon CPU, s | header bytes read | views from the view cache | daemon RSS, MB |"
+echo "|---|---|---|---|---|---|---|"
+for round in first "after a remount"; do
+  t0=$(date +%s%N)
+  "$fs" mount "$work/mnt-many" --cache "$work/hub-many" --overlay "$work/ov-many" --no-passthrough >/dev/null
+  t1=$(date +%s%N)
+  status=$work/mnt-many/.mlxk-fs-status
+  pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$status")
+  c0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  t2=$(date +%s%N); entries=$(ls -lR "$work/mnt-many" | wc -l); t3=$(date +%s%N)
+  c1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+  rss=$(( $(ps -o rss= -p "$pid") / 1024 ))
+  read -r headers from_cache < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["header_bytes_read"], s["views_from_cache"])' "$status")
+  printf '| %s | %d | %s (%d) | %s | %d | %d | %d |\n' "$round" $(( (t1 - t0) / 1000000 )) \
+    "$(awk "BEGIN{printf \"%.2f\", $(( t3 - t2 ))/1e9}")" "$entries" \
+    "$(awk "BEGIN{printf \"%.2f\", $(( c1 - c0 ))/100}")" "$headers" "$from_cache" "$rss"
+  "$fs" umount "$work/mnt-many" >/dev/null
+done

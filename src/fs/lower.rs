@@ -29,19 +29,19 @@ pub enum LowerNode {
     },
     /// A subdirectory of a snapshot.
     Dir {
-        repo: String,
-        sha: String,
+        repo: Arc<str>,
+        sha: Arc<str>,
         rel: String,
     },
     /// A cache file of a snapshot.
     File {
-        repo: String,
-        sha: String,
+        repo: Arc<str>,
+        sha: Arc<str>,
         rel: String,
     },
     Virtual {
-        repo: String,
-        sha: String,
+        repo: Arc<str>,
+        sha: Arc<str>,
         file: VirtualFile,
     },
 }
@@ -591,7 +591,7 @@ mod tests {
             .add_snapshot("org/a", "v2", &llama_model_files(&spec, 2, true, "mlx"))
             .unwrap();
         fx.set_ref("org/a", "main", &sha2).unwrap();
-        let sha = |v: &ModelView| v.sha.clone();
+        let sha = |v: &ModelView| v.sha.to_string();
         assert_eq!(sha(&lower.view("org/a", None).unwrap()), sha(&v1));
         lower.invalidate_repo("org/a");
         assert_eq!(sha(&lower.view("org/a", None).unwrap()), sha2);

@@ -61,8 +61,9 @@ pub struct Virtuals {
 
 #[derive(Debug)]
 pub struct ModelView {
-    pub repo_id: String,
-    pub sha: String,
+    /// Shared with every node of the view (each file's node holds both).
+    pub repo_id: Arc<str>,
+    pub sha: Arc<str>,
     pub modified: SystemTime,
     pub model: ResolvedModel,
     /// Directory (relative, "" for the model root) -> name -> entry, for the cache's files.
@@ -76,8 +77,8 @@ pub struct ModelView {
 
 impl ModelView {
     pub fn new(model: ResolvedModel, view_cache: Option<Arc<ViewCache>>) -> ModelView {
-        let repo_id = model.repo_id().unwrap_or_default().to_string();
-        let sha = model.snapshot_sha().unwrap_or_default().to_string();
+        let repo_id: Arc<str> = Arc::from(model.repo_id().unwrap_or_default());
+        let sha: Arc<str> = Arc::from(model.snapshot_sha().unwrap_or_default());
         let modified = match &model.location {
             crate::store::spec::ModelLocation::Cache { snapshot, .. } => snapshot.modified,
             crate::store::spec::ModelLocation::Workspace { .. } => SystemTime::UNIX_EPOCH,
