@@ -4,6 +4,7 @@
 //! [`ModelView`]. Nodes are addressed by their path in this tree (`org/name/config.json`); a
 //! file node carries its snapshot sha, so its content never changes.
 
+use crate::fs::FastHash;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -79,14 +80,17 @@ pub struct LowerAttr {
 
 pub struct LowerTree {
     cache: HubCache,
-    views: DashMap<(String, String), Arc<ModelView>>,
+    views: DashMap<(String, String), Arc<ModelView>, FastHash>,
     /// The cache's repos by org (every lookup at the root or in an org needs them; the
     /// watcher drops the index when the cache changes).
     repo_index: std::sync::Mutex<Option<CachedIndex>>,
-    /// Each repo's default snapshot as last resolved (refs/main, else the newest), trusted for
-    /// [`REPO_LIST_TTL`]: every lookup in a model needs it, and resolving it reads the repo's
-    /// directories (~20 system calls). The watcher drops it when the repo changes.
-    defaults: DashMap<String, (std::time::Instant, Option<(ModelRepo, Snapshot)>)>,
+    /// Each repo's default snapshot as last resolved (refs/main, else the newest): every lookup
+    /// in a model needs it, and resolving it reads the repo's directories (~20 system calls).
+    /// Trusted for [`REPO_LIST_TTL`], and beyond while the watcher covers the repo (see
+    /// [`Watches`]): the watcher drops it when the repo changes.
+    defaults: DashMap<String, Resolved, FastHash>,
+    /// Which repos the cache watcher covers, and when each was last invalidated.
+    watches: Watches,
     /// How long the repo index and the default snapshots are trusted ([`REPO_LIST_TTL`]).
     ttl: std::time::Duration,
     started: SystemTime,
@@ -131,6 +135,49 @@ struct CachedIndex {
     hub_mtime: Option<SystemTime>,
 }
 
+/// A repo's default snapshot as resolved, and the repo directory's mtime (the model
+/// directory's own time in the mount).
+#[derive(Debug, Clone)]
+struct Resolved {
+    at: std::time::Instant,
+    /// [`Watches::tick`] taken before the repo was read.
+    tick: u64,
+    found: Option<(ModelRepo, Snapshot, SystemTime)>,
+}
+
+/// What lets an answer about a repo outlive [`REPO_LIST_TTL`]: the cache watcher covers every
+/// directory of the repo, and nothing changed there since the answer was read. One clock
+/// orders the three events — a repo's watches all added, an answer read, the repo invalidated —
+/// so an answer read before its repo was fully watched, or before its last invalidation (a
+/// change seen while the answer was being read), lasts only the TTL.
+#[derive(Debug, Default)]
+struct Watches {
+    clock: std::sync::atomic::AtomicU64,
+    /// Repo → the tick after its watches were all in place.
+    covered: DashMap<String, u64>,
+    /// Repo → the tick of its last invalidation.
+    invalidated: DashMap<String, u64>,
+    /// The tick of the last invalidation of everything.
+    all_invalidated: std::sync::atomic::AtomicU64,
+}
+
+impl Watches {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Whether an answer about `repo` read at `tick` still holds without looking again.
+    fn holds(&self, repo: &str, tick: u64) -> bool {
+        let covered_before = self.covered.get(repo).is_some_and(|w| *w < tick);
+        let unchanged_since = self.invalidated.get(repo).is_none_or(|i| *i < tick)
+            && self
+                .all_invalidated
+                .load(std::sync::atomic::Ordering::SeqCst)
+                < tick;
+        covered_before && unchanged_since
+    }
+}
+
 /// How long the repo index is trusted without looking at the hub directory again.
 const REPO_LIST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -142,9 +189,10 @@ impl LowerTree {
     pub fn new(cache: HubCache) -> LowerTree {
         LowerTree {
             cache,
-            views: DashMap::new(),
+            views: DashMap::default(),
             repo_index: std::sync::Mutex::new(None),
-            defaults: DashMap::new(),
+            defaults: DashMap::default(),
+            watches: Watches::default(),
             ttl: REPO_LIST_TTL,
             started: SystemTime::now(),
             view_cache: None,
@@ -165,6 +213,8 @@ impl LowerTree {
     /// root names the dropped views showed: their kernel entries must go too.
     pub fn invalidate_repo(&self, repo: &str) -> Vec<String> {
         self.forget_repo_list();
+        let tick = self.watches.tick();
+        self.watches.invalidated.insert(repo.to_string(), tick);
         self.defaults.remove(repo);
         let mut names = Vec::new();
         self.views.retain(|(r, _), v| {
@@ -182,8 +232,30 @@ impl LowerTree {
 
     pub fn invalidate_all(&self) {
         self.forget_repo_list();
+        let tick = self.watches.tick();
+        self.watches
+            .all_invalidated
+            .store(tick, std::sync::atomic::Ordering::SeqCst);
         self.defaults.clear();
         self.views.clear();
+    }
+
+    /// The cache watcher has every directory of `repo` watched: what is read about it from now
+    /// on holds until the watcher invalidates it.
+    pub fn repo_watched(&self, repo: &str) {
+        let tick = self.watches.tick();
+        self.watches.covered.insert(repo.to_string(), tick);
+    }
+
+    /// Some directory of `repo` may be unwatched (a watch could not be added, or the watcher
+    /// lost events): its answers last [`REPO_LIST_TTL`] again.
+    pub fn repo_unwatched(&self, repo: &str) {
+        self.watches.covered.remove(repo);
+    }
+
+    /// The watcher stopped, or lost events: no repo is known to be watched.
+    pub fn nothing_watched(&self) {
+        self.watches.covered.clear();
     }
 
     fn forget_repo_list(&self) {
@@ -250,20 +322,30 @@ impl LowerTree {
         index
     }
 
-    /// `repo` and its default snapshot (see `defaults`).
-    fn default_snapshot(&self, repo: &str) -> Option<(ModelRepo, Snapshot)> {
+    /// `repo`, its default snapshot and its directory's mtime (see `defaults`).
+    fn resolved(&self, repo: &str) -> Option<(ModelRepo, Snapshot, SystemTime)> {
         if let Some(hit) = self.defaults.get(repo) {
-            if hit.0.elapsed() < self.ttl {
-                return hit.1.clone();
+            if hit.at.elapsed() < self.ttl || self.watches.holds(repo, hit.tick) {
+                return hit.found.clone();
             }
         }
-        let found = self
-            .cache
-            .repo(repo)
-            .and_then(|r| r.default_snapshot().map(|s| (r, s)));
-        self.defaults
-            .insert(repo.to_string(), (std::time::Instant::now(), found.clone()));
+        let tick = self.watches.tick();
+        let found = self.cache.repo_with_metadata(repo).and_then(|(r, meta)| {
+            let mtime = meta.modified().unwrap_or(self.started);
+            r.default_snapshot().map(|s| (r, s, mtime))
+        });
+        let resolved = Resolved {
+            at: std::time::Instant::now(),
+            tick,
+            found: found.clone(),
+        };
+        self.defaults.insert(repo.to_string(), resolved);
         found
+    }
+
+    /// `repo` and its default snapshot.
+    fn default_snapshot(&self, repo: &str) -> Option<(ModelRepo, Snapshot)> {
+        self.resolved(repo).map(|(r, s, _)| (r, s))
     }
 
     /// The view of `repo` at `rev` (default snapshot when `None`).
@@ -437,8 +519,12 @@ impl LowerTree {
         };
         Some(match node {
             LowerNode::Root | LowerNode::Org(_) => dir(mtime_of(self.cache.root())),
-            LowerNode::Model { repo, rev } => {
-                if !self.model_exists(repo, rev.as_deref()) {
+            LowerNode::Model { repo, rev: None } => dir(self.resolved(repo)?.2),
+            LowerNode::Model {
+                repo,
+                rev: Some(rev),
+            } => {
+                if !self.model_exists(repo, Some(rev)) {
                     return None;
                 }
                 dir(mtime_of(
@@ -606,6 +692,76 @@ mod tests {
         let now = lower.view("org/a", None).unwrap();
         assert_ne!(sha(&now), sha(&v1));
         assert_eq!(sha(&now), sha2);
+    }
+
+    /// While the watcher covers a repo, its default snapshot is kept past the TTL until the
+    /// watcher says the repo changed; read before the repo was covered, or once it is no
+    /// longer covered, it lasts the TTL again.
+    #[test]
+    fn a_watched_repo_keeps_its_default_snapshot_until_the_watcher_says() {
+        let (_tmp, fx, lower) = tree(SHORT);
+        let sha = |lower: &LowerTree| lower.view("org/a", None).unwrap().sha.to_string();
+        let spec = LlamaSpec {
+            seed: 9,
+            ..LlamaSpec::default()
+        };
+        let sha1 = sha(&lower);
+        let sha2 = fx
+            .add_snapshot("org/a", "v2", &llama_model_files(&spec, 2, true, "mlx"))
+            .unwrap();
+        // Read before the repo was covered: the TTL holds, and then the change is seen.
+        lower.repo_watched("org/a");
+        fx.set_ref("org/a", "main", &sha2).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(
+            sha(&lower),
+            sha2,
+            "an answer older than the watch lasts the TTL"
+        );
+        // Read while covered: kept past the TTL, until the watcher's word.
+        fx.set_ref("org/a", "main", &sha1).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(sha(&lower), sha2, "kept while watched");
+        lower.invalidate_repo("org/a");
+        assert_eq!(sha(&lower), sha1, "the watcher's word drops it");
+        // No longer covered (a watch lost): the TTL again.
+        lower.repo_unwatched("org/a");
+        fx.set_ref("org/a", "main", &sha2).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(sha(&lower), sha2);
+        // Everything uncovered (the watcher stopped or lost events): the TTL again.
+        lower.repo_watched("org/a");
+        lower.invalidate_repo("org/a");
+        assert_eq!(sha(&lower), sha2);
+        lower.nothing_watched();
+        fx.set_ref("org/a", "main", &sha1).unwrap();
+        std::thread::sleep(SHORT * 2);
+        assert_eq!(sha(&lower), sha1);
+    }
+
+    /// An answer is kept past the TTL only if its reading began after the repo was covered and
+    /// after the repo's (and everything's) last invalidation: one that began before a change
+    /// was seen may hold the old state.
+    #[test]
+    fn an_answer_read_across_an_invalidation_is_not_kept() {
+        let w = Watches::default();
+        let before_cover = w.tick();
+        w.covered.insert("r".into(), w.tick());
+        let read = w.tick();
+        assert!(!w.holds("r", before_cover));
+        assert!(w.holds("r", read));
+        assert!(!w.holds("other", read), "a repo never covered");
+        w.invalidated.insert("r".into(), w.tick());
+        assert!(!w.holds("r", read), "read before the repo's invalidation");
+        let after = w.tick();
+        assert!(w.holds("r", after));
+        w.all_invalidated
+            .store(w.tick(), std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            !w.holds("r", after),
+            "read before everything was invalidated"
+        );
+        assert!(w.holds("r", w.tick()));
     }
 
     /// What a view computed is kept across trees (a remount reads no header), and a snapshot

@@ -22,3 +22,7 @@ mod sandbox;
 pub mod view;
 pub mod viewcache;
 mod watch;
+
+/// The hasher of the daemon's in-memory tables: keys are inode numbers and names, many lookups
+/// per request.
+pub(crate) type FastHash = foldhash::fast::RandomState;

@@ -68,6 +68,10 @@ struct Changed {
     rescan: bool,
     /// Directories that appeared: watched (with what is already below them) after the burst.
     new_dirs: Vec<PathBuf>,
+    /// Repos that appeared with every directory watched, and repos where a new directory
+    /// could not be watched (see `LowerTree::repo_watched`).
+    covered: Vec<String>,
+    uncovered: Vec<String>,
 }
 
 impl Watcher {
@@ -81,19 +85,20 @@ impl Watcher {
     }
 
     fn run(mut self, ns: &Namespace) {
-        let started = Instant::now();
-        self.watch_tree(&self.root.clone(), 0);
-        tracing::debug!(
-            watches = self.dirs.len(),
-            took = ?started.elapsed(),
-            "watching the cache"
-        );
+        self.watch_cache(ns);
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             match self.collect(&mut buffer, None) {
-                Ok(Some(changed)) => apply(ns, &changed),
+                Ok(Some(changed)) => {
+                    apply(ns, &changed);
+                    if changed.rescan {
+                        // Events were lost: a directory that appeared meanwhile is unwatched.
+                        self.watch_cache(ns);
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
+                    ns.lower().nothing_watched();
                     tracing::warn!(
                         "the cache watcher stopped ({e}): new models appear within a second anyway"
                     );
@@ -101,6 +106,36 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Watches the whole cache, repo by repo; each repo whose directories are all watched is
+    /// said to be covered as soon as it is (a listing that starts with the mount gains from
+    /// the first repos while the rest are watched).
+    fn watch_cache(&mut self, ns: &Namespace) {
+        let started = Instant::now();
+        let root = self.root.clone();
+        if self.watch_one(&root) {
+            let entries = std::fs::read_dir(&root).into_iter().flatten().flatten();
+            for entry in entries {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let dir = entry.path();
+                let all_watched = self.watch_tree(&dir, 1);
+                if let Some(repo) = repo_of(&root, &dir) {
+                    if all_watched {
+                        ns.lower().repo_watched(&repo);
+                    } else {
+                        ns.lower().repo_unwatched(&repo);
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            watches = self.dirs.len(),
+            took = ?started.elapsed(),
+            "watching the cache"
+        );
     }
 
     /// Waits up to `timeout` (`None`: for ever) for an event, then gathers events until
@@ -134,7 +169,15 @@ impl Watcher {
             let depth = dir
                 .strip_prefix(&self.root)
                 .map_or(0, |p| p.components().count());
-            self.watch_tree(&dir, depth);
+            let all_watched = self.watch_tree(&dir, depth);
+            if let Some(repo) = repo_of(&self.root, &dir) {
+                if !all_watched {
+                    changed.uncovered.push(repo);
+                } else if depth == 1 {
+                    // The repo directory itself arrived (a download's first step, or a move).
+                    changed.covered.push(repo);
+                }
+            }
         }
         Ok(Some(changed))
     }
@@ -160,37 +203,52 @@ impl Watcher {
         }
     }
 
-    /// Watches `dir` and every directory below it (not following links).
-    fn watch_tree(&mut self, dir: &Path, depth: usize) {
+    /// Watches `dir`; `false` when it could not be.
+    fn watch_one(&mut self, dir: &Path) -> bool {
+        match self.inotify.watches().add(dir, changes()) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+                true
+            }
+            Err(e) => {
+                if !self.limited && e.raw_os_error() == Some(libc::ENOSPC) {
+                    self.limited = true;
+                    tracing::warn!(
+                        "not every cache directory is watched (fs.inotify.max_user_watches): \
+                         changes there appear within a second anyway"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Watches `dir` and every directory below it (not following links); `false` when some
+    /// directory is left unwatched (a watch refused, a listing failed, the depth bound).
+    fn watch_tree(&mut self, dir: &Path, depth: usize) -> bool {
+        let mut all_watched = true;
         let mut stack = vec![(dir.to_path_buf(), depth)];
         while let Some((dir, depth)) = stack.pop() {
-            match self.inotify.watches().add(&dir, changes()) {
-                Ok(wd) => {
-                    self.dirs.insert(wd, dir.clone());
-                }
-                Err(e) => {
-                    if !self.limited && e.raw_os_error() == Some(libc::ENOSPC) {
-                        self.limited = true;
-                        tracing::warn!(
-                            "not every cache directory is watched (fs.inotify.max_user_watches): \
-                             changes there appear within a second anyway"
-                        );
-                    }
-                    continue;
-                }
-            }
-            if depth >= MAX_DEPTH {
+            if !self.watch_one(&dir) {
+                all_watched = false;
                 continue;
             }
             let Ok(entries) = std::fs::read_dir(&dir) else {
+                // Gone meanwhile (its parent's event says so) or unreadable.
+                all_watched &= !dir.exists();
                 continue;
             };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if depth >= MAX_DEPTH {
+                        all_watched = false;
+                        break;
+                    }
                     stack.push((entry.path(), depth + 1));
                 }
             }
         }
+        all_watched
     }
 
     fn note(
@@ -253,11 +311,18 @@ fn apply(ns: &Namespace, changed: &Changed) {
         return;
     }
     if changed.rescan {
+        ns.lower().nothing_watched();
         ns.lower().invalidate_all();
+    }
+    for repo in &changed.uncovered {
+        ns.lower().repo_unwatched(repo);
     }
     for repo in &changed.repos {
         tracing::debug!(%repo, "cache changed");
         ns.invalidate_repo(repo);
+    }
+    for repo in &changed.covered {
+        ns.lower().repo_watched(repo);
     }
     ns.invalidate_path(Path::new(""));
 }

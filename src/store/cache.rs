@@ -163,11 +163,18 @@ impl HubCache {
 
     /// The repo with exactly this id, if cached.
     pub fn repo(&self, repo_id: &str) -> Option<ModelRepo> {
+        self.repo_with_metadata(repo_id).map(|(repo, _)| repo)
+    }
+
+    /// [`HubCache::repo`] with its directory's metadata (one `stat` for both).
+    pub fn repo_with_metadata(&self, repo_id: &str) -> Option<(ModelRepo, fs::Metadata)> {
         let dir = self.root.join(dir_name_from_repo_id(repo_id));
-        dir.is_dir().then(|| ModelRepo {
+        let meta = fs::metadata(&dir).ok().filter(|m| m.is_dir())?;
+        let repo = ModelRepo {
             repo_id: repo_id.to_string(),
             dir,
-        })
+        };
+        Some((repo, meta))
     }
 
     /// Lists the files of a snapshot, subdirectories included, following each relative link
@@ -175,7 +182,7 @@ impl HubCache {
     /// link is a missing file (an `.incomplete` blob beside its target is noticed).
     pub fn snapshot_files(&self, snapshot: &Snapshot) -> Result<Vec<ModelFile>, StoreError> {
         let mut files = Vec::new();
-        let mut dirs = RealDirs::default();
+        let mut dirs = RealDirs::below(&self.root, &self.canonical_root);
         self.walk_snapshot(&snapshot.dir, "", &mut files, &mut dirs, 0)?;
         files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
         Ok(files)
@@ -383,19 +390,69 @@ pub fn normalize_lexically(path: &Path) -> PathBuf {
 /// link of a snapshot points into the same `blobs/`), and only the target's last component is
 /// looked at per link. `canonicalize` walks the whole path again for every file, a `readlink`
 /// per component: ~70 of a listed model's ~100 system calls in the daemon (N = 1,000 models).
+/// Below the cache root, whose real path is known, a directory is made real by looking at its
+/// components under the root only (an `lstat` each, shared by the directories of a walk): the
+/// path above the root is not walked again for every model.
 #[derive(Default)]
 struct RealDirs {
     known: std::collections::HashMap<PathBuf, Option<PathBuf>>,
+    /// The cache root as given and its real path.
+    root: Option<(PathBuf, PathBuf)>,
 }
 
 impl RealDirs {
+    /// Directories below `root` (whose real path is `canonical_root`) made real from there.
+    fn below(root: &Path, canonical_root: &Path) -> RealDirs {
+        RealDirs {
+            known: Default::default(),
+            root: Some((root.to_path_buf(), canonical_root.to_path_buf())),
+        }
+    }
+
     fn real(&mut self, dir: &Path) -> Option<PathBuf> {
         if let Some(known) = self.known.get(dir) {
             return known.clone();
         }
-        let real = fs::canonicalize(dir).ok();
+        let real = match self.real_below_root(dir) {
+            Some(real) => Some(real),
+            None => fs::canonicalize(dir).ok(),
+        };
         self.known.insert(dir.to_path_buf(), real.clone());
         real
+    }
+
+    /// `dir`'s real path when it lies below the root through plain directories only (each
+    /// level's answer kept for the walk). `None`: not below the root, or some level is a link,
+    /// missing or no directory — `canonicalize` decides then.
+    fn real_below_root(&mut self, dir: &Path) -> Option<PathBuf> {
+        let (root, canonical_root) = self.root.as_ref()?;
+        // A link's real directory, with its `..` applied, is below the real root.
+        let (rest, mut lexical) = match dir.strip_prefix(root) {
+            Ok(rest) => (rest, root.clone()),
+            Err(_) => (
+                dir.strip_prefix(canonical_root).ok()?,
+                canonical_root.clone(),
+            ),
+        };
+        let mut real = canonical_root.clone();
+        for component in rest.components() {
+            let Component::Normal(name) = component else {
+                return None;
+            };
+            lexical.push(name);
+            real.push(name);
+            match self.known.get(&lexical) {
+                Some(Some(known)) if known == &real => continue,
+                Some(_) => return None,
+                None => {}
+            }
+            let plain_dir = fs::symlink_metadata(&real).is_ok_and(|m| m.is_dir());
+            if !plain_dir {
+                return None;
+            }
+            self.known.insert(lexical.clone(), Some(real.clone()));
+        }
+        Some(real)
     }
 
     /// The real path of symlink `link`, whose target is `target`. Exact when the target is
@@ -596,13 +653,45 @@ mod tests {
             ("absolute", top.join("outside/cc")),
             ("too-far-up", "../../../../../../../../outside/cc".into()),
         ];
-        let mut dirs = RealDirs::default();
         for (name, target) in &links {
-            let link = snap.join(name);
-            symlink(target, &link).unwrap();
-            let want = fs::canonicalize(&link).ok();
-            let got = dirs.resolve(&link, target).ok().map(|(p, _)| p);
-            assert_eq!(got, want, "{name} -> {}", target.display());
+            symlink(target, snap.join(name)).unwrap();
+        }
+        // A repo of plain directories beside it, and the hub also reached through a link.
+        let plain = top.join("hub/models--p--q");
+        fs::create_dir_all(plain.join("snapshots/sha/sub")).unwrap();
+        fs::create_dir_all(plain.join("blobs")).unwrap();
+        fs::write(plain.join("blobs/aa"), b"a").unwrap();
+        symlink("../../blobs/aa", plain.join("snapshots/sha/plain")).unwrap();
+        symlink("../../../blobs/aa", plain.join("snapshots/sha/sub/nested")).unwrap();
+        symlink("../../blobs/none", plain.join("snapshots/sha/dangling")).unwrap();
+        let hub = top.join("hub");
+        let hub_link = top.join("hub-link");
+        symlink(&hub, &hub_link).unwrap();
+        let mut cases: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for root in [&hub, &hub_link] {
+            for (name, target) in &links {
+                cases.push((
+                    root.join("models--o--n/snapshots/sha").join(name),
+                    target.clone(),
+                ));
+            }
+            for name in ["plain", "sub/nested", "dangling"] {
+                let link = root.join("models--p--q/snapshots/sha").join(name);
+                let target = fs::read_link(&link).unwrap();
+                cases.push((link, target));
+            }
+        }
+        // The root-based resolver: from the hub as given, and from the hub through a link.
+        for mut dirs in [
+            RealDirs::default(),
+            RealDirs::below(&hub, &hub),
+            RealDirs::below(&hub_link, &hub),
+        ] {
+            for (link, target) in &cases {
+                let want = fs::canonicalize(link).ok();
+                let got = dirs.resolve(link, target).ok().map(|(p, _)| p);
+                assert_eq!(got, want, "{} -> {}", link.display(), target.display());
+            }
         }
     }
 }

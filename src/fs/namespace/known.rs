@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::fs::FastHash;
+
 /// How long what is known is trusted without a change by the daemon (the kernel's entry time).
 pub(super) const KNOWN_TTL: Duration = Duration::from_secs(1);
 
@@ -40,13 +42,14 @@ const MAX_NAMES: usize = 4096;
 enum Known {
     Absent,
     /// Every entry's raw name (records and markers included).
-    Names(Arc<HashSet<OsString>>),
+    Names(Arc<HashSet<OsString, FastHash>>),
 }
 
 #[derive(Default)]
 pub(super) struct KnownDirs {
     /// Union directory path → (epoch, when it was seen, what was seen).
-    known: DashMap<PathBuf, (u64, Instant, Known)>,
+    /// Keyed by the path's bytes: `Path`'s own hash parses it into components first.
+    known: DashMap<OsString, (u64, Instant, Known), FastHash>,
     /// Bumped by [`KnownDirs::forget_all`]: entries of older epochs are ignored.
     epoch: AtomicU64,
     /// Bumped when a change starts and when it ends: a question that spanned either drops what
@@ -74,13 +77,13 @@ impl KnownDirs {
     fn forget(&self, dirs: &[PathBuf]) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         for d in dirs {
-            self.known.remove(d);
+            self.known.remove(d.as_os_str());
         }
     }
 
     fn valid(&self, p: &Path, epoch: u64, now: Instant) -> Option<Known> {
         self.known
-            .get(p)
+            .get(p.as_os_str())
             .filter(|e| e.0 == epoch && now.duration_since(e.1) < KNOWN_TTL)
             .map(|e| e.2.clone())
     }
@@ -90,10 +93,11 @@ impl KnownDirs {
     /// entry goes in first and is taken back after the check, so that a change starting
     /// between the two is caught by one side or the other (its own forgetting runs after it).
     fn learn(&self, dir: &Path, epoch: u64, changes: u64, now: Instant, what: Known) {
-        self.known.insert(dir.to_path_buf(), (epoch, now, what));
+        self.known
+            .insert(dir.as_os_str().to_os_string(), (epoch, now, what));
         if self.changes.load(Ordering::SeqCst) != changes || self.writing.load(Ordering::SeqCst) > 0
         {
-            self.known.remove(dir);
+            self.known.remove(dir.as_os_str());
         }
     }
 
@@ -130,7 +134,7 @@ impl KnownDirs {
         &self,
         dir: &Path,
         list: impl FnOnce() -> Option<Vec<OsString>>,
-    ) -> Option<Arc<HashSet<OsString>>> {
+    ) -> Option<Arc<HashSet<OsString, FastHash>>> {
         let changes = self.changes.load(Ordering::SeqCst);
         if self.writing.load(Ordering::SeqCst) > 0 {
             return None;
@@ -141,7 +145,7 @@ impl KnownDirs {
             return Some(names);
         }
         let names = list().filter(|n| n.len() <= MAX_NAMES)?;
-        let names = Arc::new(names.into_iter().collect::<HashSet<_>>());
+        let names = Arc::new(names.into_iter().collect::<HashSet<_, FastHash>>());
         self.learn(dir, epoch, changes, now, Known::Names(names.clone()));
         Some(names)
     }

@@ -40,6 +40,7 @@ mod rename;
 mod resolve;
 mod xattr;
 
+use crate::fs::FastHash;
 use inodes::{lock, Ident, Refs};
 pub use inodes::{Node, NodeKind};
 
@@ -206,8 +207,8 @@ fn not_found_like(e: &io::Error) -> bool {
 pub struct Namespace {
     lower: LowerTree,
     overlay: OverlayDir,
-    nodes: DashMap<u64, Arc<Node>>,
-    ids: DashMap<Ident, u64>,
+    nodes: DashMap<u64, Arc<Node>, FastHash>,
+    ids: DashMap<Ident, u64, FastHash>,
     next_ino: AtomicU64,
     tree: RwLock<()>,
     /// Overlay directories known not to exist, and the names in those that do (forgotten
@@ -230,8 +231,8 @@ impl Namespace {
         let ns = Namespace {
             lower,
             overlay,
-            nodes: DashMap::new(),
-            ids: DashMap::new(),
+            nodes: DashMap::default(),
+            ids: DashMap::default(),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             tree: RwLock::new(()),
             known: Default::default(),
