@@ -507,6 +507,47 @@ fn daemon_lifecycle_background_status_umount_sigterm_kill_and_stale_mounts() {
     let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
     assert_eq!(v["data"]["count"], 0, "{v:#}");
 
+    // A serving mount whose daemon's record is in another state directory: detached, and
+    // said so (not called stale); its daemon exits.
+    let elsewhere = fx.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let out = mlxk_fs(
+        &state,
+        &["mount", elsewhere.to_str().unwrap(), "--cache", cache],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    let pid = v["data"]["mounts"][0]["pid"].as_u64().unwrap() as i32;
+    let out = mlxk_fs(
+        &fx.path("other-state"),
+        &["umount", elsewhere.to_str().unwrap()],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = stdout(&out);
+    assert!(
+        said.contains("detached") && said.contains("MLXK_FS_STATE_DIR") && !said.contains("stale"),
+        "{said}"
+    );
+    assert!(!elsewhere.join("mlx-community").exists(), "still mounted");
+    let gone = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(), "the detached mount's daemon {pid} did not exit");
+    let v: Value = serde_json::from_slice(&mlxk_fs(&state, &["--json", "status"]).stdout).unwrap();
+    assert_eq!(v["data"]["count"], 0, "{v:#}");
+
     // Clear errors for a missing mountpoint.
     let out = mlxk_fs(
         &state,

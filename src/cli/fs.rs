@@ -308,9 +308,18 @@ fn umount(u: &UmountArgs) -> Result<(Value, String), String> {
                 )
             },
         )),
-        Unmounted::Detached => Ok((
+        Unmounted::Detached { stale: true } => Ok((
             json!({"mountpoint": u.mountpoint, "pid": null, "stale": true}),
             format!("detached stale mount {}\n", u.mountpoint.display()),
+        )),
+        Unmounted::Detached { stale: false } => Ok((
+            json!({"mountpoint": u.mountpoint, "pid": null, "stale": false}),
+            format!(
+                "detached {} (its daemon has no record in {}: mounted with another \
+                 MLXK_FS_STATE_DIR? It exits once the files it serves are closed)\n",
+                u.mountpoint.display(),
+                mounts::registry_dir().display()
+            ),
         )),
     }
 }

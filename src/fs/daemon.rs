@@ -445,8 +445,10 @@ pub enum Unmounted {
     /// The daemon was asked to unmount; the mount is gone. `exited` is false while files it
     /// serves are still open somewhere (it exits when they are closed).
     Daemon { pid: u32, exited: bool },
-    /// A stale or foreign mount was detached directly.
-    Detached,
+    /// Detached directly: a stale mount (its daemon gone), or a serving mlxk-fs mount whose
+    /// daemon has no record here (mounted with another `MLXK_FS_STATE_DIR`): it cannot be
+    /// asked, and exits once the mount is gone and the files it serves are closed.
+    Detached { stale: bool },
 }
 
 /// Unmounts an mlxk-fs mount: asks its daemon (SIGTERM) and waits for it, or detaches a
@@ -508,7 +510,7 @@ pub fn unmount(mountpoint: &Path) -> Result<Unmounted, DaemonError> {
     }
     detach(&canonical)?;
     let _ = mounts::forget(&canonical);
-    Ok(Unmounted::Detached)
+    Ok(Unmounted::Detached { stale })
 }
 
 /// `/dev/fuse` exists but this user may not open it: the error that says why and what helps.

@@ -225,7 +225,7 @@ impl ModelView {
 
 /// The sentinel the mount synthesizes for a snapshot, and the rebuilt index.
 fn compute_virtuals(model: &ResolvedModel, modified: SystemTime) -> Virtuals {
-    let report = health::check(model);
+    let mut report = health::check(model);
     let shard_count = report.shards.len();
     let cached_index = model.file(INDEX_FILE).and_then(|f| f.readable().map(|_| f));
     let index_bytes: Option<Vec<u8>> = report
@@ -233,8 +233,11 @@ fn compute_virtuals(model: &ResolvedModel, modified: SystemTime) -> Virtuals {
         .as_ref()
         .filter(|_| shard_count >= 2 || cached_index.is_some())
         .map(|i| i.to_json_string().into_bytes());
-    let original: Option<Vec<u8>> =
-        cached_index.and_then(|f| read_small(f.readable()?, INDEX_MAX, &mut 0).ok());
+    // As the check read it; read here only when the check did not (an LFS pointer).
+    let original: Option<Vec<u8>> = match report.index_bytes.take() {
+        Some(bytes) => Some(bytes).filter(|b| b.len() as u64 <= INDEX_MAX),
+        None => cached_index.and_then(|f| read_small(f.readable()?, INDEX_MAX, &mut 0).ok()),
+    };
     let orig_index = matches!((&index_bytes, &original), (Some(a), Some(b)) if a != b);
     let repairs: Vec<Value> = if index_bytes.is_some() {
         report

@@ -67,6 +67,9 @@ pub struct HealthReport {
     pub rebuilt_index: Option<WeightIndex>,
     /// Bytes this check read from the model's files (headers and small metadata files only).
     pub bytes_read: u64,
+    /// The model's own index file as this check read it (when it did): whoever compares it
+    /// with the rebuilt index need not read it again.
+    pub index_bytes: Option<Vec<u8>>,
     /// Total size of the model's present files.
     pub size_bytes: u64,
 }
@@ -176,6 +179,7 @@ struct Checker<'m> {
     bytes_read: u64,
     /// Whole contents of the small files already read (by the LFS sniff), so no file is read twice.
     small_files: BTreeMap<String, Vec<u8>>,
+    index_bytes: Option<Vec<u8>>,
 }
 
 impl<'m> Checker<'m> {
@@ -186,6 +190,7 @@ impl<'m> Checker<'m> {
             notes: Vec::new(),
             bytes_read: 0,
             small_files: BTreeMap::new(),
+            index_bytes: None,
         }
     }
 
@@ -283,6 +288,7 @@ impl<'m> Checker<'m> {
             rebuilt_index,
             bytes_read: self.bytes_read,
             size_bytes,
+            index_bytes: self.index_bytes,
         }
     }
 
@@ -556,10 +562,14 @@ impl<'m> Checker<'m> {
         if index_file.readable().is_none() {
             return rebuilt;
         }
-        let parsed = self
-            .read(index_file, 256 * 1024 * 1024)
-            .map_err(|e| e.to_string())
-            .and_then(|b| WeightIndex::parse(&b));
+        let parsed = match self.read(index_file, 256 * 1024 * 1024) {
+            Ok(bytes) => {
+                let parsed = WeightIndex::parse(&bytes);
+                self.index_bytes = Some(bytes);
+                parsed
+            }
+            Err(e) => Err(e.to_string()),
+        };
         let on_disk = match parsed {
             Ok(i) => i,
             Err(why) => {
