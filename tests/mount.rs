@@ -354,6 +354,36 @@ fn models_pulled_or_removed_while_mounted_appear_and_disappear() {
         listed(&org) == vec!["Fresh-4bit".to_string()]
     });
     assert!(org.join("Fresh-4bit/config.json").exists());
+    // A repo that appeared while mounted is covered by the watcher once its directories are
+    // watched: a moved refs/main is seen through the watcher's word, not only a timeout.
+    let fresh_layers = || -> u64 {
+        fs::read(org.join("Fresh-4bit/config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|c| c["num_hidden_layers"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = fresh_layers();
+    let deeper = mlxk_fs::testkit::LlamaSpec {
+        layers: before as usize + 1,
+        ..mlxk_fs::testkit::LlamaSpec::default()
+    };
+    let v2 = cache
+        .add_snapshot(
+            "new-org/Fresh-4bit",
+            "v2",
+            &mlxk_fs::testkit::llama_model_files(&deeper, 1, false, "mlx"),
+        )
+        .unwrap();
+    // Past the one-second time an answer lasts without the watcher.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fresh_layers(), before);
+    cache.set_ref("new-org/Fresh-4bit", "main", &v2).unwrap();
+    wait_until(
+        "refs/main of a new repo followed",
+        Duration::from_secs(2),
+        || fresh_layers() == before + 1,
+    );
     // A second model in an existing org.
     cache
         .add_model("mlx-community/Also-new", "v1", &files)
