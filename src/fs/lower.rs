@@ -169,12 +169,16 @@ impl Watches {
     /// Whether an answer about `repo` read at `tick` still holds without looking again.
     fn holds(&self, repo: &str, tick: u64) -> bool {
         let covered_before = self.covered.get(repo).is_some_and(|w| *w < tick);
-        let unchanged_since = self.invalidated.get(repo).is_none_or(|i| *i < tick)
+        covered_before && self.unchanged_since(repo, tick)
+    }
+
+    /// Whether neither `repo` nor everything was invalidated after `tick`.
+    fn unchanged_since(&self, repo: &str, tick: u64) -> bool {
+        self.invalidated.get(repo).is_none_or(|i| *i < tick)
             && self
                 .all_invalidated
                 .load(std::sync::atomic::Ordering::SeqCst)
-                < tick;
-        covered_before && unchanged_since
+                < tick
     }
 }
 
@@ -376,10 +380,23 @@ impl LowerTree {
         if let Some(v) = self.views.get(&key) {
             return Some(v.clone());
         }
+        let started = self.watches.tick();
         let model = open_snapshot(&self.cache, repo, snapshot).ok()?;
         let view = Arc::new(ModelView::new(model, self.view_cache.clone()));
-        self.views.insert(key, view.clone());
+        self.keep_view(key, &view, started);
         Some(view)
+    }
+
+    /// Keeps `view`, whose snapshot walk began at tick `started`, unless the repo was
+    /// invalidated since: the walk may have seen the repo before that change, and a view kept
+    /// after the invalidation ran would outlive it. In first, checked after (as the watcher
+    /// marks the invalidation before it drops views, one side or the other takes it out).
+    fn keep_view(&self, key: (String, String), view: &Arc<ModelView>, started: u64) {
+        self.views.insert(key.clone(), view.clone());
+        if !self.watches.unchanged_since(&key.0, started) {
+            self.views
+                .remove_if(&key, |_, kept| Arc::ptr_eq(kept, view));
+        }
     }
 
     /// The node at `path` ("" = the root).
@@ -762,6 +779,34 @@ mod tests {
             "read before everything was invalidated"
         );
         assert!(w.holds("r", w.tick()));
+    }
+
+    /// A view whose walk began before the watcher invalidated its repo is served to the one
+    /// who asked but not kept: the next lookup walks the snapshot again.
+    #[test]
+    fn a_view_walked_across_an_invalidation_is_not_kept() {
+        let (_tmp, _fx, lower) = tree(LONG);
+        let build = || {
+            let (repo, snapshot) = lower.default_snapshot("org/a").unwrap();
+            let key = (repo.repo_id.clone(), snapshot.sha.clone());
+            let model = open_snapshot(&lower.cache, repo, snapshot).unwrap();
+            (key, Arc::new(ModelView::new(model, None)))
+        };
+        let started = lower.watches.tick();
+        let (key, view) = build();
+        lower.invalidate_repo("org/a");
+        lower.keep_view(key.clone(), &view, started);
+        assert!(
+            lower.views.get(&key).is_none(),
+            "a view older than the change was kept"
+        );
+        let started = lower.watches.tick();
+        let (key, view) = build();
+        lower.keep_view(key.clone(), &view, started);
+        assert!(lower
+            .views
+            .get(&key)
+            .is_some_and(|v| Arc::ptr_eq(&v, &view)));
     }
 
     /// What a view computed is kept across trees (a remount reads no header), and a snapshot
