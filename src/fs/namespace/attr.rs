@@ -9,7 +9,22 @@ use super::*;
 use crate::fs::lower::LowerNode;
 
 impl Namespace {
+    /// What `node` is now; a cache, virtual or generated file is first checked to be still
+    /// what its place shows (ESTALE when not).
     pub(super) fn info_of(&self, node: &Node) -> NsResult<NodeInfo> {
+        self.info(node, true)
+    }
+
+    /// [`Namespace::info_of`] of a node that was just found at its place, under the tree lock
+    /// held since: that finding is the check (made again, it doubled every lookup's work).
+    pub(super) fn info_of_found(&self, node: &Node) -> NsResult<NodeInfo> {
+        self.info(node, false)
+    }
+
+    fn info(&self, node: &Node, check_shown: bool) -> NsResult<NodeInfo> {
+        let stale = |node: &Node| {
+            check_shown && !self.still_shown(node) && !node.detached.load(Ordering::Acquire)
+        };
         match &node.kind {
             NodeKind::Dir { .. } => {
                 let path = self.path_of(node.ino)?;
@@ -38,13 +53,13 @@ impl Namespace {
                 },
             },
             NodeKind::Lower { node: lower, .. } => {
-                if !self.still_shown(node) && !node.detached.load(Ordering::Acquire) {
+                if stale(node) {
                     return Err(NsError::Stale);
                 }
                 self.lower_info(node.ino, lower)
             }
             NodeKind::Generated { bytes } => {
-                if !self.still_shown(node) && !node.detached.load(Ordering::Acquire) {
+                if stale(node) {
                     return Err(NsError::Stale);
                 }
                 Ok(self.synthetic(

@@ -183,10 +183,11 @@ impl Namespace {
         node
     }
 
-    /// A lookup's answer: the node, referenced, and its attributes.
+    /// A lookup's answer: the node, referenced, and its attributes. `found` is fresh: the
+    /// caller found it at `parent`/`name` under the tree lock it still holds.
     pub(super) fn entry_for(&self, parent: u64, name: &OsStr, found: Found) -> NsResult<NodeInfo> {
         let node = self.node_for(parent, name, found, true);
-        match self.info_of(&node) {
+        match self.info_of_found(&node) {
             Ok(info) => Ok(info),
             Err(e) => {
                 self.forget(node.ino, 1);
