@@ -142,7 +142,15 @@ struct Resolved {
     at: std::time::Instant,
     /// [`Watches::tick`] taken before the repo was read.
     tick: u64,
-    found: Option<(ModelRepo, Snapshot, SystemTime)>,
+    /// Shared, not copied, by every lookup that asks (each would copy four paths and names).
+    found: Option<Arc<DefaultSnapshot>>,
+}
+
+#[derive(Debug)]
+struct DefaultSnapshot {
+    repo: ModelRepo,
+    snapshot: Snapshot,
+    mtime: SystemTime,
 }
 
 /// What lets an answer about a repo outlive [`REPO_LIST_TTL`]: the cache watcher covers every
@@ -327,7 +335,7 @@ impl LowerTree {
     }
 
     /// `repo`, its default snapshot and its directory's mtime (see `defaults`).
-    fn resolved(&self, repo: &str) -> Option<(ModelRepo, Snapshot, SystemTime)> {
+    fn resolved(&self, repo: &str) -> Option<Arc<DefaultSnapshot>> {
         if let Some(hit) = self.defaults.get(repo) {
             if hit.at.elapsed() < self.ttl || self.watches.holds(repo, hit.tick) {
                 return hit.found.clone();
@@ -336,7 +344,13 @@ impl LowerTree {
         let tick = self.watches.tick();
         let found = self.cache.repo_with_metadata(repo).and_then(|(r, meta)| {
             let mtime = meta.modified().unwrap_or(self.started);
-            r.default_snapshot().map(|s| (r, s, mtime))
+            r.default_snapshot().map(|snapshot| {
+                Arc::new(DefaultSnapshot {
+                    repo: r,
+                    snapshot,
+                    mtime,
+                })
+            })
         });
         let resolved = Resolved {
             at: std::time::Instant::now(),
@@ -347,22 +361,19 @@ impl LowerTree {
         found
     }
 
-    /// `repo` and its default snapshot.
-    fn default_snapshot(&self, repo: &str) -> Option<(ModelRepo, Snapshot)> {
-        self.resolved(repo).map(|(r, s, _)| (r, s))
-    }
-
     /// The view of `repo` at `rev` (default snapshot when `None`).
     pub fn view(&self, repo: &str, rev: Option<&str>) -> Option<Arc<ModelView>> {
-        let (repo_handle, snapshot) = match rev {
-            None => self.default_snapshot(repo)?,
+        match rev {
+            None => {
+                let default = self.resolved(repo)?;
+                self.cached_or_build(&default.repo, &default.snapshot)
+            }
             Some(r) => {
                 let repo_handle = self.cache.repo(repo)?;
                 let snapshot = find_revision(&repo_handle, r).ok()?;
-                (repo_handle, snapshot)
+                self.cached_or_build(&repo_handle, &snapshot)
             }
-        };
-        self.cached_or_build(repo_handle, snapshot)
+        }
     }
 
     /// The view of a snapshot by sha, building it if needed.
@@ -372,16 +383,16 @@ impl LowerTree {
         }
         let repo_handle = self.cache.repo(repo)?;
         let snapshot = repo_handle.snapshots().into_iter().find(|s| s.sha == sha)?;
-        self.cached_or_build(repo_handle, snapshot)
+        self.cached_or_build(&repo_handle, &snapshot)
     }
 
-    fn cached_or_build(&self, repo: ModelRepo, snapshot: Snapshot) -> Option<Arc<ModelView>> {
+    fn cached_or_build(&self, repo: &ModelRepo, snapshot: &Snapshot) -> Option<Arc<ModelView>> {
         let key = (repo.repo_id.clone(), snapshot.sha.clone());
         if let Some(v) = self.views.get(&key) {
             return Some(v.clone());
         }
         let started = self.watches.tick();
-        let model = open_snapshot(&self.cache, repo, snapshot).ok()?;
+        let model = open_snapshot(&self.cache, repo.clone(), snapshot.clone()).ok()?;
         let view = Arc::new(ModelView::new(model, self.view_cache.clone()));
         self.keep_view(key, &view, started);
         Some(view)
@@ -455,7 +466,7 @@ impl LowerTree {
 
     fn model_exists(&self, repo: &str, rev: Option<&str>) -> bool {
         match rev {
-            None => self.default_snapshot(repo).is_some(),
+            None => self.resolved(repo).is_some(),
             Some(rev) => self
                 .cache
                 .repo(repo)
@@ -536,7 +547,7 @@ impl LowerTree {
         };
         Some(match node {
             LowerNode::Root | LowerNode::Org(_) => dir(mtime_of(self.cache.root())),
-            LowerNode::Model { repo, rev: None } => dir(self.resolved(repo)?.2),
+            LowerNode::Model { repo, rev: None } => dir(self.resolved(repo)?.mtime),
             LowerNode::Model {
                 repo,
                 rev: Some(rev),
@@ -787,7 +798,8 @@ mod tests {
     fn a_view_walked_across_an_invalidation_is_not_kept() {
         let (_tmp, _fx, lower) = tree(LONG);
         let build = || {
-            let (repo, snapshot) = lower.default_snapshot("org/a").unwrap();
+            let default = lower.resolved("org/a").unwrap();
+            let (repo, snapshot) = (default.repo.clone(), default.snapshot.clone());
             let key = (repo.repo_id.clone(), snapshot.sha.clone());
             let model = open_snapshot(&lower.cache, repo, snapshot).unwrap();
             (key, Arc::new(ModelView::new(model, None)))
