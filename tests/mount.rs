@@ -310,6 +310,16 @@ fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
     assert!(st.blocks() > 0);
 }
 
+/// `num_hidden_layers` of the model directory's config.json as the mount shows it now (0 while
+/// it cannot be read: the tests wait for a change).
+fn layers_shown(model_dir: &Path) -> u64 {
+    fs::read(model_dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| c["num_hidden_layers"].as_u64())
+        .unwrap_or(0)
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -356,13 +366,7 @@ fn models_pulled_or_removed_while_mounted_appear_and_disappear() {
     assert!(org.join("Fresh-4bit/config.json").exists());
     // A repo that appeared while mounted is covered by the watcher once its directories are
     // watched: a moved refs/main is seen through the watcher's word, not only a timeout.
-    let fresh_layers = || -> u64 {
-        fs::read(org.join("Fresh-4bit/config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|c| c["num_hidden_layers"].as_u64())
-            .unwrap_or(0)
-    };
+    let fresh_layers = || layers_shown(&org.join("Fresh-4bit"));
     let before = fresh_layers();
     let deeper = mlxk_fs::testkit::LlamaSpec {
         layers: before as usize + 1,
@@ -402,13 +406,7 @@ fn models_pulled_or_removed_while_mounted_appear_and_disappear() {
     // refs/main moves: the default view follows.
     let repo = "test-org/Multi-snap";
     let new_sha = mlxk_fs::testkit::fake_sha("test-org/Multi-snap@new");
-    let layers = || -> u64 {
-        fs::read(m.path(&format!("{repo}/config.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|c| c["num_hidden_layers"].as_u64())
-            .unwrap_or(0)
-    };
+    let layers = || layers_shown(&m.path(repo));
     assert_eq!(layers(), 2);
     cache.set_ref(repo, "main", &new_sha).unwrap();
     wait_until("refs/main followed", Duration::from_secs(2), || {

@@ -137,7 +137,7 @@ struct CachedIndex {
 
 /// A repo's default snapshot as resolved, and the repo directory's mtime (the model
 /// directory's own time in the mount).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Resolved {
     at: std::time::Instant,
     /// [`Watches::tick`] taken before the repo was read.
