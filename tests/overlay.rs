@@ -891,6 +891,99 @@ fn run(cmd: &mut std::process::Command) -> String {
 }
 
 /// git, rsync, cp and tar in workspaces of the mount, as users run them.
+/// A directory stream of libc's (`opendir`), closed when dropped: a failed assertion must
+/// not leave a directory of the mount open, or the mount cannot go away.
+struct DirStream(*mut libc::DIR);
+
+impl DirStream {
+    fn open(dir: &Path) -> DirStream {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        let stream = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(
+            !stream.is_null(),
+            "opendir: {}",
+            std::io::Error::last_os_error()
+        );
+        DirStream(stream)
+    }
+
+    /// The names the stream returns until its end, sorted (`.`/`..` left out).
+    fn read_to_end(&mut self) -> Vec<String> {
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: the stream is open; the entry is read before the next call.
+            let name = unsafe {
+                let entry = libc::readdir(self.0);
+                if entry.is_null() {
+                    break;
+                }
+                std::ffi::CStr::from_ptr((*entry).d_name.as_ptr())
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names
+    }
+
+    fn rewind(&mut self) {
+        // SAFETY: the stream is open.
+        unsafe { libc::rewinddir(self.0) }
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream is open, and closed once.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+/// A directory stream lists the directory as it is at its first read — not as it was at
+/// opendir: the daemon takes the listing at the first read — and again as it is then after
+/// rewinddir.
+#[test]
+fn a_directory_stream_lists_the_directory_at_its_first_read_and_again_after_rewinddir() {
+    if !fuse_available("a_directory_stream_lists_the_directory_at_its_first_read") {
+        return;
+    }
+    let fx = Fixture::new();
+    let before_cache = tree_state(&fx.cache);
+    let m = mount(&fx, &["--no-passthrough"]);
+    let model = m.path("mlx-community/Llama-tiny-f16");
+    let before = names(&model);
+    assert!(before.contains(&"README.md".to_string()), "{before:?}");
+    let shown = |add: &str, gone: &[&str]| {
+        let mut v: Vec<String> = before
+            .iter()
+            .filter(|n| !gone.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        v.push(add.to_string());
+        v.sort();
+        v
+    };
+    let (first, again) = {
+        let mut stream = DirStream::open(&model);
+        fs::write(model.join("added.txt"), b"x").unwrap();
+        fs::remove_file(model.join("README.md")).unwrap();
+        let first = stream.read_to_end();
+        fs::write(model.join("later.txt"), b"y").unwrap();
+        fs::remove_file(model.join("added.txt")).unwrap();
+        stream.rewind();
+        (first, stream.read_to_end())
+    };
+    assert_eq!(first, shown("added.txt", &["README.md"]), "the first read");
+    assert_eq!(again, shown("later.txt", &["README.md"]), "after rewinddir");
+    assert_eq!(names(&model), again);
+    drop(m);
+    assert_eq!(before_cache, tree_state(&fx.cache), "the cache changed");
+}
+
 #[test]
 fn ordinary_tools_just_work() {
     if !fuse_available("ordinary_tools_just_work") {

@@ -50,12 +50,18 @@ impl Handle {
     }
 }
 
+/// A directory handle's names, once its first read took them.
+struct Listing {
+    names: Option<Arc<[OsString]>>,
+}
+
 #[derive(Default)]
 pub(crate) struct Handles {
     files: DashMap<u64, Handle>,
-    /// Directory listings, taken at opendir (and at each rewind), so that entries removed
-    /// while a reader walks the directory do not shift what it has not seen yet.
-    dirs: DashMap<u64, Vec<OsString>>,
+    /// Directory listings, taken at the first read (and at each rewind), so that entries
+    /// removed while a reader walks the directory do not shift what it has not seen yet. Not
+    /// at opendir: the first read comes from offset 0 and would list the directory again.
+    dirs: DashMap<u64, Listing>,
     next_fh: AtomicU64,
     /// One backing id per inode, shared by its open handles, dropped with the last of them.
     backing: Mutex<HashMap<u64, Weak<BackingId>>>,
@@ -105,12 +111,37 @@ impl Handles {
         Ok(id)
     }
 
-    pub(crate) fn set_listing(&self, fh: u64, names: Vec<OsString>) {
-        self.dirs.insert(fh, names);
+    /// A directory handle `fh`, its listing not taken yet.
+    pub(crate) fn open_dir(&self, fh: u64) {
+        self.dirs.insert(fh, Listing { names: None });
     }
 
-    pub(crate) fn listing(&self, fh: u64) -> Option<Vec<OsString>> {
-        self.dirs.get(&fh).map(|n| n.clone())
+    /// The listing handle `fh` reads at `offset`, taken by `list` at the first read and again
+    /// whenever a read starts over from offset 0 (rewinddir). Shared, not copied: a large
+    /// directory is read in many requests.
+    pub(crate) fn listing<E>(
+        &self,
+        fh: u64,
+        offset: u64,
+        list: impl FnOnce() -> Result<Vec<OsString>, E>,
+        closed: E,
+    ) -> Result<Arc<[OsString]>, E> {
+        match self.dirs.get(&fh) {
+            None => return Err(closed),
+            Some(entry) => match &entry.names {
+                Some(names) if offset != 0 => return Ok(Arc::clone(names)),
+                _ => {}
+            },
+        }
+        // Listed without the map's lock held: a large directory takes a while.
+        let names: Arc<[OsString]> = list()?.into();
+        match self.dirs.get_mut(&fh) {
+            None => Err(closed),
+            Some(mut entry) => {
+                entry.names = Some(Arc::clone(&names));
+                Ok(names)
+            }
+        }
     }
 
     pub(crate) fn remove_listing(&self, fh: u64) {

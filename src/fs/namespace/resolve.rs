@@ -289,6 +289,13 @@ impl Namespace {
         self.entry_for(parent, name, found)
     }
 
+    /// Whether `ino` is a directory still in the tree (what opening it for reading needs).
+    pub fn check_dir(&self, ino: u64) -> NsResult<()> {
+        let _g = self.read_tree();
+        self.dir_node(ino)?;
+        self.path_of(ino).map(drop)
+    }
+
     /// The names of directory `ino` (`.`/`..` excluded).
     pub fn list(&self, ino: u64) -> NsResult<Vec<OsString>> {
         let _g = self.read_tree();
