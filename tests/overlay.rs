@@ -890,7 +890,6 @@ fn run(cmd: &mut std::process::Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// git, rsync, cp and tar in workspaces of the mount, as users run them.
 /// A directory stream of libc's (`opendir`), closed when dropped: a failed assertion must
 /// not leave a directory of the mount open, or the mount cannot go away.
 struct DirStream(*mut libc::DIR);
@@ -984,6 +983,7 @@ fn a_directory_stream_lists_the_directory_at_its_first_read_and_again_after_rewi
     assert_eq!(before_cache, tree_state(&fx.cache), "the cache changed");
 }
 
+/// git, rsync, cp and tar in workspaces of the mount, as users run them.
 #[test]
 fn ordinary_tools_just_work() {
     if !fuse_available("ordinary_tools_just_work") {
