@@ -310,6 +310,60 @@ fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
     assert!(st.blocks() > 0);
 }
 
+/// A reader walking an org's models in order (`ls -lR`) finds the next models' views built
+/// ahead of it; listing the org alone builds none, and what a view built ahead shows is the
+/// model as it is.
+#[test]
+fn the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order() {
+    if !fuse_available("the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order") {
+        return;
+    }
+    let fx = Fixture::new();
+    let cache = mlxk_fs::testkit::FixtureCache {
+        root: fx.cache.clone(),
+    };
+    let files = mlxk_fs::testkit::llama_model_files(
+        &mlxk_fs::testkit::LlamaSpec::default(),
+        2,
+        true,
+        "mlx",
+    );
+    for i in 0..4 {
+        cache
+            .add_model(&format!("walk/m{i}"), "v1", &files)
+            .unwrap();
+    }
+    let m = mount(&fx, "mnt", &[]);
+    let list = |p: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(list(&m.path("walk")), ["m0", "m1", "m2", "m3"]);
+    assert_eq!(m.counters()["models_viewed"], 0);
+    let m0 = list(&m.path("walk/m0"));
+    assert_eq!(
+        m.counters()["views_read_ahead"],
+        0,
+        "one model is not a walk"
+    );
+    assert_eq!(list(&m.path("walk/m1")), m0);
+    wait_until(
+        "the views of m2 and m3 built ahead",
+        Duration::from_secs(5),
+        || {
+            let c = m.counters();
+            c["views_read_ahead"] == 2 && c["models_viewed"] == 4
+        },
+    );
+    assert!(m.counters()["header_bytes_read"].as_u64().unwrap() > 0);
+    assert_eq!(list(&m.path("walk/m3")), m0);
+    assert_eq!(layers_shown(&m.path("walk/m3")), 2);
+}
+
 /// `num_hidden_layers` of the model directory's config.json as the mount shows it now (0 while
 /// it cannot be read: the tests wait for a change).
 fn layers_shown(model_dir: &Path) -> u64 {

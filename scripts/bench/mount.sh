@@ -8,13 +8,15 @@
 #     model: from the snapshot directory vs through both mounts;
 #  3. N models (default 10,000; MANY_MODELS=N): mount until serving, `ls -lR` of the whole mount,
 #     then unmount, mount again (the view cache kept) and `ls -lR` again; header bytes read
-#     again, daemon RSS.
+#     again, daemon RSS; beside it, the same `ls -lR` of a FUSE file system that does no work
+#     (examples/fuse_floor.rs: the tree's shape in memory, the daemon's session settings — the
+#     cost of the requests alone) and of fuse-overlayfs over the same tree as plain files.
 #
 #   scripts/bench/mount.sh [RUNS]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-3}
-cargo build --release --quiet --bin mlxk-fs --example fixture_cache
+cargo build --release --quiet --bin mlxk-fs --example fixture_cache --example fuse_floor
 fs=$PWD/target/release/mlxk-fs
 fixture=$PWD/target/release/examples/fixture_cache
 py=$(scripts/peers.sh)
@@ -137,3 +139,33 @@ for round in first "after a remount"; do
     "$(awk "BEGIN{printf \"%.2f\", $(( c1 - c0 ))/100}")" "$headers" "$from_cache" "$rss"
   "$fs" umount "$work/mnt-many" >/dev/null
 done
+# The same listing elsewhere: the floor of the requests, and a peer union file system, both
+# over a tree of the mount's shape: every model with the nine names of bench-model-0001 (two
+# shards; the fixture's models have one to four, 9.5 names on average).
+listing() { # dir: seconds of `ls -lR dir`, and its entries
+  local t0 t1 entries
+  t0=$(date +%s%N); entries=$(ls -lR "$1" | wc -l); t1=$(date +%s%N)
+  printf '%s (%d)' "$(awk "BEGIN{printf \"%.2f\", $(( t1 - t0 ))/1e9}")" "$entries"
+}
+"$fs" mount "$work/mnt-many" --cache "$work/hub-many" --overlay "$work/ov-many" --no-passthrough >/dev/null
+mapfile -t names < <(ls -A "$work/mnt-many/mlx-community/bench-model-0001")
+"$fs" umount "$work/mnt-many" >/dev/null
+mkdir -p "$work/mnt-floor"
+"$(dirname "$fixture")/fuse_floor" "$work/mnt-floor" "$n_models" "${names[@]}" &
+floor_pid=$!
+for _ in $(seq 100); do mountpoint -q "$work/mnt-floor" && break; sleep 0.1; done
+printf '| fuse_floor: the requests alone, no work | | %s | | | | |\n' "$(listing "$work/mnt-floor")"
+umount "$work/mnt-floor"; wait "$floor_pid" || true
+command -v fuse-overlayfs >/dev/null 2>&1 \
+  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse-overlayfs >/dev/null 2>&1 || true
+if command -v fuse-overlayfs >/dev/null 2>&1; then
+  for i in $(seq 0 $(( n_models - 1 ))); do
+    d=$work/plain-many/mlx-community/$(printf 'bench-model-%04d' "$i")
+    mkdir -p "$d" && (cd "$d" && touch "${names[@]}")
+  done
+  mkdir -p "$work/mnt-fo-many"
+  fuse-overlayfs -o "lowerdir=$work/plain-many" "$work/mnt-fo-many" 2>/dev/null
+  printf '| fuse-overlayfs %s, the same tree as plain files | | %s | | | | |\n' \
+    "$(dpkg-query -W -f '${Version}' fuse-overlayfs 2>/dev/null || true)" "$(listing "$work/mnt-fo-many")"
+  umount "$work/mnt-fo-many"
+fi

@@ -307,6 +307,18 @@ pub fn serve(opts: &MountOptions, on_ready: impl FnOnce(&MountRecord)) -> Result
                 };
             }
         })?;
+    let (ahead_tx, ahead_rx) = std::sync::mpsc::channel::<String>();
+    ns.lower().set_readahead(ahead_tx);
+    // Weak: the namespace holds the sender, so the thread ends when the namespace goes.
+    let ahead_ns = Arc::downgrade(&ns);
+    std::thread::Builder::new()
+        .name("mlxk-fs-ahead".into())
+        .spawn(move || {
+            for repo in ahead_rx {
+                let Some(ns) = ahead_ns.upgrade() else { return };
+                ns.lower().build_ahead(&repo);
+            }
+        })?;
     if let Err(e) = super::watch::start(ns.clone()) {
         tracing::warn!(
             "cannot watch the cache for changes ({e}): new models appear within a second anyway"

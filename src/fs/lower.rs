@@ -7,7 +7,8 @@
 use crate::fs::FastHash;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -96,6 +97,35 @@ pub struct LowerTree {
     started: SystemTime,
     /// Views' virtual files kept across mounts (none: computed from the headers every time).
     view_cache: Option<Arc<ViewCache>>,
+    /// Views being built, so that one build serves every caller that asks meanwhile (a reader
+    /// that reaches a model the read-ahead is building waits for that build).
+    building: DashMap<(String, String), Arc<ViewBuild>, FastHash>,
+    /// Views built ahead of a reader that walks an org's models in order.
+    readahead: Readahead,
+}
+
+/// One build of a view, awaited by every caller that asks while it runs (`None`: the snapshot
+/// could not be opened).
+type ViewBuild = OnceLock<Option<Arc<ModelView>>>;
+
+/// How many models ahead of a reader walking an org in order their views are built.
+const READAHEAD_VIEWS: usize = 8;
+
+/// Read-ahead for views. `ls -lR`, `du` or `find` walk an org's model directories one after
+/// the other, and each first listing of a model builds its view (the snapshot's walk, the
+/// view cache or the headers) inside a request the reader waits for. Once a reader lists a
+/// model right after a sibling before it, the views of the next [`READAHEAD_VIEWS`] models are
+/// built on a thread of their own, on a core the chain of requests leaves idle. A model listed
+/// alone, or an org's own listing, builds nothing ahead.
+#[derive(Default)]
+struct Readahead {
+    /// Where the repo ids to build go (the daemon's read-ahead thread; none: no read-ahead).
+    to_build: OnceLock<Mutex<mpsc::Sender<String>>>,
+    /// The model directory last listed (org, position in the org) and the position up to which
+    /// views were asked for.
+    last: Mutex<Option<(String, usize, usize)>>,
+    /// Views asked for ahead of a reader.
+    asked: AtomicUsize,
 }
 
 /// The cache's repos as the root and the org directories show them: lookups are a map probe,
@@ -208,6 +238,73 @@ impl LowerTree {
             ttl: REPO_LIST_TTL,
             started: SystemTime::now(),
             view_cache: None,
+            building: DashMap::default(),
+            readahead: Readahead::default(),
+        }
+    }
+
+    /// Sends the repos whose views are worth building ahead of a reader to `to_build`, whose
+    /// receiver calls [`LowerTree::build_ahead`] for each.
+    pub fn set_readahead(&self, to_build: mpsc::Sender<String>) {
+        let _ = self.readahead.to_build.set(Mutex::new(to_build));
+    }
+
+    /// Builds the view of `repo`'s default snapshot, virtual files included, unless it is
+    /// built already (the read-ahead thread's work).
+    pub fn build_ahead(&self, repo: &str) {
+        if let Some(view) = self.view(repo, None) {
+            view.virtuals();
+        }
+    }
+
+    /// Views asked for ahead of a reader so far.
+    pub fn views_read_ahead(&self) -> usize {
+        self.readahead.asked.load(Ordering::Relaxed)
+    }
+
+    /// A reader listed model directory `repo`: when it came right after a sibling listed
+    /// before it, the views of the next models of the org are asked for.
+    fn read_ahead(&self, repo: &str) {
+        let Some(to_build) = self.readahead.to_build.get() else {
+            return;
+        };
+        let Some((org, name)) = repo.split_once('/') else {
+            return;
+        };
+        let index = self.repo_index();
+        let Some(names) = index.orgs.get(org) else {
+            return;
+        };
+        let Ok(pos) = names.binary_search_by(|n| n.as_str().cmp(name)) else {
+            return;
+        };
+        let (from, to) = {
+            let mut last = self
+                .readahead
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let (from, to) = match last.as_ref() {
+                // Forward within the window from the model listed last: a walk in order
+                // (a reader that sorts names its own way may skip a few).
+                Some((o, p, ahead)) if o == org && pos > *p && pos <= p + READAHEAD_VIEWS => {
+                    let to = (pos + 1 + READAHEAD_VIEWS).min(names.len());
+                    ((*ahead).max(pos + 1), to)
+                }
+                _ => (pos + 1, pos + 1),
+            };
+            *last = Some((org.to_string(), pos, to.max(from)));
+            (from, to)
+        };
+        if from >= to {
+            return;
+        }
+        let to_build = to_build.lock().unwrap_or_else(|p| p.into_inner());
+        for name in &names[from..to] {
+            if to_build.send(format!("{org}/{name}")).is_err() {
+                return;
+            }
+            self.readahead.asked.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -391,11 +488,21 @@ impl LowerTree {
         if let Some(v) = self.views.get(&key) {
             return Some(v.clone());
         }
-        let started = self.watches.tick();
-        let model = open_snapshot(&self.cache, repo.clone(), snapshot.clone()).ok()?;
-        let view = Arc::new(ModelView::new(model, self.view_cache.clone()));
-        self.keep_view(key, &view, started);
-        Some(view)
+        // One build for every caller meanwhile: the others wait for it instead of walking the
+        // snapshot again. A view the watcher invalidated during the build is still the answer
+        // of this call (as it is for the builder), but it is not kept.
+        let build = self.building.entry(key.clone()).or_default().clone();
+        let view = build
+            .get_or_init(|| {
+                let started = self.watches.tick();
+                let model = open_snapshot(&self.cache, repo.clone(), snapshot.clone()).ok()?;
+                let view = Arc::new(ModelView::new(model, self.view_cache.clone()));
+                self.keep_view(key.clone(), &view, started);
+                Some(view)
+            })
+            .clone();
+        self.building.remove_if(&key, |_, b| Arc::ptr_eq(b, &build));
+        view
     }
 
     /// Keeps `view`, whose snapshot walk began at tick `started`, unless the repo was
@@ -521,7 +628,12 @@ impl LowerTree {
                 })
                 .collect(),
             LowerNode::Model { repo, rev } => match self.view(repo, rev.as_deref()) {
-                Some(view) => view_children(&view, ""),
+                Some(view) => {
+                    if rev.is_none() {
+                        self.read_ahead(repo);
+                    }
+                    view_children(&view, "")
+                }
                 None => vec![],
             },
             LowerNode::Dir { repo, sha, rel } => match self.view_at(repo, sha) {
@@ -674,6 +786,88 @@ mod tests {
         lower.invalidate_repo("org/b");
         assert_eq!(names(&lower, &LowerNode::Org("org".into())), ["a", "b"]);
         assert_eq!(names(&lower, &LowerNode::Root), ["gpt2", "new", "org"]);
+    }
+
+    /// A tree over `org/m00` .. `org/m{n-1}` whose read-ahead requests land in the receiver.
+    fn tree_of(n: usize) -> (tempfile::TempDir, LowerTree, mpsc::Receiver<String>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let fx = FixtureCache::create(&tmp.path().join("hub")).unwrap();
+        let files = llama_model_files(&LlamaSpec::default(), 1, false, "mlx");
+        for i in 0..n {
+            fx.add_model(&format!("org/m{i:02}"), "v1", &files).unwrap();
+        }
+        let lower = LowerTree::new(HubCache::open(&fx.root).unwrap());
+        let (tx, rx) = mpsc::channel();
+        lower.set_readahead(tx);
+        (tmp, lower, rx)
+    }
+
+    fn model(i: usize) -> LowerNode {
+        LowerNode::Model {
+            repo: format!("org/m{i:02}"),
+            rev: None,
+        }
+    }
+
+    /// A reader that lists model after model gets the next models' views built ahead of it;
+    /// an org's listing, or a model listed out of order, asks for nothing, and nothing is
+    /// asked twice.
+    #[test]
+    fn views_are_read_ahead_of_a_reader_walking_an_org_in_order() {
+        let (_tmp, lower, rx) = tree_of(READAHEAD_VIEWS + 7);
+        let asked = || rx.try_iter().collect::<Vec<_>>();
+        let repos =
+            |r: std::ops::Range<usize>| r.map(|i| format!("org/m{i:02}")).collect::<Vec<_>>();
+        // The org's listing builds no view and asks for none: listing stays lazy.
+        assert_eq!(
+            names(&lower, &LowerNode::Org("org".into())).len(),
+            READAHEAD_VIEWS + 7
+        );
+        assert_eq!(lower.views_len(), 0);
+        // One model listed: no walk yet.
+        names(&lower, &model(3));
+        assert!(asked().is_empty());
+        // Its sibling after it: a walk in order; the next READAHEAD_VIEWS are asked for.
+        names(&lower, &model(4));
+        assert_eq!(asked(), repos(5..5 + READAHEAD_VIEWS));
+        // One further: only the model that came into the window, then the org's last.
+        names(&lower, &model(5));
+        assert_eq!(asked(), repos(13..14));
+        names(&lower, &model(6));
+        assert_eq!(asked(), repos(14..15));
+        names(&lower, &model(7));
+        assert!(asked().is_empty());
+        // Back to the start: not a walk in order.
+        names(&lower, &model(0));
+        assert!(asked().is_empty());
+        assert_eq!(lower.views_read_ahead(), READAHEAD_VIEWS + 2);
+        assert_eq!(lower.views_len(), 6);
+        // What the read-ahead thread does with a name: the view, virtual files included.
+        lower.build_ahead("org/m09");
+        assert_eq!(lower.views_len(), 7);
+        let view = lower.view("org/m09", None).unwrap();
+        assert!(view.virtuals_bytes_read() > 0);
+    }
+
+    /// Callers that ask for a view while it is being built (a reader reaching a model the
+    /// read-ahead is building) share that one build instead of walking the snapshot again.
+    #[test]
+    fn concurrent_callers_share_one_build_of_a_view() {
+        let (_tmp, lower, _rx) = tree_of(1);
+        let start = std::sync::Barrier::new(8);
+        let views: Vec<Arc<ModelView>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        lower.view("org/m00", None).unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(views.iter().all(|v| Arc::ptr_eq(v, &views[0])));
+        assert!(lower.building.is_empty());
     }
 
     /// Without the watcher: once the index's time is up, a hub directory whose mtime moved

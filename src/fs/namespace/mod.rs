@@ -442,6 +442,7 @@ impl Namespace {
             "models_viewed": self.lower.views_len(),
             "header_bytes_read": self.lower.header_bytes_read(),
             "views_from_cache": self.lower.views_from_cache(),
+            "views_read_ahead": self.lower.views_read_ahead(),
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
