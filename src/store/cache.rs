@@ -297,6 +297,17 @@ impl ModelRepo {
         out
     }
 
+    /// The sha `refs/main` names, read as [`ModelRepo::refs`] reads every ref (a plain small
+    /// file, never through a link; anything else is no ref).
+    fn main_ref(&self) -> Option<String> {
+        let path = self.dir.join("refs").join("main");
+        if !fs::symlink_metadata(&path).ok()?.is_file() {
+            return None;
+        }
+        let bytes = super::files::read_small(&path, 4096, &mut 0).ok()?;
+        ref_sha(&String::from_utf8_lossy(&bytes)).map(str::to_string)
+    }
+
     /// Every ref (`main`, `pr/5`, tags) and the sha it names.
     pub fn refs(&self) -> BTreeMap<String, String> {
         let mut refs = BTreeMap::new();
@@ -306,6 +317,21 @@ impl ModelRepo {
 
     /// The snapshot `refs/main` names, else the newest one.
     pub fn default_snapshot(&self) -> Option<Snapshot> {
+        // Nearly every repo has refs/main and its snapshot: one ref read and one stat, instead
+        // of listing refs/ and snapshots/ (the mount resolves every model of an org to list it).
+        if let Some(sha) = self.main_ref() {
+            let dir = self.dir.join("snapshots").join(&sha);
+            // As `snapshots` sees entries: not through a link.
+            if let Ok(meta) = fs::symlink_metadata(&dir) {
+                if meta.is_dir() {
+                    return Some(Snapshot {
+                        sha,
+                        dir,
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
         let snapshots = self.snapshots();
         if let Some(sha) = self.refs().get("main") {
             if let Some(s) = snapshots.iter().find(|s| &s.sha == sha) {
@@ -315,6 +341,13 @@ impl ModelRepo {
         }
         snapshots.into_iter().next()
     }
+}
+
+/// The sha a ref file holds: 40 (or up to 64) hex digits, surrounding whitespace ignored.
+fn ref_sha(text: &str) -> Option<&str> {
+    let sha = text.trim();
+    (!sha.is_empty() && sha.len() <= 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(sha)
 }
 
 fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, depth: usize) {
@@ -345,8 +378,7 @@ fn collect_refs(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>, de
                     continue;
                 }
             };
-            let sha = text.trim();
-            if !sha.is_empty() && sha.len() <= 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Some(sha) = ref_sha(&text) {
                 out.insert(key, sha.to_string());
             }
         }
@@ -534,6 +566,53 @@ pub fn canonicalize_lenient(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use std::ffi::OsString;
+
+    /// refs/main names the default snapshot, even an older one; a ref that is no plain file of
+    /// hex digits, or that names a snapshot not downloaded (or one that is a link), leaves the
+    /// newest snapshot.
+    #[test]
+    fn the_default_snapshot_is_what_refs_main_names_else_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo_dir = tmp.path().join("models--o--m");
+        let (old, new) = ("a".repeat(40), "b".repeat(40));
+        for (sha, secs) in [(&old, 1_000_000), (&new, 2_000_000)] {
+            let dir = repo_dir.join("snapshots").join(sha);
+            fs::create_dir_all(&dir).unwrap();
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            fs::File::open(&dir).unwrap().set_modified(t).unwrap();
+        }
+        fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        let cache = HubCache::open(tmp.path()).unwrap();
+        let default = || cache.repo("o/m").unwrap().default_snapshot().unwrap().sha;
+        let main = repo_dir.join("refs/main");
+        assert_eq!(default(), new, "no refs/main: the newest");
+        fs::write(&main, format!("{old}\n")).unwrap();
+        assert_eq!(default(), old);
+        let snapshot = cache.repo("o/m").unwrap().default_snapshot().unwrap();
+        assert_eq!(snapshot.dir, repo_dir.join("snapshots").join(&old));
+        assert_eq!(
+            snapshot.modified,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)
+        );
+        fs::write(&main, "c".repeat(40)).unwrap();
+        assert_eq!(default(), new, "a snapshot not downloaded");
+        fs::write(&main, "../../elsewhere").unwrap();
+        assert_eq!(default(), new, "not a sha");
+        fs::remove_file(&main).unwrap();
+        let elsewhere = tmp.path().join("main-elsewhere");
+        fs::write(&elsewhere, &old).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &main).unwrap();
+        assert_eq!(default(), new, "a link is never followed");
+        fs::remove_file(&main).unwrap();
+        let linked = "d".repeat(40);
+        std::os::unix::fs::symlink(
+            repo_dir.join("snapshots").join(&old),
+            repo_dir.join("snapshots").join(&linked),
+        )
+        .unwrap();
+        fs::write(&main, &linked).unwrap();
+        assert_eq!(default(), new, "a snapshot that is a link");
+    }
 
     #[test]
     fn cache_root_precedence() {
