@@ -319,15 +319,7 @@ fn the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order() {
         return;
     }
     let fx = Fixture::new();
-    let cache = mlxk_fs::testkit::FixtureCache {
-        root: fx.cache.clone(),
-    };
-    let files = mlxk_fs::testkit::llama_model_files(
-        &mlxk_fs::testkit::LlamaSpec::default(),
-        2,
-        true,
-        "mlx",
-    );
+    let (cache, files) = cache_writer(&fx);
     for i in 0..4 {
         cache
             .add_model(&format!("walk/m{i}"), "v1", &files)
@@ -362,6 +354,21 @@ fn the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order() {
     assert!(m.counters()["header_bytes_read"].as_u64().unwrap() > 0);
     assert_eq!(list(&m.path("walk/m3")), m0);
     assert_eq!(layers_shown(&m.path("walk/m3")), 2);
+}
+
+/// The fixture's cache, to add models to as huggingface_hub would, and the files of a
+/// two-shard model.
+fn cache_writer(fx: &Fixture) -> (mlxk_fs::testkit::FixtureCache, Vec<(String, Vec<u8>)>) {
+    let cache = mlxk_fs::testkit::FixtureCache {
+        root: fx.cache.clone(),
+    };
+    let files = mlxk_fs::testkit::llama_model_files(
+        &mlxk_fs::testkit::LlamaSpec::default(),
+        2,
+        true,
+        "mlx",
+    );
+    (cache, files)
 }
 
 /// `num_hidden_layers` of the model directory's config.json as the mount shows it now (0 while
@@ -401,15 +408,7 @@ fn models_pulled_or_removed_while_mounted_appear_and_disappear() {
     };
     let before_root = listed(&m.mountpoint);
     // "Pull" a model: write it into the cache as huggingface_hub would.
-    let cache = mlxk_fs::testkit::FixtureCache {
-        root: fx.cache.clone(),
-    };
-    let files = mlxk_fs::testkit::llama_model_files(
-        &mlxk_fs::testkit::LlamaSpec::default(),
-        2,
-        true,
-        "mlx",
-    );
+    let (cache, files) = cache_writer(&fx);
     cache.add_model("new-org/Fresh-4bit", "v1", &files).unwrap();
     wait_until("new org listed", Duration::from_secs(2), || {
         listed(&m.mountpoint).contains(&"new-org".to_string())
