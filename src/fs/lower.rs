@@ -325,6 +325,8 @@ impl LowerTree {
         let tick = self.watches.tick();
         self.watches.invalidated.insert(repo.to_string(), tick);
         self.defaults.remove(repo);
+        // A build under way began before this change: callers from now on start their own.
+        self.building.retain(|(r, _), _| r != repo);
         let mut names = Vec::new();
         self.views.retain(|(r, _), v| {
             if r == repo {
@@ -346,6 +348,7 @@ impl LowerTree {
             .all_invalidated
             .store(tick, std::sync::atomic::Ordering::SeqCst);
         self.defaults.clear();
+        self.building.clear();
         self.views.clear();
     }
 
@@ -868,6 +871,30 @@ mod tests {
         });
         assert!(views.iter().all(|v| Arc::ptr_eq(v, &views[0])));
         assert!(lower.building.is_empty());
+    }
+
+    /// A build of a view that began before the watcher reported a change in its repo is not
+    /// the answer of a caller that asks after the report: that caller builds the view anew.
+    #[test]
+    fn a_build_under_way_across_an_invalidation_is_not_shared_with_later_callers() {
+        let (_tmp, lower, _rx) = tree_of(1);
+        let before = lower.view("org/m00", None).unwrap();
+        let key = ("org/m00".to_string(), before.sha.to_string());
+        // A file lands in the snapshot while a build that walked it before is still shared.
+        let top = before
+            .model
+            .files
+            .iter()
+            .find(|f| !f.rel_path.contains('/'));
+        let snapshot_dir = top.unwrap().path.parent().unwrap();
+        std::fs::write(snapshot_dir.join("added.txt"), b"new").unwrap();
+        lower
+            .building
+            .insert(key, Arc::new(OnceLock::from(Some(before.clone()))));
+        lower.invalidate_repo("org/m00");
+        let after = lower.view("org/m00", None).unwrap();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(names(&lower, &model(0)).contains(&"added.txt".to_string()));
     }
 
     /// Without the watcher: once the index's time is up, a hub directory whose mtime moved
