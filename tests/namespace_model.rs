@@ -724,6 +724,27 @@ fn what_is_written_where_the_overlay_was_known_absent_is_seen_at_once() {
     assert!(!ns.list(c).unwrap().iter().any(|n| n == config));
 }
 
+/// A directory's attributes are the cache's while it is known to have no overlay directory
+/// (nothing asked of the overlay), and its overlay directory's as soon as the daemon makes one:
+/// a chmod of a model directory is seen at once although its absence was just learned.
+#[test]
+fn a_directory_known_to_have_no_overlay_shows_its_overlay_attributes_once_written() {
+    let fx = Fixture::new();
+    let (ns, _caller) = namespace_over(&fx);
+    let work = ns.lookup(ROOT_INO, OsStr::new(WORK)).unwrap().ino;
+    let model = ns.list(work).unwrap()[0].clone();
+    let a = ns.lookup(work, &model).unwrap().ino;
+    assert_eq!(ns.getattr(a, None).unwrap().perm, 0o755);
+    assert!(!fx.path("overlay").join(WORK).join(&model).exists());
+    let chmod = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    ns.setattr(a, &chmod, None).unwrap();
+    assert!(fx.path("overlay").join(WORK).join(&model).is_dir());
+    assert_eq!(ns.getattr(a, None).unwrap().perm, 0o700);
+}
+
 /// The listing the daemon keeps of an existing overlay directory (so that a lookup there does
 /// not probe the overlay for each name's records) is forgotten by each change that touches that
 /// directory (a change names what it touches; both tests fail when the directory or the levels

@@ -28,10 +28,15 @@ impl Namespace {
         match &node.kind {
             NodeKind::Dir { .. } => {
                 let path = self.path_of(node.ino)?;
-                match fs::symlink_metadata(self.overlay.path(&path)) {
-                    Ok(m) if m.is_dir() => return Ok(self.meta_info(node.ino, &m)),
-                    Ok(_) => return Err(NsError::Stale),
-                    Err(_) => {}
+                // A directory known to have no overlay directory (nothing of it written; the
+                // usual case for a model) is the cache's: no stat of the overlay. Listing a
+                // model asked three times per model directory.
+                if !self.overlay_absent(&path) {
+                    match fs::symlink_metadata(self.overlay.path(&path)) {
+                        Ok(m) if m.is_dir() => return Ok(self.meta_info(node.ino, &m)),
+                        Ok(_) => return Err(NsError::Stale),
+                        Err(_) => {}
+                    }
                 }
                 let attr = self
                     .lower_dir(&path)
