@@ -2,7 +2,8 @@
 # The daemon's own work in `ls -lR` of a mount after a remount, counted in instructions by
 # callgrind (issue 19): deterministic where the wall time of this shared VM is not, so a change
 # of a few percent in the per-request work shows. Counts user-space instructions of the FUSE
-# worker threads (not the kernel's side of each request, not the main thread or the watcher). Under valgrind
+# worker threads and of the read-ahead thread, apart (not the kernel's side of each request,
+# not the main thread or the watcher). Under valgrind
 # sha2 runs its portable code (no SHA extensions), so hashing weighs more than on hardware.
 #
 #   scripts/bench/listing_instructions.sh BIN HUB
@@ -30,14 +31,18 @@ ls -lR "$work/mnt" >/dev/null
 models=$(jq .models_viewed "$work/mnt/.mlxk-fs-status")
 umount "$work/mnt"
 wait "$vg"
-# Every thread but the main one (cg.out-01) and the watcher's: the workers, and the signal and
-# invalidation threads, which do next to nothing.
-total=0
+# Every thread but the main one (cg.out-01) and the watcher's: the workers, the read-ahead
+# thread that builds views ahead of the reader (counted apart: its work is off the chain of
+# requests the reader waits on), and the signal and invalidation threads, which do next to
+# nothing.
+workers=0 ahead=0
 for f in "$work"/cg.out-*; do
   case $f in *-01) continue ;; esac
   grep -q "Watcher" "$f" && continue
   n=$(awk '/^summary:/ {print $2}' "$f")
-  total=$((total + n))
+  if grep -q "build_ahead" "$f"; then ahead=$((ahead + n)); else workers=$((workers + n)); fi
 done
 echo "mlxk-fs $("$BIN" --version 2>/dev/null | awk '{print $NF}'), $models models listed after a remount"
-echo "FUSE workers: $total instructions, $((total / models)) per model"
+echo "FUSE workers: $workers instructions, $((workers / models)) per model"
+echo "read-ahead thread: $ahead instructions, $((ahead / models)) per model"
+echo "both: $((workers + ahead)) instructions, $(((workers + ahead) / models)) per model"
