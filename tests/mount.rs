@@ -371,6 +371,47 @@ fn cache_writer(fx: &Fixture) -> (mlxk_fs::testkit::FixtureCache, Vec<(String, V
     (cache, files)
 }
 
+/// The kernel keeps a watched model directory's entry and attributes for seconds (no LOOKUP
+/// per model in `ls -lR`): the daemon invalidates them when the watcher reports the repo gone,
+/// so a model removed from the cache leaves the mount at once all the same.
+#[test]
+fn a_watched_model_directory_kept_by_the_kernel_goes_when_its_repo_goes() {
+    if !fuse_available("a_watched_model_directory_kept_by_the_kernel_goes_when_its_repo_goes") {
+        return;
+    }
+    let fx = Fixture::new();
+    let (cache, files) = cache_writer(&fx);
+    // Two models: the org stays when one goes (its own entry lasts only a second).
+    cache.add_model("kept/m", "v1", &files).unwrap();
+    cache.add_model("kept/other", "v1", &files).unwrap();
+    let m = mount(&fx, "mnt", &[]);
+    let repos = fs::read_dir(&fx.cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("models--")
+        })
+        .count() as u64;
+    wait_until("every repo watched", Duration::from_secs(5), || {
+        m.counters()["repos_watched"].as_u64() == Some(repos)
+    });
+    // Listed (READDIRPLUS: entries and attributes at once) and stat'ed: held by the kernel.
+    let listed: Vec<String> = fs::read_dir(m.path("kept"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(m.path("kept/m").is_dir());
+    fs::remove_dir_all(cache.repo_dir("kept/m")).unwrap();
+    wait_until("the removed model gone", Duration::from_secs(2), || {
+        !m.path("kept/m").exists()
+    });
+    assert!(m.path("kept/other").is_dir());
+}
+
 /// `num_hidden_layers` of the model directory's config.json as the mount shows it now (0 while
 /// it cannot be read: the tests wait for a change).
 fn layers_shown(model_dir: &Path) -> u64 {

@@ -33,6 +33,12 @@ use super::namespace::{Caller, Kind, Namespace, NodeInfo, NsError, Opened, SetAt
 const TTL: Duration = Duration::from_secs(1);
 /// A cache file inode is keyed by its snapshot sha: its attributes never change.
 const IMMUTABLE_TTL: Duration = Duration::from_secs(60);
+/// A model directory of a watched repo: the daemon invalidates its entry and attributes when
+/// the watcher reports a change (and the kernel drops them itself on its own changes). Long
+/// enough that `ls -lR` of many models finds every model directory's entry still valid (no
+/// LOOKUP per model); short enough that events the watcher lost (a queue overflow, after which
+/// it rescans) leave a model directory's entry stale for seconds at most.
+const WATCHED_TTL: Duration = Duration::from_secs(10);
 /// st_blksize of a regular file: `cp`, `dd` and Python size their reads and writes by it, and
 /// the daemon path is fastest with requests of up to 1 MiB.
 const FILE_BLKSIZE: u32 = 1 << 20;
@@ -91,9 +97,24 @@ impl MlxkFs {
         }
     }
 
+    /// How long the kernel may keep a node's attributes.
     fn ttl(info: &NodeInfo) -> Duration {
         if info.kind == Kind::File && info.immutable {
             IMMUTABLE_TTL
+        } else if info.watched {
+            WATCHED_TTL
+        } else {
+            TTL
+        }
+    }
+
+    /// How long the kernel may keep a name's entry. The name can come to mean another inode
+    /// (refs/main moves, a copy-up), so it is revalidated every second even when the inode's
+    /// attributes never change — except a watched model directory's, which the daemon
+    /// invalidates itself.
+    fn entry_ttl(info: &NodeInfo) -> Duration {
+        if info.watched {
+            WATCHED_TTL
         } else {
             TTL
         }
@@ -111,11 +132,12 @@ impl MlxkFs {
 
     fn reply_entry(&self, reply: ReplyEntry, result: Result<NodeInfo, NsError>) {
         match result {
-            // The name can come to mean another inode (refs/main moves, a copy-up), so the
-            // entry is revalidated every second even when the inode's attributes never change.
-            Ok(info) => {
-                reply.entry_with_ttls(&Self::ttl(&info), &TTL, &Self::attr(&info), Generation(0))
-            }
+            Ok(info) => reply.entry_with_ttls(
+                &Self::ttl(&info),
+                &Self::entry_ttl(&info),
+                &Self::attr(&info),
+                Generation(0),
+            ),
             Err(e) => reply.error(self.error(e)),
         }
     }
@@ -726,11 +748,13 @@ impl Filesystem for MlxkFs {
             let Ok(info) = self.ns.lookup(ino.0, name) else {
                 continue;
             };
+            // One time for the entry and the attributes here: a second, or longer for a
+            // watched model directory (both are invalidated by the daemon then).
             if reply.add(
                 INodeNo(info.ino),
                 (i + 3) as u64,
                 name,
-                &TTL,
+                &Self::entry_ttl(&info),
                 &Self::attr(&info),
                 Generation(0),
             ) {

@@ -359,6 +359,16 @@ impl LowerTree {
         self.watches.covered.insert(repo.to_string(), tick);
     }
 
+    /// Whether the cache watcher covers `repo` now: every change to it is reported.
+    pub fn watched(&self, repo: &str) -> bool {
+        self.watches.covered.contains_key(repo)
+    }
+
+    /// How many repos the cache watcher covers.
+    pub fn repos_watched(&self) -> usize {
+        self.watches.covered.len()
+    }
+
     /// Some directory of `repo` may be unwatched (a watch could not be added, or the watcher
     /// lost events): its answers last [`REPO_LIST_TTL`] again.
     pub fn repo_unwatched(&self, repo: &str) {

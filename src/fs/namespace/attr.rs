@@ -38,15 +38,22 @@ impl Namespace {
                         Err(_) => {}
                     }
                 }
-                let attr = self
+                let (attr, watched) = self
                     .lower_dir(&path)
-                    .and_then(|(_, n)| self.lower.attr(&n))
+                    .and_then(|(_, n)| {
+                        let watched = matches!(&n, LowerNode::Model { repo, rev: None }
+                            if self.lower.watched(repo));
+                        Some((self.lower.attr(&n)?, watched))
+                    })
                     .ok_or(if node.ino == ROOT_INO {
                         NsError::Io(libc::EIO)
                     } else {
                         NsError::Stale
                     })?;
-                Ok(self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false))
+                Ok(NodeInfo {
+                    watched,
+                    ..self.synthetic(node.ino, Kind::Dir, 0, attr.mtime, attr.perm, false)
+                })
             }
             NodeKind::Upper { .. } => match self.upper_of(node) {
                 Ok((_, m)) => Ok(self.meta_info(node.ino, &m)),
@@ -117,6 +124,7 @@ impl Namespace {
             gid: self.gid,
             rdev: 0,
             immutable,
+            watched: false,
         }
     }
 
@@ -159,6 +167,7 @@ impl Namespace {
             gid: m.gid(),
             rdev: m.rdev() as u32,
             immutable: false,
+            watched: false,
         }
     }
 

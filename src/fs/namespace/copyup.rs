@@ -178,7 +178,14 @@ impl Namespace {
                 // What the cache shows as 0755 keeps that mode once it exists in the overlay.
                 Err(e) if not_found_like(&e) => {
                     match fs::DirBuilder::new().mode(0o755).create(&p) {
-                        Ok(()) => {}
+                        // The directory's attributes are its overlay directory's from now on:
+                        // the kernel may hold the cache's for seconds (a watched model
+                        // directory), so it is told.
+                        Ok(()) => {
+                            if let Some(ino) = self.known_dir(&cur) {
+                                self.invalidate(Invalidation::Inode(ino));
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(e.into()),
                     }

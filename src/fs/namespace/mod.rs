@@ -77,6 +77,11 @@ pub struct NodeInfo {
     pub rdev: u32,
     /// True when the node's content can never change (cache- or sha-keyed).
     pub immutable: bool,
+    /// A model directory of a repo the cache watcher covers, with nothing of it in the overlay:
+    /// whatever would change its name or attributes reaches the daemon (the watcher's report,
+    /// or the kernel's own request), which tells the kernel at once, so the kernel may keep
+    /// them longer than a second.
+    pub watched: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,6 +448,7 @@ impl Namespace {
             "header_bytes_read": self.lower.header_bytes_read(),
             "views_from_cache": self.lower.views_from_cache(),
             "views_read_ahead": self.lower.views_read_ahead(),
+            "repos_watched": self.lower.repos_watched(),
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
