@@ -230,14 +230,20 @@ pub fn join_rel(prefix: &str, name: &str) -> String {
 /// makes it wait for a writer; FIFOs, devices (a link to `/dev/zero`), sockets and directories
 /// are refused with an error naming the file and what it is.
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open_regular_with_metadata(path).map(|(file, _)| file)
+}
+
+/// [`open_regular`], with the metadata it checked (one `fstat` for both).
+fn open_regular_with_metadata(path: &Path) -> io::Result<(File, fs::Metadata)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    let ft = file.metadata()?.file_type();
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
     let what = if ft.is_file() {
-        return Ok(file);
+        return Ok((file, meta));
     } else if ft.is_fifo() {
         "a FIFO"
     } else if ft.is_char_device() || ft.is_block_device() {
@@ -258,7 +264,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// Reads a whole small regular file of at most `limit` bytes, counting what was read. A larger
 /// file is an error saying so (never a truncated read that looks complete).
 pub fn read_small(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<Vec<u8>> {
-    let file = open_regular(path)?;
+    let (file, meta) = open_regular_with_metadata(path)?;
     let too_large = || {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -269,7 +275,7 @@ pub fn read_small(path: &Path, limit: u64, bytes_read: &mut u64) -> io::Result<V
             ),
         )
     };
-    if file.metadata()?.len() > limit {
+    if meta.len() > limit {
         return Err(too_large());
     }
     let mut buf = Vec::new();
