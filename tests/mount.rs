@@ -255,11 +255,7 @@ fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
     }
     let fx = Fixture::new();
     let m = mount(&fx, "mnt", &[]);
-    let mut orgs: Vec<String> = fs::read_dir(&m.mountpoint)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    orgs.sort();
+    let orgs = names_in(&m.mountpoint);
     assert_eq!(
         orgs,
         vec![
@@ -270,11 +266,7 @@ fn the_tree_lists_orgs_models_revisions_and_not_datasets() {
             "test-org"
         ]
     );
-    let models: Vec<String> = fs::read_dir(m.path("test-org"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(models.len(), 2);
+    assert_eq!(names_in(&m.path("test-org")).len(), 2);
     // Laziness: listing the root and an org read no header.
     for org in &orgs {
         fs::read_dir(m.path(org)).unwrap().for_each(drop);
@@ -326,23 +318,15 @@ fn the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order() {
             .unwrap();
     }
     let m = mount(&fx, "mnt", &[]);
-    let list = |p: &Path| -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(p)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(list(&m.path("walk")), ["m0", "m1", "m2", "m3"]);
+    assert_eq!(names_in(&m.path("walk")), ["m0", "m1", "m2", "m3"]);
     assert_eq!(m.counters()["models_viewed"], 0);
-    let m0 = list(&m.path("walk/m0"));
+    let m0 = names_in(&m.path("walk/m0"));
     assert_eq!(
         m.counters()["views_read_ahead"],
         0,
         "one model is not a walk"
     );
-    assert_eq!(list(&m.path("walk/m1")), m0);
+    assert_eq!(names_in(&m.path("walk/m1")), m0);
     wait_until(
         "the views of m2 and m3 built ahead",
         Duration::from_secs(5),
@@ -352,8 +336,18 @@ fn the_views_of_the_next_models_are_built_ahead_of_a_walk_in_order() {
         },
     );
     assert!(m.counters()["header_bytes_read"].as_u64().unwrap() > 0);
-    assert_eq!(list(&m.path("walk/m3")), m0);
+    assert_eq!(names_in(&m.path("walk/m3")), m0);
     assert_eq!(layers_shown(&m.path("walk/m3")), 2);
+}
+
+/// The names in directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The fixture's cache, to add models to as huggingface_hub would, and the files of a
@@ -399,11 +393,7 @@ fn a_watched_model_directory_kept_by_the_kernel_goes_when_its_repo_goes() {
         m.counters()["repos_watched"].as_u64() == Some(repos)
     });
     // Listed (READDIRPLUS: entries and attributes at once) and stat'ed: held by the kernel.
-    let listed: Vec<String> = fs::read_dir(m.path("kept"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(names_in(&m.path("kept")), ["m", "other"]);
     assert!(m.path("kept/m").is_dir());
     fs::remove_dir_all(cache.repo_dir("kept/m")).unwrap();
     wait_until("the removed model gone", Duration::from_secs(2), || {

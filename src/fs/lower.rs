@@ -120,7 +120,7 @@ const READAHEAD_VIEWS: usize = 8;
 #[derive(Default)]
 struct Readahead {
     /// Where the repo ids to build go (the daemon's read-ahead thread; none: no read-ahead).
-    to_build: OnceLock<Mutex<mpsc::Sender<String>>>,
+    to_build: OnceLock<mpsc::Sender<String>>,
     /// The model directory last listed (org, position in the org) and the position up to which
     /// views were asked for.
     last: Mutex<Option<(String, usize, usize)>>,
@@ -246,7 +246,7 @@ impl LowerTree {
     /// Sends the repos whose views are worth building ahead of a reader to `to_build`, whose
     /// receiver calls [`LowerTree::build_ahead`] for each.
     pub fn set_readahead(&self, to_build: mpsc::Sender<String>) {
-        let _ = self.readahead.to_build.set(Mutex::new(to_build));
+        let _ = self.readahead.to_build.set(to_build);
     }
 
     /// Builds the view of `repo`'s default snapshot, virtual files included, unless it is
@@ -299,7 +299,6 @@ impl LowerTree {
         if from >= to {
             return;
         }
-        let to_build = to_build.lock().unwrap_or_else(|p| p.into_inner());
         for name in &names[from..to] {
             if to_build.send(format!("{org}/{name}")).is_err() {
                 return;
